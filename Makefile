@@ -1,0 +1,22 @@
+# Two commands for a new machine: `make run` (a week on the embedded PostgreSQL) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint sample-data
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/luigi --module pipeline WeeklyRecs --local-scheduler $(ARGS)
+
+test: $(BIN)/.installed
+	$(BIN)/ruff check pipeline tests benchmarks
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+sample-data: $(BIN)/.installed
+	$(BIN)/python -m pipeline.sample_data data

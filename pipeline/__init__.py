@@ -1,0 +1,11 @@
+"""weekly-recs: the week's recommendation tables, loaded, ranked and published by Luigi.
+
+`luigi --module pipeline WeeklyRecs` imports this package; the tasks below are the graph.
+"""
+
+from pipeline.load import DefaultRecs, InferenceCandidates, OnlineRecs, TrainCandidates
+from pipeline.rank import RankCandidates
+from pipeline.wrapper import WeeklyRecs
+
+__all__ = ["DefaultRecs", "InferenceCandidates", "OnlineRecs", "RankCandidates",
+           "TrainCandidates", "WeeklyRecs"]

@@ -1,0 +1,68 @@
+"""The pipeline's settings, read the Luigi way from `luigi.cfg` and `--section-key` flags.
+
+Secrets are never read from a committed file: the password falls back to the
+libpq environment (`PGPASSWORD`), and the Telegram token lives only in the
+environment (see `pipeline.notify`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import date
+from pathlib import Path
+
+import luigi
+
+ROOT = Path(__file__).resolve().parent.parent
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class postgres(luigi.Config):  # noqa: N801 - the section name in luigi.cfg
+    """Where the pipeline publishes. An empty host means the embedded server."""
+
+    host = luigi.Parameter(default="", description="server host or unix-socket dir; empty: embedded")
+    port = luigi.IntParameter(default=5432)
+    database = luigi.Parameter(default="postgres")
+    user = luigi.Parameter(default="postgres")
+    password = luigi.Parameter(default="", significant=False, visibility=0)
+    embedded_dir = luigi.Parameter(default=".pgdata", description="data folder of the embedded server")
+
+    def resolved_host(self) -> str:
+        return self.host or os.environ.get("PGHOST", "")
+
+    def resolved_password(self) -> str:
+        return self.password or os.environ.get("PGPASSWORD", "")
+
+    def resolved_embedded_dir(self) -> Path:
+        return _under_root(self.embedded_dir)
+
+
+class pipeline(luigi.Config):  # noqa: N801
+    input_dir = luigi.Parameter(default="data", description="folder of the week's parquet files; {week} is replaced")
+    model_dir = luigi.Parameter(default="models")
+    retention = luigi.IntParameter(default=4, description="how many earlier weeks stay for rollback")
+    features = luigi.ListParameter(default=["als_score", "category_id", "parent_id", "available"])
+    cat_features = luigi.ListParameter(default=["category_id", "parent_id"])
+    iterations = luigi.IntParameter(default=300)
+    thread_count = luigi.IntParameter(default=-1)
+    random_seed = luigi.IntParameter(default=42)
+
+    def week_input_dir(self, week: date) -> Path:
+        return _under_root(self.input_dir.replace("{week}", week.isoformat()))
+
+    def week_model_dir(self, week: date) -> Path:
+        return _under_root(self.model_dir) / week.isoformat()
+
+
+def _under_root(path: str) -> Path:
+    """Relative paths are taken from the checkout, so cron and tests may start anywhere."""
+    resolved = Path(path).expanduser()
+    return resolved if resolved.is_absolute() else ROOT / resolved
+
+
+def checked_identifier(name: str, setting: str) -> str:
+    """Table names reach SQL only as identifiers; a name that is not a plain one is refused."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"{setting}: {name!r} is not a valid table name (lowercase letters, digits, _)")
+    return name

@@ -1,0 +1,64 @@
+"""Load tasks: one parquet file of the week into one published table."""
+
+from __future__ import annotations
+
+import psycopg2.errors
+import pyarrow as pa
+
+from pipeline import config, contracts
+from pipeline.base import PublishingTask
+
+BATCH_ROWS = 64_000
+
+
+class LoadTask(PublishingTask):
+    """Reads the week's file in record batches, checks it against its contract and publishes it."""
+
+    contract: contracts.Contract
+
+    def run(self) -> None:
+        contract = self.full_contract()
+        path = config.pipeline().week_input_dir(self.week) / contract.file
+        parquet = contracts.open_parquet(path)
+        schema = contracts.output_schema(contract, path, parquet.schema_arrow)
+        checker = contracts.BatchChecker(contract, path, schema)
+        week = pa.scalar(self.week, pa.date32())
+        batches = (batch.append_column("week", pa.repeat(week, batch.num_rows))
+                   for batch in checker.checked(parquet.iter_batches(batch_size=BATCH_ROWS)))
+        try:
+            self.publish(batches, schema.append(pa.field("week", pa.date32())))
+        except psycopg2.errors.UniqueViolation as error:
+            raise contracts.duplicate_key_error(path, contract, error.diag.message_detail) from None
+
+    def full_contract(self) -> contracts.Contract:
+        return self.contract
+
+
+class DefaultRecs(LoadTask):
+    contract = contracts.TOP_POPULAR
+    table = "default_recs"
+
+
+class OnlineRecs(LoadTask):
+    contract = contracts.SIMILAR
+    table = "online_recs"
+    lookup_key = ("itemid_1",)
+
+
+class CandidatesTask(LoadTask):
+    """Candidates must also carry every feature the ranker is configured to use."""
+
+    unique_key = ("user_id", "item_id")
+
+    def full_contract(self) -> contracts.Contract:
+        return self.contract.with_features(tuple(config.pipeline().features))
+
+
+class TrainCandidates(CandidatesTask):
+    contract = contracts.CANDIDATES_TRAIN
+    table = "candidates_train"
+
+
+class InferenceCandidates(CandidatesTask):
+    contract = contracts.CANDIDATES_INFERENCE
+    table = "candidates_inference"

@@ -1,0 +1,44 @@
+"""WeeklyRecs: the one task cron fires; its requirements order the week."""
+
+from __future__ import annotations
+
+import logging
+
+from pipeline import db
+from pipeline.base import WeekTask
+from pipeline.load import DefaultRecs, OnlineRecs
+from pipeline.rank import RankCandidates
+
+log = logging.getLogger("luigi-interface")
+
+PUBLISHED_TABLES = ("default_recs", "online_recs", "candidates_train",
+                    "candidates_inference", "candidates_ranked")
+
+
+class WeeklyRecs(WeekTask):
+    """Complete when every table of the week is published; its own marker records the week as whole."""
+
+    table = "weekly_recs"
+
+    def requires(self) -> list[WeekTask]:
+        return [DefaultRecs(week=self.week), OnlineRecs(week=self.week),
+                RankCandidates(week=self.week)]
+
+    def run(self) -> None:
+        with db.connection() as conn:
+            counts = week_row_counts(conn, self.week)
+            self.output().touch(conn)
+            conn.commit()
+        print(week_summary(self.week, counts, str(db.server())))
+
+
+def week_row_counts(conn, week) -> dict[str, int]:
+    with conn.cursor() as cur:
+        return {table: db.row_count(cur, db.week_table(conn, table, week))
+                for table in PUBLISHED_TABLES}
+
+
+def week_summary(week, counts: dict[str, int], where: str) -> str:
+    lines = [f"weekly-recs: week {week} published to {where}"]
+    lines += [f"  {table:<22}{rows:>12,} rows" for table, rows in counts.items()]
+    return "\n".join(lines)
