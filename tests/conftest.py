@@ -99,16 +99,15 @@ def settings(tmp_path, pg_socket_dir, database, input_dir) -> Iterator[dict[str,
                      "iterations": "60", "retention": "4"},
     }
     config = luigi.configuration.get_config()
-    saved = {section: {key: config.get(section, key, None) for key in keys}
-             for section, keys in values.items()}
+    saved = {section: dict(config.items(section, raw=True)) for section in config.sections()}
     apply_settings(values, tmp_path / "luigi.cfg")
     yield values
+    for section in config.sections():
+        config.remove_section(section)
     for section, keys in saved.items():
+        config.add_section(section)
         for key, value in keys.items():
-            if value is None:
-                config.remove_option(section, key)
-            else:
-                config.set(section, key, value)
+            config.set(section, key, value)
     Register.clear_instance_cache()
 
 
