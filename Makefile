@@ -15,7 +15,7 @@ run: $(BIN)/.installed
 	$(BIN)/luigi --module pipeline WeeklyRecs --local-scheduler $(ARGS)
 
 test: $(BIN)/.installed
-	$(BIN)/ruff check pipeline tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 sample-data: $(BIN)/.installed
