@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import date
 
 import luigi
@@ -28,6 +29,26 @@ class WeekTask(luigi.Task):
         return db.marker(config.checked_identifier(self.table, f"{type(self).__name__}.table"),
                          self.task_id)
 
+    @contextmanager
+    def marking_once(self) -> Iterator[tuple | None]:
+        """A transaction that ends with this task's marker, holding the table's lock throughout.
+
+        Yields `(connection, cursor)`, or None when a concurrent run of the same week has marked
+        the task meanwhile: two cron firings or two workers never both publish.
+        """
+        target = self.output()
+        target.create_marker_table()
+        with db.connection() as conn:
+            with conn.cursor() as cur:
+                db.lock_table(cur, self.table)
+                if target.exists(conn):
+                    log.info("%s was completed meanwhile by another run", self)
+                    yield None
+                    return
+                yield conn, cur
+                target.touch(conn)
+            conn.commit()
+
 
 class PublishingTask(WeekTask):
     """Publishes one table for its week: staging load, indexes, swap and marker in one transaction."""
@@ -37,23 +58,17 @@ class PublishingTask(WeekTask):
 
     def publish(self, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> int:
         """Returns the rows published; 0 when a concurrent run of the same week published first."""
-        target = self.output()
-        target.create_marker_table()
-        with db.connection() as conn:
-            with conn.cursor() as cur:
-                db.lock_table(cur, self.table)
-                if target.exists(conn):
-                    log.info("%s was published meanwhile by another run", self)
-                    return 0
-                staging = db.create_staging(cur, self.table, schema)
-                self.set_status_message(f"loading {self.table}")
-                rows = db.copy_in(cur, staging, batches, schema)
-                self.set_status_message(f"indexing {rows} rows of {self.table}")
-                self._index(cur, staging, schema)
-                db.publish_atomically(cur, self.table, staging, self.week, config.pipeline().retention)
-                self.publish_alongside(cur)
-                target.touch(conn)
-            conn.commit()
+        with self.marking_once() as transaction:
+            if transaction is None:
+                return 0
+            _, cur = transaction
+            staging = db.create_staging(cur, self.table, schema)
+            self.set_status_message(f"loading {self.table}")
+            rows = db.copy_in(cur, staging, batches, schema)
+            self.set_status_message(f"indexing {rows} rows of {self.table}")
+            self._index(cur, staging, schema)
+            db.publish_atomically(cur, self.table, staging, self.week, config.pipeline().retention)
+            self.publish_alongside(cur)
         log.info("%s published %d rows to %s", self, rows, self.table)
         self.set_status_message(f"published {rows} rows to {self.table}")
         return rows

@@ -25,10 +25,10 @@ class WeeklyRecs(WeekTask):
                 RankCandidates(week=self.week)]
 
     def run(self) -> None:
-        with db.connection() as conn:
-            counts = week_row_counts(conn, self.week)
-            self.output().touch(conn)
-            conn.commit()
+        with self.marking_once() as transaction:
+            if transaction is None:
+                return
+            counts = week_row_counts(transaction[0], self.week)
         print(week_summary(self.week, counts, str(db.server())))
 
 
