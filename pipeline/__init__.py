@@ -3,6 +3,7 @@
 `luigi --module pipeline WeeklyRecs` imports this package; the tasks below are the graph.
 """
 
+from pipeline import notify  # noqa: F401 - registers the Telegram event handlers
 from pipeline.load import DefaultRecs, InferenceCandidates, OnlineRecs, TrainCandidates
 from pipeline.rank import RankCandidates
 from pipeline.wrapper import WeeklyRecs

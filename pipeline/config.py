@@ -55,6 +55,26 @@ class pipeline(luigi.Config):  # noqa: N801
         return _under_root(self.model_dir) / week.isoformat()
 
 
+class telegram(luigi.Config):  # noqa: N801
+    """Where messages go. The token and chat id are read from the environment only."""
+
+    api_url = luigi.Parameter(default="https://api.telegram.org", description="Bot API base URL")
+    notify = luigi.ListParameter(default=["SUCCESS", "FAILURE", "BROKEN_TASK", "PROCESS_FAILURE", "TIMEOUT"],
+                                 description="Luigi events that send a message")
+    timeout = luigi.FloatParameter(default=5.0, description="seconds to wait for the Bot API")
+    max_retry_after = luigi.FloatParameter(default=30.0, description="longest wait a 429 may ask for")
+    log_location = luigi.Parameter(default="var/log/weekly-recs.log",
+                                   description="where failure messages tell you to look")
+
+    @staticmethod
+    def token() -> str:
+        return os.environ.get("TELEGRAM_BOT_TOKEN", "")
+
+    @staticmethod
+    def chat_id() -> str:
+        return os.environ.get("TELEGRAM_CHAT_ID", "")
+
+
 def _under_root(path: str) -> Path:
     """Relative paths are taken from the checkout, so cron and tests may start anywhere."""
     resolved = Path(path).expanduser()

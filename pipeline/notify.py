@@ -1,0 +1,110 @@
+"""Telegram messages from Luigi's event handlers: one on a finished week, one on every failure.
+
+Handlers are registered on `WeekTask`, so every pipeline task reports its failures. With
+`--workers N` they run in the forked task process, so each message is built only from the task,
+the database and this process's start time, all of which that process has. Sending never raises:
+an outage, a 429 or a bad token is logged (without the token) and the run goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from datetime import date
+
+import luigi
+import requests
+
+from pipeline import config, db
+from pipeline.base import WeekTask
+from pipeline.wrapper import WeeklyRecs, week_row_counts
+
+log = logging.getLogger("luigi-interface")
+
+TELEGRAM_LIMIT = 4096
+RUN_STARTED = time.monotonic()
+
+
+def send(text: str) -> bool:
+    """POST one message to the Bot API; True when Telegram accepted it."""
+    settings = config.telegram()
+    token, chat_id = settings.token(), settings.chat_id()
+    if not token or not chat_id:
+        log.info("Telegram: TELEGRAM_BOT_TOKEN or TELEGRAM_CHAT_ID not set, no message sent")
+        return False
+    url = f"{settings.api_url.rstrip('/')}/bot{token}/sendMessage"
+    payload = {"chat_id": chat_id, "text": text[:TELEGRAM_LIMIT]}
+    for attempt in (1, 2):
+        try:
+            response = requests.post(url, json=payload, timeout=settings.timeout)
+            answer = response.json()
+        except (requests.RequestException, ValueError) as error:
+            log.warning("Telegram message not sent: %s", db.redact(f"{type(error).__name__}: {error}", token))
+            return False
+        if answer.get("ok") is True:
+            return True
+        retry_after = (answer.get("parameters") or {}).get("retry_after")
+        if response.status_code == 429 and attempt == 1 and retry_after is not None:
+            time.sleep(min(float(retry_after), settings.max_retry_after))
+            continue
+        log.warning("Telegram message not sent: HTTP %s %s", response.status_code,
+                    db.redact(str(answer.get("description", "")), token))
+        return False
+    return False
+
+
+def success_message(task: WeeklyRecs) -> str:
+    lines = [f"weekly-recs: week {task.week} published in {time.monotonic() - RUN_STARTED:.0f} s"]
+    with db.connection() as conn:
+        lines += [f"{table}: {rows:,} rows" for table, rows in week_row_counts(conn, task.week).items()]
+        lines += validation_lines(conn, task.week)
+    lines.append(f"host: {socket.gethostname()}")
+    return "\n".join(lines)
+
+
+def validation_lines(conn, week: date) -> list[str]:
+    """The ranker's validation NDCG@10 for the week, where the ranker has recorded one."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('model_metrics') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            return []
+        cur.execute("SELECT ndcg_at_10 FROM model_metrics WHERE week = %s ORDER BY trained_at DESC LIMIT 1", (week,))
+        row = cur.fetchone()
+    return [f"validation NDCG@10: {row[0]:.4f}"] if row else []
+
+
+def failure_message(task: luigi.Task, problem: BaseException | str) -> str:
+    settings = config.telegram()
+    if isinstance(problem, BaseException):
+        first_line = (str(problem).strip().splitlines() or [""])[0]
+        problem = f"{type(problem).__name__}: {first_line}"
+    week = getattr(task, "week", "?")
+    text = (f"weekly-recs FAILED: {task.get_task_family()} for week {week}\n"
+            f"{db.redact(problem, settings.token(), config.postgres().resolved_password())}\n"
+            f"host: {socket.gethostname()}\nlog: {settings.log_location}")
+    return text[:TELEGRAM_LIMIT]
+
+
+def _enabled(event: str) -> bool:
+    return event in config.telegram().notify
+
+
+def _report_failure(event: str):
+    def handler(task: luigi.Task, problem: BaseException | str) -> None:
+        if _enabled(event):
+            send(failure_message(task, problem))
+    return handler
+
+
+for _event in ("FAILURE", "BROKEN_TASK", "PROCESS_FAILURE", "TIMEOUT"):
+    WeekTask.event_handler(getattr(luigi.Event, _event))(_report_failure(_event))
+
+
+@WeekTask.event_handler(luigi.Event.SUCCESS)
+def _report_week(task: luigi.Task) -> None:
+    if isinstance(task, WeeklyRecs) and _enabled("SUCCESS"):
+        try:
+            send(success_message(task))
+        except Exception as error:  # a report must never fail the week it reports
+            log.warning("Telegram success message not built: %s", db.redact(str(error)))

@@ -1,0 +1,171 @@
+"""Telegram messages: one on a finished week, one naming the task on a failure, never in the way.
+
+A real HTTP server on loopback plays the Bot API's `sendMessage`; the pipeline runs as cron runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from pipeline import notify
+from pipeline.wrapper import PUBLISHED_TABLES
+from tests.conftest import apply_settings, query, run_luigi
+
+TOKEN = "1234567890:AAtest-token-that-must-never-be-printed"
+CHAT = "-100777"
+TELEGRAM_ENV = {"TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_CHAT_ID": CHAT}
+OK = (200, {"ok": True, "result": {"message_id": 1}})
+TOO_MANY = (429, {"ok": False, "error_code": 429, "description": "Too Many Requests: retry after 1",
+                  "parameters": {"retry_after": 1}})
+SERVER_ERROR = (500, {"ok": False, "error_code": 500, "description": "Internal Server Error"})
+HANG = "hang"
+
+
+class BotApi(ThreadingHTTPServer):
+    """Records every request; answers from `replies` in turn, then OK."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _BotApiHandler)
+        self.requests: list[dict] = []
+        self.replies: list = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def texts(self) -> list[str]:
+        return [r["body"]["text"] for r in self.requests]
+
+
+class _BotApiHandler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append({"path": self.path, "body": body})
+        reply = self.server.replies.pop(0) if self.server.replies else OK
+        if reply == HANG:
+            time.sleep(3)
+            reply = OK
+        status, answer = reply
+        payload = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def bot_api(settings, config_file) -> Iterator[BotApi]:
+    server = BotApi()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    settings["telegram"] = {"api_url": server.url, "timeout": "1", "max_retry_after": "2"}
+    apply_settings(settings, config_file)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def run_week(config_file, env=TELEGRAM_ENV):
+    result = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", "2026-11-21", env=env)
+    assert TOKEN not in result.stdout + result.stderr
+    return result
+
+
+def test_a_good_week_sends_one_success_message_with_row_counts(bot_api, config_file, conn):
+    result = run_week(config_file)
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(bot_api.requests) == 1
+    request = bot_api.requests[0]
+    assert request["path"] == f"/bot{TOKEN}/sendMessage"
+    assert request["body"]["chat_id"] == CHAT
+    text = request["body"]["text"]
+    assert "week 2026-11-21 published" in text
+    for table in PUBLISHED_TABLES:
+        (rows,) = query(conn, f'SELECT count(*) FROM "{table}"')[0]
+        assert f"{table}: {rows:,} rows" in text
+
+
+def test_a_broken_input_file_sends_a_failure_naming_the_task_and_file(bot_api, config_file, input_dir):
+    broken = input_dir / "candidates_train.parquet"
+    broken.write_bytes(broken.read_bytes()[:5000])
+
+    result = run_week(config_file)
+
+    assert result.returncode != 0
+    [text] = bot_api.texts()
+    assert "FAILED: TrainCandidates for week 2026-11-21" in text
+    assert "candidates_train.parquet" in text and "ContractError" in text
+
+
+@pytest.mark.parametrize("reply", [SERVER_ERROR, HANG], ids=["500", "hang"])
+def test_the_week_completes_when_telegram_errs_or_hangs(bot_api, config_file, reply):
+    bot_api.replies = [reply]
+
+    result = run_week(config_file)
+
+    assert result.returncode == 0
+    assert "Telegram message not sent" in result.stderr
+    assert "ran successfully" in result.stderr
+
+
+def test_the_week_completes_when_telegram_is_unreachable(bot_api, config_file):
+    bot_api.shutdown()
+    bot_api.server_close()
+
+    result = run_week(config_file)
+
+    assert result.returncode == 0
+    assert "Telegram message not sent: ConnectionError" in result.stderr
+
+
+def test_a_429_is_retried_once_after_the_time_it_asks_for(bot_api, monkeypatch):
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
+    monkeypatch.setenv("TELEGRAM_CHAT_ID", CHAT)
+    bot_api.replies = [TOO_MANY]
+
+    started = time.monotonic()
+    assert notify.send("hello") is True
+
+    assert time.monotonic() - started >= 1
+    assert bot_api.texts() == ["hello", "hello"]
+
+
+def test_without_a_token_nothing_is_sent_and_nothing_fails(bot_api, config_file):
+    result = run_week(config_file, env={"TELEGRAM_BOT_TOKEN": "", "TELEGRAM_CHAT_ID": ""})
+
+    assert result.returncode == 0
+    assert bot_api.requests == []
+    assert "TELEGRAM_BOT_TOKEN or TELEGRAM_CHAT_ID not set" in result.stderr
+
+
+def test_events_not_listed_in_notify_send_nothing(bot_api, config_file, settings):
+    settings["telegram"]["notify"] = '["FAILURE"]'
+    apply_settings(settings, config_file)
+
+    assert run_week(config_file).returncode == 0
+    assert bot_api.requests == []
+
+
+def test_failure_messages_stay_under_telegrams_limit_and_hide_secrets(settings, monkeypatch):
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
+    problem = RuntimeError(f"dsn postgresql://u:hunter2@db/x token {TOKEN} " + "x" * 10_000)
+
+    from pipeline import TrainCandidates
+
+    text = notify.failure_message(TrainCandidates(), problem)
+
+    assert len(text) <= notify.TELEGRAM_LIMIT
+    assert TOKEN not in text and "hunter2" not in text
