@@ -18,6 +18,11 @@ log = logging.getLogger("luigi-interface")
 A_SATURDAY = date(2026, 11, 21)
 
 
+def published_table(name: str) -> luigi.Parameter:
+    """The table a task publishes; `[TaskName] table = ...` in luigi.cfg renames it."""
+    return luigi.Parameter(default=name, significant=False, description="the table this task publishes")
+
+
 class WeekTask(luigi.Task):
     """A task of one week: any day of the week names the same task (the Saturday on or before it)."""
 

@@ -34,11 +34,12 @@ class Contract:
     numbers: tuple[str, ...] = ()
     label: str | None = None
     unique: tuple[str, ...] = ()
+    features: tuple[str, ...] = ()
 
     def with_features(self, features: tuple[str, ...]) -> Contract:
         """The ranker's configured features are required too, as numbers unless already named."""
         extra = tuple(f for f in features if f not in self.ids + self.numbers)
-        return Contract(self.file, self.ids, self.numbers + extra, self.label, self.unique)
+        return Contract(self.file, self.ids, self.numbers + extra, self.label, self.unique, tuple(features))
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -71,7 +72,8 @@ def output_schema(contract: Contract, path: Path, schema: pa.Schema) -> pa.Schem
     """The schema the table gets: the file's own, with float ids narrowed to int64."""
     for column in contract.required:
         if column not in schema.names:
-            raise ContractError(path, column, f"required column is missing (found: {', '.join(schema.names)})")
+            why = "listed in [pipeline] features but missing" if column in contract.features else "required but missing"
+            raise ContractError(path, column, f"{why} (the file has: {', '.join(schema.names)})")
     fields = []
     for field in schema:
         if field.name in contract.ids + ((contract.label,) if contract.label else ()):
@@ -101,10 +103,12 @@ class BatchChecker:
     def __init__(self, contract: Contract, path: Path, schema: pa.Schema):
         self.contract, self.path, self.schema = contract, path, schema
         self.label_counts = {0: 0, 1: 0}
+        self.rows_seen = 0
 
     def checked(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             yield self._checked(batch)
+            self.rows_seen += batch.num_rows
         if self.contract.label and 0 in self.label_counts.values():
             raise ContractError(self.path, self.contract.label,
                                 f"a single class only ({self.label_counts}); training needs both 0 and 1")
@@ -114,8 +118,8 @@ class BatchChecker:
         for field in self.schema:
             column = batch.column(field.name)
             if field.name in self.contract.ids and column.null_count:
-                raise ContractError(self.path, field.name, f"{column.null_count} null ids "
-                                    f"(first at row {_first_null(column)} of a batch)")
+                row = self.rows_seen + _first(pc.is_null(column))
+                raise ContractError(self.path, field.name, f"null ids are not allowed (first at row {row})")
             columns.append(self._cast(field, column))
         checked = pa.RecordBatch.from_arrays(columns, schema=self.schema)
         if self.contract.label:
@@ -128,8 +132,9 @@ class BatchChecker:
         try:
             return pc.cast(column, field.type, safe=True)
         except pa.ArrowInvalid:
-            example = next(v for v in column.to_pylist() if v is not None and v != int(v))
-            raise ContractError(self.path, field.name, f"must hold integers, found {example!r}") from None
+            index = _first(pc.not_equal(column, pc.floor(column)))
+            raise ContractError(self.path, field.name, f"must hold integers, found {column[index].as_py()!r} "
+                                f"at row {self.rows_seen + index}") from None
 
     def _count_labels(self, label: pa.Array) -> None:
         counts = pc.value_counts(label)
@@ -140,8 +145,8 @@ class BatchChecker:
             self.label_counts[value] += entry["counts"]
 
 
-def _first_null(column: pa.Array) -> int:
-    return pc.index(pc.is_null(column), True).as_py()
+def _first(mask: pa.Array) -> int:
+    return pc.index(mask, True).as_py()
 
 
 def duplicate_key_error(path: Path, contract: Contract, detail: str) -> ContractError:

@@ -6,7 +6,7 @@ import psycopg2.errors
 import pyarrow as pa
 
 from pipeline import config, contracts
-from pipeline.base import PublishingTask
+from pipeline.base import PublishingTask, published_table
 
 BATCH_ROWS = 64_000
 
@@ -36,12 +36,12 @@ class LoadTask(PublishingTask):
 
 class DefaultRecs(LoadTask):
     contract = contracts.TOP_POPULAR
-    table = "default_recs"
+    table = published_table("default_recs")
 
 
 class OnlineRecs(LoadTask):
     contract = contracts.SIMILAR
-    table = "online_recs"
+    table = published_table("online_recs")
     lookup_key = ("itemid_1",)
 
 
@@ -56,9 +56,9 @@ class CandidatesTask(LoadTask):
 
 class TrainCandidates(CandidatesTask):
     contract = contracts.CANDIDATES_TRAIN
-    table = "candidates_train"
+    table = published_table("candidates_train")
 
 
 class InferenceCandidates(CandidatesTask):
     contract = contracts.CANDIDATES_INFERENCE
-    table = "candidates_inference"
+    table = published_table("candidates_inference")

@@ -18,7 +18,7 @@ import requests
 
 from pipeline import config, db
 from pipeline.base import WeekTask
-from pipeline.wrapper import WeeklyRecs, week_row_counts
+from pipeline.wrapper import WeeklyRecs
 
 log = logging.getLogger("luigi-interface")
 
@@ -57,7 +57,7 @@ def send(text: str) -> bool:
 def success_message(task: WeeklyRecs) -> str:
     lines = [f"weekly-recs: week {task.week} published in {time.monotonic() - RUN_STARTED:.0f} s"]
     with db.connection() as conn:
-        lines += [f"{table}: {rows:,} rows" for table, rows in week_row_counts(conn, task.week).items()]
+        lines += [f"{table}: {rows:,} rows" for table, rows in task.row_counts(conn).items()]
         lines += validation_lines(conn, task.week)
     lines.append(f"host: {socket.gethostname()}")
     return "\n".join(lines)

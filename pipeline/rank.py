@@ -10,12 +10,12 @@ import pyarrow.compute as pc
 from catboost import CatBoostClassifier
 
 from pipeline import config, db
-from pipeline.base import PublishingTask
+from pipeline.base import PublishingTask, published_table
 from pipeline.load import InferenceCandidates, TrainCandidates
 
 
 class RankCandidates(PublishingTask):
-    table = "candidates_ranked"
+    table = published_table("candidates_ranked")
     unique_key = ("user_id", "item_id")
 
     def requires(self) -> dict[str, TrainCandidates | InferenceCandidates]:
@@ -26,9 +26,10 @@ class RankCandidates(PublishingTask):
         settings = config.pipeline()
         model_dir = writable_model_dir(settings.week_model_dir(self.week))
         self.set_status_message("reading candidates back")
+        inputs = self.requires()
         with db.connection() as conn:
-            train = db.read_week(conn, "candidates_train", self.week)
-            inference = db.read_week(conn, "candidates_inference", self.week)
+            train = db.read_week(conn, inputs["train"].table, self.week)
+            inference = db.read_week(conn, inputs["inference"].table, self.week)
         self.set_status_message(f"training on {train.num_rows} candidates")
         self.set_progress_percentage(20)
         model = fit_classifier(train, settings)

@@ -5,15 +5,11 @@ from __future__ import annotations
 import logging
 
 from pipeline import db
-from pipeline.base import WeekTask
+from pipeline.base import PublishingTask, WeekTask
 from pipeline.load import DefaultRecs, OnlineRecs
 from pipeline.rank import RankCandidates
 
 log = logging.getLogger("luigi-interface")
-
-PUBLISHED_TABLES = ("default_recs", "online_recs", "candidates_train",
-                    "candidates_inference", "candidates_ranked")
-
 
 class WeeklyRecs(WeekTask):
     """Complete when every table of the week is published; its own marker records the week as whole."""
@@ -24,18 +20,22 @@ class WeeklyRecs(WeekTask):
         return [DefaultRecs(week=self.week), OnlineRecs(week=self.week),
                 RankCandidates(week=self.week)]
 
+    def published(self) -> list[PublishingTask]:
+        """Every task that publishes a table this week, the ranker's inputs included."""
+        default_recs, online_recs, ranker = self.requires()
+        return [default_recs, online_recs, *ranker.requires().values(), ranker]
+
+    def row_counts(self, conn) -> dict[str, int]:
+        with conn.cursor() as cur:
+            return {task.table: db.row_count(cur, db.week_table(conn, task.table, self.week))
+                    for task in self.published()}
+
     def run(self) -> None:
         with self.marking_once() as transaction:
             if transaction is None:
                 return
-            counts = week_row_counts(transaction[0], self.week)
+            counts = self.row_counts(transaction[0])
         print(week_summary(self.week, counts, str(db.server())))
-
-
-def week_row_counts(conn, week) -> dict[str, int]:
-    with conn.cursor() as cur:
-        return {table: db.row_count(cur, db.week_table(conn, table, week))
-                for table in PUBLISHED_TABLES}
 
 
 def week_summary(week, counts: dict[str, int], where: str) -> str:

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WEEK = date(2026, 11, 21)
 NEXT_WEEK = date(2026, 11, 28)
 LUIGI = str(Path(sys.executable).with_name("luigi"))
+PUBLISHED_TABLES = ("default_recs", "online_recs", "candidates_train", "candidates_inference", "candidates_ranked")
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from pipeline import notify
-from pipeline.wrapper import PUBLISHED_TABLES
-from tests.conftest import apply_settings, query, run_luigi
+from tests.conftest import PUBLISHED_TABLES, apply_settings, query, run_luigi
 
 TOKEN = "1234567890:AAtest-token-that-must-never-be-printed"
 CHAT = "-100777"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pipeline import WeeklyRecs
-from pipeline.wrapper import PUBLISHED_TABLES
 from tests.conftest import (
     NEXT_WEEK,
+    PUBLISHED_TABLES,
     WEEK,
     apply_settings,
     markers,
