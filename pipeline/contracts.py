@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -54,6 +55,48 @@ CANDIDATES_INFERENCE = Contract("candidates_inference.parquet", ids=_CANDIDATE_I
 CANDIDATES_TRAIN = Contract("candidates_train.parquet", ids=_CANDIDATE_IDS,
                             numbers=("als_score", "available"), label="target",
                             unique=("user_id", "item_id"))
+
+
+def week_contracts(features: tuple[str, ...]) -> tuple[Contract, ...]:
+    """The four files of a week, the candidates with the ranker's configured features."""
+    return (TOP_POPULAR, SIMILAR, CANDIDATES_TRAIN.with_features(features),
+            CANDIDATES_INFERENCE.with_features(features))
+
+
+def check_week(folder: Path, features: tuple[str, ...]) -> None:
+    """Check every file of the week, streaming only the contract's columns, without the database."""
+    for contract in week_contracts(features):
+        path = folder / contract.file
+        parquet = open_parquet(path)
+        schema = output_schema(contract, path, parquet.schema_arrow)
+        required = pa.schema([schema.field(column) for column in contract.required])
+        batches = BatchChecker(contract, path, required).checked(parquet.iter_batches(columns=list(contract.required)))
+        keys = [_pair_key(batch, contract.unique) for batch in batches]
+        if contract.unique:
+            _refuse_duplicates(path, contract, keys)
+
+
+def _pair_key(batch: pa.RecordBatch, unique: tuple[str, ...]) -> np.ndarray | None:
+    """Both ids of a key in one int64 (8 bytes a row), where they fit in 32 bits each."""
+    if not unique:
+        return None
+    first, second = (batch.column(name).to_numpy().astype(np.int64) for name in unique)
+    if len(first) and (min(first.min(), second.min()) < 0 or max(first.max(), second.max()) >= 1 << 31):
+        return None
+    return (first << 32) | second
+
+
+def _refuse_duplicates(path: Path, contract: Contract, keys: list[np.ndarray | None]) -> None:
+    if any(k is None for k in keys):
+        return  # ids too large to pack: the unique index at load time still refuses duplicates
+    packed = np.concatenate(keys)
+    packed.sort()
+    repeated = np.flatnonzero(packed[1:] == packed[:-1])
+    if len(repeated):
+        key = packed[repeated[0]]
+        raise ContractError(path, ", ".join(contract.unique),
+                            f"duplicate rows: ({contract.unique[0]}, {contract.unique[1]})="
+                            f"({key >> 32}, {key & 0xFFFFFFFF}) appears more than once")
 
 
 def open_parquet(path: Path) -> pq.ParquetFile:

@@ -6,15 +6,30 @@ import psycopg2.errors
 import pyarrow as pa
 
 from pipeline import config, contracts
-from pipeline.base import PublishingTask, published_table
+from pipeline.base import PublishingTask, WeekTask, published_table
 
 BATCH_ROWS = 64_000
 
 
+class CheckInputs(WeekTask):
+    """Every file of the week meets its contract: one bad file stops all loads, before any publishes."""
+
+    table = "week_inputs"
+
+    def run(self) -> None:
+        settings = config.pipeline()
+        contracts.check_week(settings.week_input_dir(self.week), tuple(settings.features))
+        with self.marking_once():
+            pass
+
+
 class LoadTask(PublishingTask):
-    """Reads the week's file in record batches, checks it against its contract and publishes it."""
+    """Reads the week's file in record batches, checks it again as it streams, and publishes it."""
 
     contract: contracts.Contract
+
+    def requires(self) -> CheckInputs:
+        return CheckInputs(week=self.week)
 
     def run(self) -> None:
         contract = self.full_contract()

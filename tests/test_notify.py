@@ -105,7 +105,7 @@ def test_a_broken_input_file_sends_a_failure_naming_the_task_and_file(bot_api, c
 
     assert result.returncode != 0
     [text] = bot_api.texts()
-    assert "FAILED: TrainCandidates for week 2026-11-21" in text
+    assert "FAILED: CheckInputs for week 2026-11-21" in text
     assert "candidates_train.parquet" in text and "ContractError" in text
 
 

@@ -24,7 +24,7 @@ def test_a_week_publishes_every_table_and_prints_a_summary(config_file, conn):
     for table in PUBLISHED_TABLES:
         (count,) = query(conn, f'SELECT count(*) FROM "{table}"')[0]
         assert f"{table}" in result.stdout and f"{count:,} rows" in result.stdout
-    assert len(markers(conn)) == 6
+    assert len(markers(conn)) == 7  # the six tasks of the graph and CheckInputs
 
 
 def test_a_rerun_of_a_done_week_runs_nothing_and_changes_nothing(config_file, conn):
