@@ -31,7 +31,7 @@ class WeekTask(luigi.Task):
     table: str = ""
 
     def output(self) -> db.MarkerTarget:
-        return db.marker(config.checked_identifier(self.table, f"{type(self).__name__}.table"),
+        return db.marker(config.checked_identifier(self.table, f"[{type(self).__name__}] table"),
                          self.task_id)
 
     @contextmanager

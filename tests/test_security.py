@@ -1,0 +1,49 @@
+"""Names from configuration cannot run SQL, and secrets never reach the output."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import apply_settings, query, run_luigi
+
+INJECTION = 'default_recs"; DROP TABLE table_updates; --'
+
+
+def test_a_table_name_that_is_not_an_identifier_is_refused_before_any_sql(settings, config_file, conn):
+    run_luigi(config_file, "DefaultRecs", "--local-scheduler", "--week", "2026-11-21")
+    settings["DefaultRecs"] = {"table": INJECTION}
+    apply_settings(settings, config_file)
+
+    result = run_luigi(config_file, "DefaultRecs", "--local-scheduler", "--week", "2026-11-28")
+
+    assert result.returncode != 0
+    assert "[DefaultRecs] table: 'default_recs\"; DROP TABLE table_updates; --' is not a valid table name" \
+        in result.stderr
+    assert query(conn, "SELECT count(*) FROM table_updates") == [(2,)]  # CheckInputs and DefaultRecs
+
+
+def test_a_configured_table_name_is_used_as_given(settings, config_file, conn):
+    settings["DefaultRecs"] = {"table": "popular_items"}
+    apply_settings(settings, config_file)
+
+    assert run_luigi(config_file, "DefaultRecs", "--local-scheduler", "--week", "2026-11-21").returncode == 0
+    assert query(conn, "SELECT count(*) > 0 FROM popular_items") == [(True,)]
+
+
+@pytest.mark.parametrize("password_from", ["environment", "config file"])
+def test_the_database_password_never_reaches_the_output(tcp_server, tmp_path, input_dir, password_from):
+    (input_dir / "similar.parquet").unlink()  # a failing run prints tracebacks: the most to leak from
+    config = tmp_path / "tcp.cfg"
+    in_file = f"password = {tcp_server['password']}\n" if password_from == "config file" else ""
+    config.write_text(f"[postgres]\nhost = 127.0.0.1\nport = {tcp_server['port']}\nuser = {tcp_server['user']}\n"
+                      f"{in_file}[pipeline]\ninput_dir = {input_dir}\nmodel_dir = {tmp_path}\n")
+    env = {"PGPASSWORD": tcp_server["password"]} if password_from == "environment" else {}
+
+    failed = run_luigi(config, "WeeklyRecs", "--local-scheduler", "--week", "2026-11-21", env=env)
+    refused = run_luigi(config, "WeeklyRecs", "--local-scheduler", "--week", "2026-11-21",
+                        env={"PGPASSWORD": "wrong-" + tcp_server["password"]} if not in_file else env)
+
+    assert failed.returncode != 0 and "file not found" in failed.stderr
+    assert refused.returncode != 0
+    for result in (failed, refused):
+        assert tcp_server["password"] not in result.stdout + result.stderr
