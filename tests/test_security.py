@@ -39,8 +39,8 @@ def test_the_database_password_never_reaches_the_output(tcp_server, tmp_path, in
                       f"{in_file}[pipeline]\ninput_dir = {input_dir}\nmodel_dir = {tmp_path}\n")
     env = {"PGPASSWORD": tcp_server["password"]} if password_from == "environment" else {}
 
-    failed = run_luigi(config, "WeeklyRecs", "--local-scheduler", "--week", "2026-11-21", env=env)
-    refused = run_luigi(config, "WeeklyRecs", "--local-scheduler", "--week", "2026-11-21",
+    failed = run_luigi(config, "WeeklyRecs", "--local-scheduler", "--week", "2026-10-03", env=env)
+    refused = run_luigi(config, "WeeklyRecs", "--local-scheduler", "--week", "2026-10-03",
                         env={"PGPASSWORD": "wrong-" + tcp_server["password"]} if not in_file else env)
 
     assert failed.returncode != 0 and "file not found" in failed.stderr
