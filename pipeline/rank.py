@@ -1,45 +1,180 @@
-"""RankCandidates: re-train CatBoost on the week's train candidates and rank its inference candidates."""
+"""RankCandidates: validate, re-train and rank, publishing the ranking and its metrics together.
+
+The ranker is first fitted on the train candidates of 80% of the users and measured on the rest,
+against the candidates' own `als_score` order; a week that ranks worse than that order, or than
+the last published week, by more than `[pipeline] max_ndcg_drop` is refused. Then it is fitted on
+all train candidates and ranks the inference candidates.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import time
+from dataclasses import dataclass, field
+from datetime import date
 
+import luigi
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from catboost import CatBoostClassifier
+from catboost import CatBoostClassifier, CatBoostRanker
+from psycopg2 import sql
 
-from pipeline import config, db
+from pipeline import config, db, metrics
 from pipeline.base import PublishingTask, published_table
-from pipeline.load import InferenceCandidates, TrainCandidates
+from pipeline.features import with_derived_features
+from pipeline.load import DefaultRecs, InferenceCandidates, LoadTask, TrainCandidates
+
+
+class QualityGateError(RuntimeError):
+    """The week's model ranks worse than it may; the previous ranking stays published."""
 
 
 class RankCandidates(PublishingTask):
     table = published_table("candidates_ranked")
+    metrics_table = published_table("model_metrics")
     unique_key = ("user_id", "item_id")
+    force_publish = luigi.BoolParameter(default=False, significant=False,
+                                        description="publish even when the quality gate refuses the week")
 
-    def requires(self) -> dict[str, TrainCandidates | InferenceCandidates]:
-        return {"train": TrainCandidates(week=self.week),
-                "inference": InferenceCandidates(week=self.week)}
+    def requires(self) -> dict[str, LoadTask]:
+        """The candidates, and the week's popularity counts that derived features use."""
+        return {"train": TrainCandidates(week=self.week), "inference": InferenceCandidates(week=self.week),
+                "popularity": DefaultRecs(week=self.week)}
 
     def run(self) -> None:
-        settings = config.pipeline()
-        model_dir = writable_model_dir(settings.week_model_dir(self.week))
+        started = time.monotonic()
+        model_dir = writable_model_dir(config.pipeline().week_model_dir(self.week))
         self.set_status_message("reading candidates back")
         inputs = self.requires()
         with db.connection() as conn:
-            train = db.read_week(conn, inputs["train"].table, self.week)
+            popularity = db.read_week(conn, inputs["popularity"].table, self.week).to_pandas()
+            ranker = Ranker.from_settings(config.pipeline(), popularity)
+            train = ranker.prepared(db.read_week(conn, inputs["train"].table, self.week).to_pandas())
             inference = db.read_week(conn, inputs["inference"].table, self.week)
-        self.set_status_message(f"training on {train.num_rows} candidates")
-        self.set_progress_percentage(20)
-        model = fit_classifier(train, settings)
+            previous = previous_ndcg(conn, self.metrics_table, self.week)
+        self.set_status_message(f"validating on held-out users of {len(train)} train candidates")
+        self.set_progress_percentage(10)
+        self.validation = ranker.validation(train)
+        self.check_quality(previous)
+        self.set_status_message(f"training on {len(train)} candidates")
+        self.set_progress_percentage(50)
+        model = ranker.fit(train)
         model.save_model(str(model_dir / "model.cbm"))
-        self.set_progress_percentage(70)
         self.set_status_message(f"ranking {inference.num_rows} candidates")
-        ranked = candidates_ranked(inference, model.predict_proba(
-            inference.select(list(settings.features)).to_pandas())[:, 1])
+        self.set_progress_percentage(80)
+        candidates = ranker.prepared(inference.to_pandas())
+        ranked = candidates_ranked(pa.Table.from_pandas(candidates[inference.column_names], schema=inference.schema,
+                                                        preserve_index=False), ranker.scores(model, candidates))
+        self.validation.update(model_type=ranker.kind, parameters=json.dumps(ranker.parameters()),
+                               train_rows=len(train), positives=int(train["target"].sum()),
+                               duration_s=time.monotonic() - started)
         self.publish(ranked.to_batches(), ranked.schema)
         self.set_progress_percentage(100)
+
+    def check_quality(self, previous: float | None) -> None:
+        drop = config.pipeline().max_ndcg_drop
+        ndcg, als = self.validation["ndcg_at_10"], self.validation["als_ndcg_at_10"]
+        problems = [f"below the als_score order's {als:.4f}"] if ndcg < als - drop else []
+        if previous is not None and ndcg < previous - drop:
+            problems.append(f"below the last published week's {previous:.4f}")
+        if not problems:
+            return
+        message = (f"week {self.week}: validation NDCG@10 {ndcg:.4f} is {' and '.join(problems)} "
+                   f"by more than max_ndcg_drop={drop}")
+        if not self.force_publish:
+            raise QualityGateError(f"{message}; the previous ranking stays published "
+                                   "(--RankCandidates-force-publish publishes anyway)")
+        self.set_status_message(f"published despite the quality gate: {message}")
+
+    def publish_alongside(self, cur) -> None:
+        """The week's metrics row, in the transaction that publishes its ranking."""
+        table = sql.Identifier(config.checked_identifier(self.metrics_table, "[RankCandidates] metrics_table"))
+        cur.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (week date, model_type text, parameters jsonb, train_rows bigint,"
+            " positives bigint, ndcg_at_10 double precision, precision_at_10 double precision,"
+            " recall_at_10 double precision, als_ndcg_at_10 double precision,"
+            " als_precision_at_10 double precision, als_recall_at_10 double precision,"
+            " duration_s double precision, trained_at timestamptz DEFAULT now(),"
+            " PRIMARY KEY (week, model_type))").format(table))
+        row = self.validation
+        cur.execute(sql.SQL("DELETE FROM {} WHERE week = %s AND model_type = %s").format(table),
+                    (self.week, row["model_type"]))
+        cur.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+            table, sql.SQL(", ").join(map(sql.Identifier, ["week", *row])),
+            sql.SQL(", ").join(sql.Placeholder() * (len(row) + 1))), (self.week, *row.values()))
+
+
+@dataclass(frozen=True)
+class Ranker:
+    """Which CatBoost model, on which features; the same preparation for train and inference."""
+
+    kind: str
+    loss: str
+    features: tuple[str, ...]
+    derived: tuple[str, ...]
+    cat_features: tuple[str, ...]
+    iterations: int
+    thread_count: int
+    seed: int
+    holdout_share: float
+    popularity: pd.DataFrame = field(compare=False, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: config.pipeline, popularity: pd.DataFrame) -> Ranker:
+        return cls(settings.ranker, settings.ranker_loss, tuple(settings.features), tuple(settings.derived_features),
+                   tuple(settings.cat_features), settings.iterations, settings.thread_count, settings.random_seed,
+                   settings.holdout_share, popularity)
+
+    def parameters(self) -> dict:
+        return {"loss": self.loss if self.kind == "CatBoostRanker" else "Logloss", "iterations": self.iterations,
+                "features": [*self.features, *self.derived], "cat_features": list(self.cat_features)}
+
+    def prepared(self, candidates: pd.DataFrame) -> pd.DataFrame:
+        """Sorted by user (the ranker's groups must be contiguous), with the derived features."""
+        ordered = candidates.sort_values(["user_id", "item_id"], kind="stable", ignore_index=True)
+        return with_derived_features(ordered, self.derived, self.popularity)
+
+    def fit(self, train: pd.DataFrame) -> CatBoostClassifier | CatBoostRanker:
+        common = dict(iterations=self.iterations, random_seed=self.seed, thread_count=self.thread_count,
+                      cat_features=list(self.cat_features), allow_writing_files=False, verbose=False)
+        columns = train[[*self.features, *self.derived]]
+        if self.kind == "CatBoostRanker":
+            return CatBoostRanker(loss_function=self.loss, **common).fit(columns, train["target"],
+                                                                         group_id=train["user_id"])
+        return CatBoostClassifier(**common).fit(columns, train["target"])
+
+    def scores(self, model: CatBoostClassifier | CatBoostRanker, candidates: pd.DataFrame) -> np.ndarray:
+        columns = candidates[[*self.features, *self.derived]]
+        if isinstance(model, CatBoostClassifier):
+            return model.predict_proba(columns)[:, 1]
+        return model.predict(columns)
+
+    def validation(self, train: pd.DataFrame) -> dict[str, float]:
+        """Metrics on held-out users: this model's order, then the als_score order, on the same users."""
+        users = train["user_id"].unique()
+        held_out = users[np.random.default_rng(self.seed).random(len(users)) < self.holdout_share]
+        is_held_out = train["user_id"].isin(held_out)
+        model = self.fit(train[~is_held_out])
+        test = train[is_held_out]
+        users, targets = test["user_id"].to_numpy(), test["target"].to_numpy()
+        ranked = metrics.per_user_metrics(users, self.scores(model, test), targets)
+        als = metrics.per_user_metrics(users, test["als_score"].to_numpy(), targets)
+        return {**metrics.summary(ranked), **{f"als_{k}": v for k, v in metrics.summary(als).items()}}
+
+
+def previous_ndcg(conn, metrics_table: str, week: date) -> float | None:
+    """The validation NDCG@10 of the latest earlier week, where one was recorded."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s)", (f'"{config.checked_identifier(metrics_table, "metrics_table")}"',))
+        if cur.fetchone()[0] is None:
+            return None
+        cur.execute(sql.SQL("SELECT ndcg_at_10 FROM {} WHERE week < %s ORDER BY week DESC, trained_at DESC LIMIT 1")
+                    .format(sql.Identifier(metrics_table)), (week,))
+        row = cur.fetchone()
+    return row[0] if row else None
 
 
 def writable_model_dir(path: os.PathLike) -> os.PathLike:
@@ -51,16 +186,6 @@ def writable_model_dir(path: os.PathLike) -> os.PathLike:
     if not os.access(path, os.W_OK):
         raise PermissionError(f"[pipeline] model_dir: {path} is not writable")
     return path
-
-
-def fit_classifier(train: pa.Table, settings: config.pipeline) -> CatBoostClassifier:
-    model = CatBoostClassifier(
-        iterations=settings.iterations, random_seed=settings.random_seed,
-        thread_count=settings.thread_count, cat_features=list(settings.cat_features),
-        allow_writing_files=False, verbose=False,
-    )
-    model.fit(train.select(list(settings.features)).to_pandas(), train.column("target").to_numpy())
-    return model
 
 
 def candidates_ranked(candidates: pa.Table, scores: np.ndarray) -> pa.Table:

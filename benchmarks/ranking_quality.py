@@ -1,0 +1,56 @@
+"""Both rankers, with and without the derived features, on MovieLens 100k: which beats the als_score order.
+
+    python benchmarks/ranking_quality.py ../shared/datasets/ml-100k
+
+Uses the task's own `Ranker` on the files `pipeline.movielens` makes; writes benchmarks/ranking_quality.md.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from pipeline.features import DERIVED
+from pipeline.movielens import evaluate, make_week
+from pipeline.rank import Ranker, candidates_ranked
+
+BASE = ("als_score", "category_id", "parent_id", "available")
+
+
+def ranking_quality(week: Path, kind: str, derived: tuple[str, ...]) -> dict[str, float]:
+    ranker = Ranker(kind, "YetiRank", BASE, derived, ("category_id", "parent_id"), 300, -1, 42, 0.2,
+                    pd.read_parquet(week / "top_popular.parquet"))
+    train = ranker.prepared(pd.read_parquet(week / "candidates_train.parquet"))
+    inference = ranker.prepared(pd.read_parquet(week / "candidates_inference.parquet"))
+    model = ranker.fit(train)
+    columns = ["user_id", "item_id", "als_score"]
+    ranked = candidates_ranked(pa.Table.from_pandas(inference[columns], preserve_index=False),
+                               ranker.scores(model, inference)).to_pandas()
+    return {"validation_ndcg": ranker.validation(train)["ndcg_at_10"],
+            **evaluate(ranked, pd.read_parquet(week / "test_interactions.parquet"))}
+
+
+def main(dataset: Path) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        week = Path(folder)
+        make_week(dataset, week)
+        rows = []
+        for kind in ("CatBoostClassifier", "CatBoostRanker"):
+            for derived in ((), tuple(DERIVED)):
+                result = ranking_quality(week, kind, derived)
+                rows.append(f"| {kind} | {'yes' if derived else 'no'} | {result['ndcg_at_10']:.4f} | "
+                            f"{result['precision_at_10']:.4f} | {result['recall_at_10']:.4f} | "
+                            f"{result['als_ndcg_at_10']:.4f} | {result['ndcg_gain']:+.1%} "
+                            f"[{result['ndcg_gain_low']:+.1%}, {result['ndcg_gain_high']:+.1%}] |")
+                print(rows[-1], flush=True)
+    header = ("| ranker | derived features | NDCG@10 | P@10 | R@10 | als_score order NDCG@10 | "
+              "NDCG gain [95% user bootstrap] |\n|---|---|---|---|---|---|---|\n")
+    Path(__file__).with_name("ranking_quality.md").write_text(header + "\n".join(rows) + "\n")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

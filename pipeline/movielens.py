@@ -1,0 +1,156 @@
+"""MovieLens 100k as a week of the modelling stage's files, and an evaluation of a published ranking.
+
+    python -m pipeline.movielens make ../shared/datasets/ml-100k OUTDIR
+    python -m pipeline.movielens evaluate OUTDIR      # scores the published candidates_ranked
+
+Each user's ratings are split by time into history (60%), label (20%) and test (20%) periods; a
+global time cut would leave too few users with test interactions. A truncated SVD of the history
+gives the train candidates and their `als_score`, labelled by the label period; one of history and
+label gives the inference candidates, which the test period judges. `category_id` is the first
+genre, `parent_id` the release decade, `available` whether the release date is known.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import metrics
+
+CANDIDATES_PER_USER = 50
+FACTORS = 48
+SHARES = (0.6, 0.2)  # history, label; the rest is test
+
+
+def read_ratings(dataset: Path) -> pd.DataFrame:
+    return pd.read_csv(dataset / "u.data", sep="\t", names=["user_id", "item_id", "rating", "ts"])
+
+
+def read_items(dataset: Path) -> pd.DataFrame:
+    raw = pd.read_csv(dataset / "u.item", sep="|", header=None, encoding="latin-1")
+    genres = raw.iloc[:, 5:24].to_numpy()
+    released = pd.to_datetime(raw[2], format="%d-%b-%Y", errors="coerce")
+    return pd.DataFrame({
+        "item_id": raw[0].astype("int64"),
+        "category_id": genres.argmax(axis=1).astype("int64"),
+        "parent_id": (released.dt.year.fillna(0) // 10 * 10).astype("int64"),
+        "available": released.notna().astype("int64"),
+    })
+
+
+def split_by_time(ratings: pd.DataFrame) -> pd.Series:
+    """'history', 'label' or 'test' for each rating, by its place in its user's own timeline."""
+    place = ratings.groupby("user_id")["ts"].rank(method="first") / ratings.groupby("user_id")["ts"].transform("size")
+    return pd.Series(np.select([place <= SHARES[0], place <= sum(SHARES)], ["history", "label"], "test"),
+                     index=ratings.index)
+
+
+def svd_scores(interactions: pd.DataFrame, users: int, items: int) -> tuple[np.ndarray, np.ndarray]:
+    """User-item scores and item factors of a rank-`FACTORS` SVD of the 0/1 interaction matrix."""
+    matrix = np.zeros((users + 1, items + 1), dtype=np.float32)
+    matrix[interactions["user_id"], interactions["item_id"]] = 1
+    left, singular, right = np.linalg.svd(matrix, full_matrices=False)
+    item_factors = (right[:FACTORS].T * np.sqrt(singular[:FACTORS]))
+    return (left[:, :FACTORS] * singular[:FACTORS]) @ right[:FACTORS], item_factors
+
+
+def candidates(scores: np.ndarray, seen: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """Each user's top unseen items by SVD score, with their item attributes."""
+    masked = scores.copy()
+    masked[seen["user_id"], seen["item_id"]] = -np.inf
+    masked[:, 0] = -np.inf
+    users = seen["user_id"].unique()
+    top = np.argsort(-masked[users], axis=1)[:, :CANDIDATES_PER_USER]
+    frame = pd.DataFrame({"user_id": np.repeat(users, CANDIDATES_PER_USER).astype("int64"),
+                          "item_id": top.ravel().astype("int64")})
+    frame["als_score"] = masked[frame["user_id"], frame["item_id"]].astype("float32")
+    return frame.merge(items, on="item_id", how="left")
+
+
+def labelled(frame: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
+    """1 where the (user, item) pair is in `truth`."""
+    keys = pd.MultiIndex.from_frame(truth[["user_id", "item_id"]])
+    return pd.MultiIndex.from_frame(frame[["user_id", "item_id"]]).isin(keys).astype("int64")
+
+
+def make_week(dataset: Path, out: Path) -> None:
+    ratings, items = read_ratings(dataset), read_items(dataset)
+    period = split_by_time(ratings)
+    history, label, test = (ratings[period == name] for name in ("history", "label", "test"))
+    known = pd.concat([history, label])
+    n_users, n_items = ratings["user_id"].max(), ratings["item_id"].max()
+    out.mkdir(parents=True, exist_ok=True)
+
+    train_scores, _ = svd_scores(history, n_users, n_items)
+    train = candidates(train_scores, history, items)
+    train["target"] = labelled(train, label)
+    inference_scores, item_factors = svd_scores(known, n_users, n_items)
+    inference = candidates(inference_scores, known, items)
+    popular = known.groupby("item_id").size().rename("items_cnt").sort_values(ascending=False).reset_index()
+
+    _write(train, out / "candidates_train.parquet")
+    _write(inference, out / "candidates_inference.parquet")
+    _write(popular.astype("int64"), out / "top_popular.parquet")
+    _write(_similar(item_factors), out / "similar.parquet")
+    _write(test[["user_id", "item_id"]].astype("int64"), out / "test_interactions.parquet")
+
+
+def _similar(item_factors: np.ndarray, per_item: int = 10) -> pd.DataFrame:
+    norms = np.linalg.norm(item_factors, axis=1, keepdims=True)
+    unit = np.divide(item_factors, norms, out=np.zeros_like(item_factors), where=norms > 0)
+    cosine = unit @ unit.T
+    np.fill_diagonal(cosine, -np.inf)
+    cosine[0, :] = cosine[:, 0] = -np.inf
+    top = np.argsort(-cosine, axis=1)[1:, :per_item]
+    first = np.repeat(np.arange(1, len(cosine)), per_item)
+    return pd.DataFrame({"itemid_1": first.astype("int64"), "itemid_2": top.ravel().astype("int64"),
+                         "score": cosine[first, top.ravel()].astype("float32")})
+
+
+def _write(frame: pd.DataFrame, path: Path) -> None:
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+
+
+def evaluate(ranked: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
+    """NDCG/P/R@10 of the ranking (`rank`, 1 = best) and of the als_score order, on the test period."""
+    target = labelled(ranked, test)
+    users = ranked["user_id"].to_numpy()
+    model = metrics.per_user_metrics(users, -ranked["rank"].to_numpy(dtype=float), target)
+    als = metrics.per_user_metrics(users, ranked["als_score"].to_numpy(), target)
+    low, high = metrics.bootstrap_gain(model["ndcg"], als["ndcg"])
+    return {**metrics.summary(model), **{f"als_{k}": v for k, v in metrics.summary(als).items()},
+            "ndcg_gain": metrics.summary(model)["ndcg_at_10"] / metrics.summary(als)["ndcg_at_10"] - 1,
+            "ndcg_gain_low": low, "ndcg_gain_high": high, "users": len(model)}
+
+
+def evaluate_published(out: Path) -> dict[str, float]:
+    from pipeline import db
+
+    with db.connection() as conn:
+        ranked = db.copy_out(conn, _published_query(), _RANKED_SCHEMA).to_pandas()
+    return evaluate(ranked, pd.read_parquet(out / "test_interactions.parquet"))
+
+
+_RANKED_SCHEMA = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()), ("als_score", pa.float32()),
+                            ("rank", pa.int32())])
+
+
+def _published_query():
+    from psycopg2 import sql
+
+    return sql.SQL("SELECT user_id, item_id, als_score, rank FROM candidates_ranked")
+
+
+if __name__ == "__main__":
+    command, *paths = sys.argv[1:]
+    if command == "make":
+        make_week(Path(paths[0]), Path(paths[1]))
+        print(f"MovieLens week written to {paths[1]}/")
+    else:
+        for name, value in evaluate_published(Path(paths[0])).items():
+            print(f"{name:>22}: {value:.4f}")
