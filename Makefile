@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test sample-data stop-db
+.PHONY: run test sample-data stop-db scheduler
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,3 +23,7 @@ sample-data: $(BIN)/.installed
 
 stop-db: $(BIN)/.installed
 	$(BIN)/python -c "from pipeline import db; db.stop_embedded_server()"
+
+scheduler: $(BIN)/.installed
+	mkdir -p var
+	$(BIN)/python -m pipeline.scheduler --port 8082 $(ARGS)

@@ -91,7 +91,7 @@ def test_a_good_week_sends_one_success_message_with_row_counts(bot_api, config_f
     assert request["path"] == f"/bot{TOKEN}/sendMessage"
     assert request["body"]["chat_id"] == CHAT
     text = request["body"]["text"]
-    assert "week 2026-11-21 published" in text
+    assert "week 2026-11-21 published" in text and "validation NDCG@10: 0." in text
     for table in PUBLISHED_TABLES:
         (rows,) = query(conn, f'SELECT count(*) FROM "{table}"')[0]
         assert f"{table}: {rows:,} rows" in text

@@ -1,0 +1,29 @@
+"""WeeklyRecsRange: every week between two dates, for missed weeks and backfills.
+
+    luigi --module pipeline WeeklyRecsRange --start 2026-10-31 --stop 2026-11-21
+
+Luigi's own range tasks count in days and look back only `days_back` (100) days by default,
+silently dropping older weeks; this one takes every Saturday from `start` up to `stop`, inclusive.
+Weeks already done are complete and skipped. Each week reads its own `input_dir` (use `{week}`).
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import luigi
+
+from pipeline.base import A_SATURDAY
+from pipeline.wrapper import WeeklyRecs
+
+
+class WeeklyRecsRange(luigi.WrapperTask):
+    start = luigi.DateParameter(interval=7, start=A_SATURDAY, description="first week (any day of it)")
+    stop = luigi.DateParameter(interval=7, start=A_SATURDAY, description="last week (any day of it), included")
+
+    def requires(self) -> list[WeeklyRecs]:
+        return [WeeklyRecs(week=week) for week in weeks_between(self.start, self.stop)]
+
+
+def weeks_between(first: date, last: date) -> list[date]:
+    return [first + timedelta(weeks=n) for n in range((last - first).days // 7 + 1)]

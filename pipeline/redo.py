@@ -1,0 +1,40 @@
+"""Forget one week's markers, so that the next run redoes the week.
+
+    python -m pipeline.redo 2026-11-21
+
+The published tables stay as they are until the redo publishes; the version it replaces moves to
+the week's archive table like any other.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import date
+
+from psycopg2 import sql
+
+from pipeline import db
+from pipeline.base import WeekTask
+from pipeline.load import CheckInputs
+from pipeline.wrapper import WeeklyRecs
+
+
+def week_tasks(week: date) -> list[WeekTask]:
+    weekly = WeeklyRecs(week=week)
+    return [CheckInputs(week=week), *weekly.published(), weekly]
+
+
+def forget_week(week: date) -> int:
+    """Delete the week's marker rows; returns how many there were."""
+    tasks = week_tasks(week)
+    marker_table = tasks[0].output().marker_table
+    with db.connection() as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("DELETE FROM {} WHERE update_id = ANY(%s)").format(sql.Identifier(marker_table)),
+                    ([task.task_id for task in tasks],))
+        conn.commit()
+        return cur.rowcount
+
+
+if __name__ == "__main__":
+    week = WeeklyRecs(week=date.fromisoformat(sys.argv[1])).week
+    print(f"week {week}: {forget_week(week)} markers forgotten; the next run redoes it")

@@ -1,0 +1,36 @@
+"""`make scheduler`: Luigi's central scheduler with its task history in the pipeline's PostgreSQL.
+
+luigid reads `[task_history] db_connection` as a SQLAlchemy URL. For the embedded server that URL
+names a socket directory known only at run time, and a password must not sit in a file, so this
+launcher fills it in from `[postgres]` (and PGPASSWORD) before starting luigid.
+"""
+
+from __future__ import annotations
+
+import sys
+from urllib.parse import quote
+
+import luigi.cmdline
+import luigi.configuration
+
+from pipeline import db
+
+
+def history_url(server: db.Server) -> str:
+    login = quote(server.user) + (f":{quote(server.password)}" if server.password else "")
+    if server.host.startswith("/"):
+        return f"postgresql+psycopg2://{login}@/{server.database}?host={quote(server.host)}&port={server.port}"
+    return f"postgresql+psycopg2://{login}@{server.host}:{server.port}/{server.database}"
+
+
+def main(argv: list[str]) -> None:
+    config = luigi.configuration.get_config()
+    if not config.get("task_history", "db_connection", ""):
+        if not config.has_section("task_history"):
+            config.add_section("task_history")
+        config.set("task_history", "db_connection", history_url(db.server()))
+    luigi.cmdline.luigid(argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

