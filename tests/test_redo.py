@@ -1,0 +1,25 @@
+"""Redo a week: its markers are forgotten, its tables stay published until the redo publishes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from pipeline import WeeklyRecs
+from tests.conftest import PUBLISHED_TABLES, ROOT, WEEK, markers, run_tasks, table_snapshot
+
+
+def test_redo_forgets_the_weeks_markers_and_keeps_its_tables_until_it_runs_again(settings, config_file, conn):
+    run_tasks(WeeklyRecs(week=WEEK), WeeklyRecs(week=WEEK.replace(day=28)))
+    published = {table: table_snapshot(conn, table) for table in PUBLISHED_TABLES}
+
+    redo = subprocess.run([sys.executable, "-m", "pipeline.redo", "2026-11-24"], cwd=ROOT, capture_output=True,
+                          text=True, env={"LUIGI_CONFIG_PATH": str(config_file), "PATH": "/usr/bin:/bin"})
+
+    assert redo.returncode == 0, redo.stderr
+    assert "week 2026-11-21: 7 markers forgotten" in redo.stdout
+    assert not any("2026_11_21" in marker for marker in markers(conn))
+    assert len(markers(conn)) == 7  # the other week's
+    assert {table: table_snapshot(conn, table) for table in PUBLISHED_TABLES} == published
+    assert run_tasks(WeeklyRecs(week=WEEK)).name == "SUCCESS"
+    assert len(markers(conn)) == 14
