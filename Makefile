@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test sample-data stop-db scheduler
+.PHONY: run test sample-data stop-db scheduler bench
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,3 +27,7 @@ stop-db: $(BIN)/.installed
 scheduler: $(BIN)/.installed
 	mkdir -p var
 	$(BIN)/python -m pipeline.scheduler --port 8082 $(ARGS)
+
+bench: $(BIN)/.installed
+	test -x /usr/bin/time || (apt-get update -qq && apt-get install -y -qq time)
+	$(BIN)/python benchmarks/bench.py

