@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline import DefaultRecs, InferenceCandidates, RankCandidates, TrainCandidates, config, db  # noqa: E402
 from pipeline.load import CheckInputs  # noqa: E402
-from pipeline.rank import Ranker  # noqa: E402
+from pipeline.ranker import Ranker  # noqa: E402
 from pipeline.sample_data import write_sample_week  # noqa: E402
 
 WEEK = date(2026, 11, 21)

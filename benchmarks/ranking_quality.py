@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from pipeline.features import DERIVED
 from pipeline.movielens import evaluate, make_week
-from pipeline.rank import Ranker, candidates_ranked
+from pipeline.ranker import Ranker, candidates_ranked
 
 BASE = ("als_score", "category_id", "parent_id", "available")
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import RankCandidates
-from pipeline.rank import candidates_ranked
+from pipeline.ranker import candidates_ranked
 from tests.conftest import NEXT_WEEK, WEEK, apply_settings, query, run_luigi, run_tasks, table_snapshot
 
 
