@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import psycopg2.errors
 import pyarrow as pa
 
@@ -41,12 +43,23 @@ class LoadTask(PublishingTask):
         batches = (batch.append_column("week", pa.repeat(week, batch.num_rows))
                    for batch in checker.checked(parquet.iter_batches(batch_size=BATCH_ROWS)))
         try:
-            self.publish(batches, schema.append(pa.field("week", pa.date32())))
+            self.publish(self.reporting(batches, parquet.metadata.num_rows),
+                         schema.append(pa.field("week", pa.date32())))
         except psycopg2.errors.UniqueViolation as error:
             raise contracts.duplicate_key_error(path, contract, error.diag.message_detail) from None
 
     def full_contract(self) -> contracts.Contract:
         return self.contract
+
+    def reporting(self, batches: Iterator[pa.RecordBatch], total: int) -> Iterator[pa.RecordBatch]:
+        """Rows loaded so far, shown in the visualizer about every million rows."""
+        loaded = 0
+        for number, batch in enumerate(batches, start=1):
+            yield batch
+            loaded += batch.num_rows
+            if number % 16 == 0 or loaded == total:
+                self.set_status_message(f"loaded {loaded:,} of {total:,} rows into {self.table}")
+                self.set_progress_percentage(round(100 * loaded / total))
 
 
 class DefaultRecs(LoadTask):

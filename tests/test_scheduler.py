@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import WeeklyRecs
+from pipeline import TrainCandidates, WeeklyRecs
 from tests.conftest import PUBLISHED_TABLES, ROOT, WEEK, markers, query, run_luigi
 
 ARTIFACTS = ROOT / "var" / "test-artifacts"  # git-ignored; docs/visualizer.png is one such screenshot
@@ -66,6 +66,10 @@ def test_a_week_run_through_luigid_is_done_with_the_designed_graph_and_history(l
     edges = {(task["name"], graph[dep]["name"]) for task in graph.values() for dep in task["deps"]}
     assert edges >= {("WeeklyRecs", "DefaultRecs"), ("WeeklyRecs", "OnlineRecs"), ("WeeklyRecs", "RankCandidates"),
                      ("RankCandidates", "TrainCandidates"), ("RankCandidates", "InferenceCandidates")}
+    train = TrainCandidates(week=WEEK).task_id
+    assert luigid.api("get_task_status_message", task_id=train)["statusMessage"] == \
+        "published 6000 rows to candidates_train"
+    assert luigid.api("get_task_progress_percentage", task_id=train)["progressPercentage"] == 100
     history = query(conn, "SELECT t.name, e.event_name FROM tasks t JOIN task_events e ON e.task_id = t.id"
                           " WHERE t.name = 'WeeklyRecs'")
     assert ("WeeklyRecs", "DONE") in history
