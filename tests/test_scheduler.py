@@ -83,9 +83,8 @@ def test_two_workers_at_once_run_every_task_once(luigid, config_file, input_dir,
                                 text=True) for _ in range(2)]
     outputs = [worker.communicate(timeout=300) for worker in workers]
 
-    # a worker that found tasks being run by the other ends with [retcode] already_running (10) or not_run (25)
-    assert sorted(worker.returncode for worker in workers)[0] == 0, [err[-1500:] for _, err in outputs]
-    assert all(worker.returncode in (0, 10, 25) for worker in workers)
+    # a worker that saw tasks run by the other ends with [retcode] already_running (10) or not_run (25)
+    assert all(worker.returncode in (0, 10, 25) for worker in workers), [err[-1500:] for _, err in outputs]
     assert luigid.api("task_list", status="FAILED") == {}
     assert len(markers(conn)) == 7
     for table, file in zip(PUBLISHED_TABLES[:4], ("top_popular", "similar", "candidates_train",
