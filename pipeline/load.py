@@ -49,7 +49,9 @@ class LoadTask(PublishingTask):
             raise contracts.duplicate_key_error(path, contract, error.diag.message_detail) from None
 
     def full_contract(self) -> contracts.Contract:
-        return self.contract
+        """This file's contract as the week's check sees it: candidates carry the configured features."""
+        features = tuple(config.pipeline().features)
+        return next(c for c in contracts.week_contracts(features) if c.file == self.contract.file)
 
     def reporting(self, batches: Iterator[pa.RecordBatch], total: int) -> Iterator[pa.RecordBatch]:
         """Rows loaded so far, shown in the visualizer about every million rows."""
@@ -74,12 +76,9 @@ class OnlineRecs(LoadTask):
 
 
 class CandidatesTask(LoadTask):
-    """Candidates must also carry every feature the ranker is configured to use."""
+    """One row per user and item: the unique index refuses a duplicate the week's check could not see."""
 
     unique_key = ("user_id", "item_id")
-
-    def full_contract(self) -> contracts.Contract:
-        return self.contract.with_features(tuple(config.pipeline().features))
 
 
 class TrainCandidates(CandidatesTask):
