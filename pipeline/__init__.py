@@ -6,8 +6,8 @@
 from pipeline import notify  # noqa: F401 - registers the Telegram event handlers
 from pipeline.backfill import WeeklyRecsRange
 from pipeline.load import DefaultRecs, InferenceCandidates, OnlineRecs, TrainCandidates
-from pipeline.rank import RankCandidates
+from pipeline.rank import RankCandidates, ScoreShard, TrainRanker
 from pipeline.wrapper import WeeklyRecs
 
-__all__ = ["DefaultRecs", "InferenceCandidates", "OnlineRecs", "RankCandidates",
-           "TrainCandidates", "WeeklyRecs", "WeeklyRecsRange"]
+__all__ = ["DefaultRecs", "InferenceCandidates", "OnlineRecs", "RankCandidates", "ScoreShard",
+           "TrainCandidates", "TrainRanker", "WeeklyRecs", "WeeklyRecsRange"]

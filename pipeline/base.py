@@ -1,4 +1,4 @@
-"""What every pipeline task shares: the week parameter, its marker target, atomic publishing."""
+"""What every pipeline task shares: the week parameter, its marker target, staging a table for the week."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import luigi
 import pyarrow as pa
 from psycopg2 import sql
 
-from pipeline import config, db
+from pipeline import config, db, publish
 
 log = logging.getLogger("luigi-interface")
 
@@ -31,59 +31,76 @@ class WeekTask(luigi.Task):
     table: str = ""
 
     def output(self) -> db.MarkerTarget:
-        return db.marker(config.checked_identifier(self.table, f"[{type(self).__name__}] table"),
-                         self.task_id)
+        return db.marker(config.checked_identifier(self.table, f"[{type(self).__name__}] table"), self.task_id)
+
+    def complete(self) -> bool:
+        with db.connection() as conn:
+            if not self.output().exists(conn):
+                return False
+            with conn.cursor() as cur:
+                return self.holds_output(cur)
+
+    def holds_output(self, cur) -> bool:
+        """Whether what the marker stands for is still there (a marker alone suffices by default)."""
+        return True
+
+    def lock_names(self) -> tuple[str, ...]:
+        return (self.table,)
 
     @contextmanager
     def marking_once(self) -> Iterator[tuple | None]:
-        """A transaction that ends with this task's marker, holding the table's lock throughout.
+        """A transaction that ends with this task's marker, holding the task's locks throughout.
 
-        Yields `(connection, cursor)`, or None when a concurrent run of the same week has marked
-        the task meanwhile: two cron firings or two workers never both publish.
+        Yields `(connection, cursor)`, or None when a concurrent run of the same week has done the
+        task meanwhile: two cron firings or two workers never both do it.
         """
         target = self.output()
         target.create_marker_table()
         with db.connection() as conn:
             with conn.cursor() as cur:
-                db.lock_table(cur, self.table)
-                if target.exists(conn):
+                publish.lock(cur, *self.lock_names())
+                if target.exists(conn) and self.holds_output(cur):
                     log.info("%s was completed meanwhile by another run", self)
                     yield None
                     return
                 yield conn, cur
+                cur.execute(sql.SQL("DELETE FROM {} WHERE update_id = %s").format(
+                    sql.Identifier(target.marker_table)), (target.update_id,))  # one whose output was dropped
                 target.touch(conn)
             conn.commit()
 
 
-class PublishingTask(WeekTask):
-    """Publishes one table for its week: staging load, indexes, swap and marker in one transaction."""
+class StagingTask(WeekTask):
+    """Stages one table for its week (loaded, indexed, marked in one transaction); `WeeklyRecs` puts it live."""
 
     unique_key: tuple[str, ...] = ()
     lookup_key: tuple[str, ...] = ()
 
-    def publish(self, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> int:
-        """Returns the rows published; 0 when a concurrent run of the same week published first."""
+    def holds_output(self, cur) -> bool:
+        """Staged, live or archived: a stage dropped because a later week went live must be redone."""
+        return publish.holds_week(cur, self.table, self.week)
+
+    def stage(self, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> int:
+        """Returns the rows staged; 0 when a concurrent run of the same week staged first."""
         with self.marking_once() as transaction:
             if transaction is None:
                 return 0
             _, cur = transaction
-            staging = db.create_staging(cur, self.table, schema)
+            staged = publish.stage(cur, self.table, self.week, db.column_definitions(schema))
             self.set_status_message(f"loading {self.table}")
-            rows = db.copy_in(cur, staging, batches, schema)
-            self.set_status_message(f"indexing {rows} rows of {self.table}")
-            self._index(cur, staging, schema)
-            db.publish_atomically(cur, self.table, staging, self.week, config.pipeline().retention)
-            self.publish_alongside(cur)
-        log.info("%s published %d rows to %s", self, rows, self.table)
-        self.set_status_message(f"published {rows} rows to {self.table}")
+            rows = db.copy_in(cur, staged, batches, schema)
+            self.set_status_message(f"indexing {rows:,} rows of {self.table}")
+            self.index(cur, staged, schema.names)
+        log.info("%s staged %d rows for %s", self, rows, self.table)
+        self.set_status_message(f"staged {rows:,} rows for {self.table}")
         return rows
 
-    def publish_alongside(self, cur) -> None:
-        """Write what must appear in the same transaction as the table (nothing by default)."""
+    def go_live_alongside(self, cur) -> None:
+        """Write what goes live in the same transaction as the week's tables (nothing by default)."""
 
-    def _index(self, cur, staging: str, schema: pa.Schema) -> None:
+    def index(self, cur, staged: str, columns: list[str]) -> None:
         for unique, key in ((True, self.unique_key), (True, ("rec_id",)), (False, self.lookup_key)):
-            if key and set(key) <= set(schema.names):
+            if key and set(key) <= set(columns):
                 cur.execute(sql.SQL("CREATE {} INDEX ON {} ({})").format(
-                    sql.SQL("UNIQUE" if unique else ""), sql.Identifier(staging),
+                    sql.SQL("UNIQUE" if unique else ""), sql.Identifier(staged),
                     sql.SQL(", ").join(map(sql.Identifier, key))))

@@ -52,6 +52,9 @@ class pipeline(luigi.Config):  # noqa: N801
     iterations = luigi.IntParameter(default=300)
     thread_count = luigi.IntParameter(default=-1)
     random_seed = luigi.IntParameter(default=42)
+    max_train_rows = luigi.IntParameter(default=5_000_000, description="fit on a sample of whole users up to this")
+    shards = luigi.IntParameter(default=0, description="scoring shards by user; 0: one per rows_per_shard rows")
+    rows_per_shard = luigi.IntParameter(default=5_000_000, description="inference rows per shard when shards = 0")
 
     def week_input_dir(self, week: date) -> Path:
         return _under_root(self.input_dir.replace("{week}", week.isoformat()))

@@ -1,20 +1,24 @@
 """The input contract: what the modelling stage's files must hold before anything is published.
 
-Checks run on the schema first, then on every record batch as it streams to
-PostgreSQL; whatever fails raises `ContractError`, which names the file, the
-column and the problem, and the load's transaction is rolled back with it.
+Every file's whole schema is checked before anything is staged (`check_week`); values are
+checked on every record batch as it streams to PostgreSQL. Whatever fails raises
+`ContractError`, which names the file, the column and the problem; a load's
+transaction is rolled back with it and nothing of the week goes live.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from pipeline import pgcopy
+from pipeline.validation import held_out
 
 
 class ContractError(ValueError):
@@ -28,7 +32,7 @@ class ContractError(ValueError):
 
 @dataclass(frozen=True)
 class Contract:
-    """Required columns of one input file, by role."""
+    """Required columns of one input file, by role, and the names the pipeline adds to its table."""
 
     file: str
     ids: tuple[str, ...]
@@ -36,11 +40,13 @@ class Contract:
     label: str | None = None
     unique: tuple[str, ...] = ()
     features: tuple[str, ...] = ()
+    reserved: tuple[str, ...] = ("week",)
 
-    def with_features(self, features: tuple[str, ...]) -> Contract:
-        """The ranker's configured features are required too, as numbers unless already named."""
+    def for_ranker(self, features: tuple[str, ...], derived: tuple[str, ...]) -> Contract:
+        """Candidates carry the configured features (numbers unless already named); derived names are taken."""
         extra = tuple(f for f in features if f not in self.ids + self.numbers)
-        return Contract(self.file, self.ids, self.numbers + extra, self.label, self.unique, tuple(features))
+        return replace(self, numbers=self.numbers + extra, features=tuple(features),
+                       reserved=self.reserved + tuple(derived))
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -51,52 +57,61 @@ TOP_POPULAR = Contract("top_popular.parquet", ids=("item_id",), numbers=("items_
 SIMILAR = Contract("similar.parquet", ids=("itemid_1", "itemid_2"), numbers=("score",))
 _CANDIDATE_IDS = ("user_id", "item_id", "category_id", "parent_id")
 CANDIDATES_INFERENCE = Contract("candidates_inference.parquet", ids=_CANDIDATE_IDS,
-                                numbers=("als_score", "available"), unique=("user_id", "item_id"))
+                                numbers=("als_score", "available"), unique=("user_id", "item_id"),
+                                reserved=("week", "cb_score", "rank"))
 CANDIDATES_TRAIN = Contract("candidates_train.parquet", ids=_CANDIDATE_IDS,
                             numbers=("als_score", "available"), label="target",
                             unique=("user_id", "item_id"))
+POSTGRES_NAME_BYTES = 63  # PostgreSQL keeps the first 63 bytes of an identifier
+MIN_USERS_WITH_A_POSITIVE = 5  # on each side of the validation split
 
 
-def week_contracts(features: tuple[str, ...]) -> tuple[Contract, ...]:
+def week_contracts(features: tuple[str, ...], derived: tuple[str, ...] = ()) -> tuple[Contract, ...]:
     """The four files of a week, the candidates with the ranker's configured features."""
-    return (TOP_POPULAR, SIMILAR, CANDIDATES_TRAIN.with_features(features),
-            CANDIDATES_INFERENCE.with_features(features))
+    return (TOP_POPULAR, SIMILAR, CANDIDATES_TRAIN.for_ranker(features, derived),
+            CANDIDATES_INFERENCE.for_ranker(features, derived))
 
 
-def check_week(folder: Path, features: tuple[str, ...]) -> None:
-    """Check every file of the week, streaming only the contract's columns, without the database."""
-    for contract in week_contracts(features):
+def check_week(folder: Path, contracts: tuple[Contract, ...]) -> dict[str, pa.Schema]:
+    """Every file's whole schema, from its footer: every shape loads faithfully or is refused here.
+
+    Values are checked once, as each file streams into PostgreSQL; only what no schema shows and
+    would fail after other tables were staged is read now: ids above int64 in uint64 columns.
+    """
+    schemas = {}
+    for contract in contracts:
         path = folder / contract.file
         parquet = open_parquet(path)
-        schema = output_schema(contract, path, parquet.schema_arrow)
-        required = pa.schema([schema.field(column) for column in contract.required])
-        batches = BatchChecker(contract, path, required).checked(parquet.iter_batches(columns=list(contract.required)))
-        keys = [_pair_key(batch, contract.unique) for batch in batches]
-        if contract.unique:
-            _refuse_duplicates(path, contract, keys)
+        schemas[contract.file] = output_schema(contract, path, parquet.schema_arrow)
+        for name in contract.ids:
+            if parquet.schema_arrow.field(name).type == pa.uint64():
+                _refuse_ids_beyond_int64(path, name, parquet.iter_batches(columns=[name]))
+    return schemas
 
 
-def _pair_key(batch: pa.RecordBatch, unique: tuple[str, ...]) -> np.ndarray | None:
-    """Both ids of a key in one int64 (8 bytes a row), where they fit in 32 bits each."""
-    if not unique:
-        return None
-    first, second = (batch.column(name).to_numpy().astype(np.int64) for name in unique)
-    if len(first) and (min(first.min(), second.min()) < 0 or max(first.max(), second.max()) >= 1 << 31):
-        return None
-    return (first << 32) | second
+def check_positives(path: Path, label: str, seed: int, holdout_share: float) -> None:
+    """Validation and training each need users with a positive; too few is refused with the numbers."""
+    parquet = open_parquet(path)
+    positive_users = np.unique(np.concatenate([
+        batch.column("user_id").to_numpy()[batch.column(label).to_numpy(zero_copy_only=False) == 1]
+        for batch in parquet.iter_batches(columns=["user_id", label])]))
+    validating = int(held_out(positive_users, seed, holdout_share).sum())
+    training = len(positive_users) - validating
+    if min(validating, training) < MIN_USERS_WITH_A_POSITIVE:
+        raise ContractError(path, label, f"{len(positive_users)} users have a positive: {validating} in the "
+                            f"held-out share ({holdout_share}) and {training} to train on; each needs at least "
+                            f"{MIN_USERS_WITH_A_POSITIVE}")
 
 
-def _refuse_duplicates(path: Path, contract: Contract, keys: list[np.ndarray | None]) -> None:
-    if any(k is None for k in keys):
-        return  # ids too large to pack: the unique index at load time still refuses duplicates
-    packed = np.concatenate(keys)
-    packed.sort()
-    repeated = np.flatnonzero(packed[1:] == packed[:-1])
-    if len(repeated):
-        key = packed[repeated[0]]
-        raise ContractError(path, ", ".join(contract.unique),
-                            f"duplicate rows: ({contract.unique[0]}, {contract.unique[1]})="
-                            f"({key >> 32}, {key & 0xFFFFFFFF}) appears more than once")
+def _refuse_ids_beyond_int64(path: Path, name: str, batches: Iterator[pa.RecordBatch]) -> None:
+    seen = 0
+    for batch in batches:
+        too_large = pc.greater(batch.column(0), np.iinfo(np.int64).max)
+        if pc.any(too_large).as_py():
+            row = seen + _first(too_large)
+            raise ContractError(path, name, f"id {batch.column(0)[row - seen].as_py()} at row {row} is above "
+                                f"{np.iinfo(np.int64).max}, the largest id PostgreSQL's bigint holds")
+        seen += batch.num_rows
 
 
 def open_parquet(path: Path) -> pq.ParquetFile:
@@ -112,20 +127,50 @@ def open_parquet(path: Path) -> pq.ParquetFile:
 
 
 def output_schema(contract: Contract, path: Path, schema: pa.Schema) -> pa.Schema:
-    """The schema the table gets: the file's own, with float ids narrowed to int64."""
+    """The schema the table gets: the file's own, with ids as int64; every column checked."""
+    _check_names(contract, path, schema)
     for column in contract.required:
         if column not in schema.names:
             why = "listed in [pipeline] features but missing" if column in contract.features else "required but missing"
             raise ContractError(path, column, f"{why} (the file has: {', '.join(schema.names)})")
     fields = []
-    for field in schema:
+    for field in map(_decoded, schema):
         if field.name in contract.ids + ((contract.label,) if contract.label else ()):
             fields.append(_integer_field(path, field))
         elif field.name in contract.numbers and not _is_number(field.type):
             raise ContractError(path, field.name, f"must be numeric, found {field.type}")
         else:
+            _check_loadable(path, field)
             fields.append(field)
     return pa.schema(fields)
+
+
+def _check_names(contract: Contract, path: Path, schema: pa.Schema) -> None:
+    seen: dict[bytes, str] = {}
+    for name in schema.names:
+        if name in contract.reserved:
+            raise ContractError(path, name, "the pipeline adds a column of this name to the table; rename it")
+        if not name.strip():
+            raise ContractError(path, name, "a column needs a name")
+        key = name.encode()[:POSTGRES_NAME_BYTES]
+        if key in seen:
+            same = "appears twice" if seen[key] == name else f"is the same as {seen[key]!r} to PostgreSQL, " \
+                f"which keeps the first {POSTGRES_NAME_BYTES} bytes of a name"
+            raise ContractError(path, name, f"the column name {same}")
+        seen[key] = name
+
+
+def _decoded(field: pa.Field) -> pa.Field:
+    """Dictionary-encoded columns (pandas' `category`) load as their values."""
+    return field.with_type(field.type.value_type) if pa.types.is_dictionary(field.type) else field
+
+
+def _check_loadable(path: Path, field: pa.Field) -> None:
+    try:
+        pgcopy.pg_type(field.type)
+    except pgcopy.UnsupportedType:
+        raise ContractError(path, field.name, f"type {field.type} has no PostgreSQL equivalent; "
+                            "convert it or drop the column") from None
 
 
 def _is_number(arrow_type: pa.DataType) -> bool:
@@ -133,9 +178,7 @@ def _is_number(arrow_type: pa.DataType) -> bool:
 
 
 def _integer_field(path: Path, field: pa.Field) -> pa.Field:
-    if pa.types.is_integer(field.type):
-        return field
-    if pa.types.is_floating(field.type) or pa.types.is_boolean(field.type):
+    if _is_number(field.type):
         return pa.field(field.name, pa.int64())
     raise ContractError(path, field.name, f"must hold integers, found {field.type}")
 
@@ -175,6 +218,8 @@ class BatchChecker:
         try:
             return pc.cast(column, field.type, safe=True)
         except pa.ArrowInvalid:
+            if not pa.types.is_floating(column.type):
+                raise  # uint64 beyond int64: refused by check_week before any load
             index = _first(pc.not_equal(column, pc.floor(column)))
             raise ContractError(self.path, field.name, f"must hold integers, found {column[index].as_py()!r} "
                                 f"at row {self.rows_seen + index}") from None

@@ -1,4 +1,4 @@
-"""PostgreSQL access: which server, streaming COPY in and out, atomic publishing.
+"""PostgreSQL access: which server, Luigi's marker rows, streaming COPY in and out.
 
 Every statement is built with `psycopg2.sql`, so table names from configuration
 can only ever be identifiers.
@@ -13,11 +13,9 @@ import re
 import subprocess
 import threading
 import warnings
-import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime
 from pathlib import Path
 
 import psycopg2
@@ -26,17 +24,10 @@ import pyarrow.csv as pacsv
 from luigi.contrib.postgres import PostgresTarget
 from psycopg2 import sql
 
-from pipeline import config, pgcopy
+from pipeline import config, pgcopy, publish
 
 log = logging.getLogger("luigi-interface")
 
-_ARROW_TO_PG = {
-    pa.int8(): "smallint", pa.int16(): "smallint", pa.int32(): "integer", pa.int64(): "bigint",
-    pa.uint8(): "smallint", pa.uint16(): "integer", pa.uint32(): "bigint", pa.uint64(): "numeric",
-    pa.float16(): "real", pa.float32(): "real", pa.float64(): "double precision",
-    pa.bool_(): "boolean", pa.string(): "text", pa.large_string(): "text", pa.date32(): "date",
-}
-_ARCHIVE_SUFFIX = re.compile(r"__(\d{8})$")
 
 
 @dataclass(frozen=True)
@@ -134,7 +125,7 @@ class MarkerTarget(PostgresTarget):
 
     def create_marker_table(self) -> None:
         with connection() as conn, conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(self.marker_table),))
+            publish.lock(cur, self.marker_table)
             cur.execute(sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {} (update_id TEXT PRIMARY KEY, target_table TEXT,"
                 " inserted TIMESTAMP DEFAULT NOW())").format(sql.Identifier(self.marker_table)))
@@ -147,32 +138,6 @@ def marker(table: str, update_id: str) -> MarkerTarget:
                         table, update_id, port=current.port)
 
 
-def _lock_key(name: str) -> int:
-    return zlib.crc32(name.encode())
-
-
-def lock_table(cur, table: str) -> None:
-    """One publisher per table across processes and hosts, until the transaction ends."""
-    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(table),))
-
-
-def pg_type(arrow_type: pa.DataType) -> str:
-    if arrow_type not in _ARROW_TO_PG:
-        raise TypeError(f"no PostgreSQL type for Arrow type {arrow_type}")
-    return _ARROW_TO_PG[arrow_type]
-
-
-def create_staging(cur, table: str, schema: pa.Schema) -> str:
-    """A fresh, unindexed table; created in the publishing transaction, so a killed run leaves none."""
-    staging = f"{table}__staging_{os.getpid()}"
-    columns = sql.SQL(", ").join(
-        sql.SQL("{} {}").format(sql.Identifier(field.name), sql.SQL(pg_type(field.type)))
-        for field in schema
-    )
-    cur.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(staging), columns))
-    return staging
-
-
 def copy_in(cur, table: str, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> int:
     """Stream record batches into `COPY FROM STDIN`, encoded in a second thread.
 
@@ -183,7 +148,7 @@ def copy_in(cur, table: str, batches: Iterable[pa.RecordBatch], schema: pa.Schem
     read_end, write_end = os.pipe()
     rows = 0
     failure: list[BaseException] = []
-    pg_types = [pg_type(field.type) for field in schema]
+    pg_types = [pgcopy.pg_type(field.type) for field in schema]
     binary = pgcopy.encodable(pg_types)
 
     def encode() -> None:
@@ -226,9 +191,10 @@ def _write_binary(sink, batches: Iterable[pa.RecordBatch], pg_types: list[str]) 
 
 def _write_csv(sink, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> int:
     rows = 0
-    with pacsv.CSVWriter(sink, schema, write_options=pacsv.WriteOptions(include_header=False)) as writer:
+    text_schema = pgcopy.text_input_schema(schema)
+    with pacsv.CSVWriter(sink, text_schema, write_options=pacsv.WriteOptions(include_header=False)) as writer:
         for batch in batches:
-            writer.write_batch(batch)
+            writer.write_batch(pgcopy.as_text_batch(batch, text_schema))
             rows += batch.num_rows
     return rows
 
@@ -237,91 +203,56 @@ def copy_out(conn, query: sql.Composable, schema: pa.Schema) -> pa.Table:
     """Read a query back with `COPY ... TO STDOUT`, parsed by pyarrow with the given types."""
     buffer = io.BytesIO()
     with conn.cursor() as cur:
-        cur.copy_expert(sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER)").format(query), buffer)
+        cur.copy_expert(_copy_to_stdout(query), buffer)
     buffer.seek(0)
-    options = pacsv.ConvertOptions(column_types=schema)
-    return pacsv.read_csv(buffer, convert_options=options)
+    return pacsv.read_csv(buffer, convert_options=_read_options(schema))
 
 
-_PG_TO_ARROW = {
-    "smallint": pa.int16(), "integer": pa.int32(), "bigint": pa.int64(), "real": pa.float32(),
-    "double precision": pa.float64(), "numeric": pa.float64(), "boolean": pa.bool_(),
-    "text": pa.string(), "date": pa.date32(),
-}
+def stream_out(conn, query: sql.Composable, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """A query's rows as record batches while `COPY ... TO STDOUT` still runs: memory holds one block."""
+    read_end, write_end = os.pipe()
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with open(write_end, "wb") as sink, conn.cursor() as cur:
+                cur.copy_expert(_copy_to_stdout(query), sink, size=1 << 20)
+        except BaseException as error:  # handed to the reader below
+            failure.append(error)
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    with open(read_end, "rb") as source:
+        yield from pacsv.open_csv(source, read_options=pacsv.ReadOptions(block_size=8 << 20),
+                                  convert_options=_read_options(schema))
+    producer.join()
+    if failure:
+        raise failure[0]
 
 
-def read_week(conn, table: str, week: date) -> pa.Table:
-    """The whole of one week of `table`, read back with `COPY ... TO STDOUT`."""
-    source = week_table(conn, table, week)
-    with conn.cursor() as cur:
-        cur.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
-                    " WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped"
-                    " ORDER BY attnum", (f'"{source}"',))
-        schema = pa.schema([(name, _PG_TO_ARROW[kind]) for name, kind in cur.fetchall()])
-    query = sql.SQL("SELECT * FROM {}").format(sql.Identifier(source))
-    return copy_out(conn, query, schema)
+def _copy_to_stdout(query: sql.Composable) -> sql.Composable:
+    return sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER)").format(query)
 
 
-def published_week(cur, table: str) -> date | None:
-    """The week a published table holds, kept in its comment."""
-    cur.execute("SELECT obj_description(to_regclass(%s), 'pg_class')", (f'"{table}"',))
-    (comment,) = cur.fetchone()
-    return date.fromisoformat(comment.removeprefix("week=")) if comment else None
+def _read_options(schema: pa.Schema) -> pacsv.ConvertOptions:
+    """Unquoted empty fields are NULL, quoted ones empty strings, as PostgreSQL's CSV writes them."""
+    return pacsv.ConvertOptions(column_types=schema, strings_can_be_null=True, quoted_strings_can_be_null=False)
 
 
-def archive_name(table: str, week: date) -> str:
-    return f"{table}__{week:%Y%m%d}"
+_PG_NUMBERS = {"smallint": pa.int16(), "integer": pa.int32(), "bigint": pa.int64(), "real": pa.float32(),
+               "double precision": pa.float64(), "boolean": pa.bool_(), "date": pa.date32()}
 
 
-def week_table(conn, table: str, week: date) -> str:
-    """The physical table that holds `week` of `table`: the published one or its archive."""
-    with conn.cursor() as cur:
-        if published_week(cur, table) == week:
-            return table
-        archive = archive_name(table, week)
-        cur.execute("SELECT to_regclass(%s)", (f'"{archive}"',))
-        if cur.fetchone()[0] is None:
-            raise LookupError(f"{table}: week {week} is neither published nor archived")
-        return archive
+def read_schema(cur, table: str) -> pa.Schema:
+    """A table's columns as pyarrow reads them back: numbers and dates typed, anything else as its text."""
+    cur.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+                " WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped"
+                " ORDER BY attnum", (f'"{table}"',))
+    return pa.schema([(name, _PG_NUMBERS.get(kind, pa.string())) for name, kind in cur.fetchall()])
 
 
-def publish_atomically(cur, table: str, staging: str, week: date, retention: int) -> None:
-    """Swap `staging` in as `table` for `week`, inside the caller's transaction.
-
-    The published table moves to its week's archive; a backfilled week older than
-    the published one goes straight to the archive. Archives past `retention`
-    weeks are dropped. Readers see the old week or the new one, whole.
-    """
-    current = published_week(cur, table)
-    if current is not None and week < current:
-        _rename(cur, staging, archive_name(table, week))
-    else:
-        if current is not None:
-            _rename(cur, table, archive_name(table, current))
-        _rename(cur, staging, table)
-        cur.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
-            sql.Identifier(table), sql.Literal(f"week={week.isoformat()}")))
-    _drop_expired_archives(cur, table, retention)
 
 
-def _rename(cur, table: str, new_name: str) -> None:
-    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(new_name)))
-    cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-        sql.Identifier(table), sql.Identifier(new_name)))
-
-
-def archived_weeks(cur, table: str) -> list[date]:
-    cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
-                " AND starts_with(tablename, %s)", (f"{table}__",))
-    weeks = (_ARCHIVE_SUFFIX.search(name) for (name,) in cur.fetchall())
-    return sorted((datetime.strptime(m.group(1), "%Y%m%d").date() for m in weeks if m), reverse=True)
-
-
-def _drop_expired_archives(cur, table: str, retention: int) -> None:
-    for week in archived_weeks(cur, table)[retention:]:
-        cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(archive_name(table, week))))
-
-
-def row_count(cur, table: str) -> int:
-    cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
-    return cur.fetchone()[0]
+def column_definitions(schema: pa.Schema) -> sql.Composable:
+    return sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(field.name), sql.SQL(pgcopy.pg_type(field.type)))
+                              for field in schema)

@@ -8,25 +8,37 @@ import psycopg2.errors
 import pyarrow as pa
 
 from pipeline import config, contracts
-from pipeline.base import PublishingTask, WeekTask, published_table
+from pipeline.base import StagingTask, WeekTask, published_table
 
 BATCH_ROWS = 64_000
 
 
+def week_contracts() -> tuple[contracts.Contract, ...]:
+    """The week's four contracts, the candidates carrying the configured (and derived) features."""
+    settings = config.pipeline()
+    return contracts.week_contracts(tuple(settings.features), tuple(settings.derived_features))
+
+
 class CheckInputs(WeekTask):
-    """Every file of the week meets its contract: one bad file stops all loads, before any publishes."""
+    """Every file's whole schema, and the train file's positives, before anything of the week is staged.
+
+    Values are checked as each file streams into its table: a file is read once.
+    """
 
     table = "week_inputs"
 
     def run(self) -> None:
         settings = config.pipeline()
-        contracts.check_week(settings.week_input_dir(self.week), tuple(settings.features))
+        folder = settings.week_input_dir(self.week)
+        contracts.check_week(folder, week_contracts())
+        contracts.check_positives(folder / contracts.CANDIDATES_TRAIN.file, contracts.CANDIDATES_TRAIN.label,
+                                  settings.random_seed, settings.holdout_share)
         with self.marking_once():
             pass
 
 
-class LoadTask(PublishingTask):
-    """Reads the week's file in record batches, checks it again as it streams, and publishes it."""
+class LoadTask(StagingTask):
+    """Streams the week's file in record batches into its staged table, checking values as they pass."""
 
     contract: contracts.Contract
 
@@ -43,15 +55,14 @@ class LoadTask(PublishingTask):
         batches = (batch.append_column("week", pa.repeat(week, batch.num_rows))
                    for batch in checker.checked(parquet.iter_batches(batch_size=BATCH_ROWS)))
         try:
-            self.publish(self.reporting(batches, parquet.metadata.num_rows),
-                         schema.append(pa.field("week", pa.date32())))
+            self.stage(self.reporting(batches, parquet.metadata.num_rows),
+                       schema.append(pa.field("week", pa.date32())))
         except psycopg2.errors.UniqueViolation as error:
             raise contracts.duplicate_key_error(path, contract, error.diag.message_detail) from None
 
     def full_contract(self) -> contracts.Contract:
-        """This file's contract as the week's check sees it: candidates carry the configured features."""
-        features = tuple(config.pipeline().features)
-        return next(c for c in contracts.week_contracts(features) if c.file == self.contract.file)
+        """This file's contract as the week's check sees it."""
+        return next(c for c in week_contracts() if c.file == self.contract.file)
 
     def reporting(self, batches: Iterator[pa.RecordBatch], total: int) -> Iterator[pa.RecordBatch]:
         """Rows loaded so far, shown in the visualizer about every million rows."""

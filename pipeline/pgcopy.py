@@ -1,20 +1,74 @@
-"""PostgreSQL's binary COPY format, encoded from Arrow record batches with numpy.
+"""Arrow columns in PostgreSQL: the faithful type for each, and the COPY formats that carry them.
 
 Binary COPY spares PostgreSQL the parsing of text: ids, scores and dates go in as the bytes of
-their values. Only fixed-width types have an encoding here; a table with text columns is loaded
-as CSV instead (see `db.copy_in`).
+their values. Only fixed-width types have an encoding here; a table with any other column is
+loaded as CSV instead (see `db.copy_in`), its values written in PostgreSQL's text input forms.
 """
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
+
+_FIXED = {
+    pa.int8(): "smallint", pa.int16(): "smallint", pa.int32(): "integer", pa.int64(): "bigint",
+    pa.uint8(): "smallint", pa.uint16(): "integer", pa.uint32(): "bigint", pa.uint64(): "numeric",
+    pa.float16(): "real", pa.float32(): "real", pa.float64(): "double precision",
+    pa.bool_(): "boolean", pa.date32(): "date", pa.date64(): "date", pa.null(): "text",
+}
+_TYPES = pa.types
+
+
+class UnsupportedType(TypeError):
+    """An Arrow type with no faithful PostgreSQL type (a duration, for instance)."""
+
+
+def pg_type(arrow_type: pa.DataType) -> str:
+    """The PostgreSQL type that holds every value of `arrow_type` exactly."""
+    if arrow_type in _FIXED:
+        return _FIXED[arrow_type]
+    if _TYPES.is_string(arrow_type) or _TYPES.is_large_string(arrow_type):
+        return "text"
+    if _TYPES.is_timestamp(arrow_type):
+        return "timestamptz" if arrow_type.tz else "timestamp"
+    if _TYPES.is_time(arrow_type):
+        return "time"
+    if _TYPES.is_decimal(arrow_type):
+        return "numeric"
+    if _TYPES.is_binary(arrow_type) or _TYPES.is_large_binary(arrow_type) or _TYPES.is_fixed_size_binary(arrow_type):
+        return "bytea"
+    if _TYPES.is_nested(arrow_type):
+        return "jsonb"
+    raise UnsupportedType(f"no PostgreSQL type holds Arrow type {arrow_type}")
+
+
+def as_text_input(column: pa.Array) -> pa.Array:
+    """The column in a form pyarrow's CSV writer writes as PostgreSQL reads it back."""
+    kind = column.type
+    if kind == pa.float16():
+        return column.cast(pa.float32())
+    if pg_type(kind) == "bytea":
+        return pa.array([None if v is None else "\\x" + v.hex() for v in column.to_pylist()], pa.string())
+    if pg_type(kind) == "jsonb":
+        return pa.array([None if v is None else json.dumps(v, default=str) for v in column.to_pylist()], pa.string())
+    return column
+
+
+def text_input_schema(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([pa.field(f.name, as_text_input(pa.nulls(0, f.type)).type) for f in schema])
+
+
+def as_text_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([as_text_input(column) for column in batch.columns], schema=schema)
+
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
 TRAILER = (-1).to_bytes(2, "big", signed=True)
 _POSTGRES_EPOCH_DAYS = 10_957  # 2000-01-01, PostgreSQL's day zero, counted from 1970-01-01
 
-# PostgreSQL type (as db.pg_type names it) -> the big-endian numpy type of its binary value
+# PostgreSQL type (as pg_type names it) -> the big-endian numpy type of its binary value
 _WIRE = {"smallint": ">i2", "integer": ">i4", "bigint": ">i8", "real": ">f4", "double precision": ">f8",
          "boolean": "?", "date": ">i4"}
 
@@ -33,7 +87,7 @@ def encode(batch: pa.RecordBatch, pg_types: list[str]) -> bytes:
 
 def _values(column: pa.Array, kind: str) -> np.ndarray:
     if kind == "date":
-        days = column.cast(pa.int32()).fill_null(0).to_numpy()
+        days = column.cast(pa.date32()).cast(pa.int32()).fill_null(0).to_numpy()
         return (days - _POSTGRES_EPOCH_DAYS).astype(_WIRE[kind])
     filled = column.fill_null(False if kind == "boolean" else 0) if column.null_count else column
     return filled.to_numpy(zero_copy_only=False).astype(_WIRE[kind])

@@ -1,35 +1,45 @@
-"""RankCandidates: validate, re-train and rank, publishing the ranking and its metrics together.
+"""The ranking stage: one model fit a week, scoring split by user into shards any worker can take.
 
-The ranker is first fitted on the train candidates of 80% of the users and measured on the rest,
-against the candidates' own `als_score` order; a week that ranks worse than that order, or than
-the last published week, by more than `[pipeline] max_ndcg_drop` is refused. Then it is fitted on
-all train candidates and ranks the inference candidates.
+    RankCandidates(week)          stages candidates_ranked once every shard is in; indexes it
+    ├── TrainCandidates(week), InferenceCandidates(week)
+    ├── TrainRanker(week)         validates, gates, fits on at most max_train_rows of whole users,
+    │                             and shares the model through PostgreSQL (table ranker_models)
+    └── ScoreShard(week, k, n)    scores the users of shard k of n, read back with COPY, streamed
+
+A shard needs only the database: its model, the week's per-item aggregates and its users'
+candidates all come from PostgreSQL, so a worker on any host can take it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from datetime import date
 
 import luigi
 import pyarrow as pa
+import pyarrow.parquet as pq
 from psycopg2 import sql
 
-from pipeline import config, db
-from pipeline.base import PublishingTask, published_table
+from pipeline import config, db, publish
+from pipeline.base import StagingTask, WeekTask, published_table
 from pipeline.load import DefaultRecs, InferenceCandidates, LoadTask, TrainCandidates
+
+SCORING_ROWS = 200_000  # rows of whole users scored at a time in a shard
+_ITEM_STATS = pa.schema([("item_id", pa.int64()), ("item_frequency", pa.float64()), ("item_mean_als", pa.float64())])
 
 
 class QualityGateError(RuntimeError):
     """The week's model ranks worse than it may; the previous ranking stays published."""
 
 
-class RankCandidates(PublishingTask):
-    table = published_table("candidates_ranked")
+class TrainRanker(WeekTask):
+    """Validates on held-out users, gates the week, fits, and stores the model for the shards."""
+
+    table = published_table("ranker_models")
     metrics_table = published_table("model_metrics")
-    unique_key = ("user_id", "item_id")
     force_publish = luigi.BoolParameter(default=False, significant=False,
                                         description="publish even when the quality gate refuses the week")
 
@@ -38,43 +48,69 @@ class RankCandidates(PublishingTask):
         return {"train": TrainCandidates(week=self.week), "inference": InferenceCandidates(week=self.week),
                 "popularity": DefaultRecs(week=self.week)}
 
+    def holds_output(self, cur) -> bool:
+        return stored_model(cur, self.table, self.week) is not None
+
+    def lock_names(self) -> tuple[str, ...]:
+        return (self.task_id,)
+
     def run(self) -> None:
-        # The model's libraries (CatBoost, pandas: ~70 MB) are imported here, when a ranking runs,
-        # so that the load tasks' processes stay small.
-        from pipeline.ranker import Ranker, candidates_ranked
+        # The model's libraries (CatBoost, pandas: ~70 MB) are imported when a ranking runs, so
+        # that the load tasks' processes stay small.
+        from pipeline.ranker import Ranker
 
-        started = time.monotonic()
-        model_dir = writable_model_dir(config.pipeline().week_model_dir(self.week))
-        self.set_status_message("reading candidates back")
+        started, settings = time.monotonic(), config.pipeline()
+        model_dir = writable_model_dir(settings.week_model_dir(self.week))
+        self.set_status_message("reading a sample of train candidates back")
         inputs = self.requires()
-        with db.connection() as conn:
-            popularity = db.read_week(conn, inputs["popularity"].table, self.week).to_pandas()
-            ranker = Ranker.from_settings(config.pipeline(), popularity)
-            train = ranker.prepared(db.read_week(conn, inputs["train"].table, self.week).to_pandas())
-            inference = db.read_week(conn, inputs["inference"].table, self.week)
+        with db.connection() as conn, conn.cursor() as cur:
+            ranker = Ranker.from_settings(settings, read_week(conn, inputs["popularity"].table, self.week,
+                                                              ["item_id", "items_cnt"]).to_pandas())
+            train_table = publish.week_table(cur, inputs["train"].table, self.week)
+            available = publish.row_count(cur, train_table)
+            train = ranker.prepared(
+                db.copy_out(conn, sample_of_users(train_table, settings.max_train_rows, settings.random_seed,
+                                                  [*ranker.columns, "target"], available),
+                            _typed(cur, train_table, [*ranker.columns, "target"])).to_pandas(),
+                item_stats(conn, train_table).to_pandas().set_index("item_id"))
+            inference_items = item_stats(conn, publish.week_table(cur, inputs["inference"].table, self.week))
             previous = previous_ndcg(conn, self.metrics_table, self.week)
-        self.set_status_message(f"validating on held-out users of {len(train)} train candidates")
+        self.set_status_message(f"validating on held-out users of {len(train):,} train candidates")
         self.set_progress_percentage(10)
-        self.validation = ranker.validation(train)
-        self.check_quality(previous)
-        self.set_status_message(f"training on {len(train)} candidates")
+        validation = ranker.validation(train)
+        self.check_quality(validation, previous)
+        self.set_status_message(f"training on {len(train):,} of {available:,} train candidates")
         self.set_progress_percentage(50)
-        model = ranker.fit(train)
-        model.save_model(str(model_dir / "model.cbm"))
-        self.set_status_message(f"ranking {inference.num_rows} candidates")
-        self.set_progress_percentage(80)
-        candidates = ranker.prepared(inference.to_pandas())
-        ranked = candidates_ranked(pa.Table.from_pandas(candidates[inference.column_names], schema=inference.schema,
-                                                        preserve_index=False), ranker.scores(model, candidates))
-        self.validation.update(model_type=ranker.kind, parameters=json.dumps(ranker.parameters()),
-                               train_rows=len(train), positives=int(train["target"].sum()),
-                               duration_s=time.monotonic() - started)
-        self.publish(ranked.to_batches(), ranked.schema)
-        self.set_progress_percentage(100)
+        model_path = model_dir / "model.cbm"
+        ranker.fit(train).save_model(str(model_path))
+        validation.update(model_type=ranker.kind, parameters=ranker.parameters(), train_rows=len(train),
+                          available_rows=available, positives=int(train["target"].sum()),
+                          duration_s=time.monotonic() - started)
+        self.store(model_path.read_bytes(), inference_items, validation)
 
-    def check_quality(self, previous: float | None) -> None:
+    def store(self, model: bytes, inference_items: pa.Table, validation: dict) -> None:
+        """The model row, and a fresh staged ranking for the shards to fill: old shards are void."""
+        ranked = RankCandidates(week=self.week).table
+        staged = publish.staged_name(ranked, self.week)
+        with self.marking_once() as transaction:
+            if transaction is None:
+                return
+            conn, cur = transaction
+            cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (week date PRIMARY KEY, model bytea NOT NULL,"
+                                " item_stats bytea NOT NULL, metrics jsonb NOT NULL,"
+                                " trained_at timestamptz DEFAULT now())").format(sql.Identifier(self.table)))
+            cur.execute(sql.SQL("DELETE FROM {} WHERE week = %s").format(sql.Identifier(self.table)), (self.week,))
+            cur.execute(sql.SQL("INSERT INTO {} (week, model, item_stats, metrics) VALUES (%s, %s, %s, %s)").format(
+                sql.Identifier(self.table)), (self.week, model, _ipc(inference_items), json.dumps(validation)))
+            inference = publish.week_table(cur, InferenceCandidates(week=self.week).table, self.week)
+            publish.stage(cur, ranked, self.week, sql.SQL("LIKE {}, cb_score double precision, rank integer")
+                          .format(sql.Identifier(inference)))
+            cur.execute(sql.SQL("DELETE FROM {} WHERE target_table = %s").format(
+                sql.Identifier(self.output().marker_table)), (staged,))
+
+    def check_quality(self, validation: dict, previous: float | None) -> None:
         drop = config.pipeline().max_ndcg_drop
-        ndcg, als = self.validation["ndcg_at_10"], self.validation["als_ndcg_at_10"]
+        ndcg, als = validation["ndcg_at_10"], validation["als_ndcg_at_10"]
         problems = [f"below the als_score order's {als:.4f}"] if ndcg < als - drop else []
         if previous is not None and ndcg < previous - drop:
             problems.append(f"below the last published week's {previous:.4f}")
@@ -84,29 +120,168 @@ class RankCandidates(PublishingTask):
                    f"by more than max_ndcg_drop={drop}")
         if not self.force_publish:
             raise QualityGateError(f"{message}; the previous ranking stays published "
-                                   "(--RankCandidates-force-publish publishes anyway)")
+                                   "(--TrainRanker-force-publish publishes anyway)")
         self.set_status_message(f"published despite the quality gate: {message}")
 
-    def publish_alongside(self, cur) -> None:
-        """The week's metrics row, in the transaction that publishes its ranking."""
-        table = sql.Identifier(config.checked_identifier(self.metrics_table, "[RankCandidates] metrics_table"))
+
+class ScoreShard(WeekTask):
+    """Scores the users of one shard into the week's staged ranking, in bounded memory."""
+
+    shard = luigi.IntParameter(description="which shard, 0 to shards - 1")
+    shards = luigi.IntParameter(description="how many shards the week's users are split into")
+
+    @property
+    def table(self) -> str:  # the marker names the staged ranking, so a new model voids the shard
+        return publish.staged_name(RankCandidates(week=self.week).table, self.week)
+
+    def requires(self) -> TrainRanker:
+        return TrainRanker(week=self.week)
+
+    def holds_output(self, cur) -> bool:
+        return publish.holds_week(cur, RankCandidates(week=self.week).table, self.week)
+
+    def lock_names(self) -> tuple[str, ...]:
+        return (self.task_id,)
+
+    def run(self) -> None:
+        from pipeline.ranker import Ranker, ranked_batches, whole_users
+
+        settings = config.pipeline()
+        with db.connection() as reading, reading.cursor() as cur:
+            popularity = read_week(reading, DefaultRecs(week=self.week).table, self.week, ["item_id", "items_cnt"])
+            ranker = Ranker.from_settings(settings, popularity.to_pandas())
+            model, items = load_model(cur, self.requires().table, self.week, ranker)
+            inference = publish.week_table(cur, InferenceCandidates(week=self.week).table, self.week)
+            schema = db.read_schema(cur, inference)
+            cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(sql.Identifier(inference),
+                                                                          self.users_of_shard()))
+            (total,) = cur.fetchone()
+            users = db.stream_out(reading, sql.SQL("SELECT * FROM {} WHERE {} ORDER BY user_id, item_id").format(
+                sql.Identifier(inference), self.users_of_shard()), schema)
+            batches = ranked_batches(ranker, model, items.to_pandas().set_index("item_id"),
+                                     whole_users(users, SCORING_ROWS))
+            with self.marking_once() as transaction:
+                if transaction is None:
+                    return
+                ranked = schema.append(pa.field("cb_score", pa.float64())).append(pa.field("rank", pa.int32()))
+                rows = db.copy_in(transaction[1], self.table, self.reporting(batches, total), ranked)
+        self.set_status_message(f"scored {rows:,} candidates of shard {self.shard + 1} of {self.shards}")
+
+    def users_of_shard(self) -> sql.Composable:
+        """A stable hash of the user id picks the shard: whole users, evenly, whatever the ids look like."""
+        return sql.SQL("(hashint8(user_id) & 2147483647) % {} = {}").format(
+            sql.Literal(self.shards), sql.Literal(self.shard))
+
+    def reporting(self, batches, total: int):
+        done = 0
+        for batch in batches:
+            yield batch
+            done += batch.num_rows
+            self.set_progress_percentage(round(100 * done / max(total, 1)))
+            self.set_status_message(f"scored {done:,} of {total:,} candidates")
+
+
+class RankCandidates(StagingTask):
+    """The week's ranking, staged whole once every shard is in; its metrics go live with it."""
+
+    table = published_table("candidates_ranked")
+    unique_key = ("user_id", "item_id")
+
+    def inputs(self) -> dict[str, LoadTask]:
+        return {"train": TrainCandidates(week=self.week), "inference": InferenceCandidates(week=self.week)}
+
+    def requires(self) -> dict:
+        shards = self.shard_count()
+        return {**self.inputs(), "model": TrainRanker(week=self.week),
+                "shards": [ScoreShard(week=self.week, shard=k, shards=shards) for k in range(shards)]}
+
+    def shard_count(self) -> int:
+        """`[pipeline] shards`, or one shard per `rows_per_shard` inference candidates (from the file's footer)."""
+        settings = config.pipeline()
+        if settings.shards:
+            return settings.shards
+        path = settings.week_input_dir(self.week) / InferenceCandidates.contract.file
+        rows = pq.read_metadata(path).num_rows if path.is_file() else 0
+        return max(1, math.ceil(rows / settings.rows_per_shard))
+
+    def run(self) -> None:
+        staged = publish.staged_name(self.table, self.week)
+        with self.marking_once() as transaction:
+            if transaction is None:
+                return
+            _, cur = transaction
+            ranked = publish.row_count(cur, staged)
+            expected = publish.row_count(cur, publish.week_table(cur, self.inputs()["inference"].table, self.week))
+            if ranked != expected:
+                raise RuntimeError(f"{staged} holds {ranked:,} rows but the week has {expected:,} inference "
+                                   f"candidates; redo the week (python -m pipeline.redo {self.week})")
+            self.set_status_message(f"indexing {ranked:,} ranked candidates")
+            self.index(cur, staged, list(self.unique_key))
+
+    def go_live_alongside(self, cur) -> None:
+        """The week's metrics row, in the transaction that puts its ranking live."""
+        model_table = TrainRanker(week=self.week)
+        table = sql.Identifier(config.checked_identifier(model_table.metrics_table, "[TrainRanker] metrics_table"))
         cur.execute(sql.SQL(
             "CREATE TABLE IF NOT EXISTS {} (week date, model_type text, parameters jsonb, train_rows bigint,"
-            " positives bigint, ndcg_at_10 double precision, precision_at_10 double precision,"
-            " recall_at_10 double precision, als_ndcg_at_10 double precision,"
-            " als_precision_at_10 double precision, als_recall_at_10 double precision,"
-            " duration_s double precision, trained_at timestamptz DEFAULT now(),"
-            " PRIMARY KEY (week, model_type))").format(table))
-        row = self.validation
-        cur.execute(sql.SQL("DELETE FROM {} WHERE week = %s AND model_type = %s").format(table),
-                    (self.week, row["model_type"]))
-        cur.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-            table, sql.SQL(", ").join(map(sql.Identifier, ["week", *row])),
-            sql.SQL(", ").join(sql.Placeholder() * (len(row) + 1))), (self.week, *row.values()))
+            " available_rows bigint, positives bigint, ndcg_at_10 double precision,"
+            " precision_at_10 double precision, recall_at_10 double precision,"
+            " als_ndcg_at_10 double precision, als_precision_at_10 double precision,"
+            " als_recall_at_10 double precision, duration_s double precision,"
+            " trained_at timestamptz DEFAULT now(), PRIMARY KEY (week, model_type))").format(table))
+        cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS available_rows bigint").format(table))
+        cur.execute(sql.SQL("DELETE FROM {} WHERE week = %s").format(table), (self.week,))
+        cur.execute(sql.SQL("INSERT INTO {table} SELECT (jsonb_populate_record(NULL::{table}, r.metrics"
+                            " || jsonb_build_object('week', r.week, 'trained_at', r.trained_at))).* FROM {models} r"
+                            " WHERE r.week = %s").format(table=table, models=sql.Identifier(model_table.table)),
+                    (self.week,))
+
+
+def sample_of_users(table: str, max_rows: int, seed: int, columns: list[str], rows: int) -> sql.Composable:
+    """All rows when they fit in `max_rows`; else whole users, in a seeded order, up to `max_rows` rows."""
+    selected = sql.SQL(", ").join(sql.Identifier("t", column) for column in columns)
+    if rows <= max_rows:
+        return sql.SQL("SELECT {} FROM {} t").format(selected, sql.Identifier(table))
+    return sql.SQL(
+        "WITH users AS (SELECT user_id, count(*) AS n FROM {table} GROUP BY user_id),"
+        " chosen AS (SELECT user_id FROM (SELECT user_id, sum(n) OVER (ORDER BY hashint8extended(user_id, {seed}),"
+        " user_id) AS upto FROM users) u WHERE upto <= {max_rows})"
+        " SELECT {selected} FROM {table} t JOIN chosen USING (user_id)").format(
+        table=sql.Identifier(table), seed=sql.Literal(seed), max_rows=sql.Literal(max_rows), selected=selected)
+
+
+def item_stats(conn, table: str) -> pa.Table:
+    """Per-item aggregates over the whole week's table, once, in SQL (as `features.item_stats` does in memory)."""
+    return db.copy_out(conn, sql.SQL(
+        "SELECT item_id, count(*)::float8 / (SELECT count(*) FROM (SELECT DISTINCT user_id FROM {table}) u)"
+        " AS item_frequency, avg(als_score)::float8 AS item_mean_als FROM {table} GROUP BY item_id").format(
+        table=sql.Identifier(table)), _ITEM_STATS)
+
+
+def read_week(conn, table: str, week: date, columns: list[str]) -> pa.Table:
+    with conn.cursor() as cur:
+        source = publish.week_table(cur, table, week)
+        query = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(map(sql.Identifier, columns)),
+                                                     sql.Identifier(source))
+        return db.copy_out(conn, query, _typed(cur, source, columns))
+
+
+def stored_model(cur, table: str, week: date) -> tuple | None:
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{table}"',))
+    if not cur.fetchone()[0]:
+        return None
+    cur.execute(sql.SQL("SELECT model, item_stats FROM {} WHERE week = %s").format(sql.Identifier(table)), (week,))
+    return cur.fetchone()
+
+
+def load_model(cur, table: str, week: date, ranker):
+    """The week's fitted model and the inference candidates' per-item aggregates, from PostgreSQL."""
+    blob, items = stored_model(cur, table, week)
+    return ranker.loaded(bytes(blob)), pa.ipc.open_stream(bytes(items)).read_all()
 
 
 def previous_ndcg(conn, metrics_table: str, week: date) -> float | None:
-    """The validation NDCG@10 of the latest earlier week, where one was recorded."""
+    """The validation NDCG@10 of the latest earlier week that went live."""
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass(%s)", (f'"{config.checked_identifier(metrics_table, "metrics_table")}"',))
         if cur.fetchone()[0] is None:
@@ -126,3 +301,15 @@ def writable_model_dir(path: os.PathLike) -> os.PathLike:
     if not os.access(path, os.W_OK):
         raise PermissionError(f"[pipeline] model_dir: {path} is not writable")
     return path
+
+
+def _typed(cur, table: str, columns: list[str]) -> pa.Schema:
+    schema = db.read_schema(cur, table)
+    return pa.schema([schema.field(column) for column in columns])
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,6 +13,7 @@ from catboost import CatBoostClassifier, CatBoostRanker
 
 from pipeline import config, metrics
 from pipeline.features import with_derived_features
+from pipeline.validation import held_out
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,15 @@ class Ranker:
         return {"loss": self.loss if self.kind == "CatBoostRanker" else "Logloss", "iterations": self.iterations,
                 "features": [*self.features, *self.derived], "cat_features": list(self.cat_features)}
 
-    def prepared(self, candidates: pd.DataFrame) -> pd.DataFrame:
+    @property
+    def columns(self) -> list[str]:
+        """What the model reads from a candidates table (besides the derived features)."""
+        return list(dict.fromkeys(["user_id", "item_id", "als_score", "category_id", *self.features]))
+
+    def prepared(self, candidates: pd.DataFrame, items: pd.DataFrame | None = None) -> pd.DataFrame:
         """Sorted by user (the ranker's groups must be contiguous), with the derived features."""
         ordered = candidates.sort_values(["user_id", "item_id"], kind="stable", ignore_index=True)
-        return with_derived_features(ordered, self.derived, self.popularity)
+        return with_derived_features(ordered, self.derived, self.popularity, items)
 
     def fit(self, train: pd.DataFrame) -> CatBoostClassifier | CatBoostRanker:
         common = dict(iterations=self.iterations, random_seed=self.seed, thread_count=self.thread_count,
@@ -53,6 +60,12 @@ class Ranker:
                                                                          group_id=train["user_id"])
         return CatBoostClassifier(**common).fit(columns, train["target"])
 
+    def loaded(self, blob: bytes) -> CatBoostClassifier | CatBoostRanker:
+        """A model this ranker fitted, from the bytes of its saved file."""
+        model = CatBoostRanker() if self.kind == "CatBoostRanker" else CatBoostClassifier()
+        model.load_model(blob=blob)
+        return model
+
     def scores(self, model: CatBoostClassifier | CatBoostRanker, candidates: pd.DataFrame) -> np.ndarray:
         columns = candidates[[*self.features, *self.derived]]
         if isinstance(model, CatBoostClassifier):
@@ -61,15 +74,40 @@ class Ranker:
 
     def validation(self, train: pd.DataFrame) -> dict[str, float]:
         """Metrics on held-out users: this model's order, then the als_score order, on the same users."""
-        users = train["user_id"].unique()
-        held_out = users[np.random.default_rng(self.seed).random(len(users)) < self.holdout_share]
-        is_held_out = train["user_id"].isin(held_out)
+        is_held_out = held_out(train["user_id"].to_numpy(), self.seed, self.holdout_share)
         model = self.fit(train[~is_held_out])
         test = train[is_held_out]
         users, targets = test["user_id"].to_numpy(), test["target"].to_numpy()
         ranked = metrics.per_user_metrics(users, self.scores(model, test), targets)
         als = metrics.per_user_metrics(users, test["als_score"].to_numpy(), targets)
         return {**metrics.summary(ranked), **{f"als_{k}": v for k, v in metrics.summary(als).items()}}
+
+
+def ranked_batches(ranker: Ranker, model, items: pd.DataFrame, tables: Iterator[pa.Table]) -> Iterator[pa.RecordBatch]:
+    """Each table of whole users, scored and ranked: memory holds one table at a time."""
+    for table in tables:
+        ordered = table.sort_by([("user_id", "ascending"), ("item_id", "ascending")])
+        candidates = ranker.prepared(ordered.select(ranker.columns).to_pandas(), items)
+        yield from candidates_ranked(ordered, ranker.scores(model, candidates)).to_batches()
+
+
+def whole_users(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
+    """Batches sorted by user, regrouped into tables of about `rows` rows that never split a user."""
+    pending: list[pa.RecordBatch] = []
+    size = 0
+    for batch in batches:
+        pending.append(batch)
+        size += batch.num_rows
+        if size < rows:
+            continue
+        table = pa.Table.from_batches(pending)
+        users = table.column("user_id")
+        cut = pc.index(users, users[-1]).as_py()
+        if cut:
+            yield table.slice(0, cut)
+            pending, size = table.slice(cut).to_batches(), table.num_rows - cut
+    if size:
+        yield pa.Table.from_batches(pending)
 
 
 def candidates_ranked(candidates: pa.Table, scores: np.ndarray) -> pa.Table:

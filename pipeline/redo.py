@@ -13,24 +13,26 @@ from datetime import date
 
 from psycopg2 import sql
 
-from pipeline import db
+from pipeline import db, publish
 from pipeline.base import WeekTask
 from pipeline.load import CheckInputs
+from pipeline.rank import RankCandidates, TrainRanker
 from pipeline.wrapper import WeeklyRecs
 
 
 def week_tasks(week: date) -> list[WeekTask]:
     weekly = WeeklyRecs(week=week)
-    return [CheckInputs(week=week), *weekly.published(), weekly]
+    return [CheckInputs(week=week), *weekly.published(), TrainRanker(week=week), weekly]
 
 
 def forget_week(week: date) -> int:
-    """Delete the week's marker rows; returns how many there were."""
+    """Delete the week's marker rows, its scoring shards' too; returns how many there were."""
     tasks = week_tasks(week)
     marker_table = tasks[0].output().marker_table
+    shards_of = publish.staged_name(RankCandidates(week=week).table, week)
     with db.connection() as conn, conn.cursor() as cur:
-        cur.execute(sql.SQL("DELETE FROM {} WHERE update_id = ANY(%s)").format(sql.Identifier(marker_table)),
-                    ([task.task_id for task in tasks],))
+        cur.execute(sql.SQL("DELETE FROM {} WHERE update_id = ANY(%s) OR target_table = %s").format(
+            sql.Identifier(marker_table)), ([task.task_id for task in tasks], shards_of))
         conn.commit()
         return cur.rowcount
 

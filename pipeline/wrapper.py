@@ -1,40 +1,47 @@
-"""WeeklyRecs: the one task cron fires; its requirements order the week."""
+"""WeeklyRecs: the one task cron fires; its requirements order the week, and it puts the week live."""
 
 from __future__ import annotations
 
-import logging
-
-from pipeline import db
-from pipeline.base import PublishingTask, WeekTask
+from pipeline import config, db, publish
+from pipeline.base import StagingTask, WeekTask
 from pipeline.load import DefaultRecs, OnlineRecs
 from pipeline.rank import RankCandidates
 
-log = logging.getLogger("luigi-interface")
 
 class WeeklyRecs(WeekTask):
-    """Complete when every table of the week is published; its own marker records the week as whole."""
+    """Puts the week's five staged tables live in one transaction, with its marker: the week is whole.
+
+    Until then the web service reads last week, all of it; after any failure it still does.
+    """
 
     table = "weekly_recs"
 
     def requires(self) -> list[WeekTask]:
-        return [DefaultRecs(week=self.week), OnlineRecs(week=self.week),
-                RankCandidates(week=self.week)]
+        return [DefaultRecs(week=self.week), OnlineRecs(week=self.week), RankCandidates(week=self.week)]
 
-    def published(self) -> list[PublishingTask]:
-        """Every task that publishes a table this week, the ranker's inputs included."""
+    def published(self) -> list[StagingTask]:
+        """Every task that stages a table this week, the ranker's inputs included."""
         default_recs, online_recs, ranker = self.requires()
-        return [default_recs, online_recs, *ranker.requires().values(), ranker]
+        return [default_recs, online_recs, *ranker.inputs().values(), ranker]
+
+    def lock_names(self) -> tuple[str, ...]:
+        return (self.table, *(task.table for task in self.published()))
 
     def row_counts(self, conn) -> dict[str, int]:
         with conn.cursor() as cur:
-            return {task.table: db.row_count(cur, db.week_table(conn, task.table, self.week))
+            return {task.table: publish.row_count(cur, publish.week_table(cur, task.table, self.week))
                     for task in self.published()}
 
     def run(self) -> None:
         with self.marking_once() as transaction:
             if transaction is None:
                 return
-            counts = self.row_counts(transaction[0])
+            conn, cur = transaction
+            tasks = self.published()
+            publish.go_live(cur, [task.table for task in tasks], self.week, config.pipeline().retention)
+            for task in tasks:
+                task.go_live_alongside(cur)
+            counts = self.row_counts(conn)
         print(week_summary(self.week, counts, str(db.server())))
 
 

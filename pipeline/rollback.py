@@ -1,0 +1,87 @@
+"""Put an archived week back live in all five published tables at once.
+
+    python -m pipeline.rollback             the week before the live one
+    python -m pipeline.rollback 2026-11-14  that week
+    python -m pipeline.rollback --list      the weeks there are, with their row counts
+
+One transaction, under the same locks as publishing: the web service sees the live week or the
+restored one, whole. The week that was live goes to its archive, so a second rollback (naming it)
+undoes the first. Staged weeks that never went live are not offered.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import date
+
+from pipeline import db, publish
+from pipeline.wrapper import WeeklyRecs
+
+
+class RollbackError(RuntimeError):
+    """The week asked for is not whole in every table; nothing was changed."""
+
+
+def published_tables() -> list[str]:
+    return [task.table for task in WeeklyRecs(week=date.today()).published()]
+
+
+def available_weeks(cur, tables: list[str]) -> dict[date, dict[str, int | None]]:
+    """Every live or archived week, newest first, with each table's rows (None: not there)."""
+    weeks = {week for table in tables for week in publish.archived_weeks(cur, table)}
+    weeks |= {week for table in tables if (week := publish.live_week(cur, table))}
+    return {week: {table: _rows(cur, table, week) for table in tables} for week in sorted(weeks, reverse=True)}
+
+
+def roll_back(week: date | None = None) -> date:
+    """Returns the week now live."""
+    tables = published_tables()
+    with db.connection() as conn, conn.cursor() as cur:
+        publish.lock(cur, WeeklyRecs.table, *tables)
+        live = {publish.live_week(cur, table) for table in tables}
+        if len(live) != 1 or None in live:
+            raise RollbackError(f"the published tables hold different weeks ({_weeks(live)}); nothing changed")
+        (current,) = live
+        archived = sorted(set.intersection(*(set(publish.archived_weeks(cur, table)) for table in tables)))
+        target = week or max((w for w in archived if w < current), default=None)
+        if target is None or target not in archived:
+            wanted = f"week {target}" if target else f"a week before {current}"
+            raise RollbackError(f"{wanted} is not archived in all of {', '.join(tables)} "
+                                f"(complete weeks: {_weeks(archived) or 'none'}); nothing changed")
+        publish.roll_back(cur, tables, target)
+        conn.commit()
+    return target
+
+
+def _rows(cur, table: str, week: date) -> int | None:
+    return publish.row_count(cur, publish.week_table(cur, table, week)) if publish.holds_week(cur, table, week) \
+        else None
+
+
+def _weeks(weeks) -> str:
+    return ", ".join(str(week) for week in sorted(w for w in weeks if w))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.rollback", description=__doc__.splitlines()[0])
+    parser.add_argument("week", nargs="?", type=date.fromisoformat, help="the week to restore (YYYY-MM-DD)")
+    parser.add_argument("--list", action="store_true", help="show the weeks available and their row counts")
+    args = parser.parse_args(argv)
+    if args.list:
+        tables = published_tables()
+        with db.connection() as conn, conn.cursor() as cur:
+            live = publish.live_week(cur, tables[-1])
+            print("week        " + "".join(f"{table:>22}" for table in tables))
+            for week, counts in available_weeks(cur, tables).items():
+                cells = "".join(f"{'-' if rows is None else f'{rows:,}':>22}" for rows in counts.values())
+                print(f"{week}  {cells}" + ("  (live)" if week == live else ""))
+        return
+    week = WeeklyRecs(week=args.week).week if args.week else None
+    try:
+        print(f"week {roll_back(week)} is live again in {', '.join(published_tables())}")
+    except RollbackError as error:
+        raise SystemExit(f"rollback refused: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

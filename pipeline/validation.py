@@ -1,0 +1,22 @@
+"""Which train users are held out for validation: a seeded hash of each user id.
+
+A user's side depends only on its id and the seed, not on which other users the week has, so
+the week's check (`CheckInputs`, before any load) and the ranker (after a sample of users)
+agree on it, and a week rerun holds out the same users.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def held_out(user_ids: np.ndarray, seed: int, share: float) -> np.ndarray:
+    """True for the users held out: about `share` of them, by a splitmix64 hash of id and seed."""
+    with np.errstate(over="ignore"):
+        z = user_ids.astype(np.int64).view(np.uint64) + np.uint64(seed) * _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53) < share
