@@ -18,14 +18,17 @@ import pyarrow.parquet as pq
 USERS, ITEMS, CATEGORIES, PARENTS, CANDIDATES_PER_USER = 2_000, 400, 24, 6, 20
 
 
-def write_sample_week(out_dir: Path, seed: int = 7, users: int = USERS) -> None:
+def write_sample_week(out_dir: Path, seed: int = 7, users: int = USERS, truth: Path | None = None) -> None:
+    """`truth`, where given, gets what the inference users go on to do (`target`), to measure a ranking by."""
     rng = np.random.default_rng(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     items = _items(rng)
     preference = rng.dirichlet(np.full(CATEGORIES, 0.3), size=users)
-    for name, offset in (("candidates_train", 0), ("candidates_inference", users)):
-        table = _candidates(rng, items, preference, user_offset=offset, with_target=name.endswith("train"))
-        pq.write_table(table, out_dir / f"{name}.parquet")
+    pq.write_table(_candidates(rng, items, preference, user_offset=0), out_dir / "candidates_train.parquet")
+    inference = _candidates(rng, items, preference, user_offset=users)
+    pq.write_table(inference.drop_columns(["target"]), out_dir / "candidates_inference.parquet")
+    if truth is not None:
+        pq.write_table(inference.select(["user_id", "item_id", "target"]), truth)
     pq.write_table(_top_popular(items), out_dir / "top_popular.parquet")
     pq.write_table(_similar(rng, items), out_dir / "similar.parquet")
 
@@ -41,7 +44,7 @@ def _items(rng: np.random.Generator) -> dict[str, np.ndarray]:
     }
 
 
-def _candidates(rng, items, preference, user_offset: int, with_target: bool) -> pa.Table:
+def _candidates(rng, items, preference, user_offset: int) -> pa.Table:
     users = len(preference)
     user_idx = np.repeat(np.arange(users), CANDIDATES_PER_USER)
     item_idx = np.concatenate([rng.choice(ITEMS, CANDIDATES_PER_USER, replace=False) for _ in range(users)])
@@ -57,9 +60,8 @@ def _candidates(rng, items, preference, user_offset: int, with_target: bool) -> 
         "parent_id": items["parent_id"][item_idx],
         "available": available,
     }
-    if with_target:
-        logit = 6 * affinity + 0.8 * popularity + 1.5 * available - 3.5
-        columns["target"] = (rng.random(len(user_idx)) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+    logit = 6 * affinity + 0.8 * popularity + 1.5 * available - 3.5
+    columns["target"] = (rng.random(len(user_idx)) < 1 / (1 + np.exp(-logit))).astype(np.int64)
     return pa.table(columns)
 
 

@@ -18,7 +18,7 @@ import psycopg2
 import pytest
 from luigi.task_register import Register
 
-from pipeline import db
+from pipeline import db, publish
 from pipeline.sample_data import write_sample_week
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,10 +63,11 @@ def tcp_server(tmp_path_factory) -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="session")
 def sample_week(tmp_path_factory) -> Path:
-    """A small sample week (300 users), made by the project's own generator."""
+    """A small sample week (300 users), made by the project's own generator; beside it, in
+    `truth.parquet`, what its inference users went on to do."""
     folder = tmp_path_factory.mktemp("sample")
-    write_sample_week(folder, users=300)
-    return folder
+    write_sample_week(folder / "week", users=300, truth=folder / "truth.parquet")
+    return folder / "week"
 
 
 @pytest.fixture
@@ -160,6 +161,11 @@ def query(conn, statement: str, *params) -> list[tuple]:
 
 def markers(conn) -> list[str]:
     return [row[0] for row in query(conn, "SELECT update_id FROM table_updates ORDER BY update_id")]
+
+
+def staged(table: str, week=WEEK) -> str:
+    """Where a task that ran alone left its table: staged, until WeeklyRecs puts the week live."""
+    return publish.staged_name(table, week)
 
 
 def table_snapshot(conn, table: str) -> list[tuple]:

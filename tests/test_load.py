@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import DefaultRecs, InferenceCandidates, OnlineRecs, TrainCandidates
-from tests.conftest import NEXT_WEEK, WEEK, query, run_tasks
+from tests.conftest import NEXT_WEEK, WEEK, query, run_tasks, staged
 
 LOADS = [(DefaultRecs, "top_popular.parquet", "default_recs"),
          (OnlineRecs, "similar.parquet", "online_recs"),
@@ -29,18 +29,19 @@ def test_load_publishes_exactly_the_files_rows(task, file, table, settings, inpu
 
     columns = expected.column_names
     order = ", ".join(str(i + 1) for i in range(len(columns)))
-    published = query(conn, f'SELECT {", ".join(columns)} FROM "{table}" ORDER BY {order}')
+    published = query(conn, f'SELECT {", ".join(columns)} FROM "{staged(table)}" ORDER BY {order}')
     rows = sorted(zip(*(expected.column(c).to_pylist() for c in columns), strict=True))
     assert len(published) == expected.num_rows
     assert rounded(published) == rounded(rows)
-    assert query(conn, f'SELECT DISTINCT week FROM "{table}"') == [(WEEK,)]
+    assert query(conn, f'SELECT DISTINCT week FROM "{staged(table)}"') == [(WEEK,)]
+    assert query(conn, f"SELECT to_regclass('{table}')") == [(None,)]  # live only with the whole week
 
 
 def test_column_types_follow_the_arrow_schema(settings, conn):
     run_tasks(TrainCandidates(week=WEEK))
 
     types = dict(query(conn, "SELECT column_name, data_type FROM information_schema.columns"
-                       " WHERE table_name = 'candidates_train'"))
+                       " WHERE table_name = %s", staged("candidates_train")))
     assert types == {"user_id": "bigint", "item_id": "bigint", "als_score": "real",
                      "category_id": "bigint", "parent_id": "bigint", "available": "bigint",
                      "target": "bigint", "week": "date"}
@@ -49,7 +50,7 @@ def test_column_types_follow_the_arrow_schema(settings, conn):
 def test_candidates_get_a_unique_index_on_user_and_item(settings, conn):
     run_tasks(InferenceCandidates(week=WEEK))
 
-    indexes = query(conn, "SELECT indexdef FROM pg_indexes WHERE tablename = 'candidates_inference'")
+    indexes = query(conn, "SELECT indexdef FROM pg_indexes WHERE tablename = %s", staged("candidates_inference"))
     assert len(indexes) == 1
     assert "UNIQUE" in indexes[0][0] and "(user_id, item_id)" in indexes[0][0]
 
@@ -62,8 +63,8 @@ def test_extra_columns_are_kept_text_too(settings, input_dir, conn):
 
     run_tasks(DefaultRecs(week=WEEK))
 
-    assert query(conn, "SELECT count(DISTINCT rec_id) FROM default_recs") == [(table.num_rows,)]
-    assert sorted(title for (title,) in query(conn, "SELECT title FROM default_recs")) == sorted(titles)
+    assert query(conn, f"SELECT count(DISTINCT rec_id) FROM {staged('default_recs')}") == [(table.num_rows,)]
+    assert sorted(title for (title,) in query(conn, f"SELECT title FROM {staged('default_recs')}")) == sorted(titles)
 
 
 def test_any_day_of_a_week_names_the_same_task():

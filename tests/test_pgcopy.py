@@ -1,13 +1,16 @@
-"""Binary COPY from Arrow: every fixed-width type and null arrives as it left."""
+"""COPY from Arrow: every fixed-width type and null arrives as it left in binary, every other
+type the contract accepts arrives as it left in its faithful PostgreSQL type, through CSV."""
 
 from __future__ import annotations
 
 import datetime
+import decimal
 
 import pyarrow as pa
 import pytest
+from psycopg2 import sql
 
-from pipeline import db
+from pipeline import db, pgcopy
 from tests.conftest import query
 
 SCHEMA = pa.schema([("id", pa.int64()), ("small", pa.int16()), ("medium", pa.int32()), ("score", pa.float32()),
@@ -20,9 +23,12 @@ ROWS = [(1, -2, 70_000, 0.5, 1 / 3, True, datetime.date(1999, 12, 31)),
 def load(conn, rows: list[tuple], batches: int = 1) -> None:
     table = pa.Table.from_pylist([dict(zip(SCHEMA.names, row, strict=True)) for row in rows], schema=SCHEMA)
     with conn.cursor() as cur:
-        staging = db.create_staging(cur, "typed", SCHEMA)
-        db.copy_in(cur, staging, table.to_batches(max_chunksize=len(rows) // batches or 1), SCHEMA)
-        cur.execute(f'ALTER TABLE "{staging}" RENAME TO typed')
+        db.copy_in(cur, typed_table(cur, SCHEMA), table.to_batches(max_chunksize=len(rows) // batches or 1), SCHEMA)
+
+
+def typed_table(cur, schema: pa.Schema) -> str:
+    cur.execute(sql.SQL("CREATE TABLE typed ({})").format(db.column_definitions(schema)))
+    return "typed"
 
 
 @pytest.mark.parametrize("batches", [1, 3], ids=["one batch with nulls", "batches with and without nulls"])
@@ -41,4 +47,39 @@ def test_a_failure_while_encoding_is_the_error_raised(conn):
         raise ValueError("the file broke here")
 
     with conn.cursor() as cur, pytest.raises(ValueError, match="the file broke here"):
-        db.copy_in(cur, db.create_staging(cur, "typed", SCHEMA), failing(), SCHEMA)
+        db.copy_in(cur, typed_table(cur, SCHEMA), failing(), SCHEMA)
+
+
+MOMENT = datetime.datetime(2026, 11, 21, 21, 5, 0, 123456)
+TEXT_TYPES = {  # Arrow column -> its PostgreSQL type and the value PostgreSQL gives back
+    "stamp": (pa.array([MOMENT, None], pa.timestamp("us")), "timestamp without time zone", MOMENT),
+    "stamp_utc": (pa.array([MOMENT, None], pa.timestamp("ms", tz="UTC")), "timestamp with time zone",
+                  MOMENT.replace(microsecond=123000, tzinfo=datetime.timezone.utc)),
+    "day64": (pa.array([datetime.date(2026, 11, 21), None], pa.date64()), "date", datetime.date(2026, 11, 21)),
+    "clock": (pa.array([datetime.time(21, 5), None], pa.time64("us")), "time without time zone", datetime.time(21, 5)),
+    "price": (pa.array([decimal.Decimal("12345678901234567.89"), None], pa.decimal128(19, 2)), "numeric",
+              decimal.Decimal("12345678901234567.89")),
+    "big": (pa.array([2**64 - 1, None], pa.uint64()), "numeric", decimal.Decimal(2**64 - 1)),
+    "tags": (pa.array([["a", "b,\"c\""], None], pa.list_(pa.string())), "jsonb", ["a", 'b,"c"']),
+    "meta": (pa.array([{"k": 1, "v": "x"}, None]), "jsonb", {"k": 1, "v": "x"}),
+    "blob": (pa.array([b"\x00\xff,\n", None], pa.binary()), "bytea", b"\x00\xff,\n"),
+    "empty": (pa.nulls(2), "text", None),
+    "label": (pa.array(["", None]), "text", ""),
+}
+
+
+def test_every_other_type_arrives_faithfully_through_csv(conn):
+    table = pa.table({name: column for name, (column, _, _) in TEXT_TYPES.items()})
+    with conn.cursor() as cur:
+        db.copy_in(cur, typed_table(cur, table.schema), table.to_batches(), table.schema)
+
+    types = dict(query(conn, "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'typed'"))
+    assert types == {name: kind for name, (_, kind, _) in TEXT_TYPES.items()}
+    first, second = query(conn, f"SELECT {', '.join(TEXT_TYPES)} FROM typed ORDER BY stamp NULLS LAST")
+    assert [bytes(v) if isinstance(v, memoryview) else v for v in first] == [v for _, _, v in TEXT_TYPES.values()]
+    assert second[:-1] == (None,) * (len(TEXT_TYPES) - 1) and second[-1] is None
+
+
+def test_a_duration_has_no_postgresql_type():
+    with pytest.raises(pgcopy.UnsupportedType, match="duration"):
+        pgcopy.pg_type(pa.duration("s"))

@@ -1,4 +1,6 @@
-"""RankCandidates re-trains on the week's train candidates and publishes a per-user ranking."""
+"""The ranking stage: TrainRanker fits once on a bounded sample of whole users and shares the model
+through PostgreSQL; ScoreShard tasks score the week's users in shards; the ranking goes live with
+the week, its metrics with it."""
 
 from __future__ import annotations
 
@@ -8,15 +10,25 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import RankCandidates
-from pipeline.ranker import candidates_ranked
-from tests.conftest import NEXT_WEEK, WEEK, apply_settings, query, run_luigi, run_tasks, table_snapshot
+from pipeline import RankCandidates, WeeklyRecs
+from pipeline.ranker import candidates_ranked, whole_users
+from tests.conftest import (
+    NEXT_WEEK,
+    PUBLISHED_TABLES,
+    WEEK,
+    apply_settings,
+    query,
+    run_luigi,
+    run_tasks,
+    staged,
+    table_snapshot,
+)
 
 
 def test_ranks_are_one_to_n_per_user_in_score_order(settings, conn):
     assert run_tasks(RankCandidates(week=WEEK)).name == "SUCCESS"
 
-    rows = query(conn, "SELECT user_id, rank, cb_score FROM candidates_ranked ORDER BY user_id, rank")
+    rows = query(conn, f"SELECT user_id, rank, cb_score FROM {staged('candidates_ranked')} ORDER BY user_id, rank")
     by_user: dict[int, list[tuple[int, float]]] = {}
     for user, rank, score in rows:
         by_user.setdefault(user, []).append((rank, score))
@@ -28,7 +40,7 @@ def test_ranks_are_one_to_n_per_user_in_score_order(settings, conn):
 
 
 def test_ranked_table_holds_every_inference_candidate_with_its_columns(settings, conn):
-    run_tasks(RankCandidates(week=WEEK))
+    run_tasks(WeeklyRecs(week=WEEK))
 
     assert query(conn, "SELECT count(*) FROM candidates_ranked") == \
         query(conn, "SELECT count(*) FROM candidates_inference")
@@ -38,20 +50,56 @@ def test_ranked_table_holds_every_inference_candidate_with_its_columns(settings,
                        "week", "cb_score", "rank"]
 
 
-def test_model_is_saved_under_the_weeks_folder(settings, tmp_path):
+def test_the_model_is_saved_under_the_weeks_folder_and_in_the_database(settings, conn, tmp_path):
     run_tasks(RankCandidates(week=WEEK))
 
-    assert (tmp_path / "models" / WEEK.isoformat() / "model.cbm").stat().st_size > 0
+    saved = (tmp_path / "models" / WEEK.isoformat() / "model.cbm").read_bytes()
+    assert len(saved) > 0
+    assert query(conn, "SELECT model FROM ranker_models WHERE week = %s", WEEK)[0][0].tobytes() == saved
 
 
-def test_the_model_beats_chance_on_the_sample_week(settings, conn):
-    """The sample data is made so that the ranker can learn: its top 5 hold more positives."""
-    run_tasks(RankCandidates(week=WEEK))
+def test_the_model_puts_more_of_what_users_take_in_its_top_5_than_the_als_order_or_chance(settings, conn,
+                                                                                           sample_week):
+    """The sample generator knows what its inference users go on to take (`truth.parquet`): the
+    week's ranking is measured against that, not against itself."""
+    run_tasks(WeeklyRecs(week=WEEK))
+    truth = pq.read_table(sample_week.parent / "truth.parquet").to_pandas().set_index(["user_id", "item_id"])
+    ranked = query(conn, "SELECT user_id, item_id, rank, row_number() OVER (PARTITION BY user_id"
+                         " ORDER BY als_score DESC, item_id) FROM candidates_ranked")
+    taken = {(user, item): truth.loc[(user, item), "target"] for user, item, _, _ in ranked}
 
-    (score_auc,) = query(conn, """
-        SELECT avg((r.cb_score > o.cb_score)::int) FROM candidates_ranked r
-        JOIN candidates_ranked o USING (user_id) WHERE r.rank = 1 AND o.rank = 20""")[0]
-    assert score_auc == 1
+    model_top5 = sum(taken[(u, i)] for u, i, rank, _ in ranked if rank <= 5)
+    als_top5 = sum(taken[(u, i)] for u, i, _, als_rank in ranked if als_rank <= 5)
+    chance_top5 = truth["target"].sum() * 5 / 20
+    assert model_top5 > 1.1 * als_top5 and model_top5 > 1.3 * chance_top5, (model_top5, als_top5, chance_top5)
+
+
+def test_one_shard_and_four_shards_publish_the_same_ranking(settings, conn):
+    settings["pipeline"]["shards"] = "1"
+    apply_settings(settings)
+    run_tasks(WeeklyRecs(week=WEEK))
+    settings["pipeline"]["shards"] = "4"
+    apply_settings(settings)
+
+    assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+
+    ranking = "SELECT user_id, item_id, cb_score, rank FROM {} ORDER BY user_id, item_id"
+    one_shard = query(conn, ranking.format("candidates_ranked__20261121"))
+    assert len(one_shard) == 6000
+    assert query(conn, ranking.format("candidates_ranked")) == one_shard
+    shard_markers = query(conn, "SELECT update_id FROM table_updates WHERE update_id LIKE 'ScoreShard%%'")
+    assert sorted(m[:16] for (m,) in shard_markers) == ["ScoreShard_0_1_2", *(f"ScoreShard_{k}_4_2" for k in range(4))]
+
+
+def test_training_is_capped_at_max_train_rows_of_whole_users(settings, conn):
+    settings["pipeline"]["max_train_rows"] = "2010"
+    apply_settings(settings)
+
+    run_tasks(WeeklyRecs(week=WEEK))
+
+    ((trained, available),) = query(conn, "SELECT train_rows, available_rows FROM model_metrics")
+    assert available == 6000
+    assert 2010 - 20 < trained <= 2010 and trained % 20 == 0  # every sample user keeps all 20 candidates
 
 
 def test_ties_are_broken_by_item_id():
@@ -63,8 +111,20 @@ def test_ties_are_broken_by_item_id():
     assert ranked.column("rank").to_pylist() == [1, 2, 3, 1]
 
 
+def test_scoring_batches_never_split_a_user():
+    users = np.repeat(np.arange(50), np.arange(1, 51))
+    batches = pa.table({"user_id": users}).to_batches(max_chunksize=37)
+
+    tables = list(whole_users(iter(batches), rows=100))
+
+    assert sum(t.num_rows for t in tables) == len(users)
+    firsts = [t.column("user_id")[0].as_py() for t in tables[1:]]
+    lasts = [t.column("user_id")[-1].as_py() for t in tables[:-1]]
+    assert all(first != last for first, last in zip(firsts, lasts, strict=True)) and len(tables) > 5
+
+
 def test_each_published_week_has_a_metrics_row(settings, conn):
-    run_tasks(RankCandidates(week=WEEK), RankCandidates(week=NEXT_WEEK))
+    run_tasks(WeeklyRecs(week=WEEK), WeeklyRecs(week=NEXT_WEEK))
 
     rows = query(conn, "SELECT week, model_type, train_rows, positives > 0, ndcg_at_10 BETWEEN 0 AND 1,"
                        " als_ndcg_at_10 BETWEEN 0 AND 1, duration_s > 0 FROM model_metrics ORDER BY week")
@@ -81,34 +141,45 @@ def als_score_that_knows_the_target(input_dir):
                    input_dir / "candidates_train.parquet")
 
 
-def test_a_week_ranking_worse_than_the_als_order_is_refused_with_both_numbers(settings, config_file, input_dir, conn):
-    run_tasks(RankCandidates(week=WEEK))
-    before = table_snapshot(conn, "candidates_ranked")
+def week_state(conn) -> tuple:
+    """The five live tables with their rows and week comments, and the metrics: what a failure must not touch."""
+    comments = query(conn, "SELECT relname, obj_description(oid, 'pg_class') FROM pg_class"
+                           " WHERE relname = ANY(%s) ORDER BY 1", list(PUBLISHED_TABLES))
+    return {t: table_snapshot(conn, t) for t in PUBLISHED_TABLES}, comments, query(conn, "SELECT week FROM model_metrics")
+
+
+def test_a_week_ranking_worse_than_the_als_order_is_refused_and_nothing_of_it_goes_live(settings, config_file,
+                                                                                         input_dir, conn):
+    run_tasks(WeeklyRecs(week=WEEK))
+    before = week_state(conn)
     als_score_that_knows_the_target(input_dir)
     settings["pipeline"].update(features='["category_id", "parent_id", "available"]', derived_features="[]")
     apply_settings(settings, config_file)
 
-    refused = run_luigi(config_file, "RankCandidates", "--local-scheduler", "--week", "2026-11-28")
+    refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", "2026-11-28")
 
     assert refused.returncode == 30
     assert re.search(r"QualityGateError: week 2026-11-28: validation NDCG@10 0\.\d{4} is below the als_score "
                      r"order's (0\.9\d{3}|1\.0000)( and [^;]*)? by more than max_ndcg_drop=0\.02", refused.stderr)
-    assert table_snapshot(conn, "candidates_ranked") == before
-    assert query(conn, "SELECT week FROM model_metrics") == [(WEEK,)]
+    assert "staged" in refused.stderr  # the loads of the week did run: they stay staged, not live
+    assert week_state(conn) == before
 
-    forced = run_luigi(config_file, "RankCandidates", "--local-scheduler", "--week", "2026-11-28",
-                       "--RankCandidates-force-publish")
+    forced = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", "2026-11-28",
+                       "--TrainRanker-force-publish")
     assert forced.returncode == 0
-    assert query(conn, "SELECT DISTINCT week FROM candidates_ranked") == [(NEXT_WEEK,)]
+    assert "running   DefaultRecs" not in forced.stderr  # only what was missing is redone
+    for table in PUBLISHED_TABLES:
+        assert query(conn, f"SELECT DISTINCT week FROM {table}") == [(NEXT_WEEK,)]
 
 
 def test_a_week_worse_than_the_last_published_one_is_refused(settings, input_dir, conn):
-    run_tasks(RankCandidates(week=WEEK))
+    run_tasks(WeeklyRecs(week=WEEK))
     table = pq.read_table(input_dir / "candidates_train.parquet")
     shuffled = np.random.default_rng(1).permutation(table.column("target").to_numpy())
     pq.write_table(table.set_column(table.schema.get_field_index("target"), "target", pa.array(shuffled)),
                    input_dir / "candidates_train.parquet")
 
-    assert run_tasks(RankCandidates(week=NEXT_WEEK)).name == "FAILED"
+    assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "FAILED"
 
-    assert query(conn, "SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]
+    for table in PUBLISHED_TABLES:
+        assert query(conn, f"SELECT DISTINCT week FROM {table}") == [(WEEK,)]
