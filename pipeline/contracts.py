@@ -106,7 +106,7 @@ def check_positives(path: Path, label: str, seed: int, holdout_share: float) -> 
 def _refuse_ids_beyond_int64(path: Path, name: str, batches: Iterator[pa.RecordBatch]) -> None:
     seen = 0
     for batch in batches:
-        too_large = pc.greater(batch.column(0), np.iinfo(np.int64).max)
+        too_large = pc.greater(batch.column(0), pa.scalar(np.iinfo(np.int64).max, pa.uint64()))
         if pc.any(too_large).as_py():
             row = seen + _first(too_large)
             raise ContractError(path, name, f"id {batch.column(0)[row - seen].as_py()} at row {row} is above "

@@ -171,3 +171,13 @@ def staged(table: str, week=WEEK) -> str:
 def table_snapshot(conn, table: str) -> list[tuple]:
     """Every row of a table, in a stable order: to prove that a failure changed nothing."""
     return query(conn, f'SELECT * FROM "{table}" ORDER BY 1, 2')
+
+
+def live_state(conn) -> tuple:
+    """What the web service reads, byte for byte: the five live tables, their week comments, the
+    archives, the metrics and the weeks marked whole. A failed week may leave staged tables only."""
+    tables = query(conn, "SELECT relname, obj_description(oid, 'pg_class') FROM pg_class WHERE relkind IN ('r', 'p')"
+                         " AND relname NOT LIKE '%%\\_\\_staged\\_%%' AND relnamespace = 'public'::regnamespace"
+                         " AND relname NOT IN ('table_updates', 'ranker_models') ORDER BY 1")
+    weeks = [m for m in markers(conn) if m.startswith("WeeklyRecs")]
+    return {name: (comment, table_snapshot(conn, name)) for name, comment in tables}, weeks

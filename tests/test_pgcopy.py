@@ -54,7 +54,7 @@ MOMENT = datetime.datetime(2026, 11, 21, 21, 5, 0, 123456)
 TEXT_TYPES = {  # Arrow column -> its PostgreSQL type and the value PostgreSQL gives back
     "stamp": (pa.array([MOMENT, None], pa.timestamp("us")), "timestamp without time zone", MOMENT),
     "stamp_utc": (pa.array([MOMENT, None], pa.timestamp("ms", tz="UTC")), "timestamp with time zone",
-                  MOMENT.replace(microsecond=123000, tzinfo=datetime.timezone.utc)),
+                  MOMENT.replace(microsecond=123000, tzinfo=datetime.UTC)),
     "day64": (pa.array([datetime.date(2026, 11, 21), None], pa.date64()), "date", datetime.date(2026, 11, 21)),
     "clock": (pa.array([datetime.time(21, 5), None], pa.time64("us")), "time without time zone", datetime.time(21, 5)),
     "price": (pa.array([decimal.Decimal("12345678901234567.89"), None], pa.decimal128(19, 2)), "numeric",
@@ -73,7 +73,8 @@ def test_every_other_type_arrives_faithfully_through_csv(conn):
     with conn.cursor() as cur:
         db.copy_in(cur, typed_table(cur, table.schema), table.to_batches(), table.schema)
 
-    types = dict(query(conn, "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'typed'"))
+    types = dict(query(conn, "SELECT column_name, data_type FROM information_schema.columns"
+                             " WHERE table_name = 'typed'"))
     assert types == {name: kind for name, (_, kind, _) in TEXT_TYPES.items()}
     first, second = query(conn, f"SELECT {', '.join(TEXT_TYPES)} FROM typed ORDER BY stamp NULLS LAST")
     assert [bytes(v) if isinstance(v, memoryview) else v for v in first] == [v for _, _, v in TEXT_TYPES.values()]

@@ -17,11 +17,11 @@ from tests.conftest import (
     PUBLISHED_TABLES,
     WEEK,
     apply_settings,
+    live_state,
     query,
     run_luigi,
     run_tasks,
     staged,
-    table_snapshot,
 )
 
 
@@ -141,17 +141,10 @@ def als_score_that_knows_the_target(input_dir):
                    input_dir / "candidates_train.parquet")
 
 
-def week_state(conn) -> tuple:
-    """The five live tables with their rows and week comments, and the metrics: what a failure must not touch."""
-    comments = query(conn, "SELECT relname, obj_description(oid, 'pg_class') FROM pg_class"
-                           " WHERE relname = ANY(%s) ORDER BY 1", list(PUBLISHED_TABLES))
-    return {t: table_snapshot(conn, t) for t in PUBLISHED_TABLES}, comments, query(conn, "SELECT week FROM model_metrics")
-
-
 def test_a_week_ranking_worse_than_the_als_order_is_refused_and_nothing_of_it_goes_live(settings, config_file,
                                                                                          input_dir, conn):
     run_tasks(WeeklyRecs(week=WEEK))
-    before = week_state(conn)
+    before = live_state(conn)
     als_score_that_knows_the_target(input_dir)
     settings["pipeline"].update(features='["category_id", "parent_id", "available"]', derived_features="[]")
     apply_settings(settings, config_file)
@@ -162,7 +155,7 @@ def test_a_week_ranking_worse_than_the_als_order_is_refused_and_nothing_of_it_go
     assert re.search(r"QualityGateError: week 2026-11-28: validation NDCG@10 0\.\d{4} is below the als_score "
                      r"order's (0\.9\d{3}|1\.0000)( and [^;]*)? by more than max_ndcg_drop=0\.02", refused.stderr)
     assert "staged" in refused.stderr  # the loads of the week did run: they stay staged, not live
-    assert week_state(conn) == before
+    assert live_state(conn) == before
 
     forced = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", "2026-11-28",
                        "--TrainRanker-force-publish")

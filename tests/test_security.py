@@ -27,7 +27,7 @@ def test_a_configured_table_name_is_used_as_given(settings, config_file, conn):
     apply_settings(settings, config_file)
 
     assert run_luigi(config_file, "DefaultRecs", "--local-scheduler", "--week", "2026-11-21").returncode == 0
-    assert query(conn, "SELECT count(*) > 0 FROM popular_items") == [(True,)]
+    assert query(conn, "SELECT count(*) > 0 FROM popular_items__staged_20261121") == [(True,)]
 
 
 @pytest.mark.parametrize("password_from", ["environment", "config file"])
