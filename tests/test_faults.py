@@ -15,18 +15,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import DefaultRecs, InferenceCandidates, OnlineRecs, db
+from pipeline import DefaultRecs, OnlineRecs, WeeklyRecs, db
 from tests.conftest import (
     LUIGI,
     PUBLISHED_TABLES,
     ROOT,
     WEEK,
     apply_settings,
+    live_state,
     markers,
     query,
     run_luigi,
     run_tasks,
-    table_snapshot,
 )
 
 LARGE_ROWS = 3_000_000
@@ -74,8 +74,8 @@ def wait_until_no_copy(conn, timeout: float = 30) -> None:
 
 def test_kill_9_in_the_middle_of_a_copy_leaves_the_published_table_and_a_rerun_loads_exactly_once(
         settings, config_file, input_dir, conn, large_inference_file):
-    run_tasks(InferenceCandidates(week=WEEK))
-    before = table_snapshot(conn, "candidates_inference"), publishing_markers(conn)
+    run_tasks(WeeklyRecs(week=WEEK))
+    before = live_state(conn), publishing_markers(conn)
     (input_dir / "candidates_inference.parquet").write_bytes(large_inference_file.read_bytes())
 
     worker = start_luigi(config_file, "InferenceCandidates", "--week", "2026-11-28")
@@ -84,12 +84,12 @@ def test_kill_9_in_the_middle_of_a_copy_leaves_the_published_table_and_a_rerun_l
     worker.wait()
     wait_until_no_copy(conn)
 
-    assert (table_snapshot(conn, "candidates_inference"), publishing_markers(conn)) == before
+    assert (live_state(conn), publishing_markers(conn)) == before
+    assert query(conn, "SELECT to_regclass('candidates_inference__staged_20261128')") == [(None,)]
     rerun = run_luigi(config_file, "InferenceCandidates", "--local-scheduler", "--week", "2026-11-28")
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert query(conn, "SELECT count(*), count(DISTINCT (user_id, item_id)) FROM candidates_inference") == \
-        [(LARGE_ROWS, LARGE_ROWS)]
-    assert query(conn, "SELECT tablename FROM pg_tables WHERE tablename LIKE '%staging%'") == []
+    assert query(conn, "SELECT count(*), count(DISTINCT (user_id, item_id)) FROM candidates_inference__staged_20261128"
+                 ) == [(LARGE_ROWS, LARGE_ROWS)]
 
 
 def test_a_database_that_is_down_fails_the_run_naming_the_server(settings, config_file):
@@ -142,7 +142,7 @@ def test_a_database_restart_fails_the_task_cleanly_and_the_rerun_completes(
     rerun = run_luigi(config_file, "InferenceCandidates", "--local-scheduler", "--week", "2026-11-21")
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     with psycopg2.connect(host=socket_dir, dbname="postgres", user="postgres") as conn:
-        assert query(conn, "SELECT count(*) FROM candidates_inference") == [(LARGE_ROWS,)]
+        assert query(conn, "SELECT count(*) FROM candidates_inference__staged_20261121") == [(LARGE_ROWS,)]
 
 
 def test_two_runs_of_the_same_week_at_once_publish_each_table_once(settings, config_file, input_dir, conn):
@@ -151,7 +151,7 @@ def test_two_runs_of_the_same_week_at_once_publish_each_table_once(settings, con
 
     assert [run.returncode for run in runs] == [0, 0], [err[-1500:] for _, err in results]
     assert query(conn, "SELECT tablename FROM pg_tables WHERE tablename LIKE '%\\_\\_%' ESCAPE '\\'") == []
-    assert len(markers(conn)) == 7
+    assert len(markers(conn)) == 9
     for table, file in zip(PUBLISHED_TABLES[:4], ("top_popular", "similar", "candidates_train",
                                                    "candidates_inference"), strict=True):
         rows = pq.read_metadata(input_dir / f"{file}.parquet").num_rows
@@ -181,4 +181,4 @@ def test_an_interrupted_week_resumes_with_only_the_tasks_not_done(settings, conf
     assert "running   TrainCandidates" in result.stderr
     after = dict(query(conn, "SELECT update_id, inserted FROM table_updates"))
     assert all(after[update_id] == inserted for update_id, inserted in done_before)
-    assert len(after) == 7
+    assert len(after) == 9

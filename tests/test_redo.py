@@ -17,9 +17,9 @@ def test_redo_forgets_the_weeks_markers_and_keeps_its_tables_until_it_runs_again
                           text=True, env={"LUIGI_CONFIG_PATH": str(config_file), "PATH": "/usr/bin:/bin"})
 
     assert redo.returncode == 0, redo.stderr
-    assert "week 2026-11-21: 7 markers forgotten" in redo.stdout
+    assert "week 2026-11-21: 9 markers forgotten" in redo.stdout
     assert not any("2026_11_21" in marker for marker in markers(conn))
-    assert len(markers(conn)) == 7  # the other week's
+    assert len(markers(conn)) == 9  # the other week's
     assert {table: table_snapshot(conn, table) for table in PUBLISHED_TABLES} == published
     assert run_tasks(WeeklyRecs(week=WEEK)).name == "SUCCESS"
-    assert len(markers(conn)) == 14
+    assert len(markers(conn)) == 18

@@ -17,8 +17,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import TrainCandidates, WeeklyRecs
-from tests.conftest import PUBLISHED_TABLES, ROOT, WEEK, markers, query, run_luigi
+from pipeline import ScoreShard, TrainCandidates, WeeklyRecs
+from tests.conftest import PUBLISHED_TABLES, ROOT, WEEK, apply_settings, markers, query, run_luigi
 
 ARTIFACTS = ROOT / "var" / "test-artifacts"  # git-ignored; docs/visualizer.png is one such screenshot
 
@@ -65,10 +65,11 @@ def test_a_week_run_through_luigid_is_done_with_the_designed_graph_and_history(l
     assert {task["status"] for task in graph.values()} == {"DONE"}
     edges = {(task["name"], graph[dep]["name"]) for task in graph.values() for dep in task["deps"]}
     assert edges >= {("WeeklyRecs", "DefaultRecs"), ("WeeklyRecs", "OnlineRecs"), ("WeeklyRecs", "RankCandidates"),
-                     ("RankCandidates", "TrainCandidates"), ("RankCandidates", "InferenceCandidates")}
+                     ("RankCandidates", "TrainCandidates"), ("RankCandidates", "InferenceCandidates"),
+                     ("RankCandidates", "TrainRanker"), ("RankCandidates", "ScoreShard"), ("ScoreShard", "TrainRanker")}
     train = TrainCandidates(week=WEEK).task_id
     assert luigid.api("get_task_status_message", task_id=train)["statusMessage"] == \
-        "published 6000 rows to candidates_train"
+        "staged 6,000 rows for candidates_train"
     assert luigid.api("get_task_progress_percentage", task_id=train)["progressPercentage"] == 100
     history = query(conn, "SELECT t.name, e.event_name FROM tasks t JOIN task_events e ON e.task_id = t.id"
                           " WHERE t.name = 'WeeklyRecs'")
@@ -86,11 +87,33 @@ def test_two_workers_at_once_run_every_task_once(luigid, config_file, input_dir,
     # a worker that saw tasks run by the other ends with [retcode] already_running (10) or not_run (25)
     assert all(worker.returncode in (0, 10, 25) for worker in workers), [err[-1500:] for _, err in outputs]
     assert luigid.api("task_list", status="FAILED") == {}
-    assert len(markers(conn)) == 7
+    assert len(markers(conn)) == 9
     for table, file in zip(PUBLISHED_TABLES[:4], ("top_popular", "similar", "candidates_train",
                                                    "candidates_inference"), strict=True):
         assert query(conn, f'SELECT count(*) FROM "{table}"') == [(pq.read_metadata(input_dir / f"{file}.parquet")
                                                                    .num_rows,)]
+
+
+def test_two_workers_against_one_luigid_split_the_scoring_shards_each_run_once(luigid, settings, config_file, conn):
+    settings["pipeline"]["shards"] = "4"
+    apply_settings(settings, config_file)
+    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_file)}
+    command = [str(Path(sys.executable).with_name("luigi")), "--module", "pipeline", "WeeklyRecs", "--week",
+               "2026-11-21", "--no-lock", "--worker-keep-alive", "--worker-wait-interval", "0.1",
+               "--worker-wait-jitter", "0", *luigid.args]
+    workers = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for _ in range(2)]
+    logs = [worker.communicate(timeout=300)[1] for worker in workers]
+
+    assert all(worker.returncode in (0, 10, 25) for worker in workers), [log[-1500:] for log in logs]
+    shards = [re.findall(r"running   ScoreShard\(week=2026-11-21, shard=(\d), shards=4\)", log) for log in logs]
+    assert sorted(shards[0] + shards[1]) == ["0", "1", "2", "3"]  # every shard once, by one worker or the other
+    assert shards[0] and shards[1], shards  # both workers scored
+    assert query(conn, "SELECT count(*) FROM table_updates WHERE update_id LIKE 'ScoreShard%%'") == [(4,)]
+    assert query(conn, "SELECT count(*), count(DISTINCT (user_id, item_id)) FROM candidates_ranked") == [(6000, 6000)]
+    progress = [luigid.api("get_task_progress_percentage", task_id=ScoreShard(week=WEEK, shard=k, shards=4).task_id)
+                for k in range(4)]
+    assert [p["progressPercentage"] for p in progress] == [100] * 4
 
 
 def test_a_failing_run_ends_promptly_with_a_non_zero_exit(luigid, config_file, input_dir):
@@ -120,7 +143,8 @@ def test_the_visualizer_shows_the_finished_week_in_a_browser(luigid, config_file
     rendered = {name: status for status, name in re.findall(
         r'class="graph-node-a" data-task-status="(\w+)" data-task-id="(\w+?)_2026_11_21_', dom)}
     assert rendered == {task: "DONE" for task in ("WeeklyRecs", "DefaultRecs", "OnlineRecs", "RankCandidates",
-                                                 "TrainCandidates", "InferenceCandidates", "CheckInputs")}
+                                                 "TrainCandidates", "InferenceCandidates", "CheckInputs",
+                                                 "TrainRanker", "ScoreShard")}
     assert (tmp_path / "visualizer.png").stat().st_size > 10_000
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(tmp_path / "visualizer.png", ARTIFACTS / "visualizer.png")

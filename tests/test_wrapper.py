@@ -8,6 +8,7 @@ from tests.conftest import (
     PUBLISHED_TABLES,
     WEEK,
     apply_settings,
+    live_state,
     markers,
     query,
     run_luigi,
@@ -24,7 +25,7 @@ def test_a_week_publishes_every_table_and_prints_a_summary(config_file, conn):
     for table in PUBLISHED_TABLES:
         (count,) = query(conn, f'SELECT count(*) FROM "{table}"')[0]
         assert f"{table}" in result.stdout and f"{count:,} rows" in result.stdout
-    assert len(markers(conn)) == 7  # the six tasks of the graph and CheckInputs
+    assert len(markers(conn)) == 9  # CheckInputs, five staged tables, TrainRanker, one shard, WeeklyRecs
 
 
 def test_a_rerun_of_a_done_week_runs_nothing_and_changes_nothing(config_file, conn):
@@ -70,15 +71,32 @@ def test_a_backfilled_older_week_goes_to_the_archive_not_the_published_table(set
     assert query(conn, "SELECT DISTINCT week FROM candidates_ranked__20261121") == [(WEEK,)]
 
 
-def test_a_week_whose_ranking_fails_leaves_the_previous_ranking_published(settings, conn):
+def test_a_week_whose_ranking_fails_leaves_every_table_of_the_previous_week_live(settings, conn):
     run_tasks(WeeklyRecs(week=WEEK))
-    before = table_snapshot(conn, "candidates_ranked")
+    before = live_state(conn)
     settings["pipeline"]["cat_features"] = '["als_score"]'  # CatBoost refuses float categories
     apply_settings(settings)
 
     assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "FAILED"
 
-    assert table_snapshot(conn, "candidates_ranked") == before
-    assert not any(m.startswith(("RankCandidates_2026_11_28", "WeeklyRecs_2026_11_28"))
-                   for m in markers(conn))
-    assert query(conn, "SELECT DISTINCT week FROM candidates_train") == [(NEXT_WEEK,)]
+    assert live_state(conn) == before
+    assert not any(m.startswith(("RankCandidates_2026_11_28", "WeeklyRecs_2026_11_28")) for m in markers(conn))
+    assert query(conn, "SELECT DISTINCT week FROM candidates_train__staged_20261128") == [(NEXT_WEEK,)]
+
+
+def test_stages_of_a_week_that_never_went_live_are_dropped_when_a_later_week_goes_live(settings, conn):
+    run_tasks(WeeklyRecs(week=WEEK))
+    settings["pipeline"]["cat_features"] = '["als_score"]'
+    apply_settings(settings)
+    run_tasks(WeeklyRecs(week=NEXT_WEEK))
+    settings["pipeline"]["cat_features"] = '["category_id", "parent_id"]'
+    apply_settings(settings)
+    later = NEXT_WEEK.replace(day=5, month=12)
+
+    assert run_tasks(WeeklyRecs(week=later)).name == "SUCCESS"
+
+    tables = [name for (name,) in query(conn, "SELECT tablename FROM pg_tables WHERE tablename LIKE 'candidates_train%'"
+                                              " ORDER BY 1")]
+    assert tables == ["candidates_train", "candidates_train__20261121"]  # 2026-11-28 is no archive
+    assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"  # its rerun loads it again, to the archive
+    assert query(conn, "SELECT DISTINCT week FROM candidates_train__20261128") == [(NEXT_WEEK,)]
