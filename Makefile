@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test sample-data stop-db scheduler bench
+.PHONY: run test sample-data stop-db scheduler bench bench-scale
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,3 +31,7 @@ scheduler: $(BIN)/.installed
 bench: $(BIN)/.installed
 	test -x /usr/bin/time || (apt-get update -qq && apt-get install -y -qq time)
 	$(BIN)/python benchmarks/bench.py
+
+bench-scale: $(BIN)/.installed
+	test -x /usr/bin/time || (apt-get update -qq && apt-get install -y -qq time)
+	$(BIN)/python benchmarks/bench_scale.py

@@ -30,14 +30,15 @@ from luigi.task_register import Register
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline import DefaultRecs, InferenceCandidates, RankCandidates, TrainCandidates, config, db  # noqa: E402
+from pipeline import DefaultRecs, InferenceCandidates, RankCandidates, TrainCandidates, db, pgcopy  # noqa: E402
 from pipeline.load import CheckInputs  # noqa: E402
-from pipeline.ranker import Ranker  # noqa: E402
+from pipeline.rank import read_week  # noqa: E402
 from pipeline.sample_data import write_sample_week  # noqa: E402
 
 WEEK = date(2026, 11, 21)
 LUIGI = str(Path(sys.executable).with_name("luigi"))
 SIZES = (1_000_000, 5_000_000)
+WHOLE_COMMAND_ROWS = 3_000_000
 RANK_ROWS = 1_000_000
 REPLACED_ROWS = 100_000
 
@@ -127,7 +128,7 @@ def server_side_copy(rows_dir: Path, bench: Bench, rows: int) -> float:
     os.chmod(bench.work, 0o755)
     os.chmod(csv, 0o644)
     with db.connection() as conn, conn.cursor() as cur:
-        columns = ", ".join(f"{f.name} {db.pg_type(f.type)}" for f in table.schema)
+        columns = ", ".join(f"{f.name} {pgcopy.pg_type(f.type)}" for f in table.schema)
         cur.execute(f"DROP TABLE IF EXISTS server_copy; CREATE TABLE server_copy ({columns})")
         conn.commit()
 
@@ -177,6 +178,14 @@ def copy_to_table(rows_dir: Path, bench: Bench) -> float:
     return timed(task.run)
 
 
+def whole_command(rows_dir: Path, bench: Bench, rows: int) -> float:
+    """`luigi --module pipeline InferenceCandidates` as cron runs it: interpreter start, CheckInputs, the load."""
+    settings_file = bench.configure(rows_dir, bench.fresh_database(f"whole_{rows}"))
+    command = [LUIGI, "--module", "pipeline", "InferenceCandidates", "--local-scheduler", "--week", WEEK.isoformat()]
+    env = {**os.environ, "LUIGI_CONFIG_PATH": str(settings_file)}
+    return timed(lambda: subprocess.run(command, cwd=ROOT, env=env, capture_output=True, check=True))
+
+
 def peak_rss_mb(config: Path, *args: str) -> float:
     """Peak RSS of a whole `luigi` command in its own process, as /usr/bin/time -v reports it."""
     result = subprocess.run(["/usr/bin/time", "-v", LUIGI, "--module", "pipeline", *args, "--local-scheduler",
@@ -197,24 +206,13 @@ def ranking(base: Path, bench: Bench) -> None:
     settings_file = bench.configure(folder, bench.fresh_database("rank"))
     build(TrainCandidates(week=WEEK), InferenceCandidates(week=WEEK), DefaultRecs(week=WEEK))
     with db.connection() as conn:
-        copy = timed(lambda: db.read_week(conn, "candidates_train", WEEK))
-        read_sql = timed(lambda: pd.read_sql("SELECT * FROM candidates_train", conn))
+        columns = ["user_id", "item_id", "als_score", "category_id", "parent_id", "available", "target", "week"]
+        copy = timed(lambda: read_week(conn, "candidates_train", WEEK, columns))
+        read_sql = timed(lambda: pd.read_sql("SELECT * FROM candidates_train__staged_20261121", conn))
     bench.record(f"read-back of {RANK_ROWS:,} rows: COPY TO STDOUT vs pandas.read_sql",
                  f"{copy:.2f} s vs {read_sql:.2f} s = {read_sql / copy:.1f}x")
-
-    with db.connection() as conn:
-        popularity = db.read_week(conn, "default_recs", WEEK).to_pandas()
-        ranker = Ranker.from_settings(config.pipeline(), popularity)
-        train = ranker.prepared(db.read_week(conn, "candidates_train", WEEK).to_pandas())
-        inference = ranker.prepared(db.read_week(conn, "candidates_inference", WEEK).to_pandas())
-
-    def fits_and_predicts() -> None:
-        ranker.validation(train)
-        ranker.scores(ranker.fit(train), inference)
-    alone = timed(fits_and_predicts)
     whole = timed(lambda: build(RankCandidates(week=WEEK)))
-    bench.record(f"RankCandidates on {RANK_ROWS:,} + {RANK_ROWS:,}: whole task vs its CatBoost fits+predicts",
-                 f"{whole:.1f} s vs {alone:.1f} s = {whole / alone:.2f}x")
+    bench.record(f"RankCandidates on {RANK_ROWS:,} + {RANK_ROWS:,} (train, shards, staging)", f"{whole:.1f} s")
     bench.configure(folder, bench.fresh_database("rank_rss"))
     build(TrainCandidates(week=WEEK), InferenceCandidates(week=WEEK), DefaultRecs(week=WEEK))
     bench.record("RankCandidates peak RSS (own process)", f"{peak_rss_mb(settings_file, 'RankCandidates'):.0f} MB")
@@ -242,6 +240,11 @@ def main() -> None:
             server = server_side_copy(rows_dir, bench, rows)
             bench.record(f"load {rows:,} rows: the load task vs server-side COPY FROM csv (+ index)",
                          f"{rows / ours:,.0f} vs {rows / server:,.0f} rows/s = {server / ours:.2f}x")
+        whole_rows = week_folder(base, "whole", 1000, WHOLE_COMMAND_ROWS)
+        ours, server = whole_command(whole_rows, bench, WHOLE_COMMAND_ROWS), server_side_copy(whole_rows, bench,
+                                                                                            WHOLE_COMMAND_ROWS)
+        bench.record(f"whole luigi command loading {WHOLE_COMMAND_ROWS:,} rows (start, CheckInputs, load) vs "
+                     "server-side COPY FROM csv (+ index)", f"{ours:.2f} s vs {server:.2f} s = {ours / server:.2f}x")
         million = loads[SIZES[0]]
         ours = SIZES[0] / load_task(million, bench, SIZES[0])
         replaced = REPLACED_ROWS / replaced_system(million, bench)

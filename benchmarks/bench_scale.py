@@ -1,0 +1,91 @@
+"""`make bench-scale`: the ranking stage at 1M and 8M inference candidates, and 2 workers against 1.
+
+Each size runs `luigi --module pipeline RankCandidates` as one command under /usr/bin/time -v (with
+one worker, every task of the stage runs in that process, so its peak RSS is the largest of any
+task), training capped at `max_train_rows = 1,000,000` and scoring in 4 shards. Then the scoring
+shards of the 1M week are run again with 1 and with 2 worker processes, CatBoost at one thread
+each: the stand-in for adding a host. Writes benchmarks/scale_results.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bench import LUIGI, ROOT, WEEK, Bench, build, week_folder
+
+from pipeline import DefaultRecs, InferenceCandidates, TrainCandidates, db
+
+SIZES = (1_000_000, 8_000_000)
+SETTINGS = {"max_train_rows": "1000000", "shards": "4", "thread_count": "1"}  # and 50 iterations (Bench)
+
+
+def configure(bench: Bench, folder: Path, database: str) -> Path:
+    path = bench.configure(folder, bench.fresh_database(database))
+    path.write_text(path.read_text().replace("[pipeline]\n", "[pipeline]\n" + "".join(
+        f"{key} = {value}\n" for key, value in SETTINGS.items())))
+    return path
+
+
+def ranking_stage(settings_file: Path, workers: int) -> tuple[float, float]:
+    """Seconds and peak RSS (MB, the largest process) of the whole RankCandidates command."""
+    command = ["/usr/bin/time", "-v", LUIGI, "--module", "pipeline", "RankCandidates", "--local-scheduler",
+               "--week", WEEK.isoformat(), "--workers", str(workers)]
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "LUIGI_CONFIG_PATH": str(settings_file)})
+    seconds = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr[-3000:]
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1)) / 1024
+    return seconds, rss
+
+
+def forget_scoring() -> None:
+    """The shards and the staged ranking of the week are undone; the model stays."""
+    with db.connection() as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM table_updates WHERE target_table = 'candidates_ranked__staged_20261121'"
+                    " OR update_id LIKE 'RankCandidates%'")
+        cur.execute("TRUNCATE candidates_ranked__staged_20261121")
+        cur.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'candidates_ranked__staged_20261121'")
+        for (index,) in cur.fetchall():
+            cur.execute(f'DROP INDEX "{index}"')
+        conn.commit()
+
+
+def workers_speedup(bench: Bench, settings_file: Path, rows: int) -> None:
+    forget_scoring()
+    one, _ = ranking_stage(settings_file, workers=1)
+    forget_scoring()
+    two, two_mb = ranking_stage(settings_file, workers=2)
+    bench.record(f"scoring {rows:,} in 4 shards: 1 worker vs 2 worker processes (CatBoost 1 thread each)",
+                 f"{one:.0f} s vs {two:.0f} s = {one / two:.2f}x faster, peak RSS {two_mb:.0f} MB")
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="weekly-recs-scale-") as folder:
+        base = Path(folder)
+        bench = Bench(base)
+        bench.configure(base)
+        measured = {}
+        for rows in SIZES:
+            week = week_folder(base, f"rank_{rows}", rows, rows)
+            settings_file = configure(bench, week, f"scale_{rows}")
+            build(TrainCandidates(week=WEEK), InferenceCandidates(week=WEEK), DefaultRecs(week=WEEK))
+            measured[rows] = ranking_stage(settings_file, workers=1)
+            bench.record(f"ranking stage, {rows:,} train + {rows:,} inference candidates (4 shards)",
+                         f"{measured[rows][0]:.0f} s, peak RSS {measured[rows][1]:.0f} MB")
+            if rows == SIZES[0]:
+                workers_speedup(bench, settings_file, rows)
+        (small_s, small_mb), (large_s, large_mb) = measured.values()
+        bench.record("8M / 1M: time and largest peak RSS", f"{large_s / small_s:.2f}x and {large_mb / small_mb:.2f}x")
+        bench.server.cleanup()
+    table = "\n".join(f"| {name} | {value} |" for name, value in bench.results)
+    (ROOT / "benchmarks" / "scale_results.md").write_text(f"| measure | result |\n|---|---|\n{table}\n")
+
+
+if __name__ == "__main__":
+    main()
