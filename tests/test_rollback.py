@@ -1,0 +1,54 @@
+"""`python -m pipeline.rollback`: an archived week goes back live in all five tables at once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from pipeline import WeeklyRecs
+from tests.conftest import NEXT_WEEK, PUBLISHED_TABLES, ROOT, WEEK, live_state, query, run_tasks, table_snapshot
+
+
+def rollback(config_file, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.rollback", *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "LUIGI_CONFIG_PATH": str(config_file)})
+
+
+def weeks_live(conn) -> list[tuple]:
+    return [query(conn, f"SELECT DISTINCT week, obj_description('{t}'::regclass, 'pg_class') FROM {t}")[0]
+            for t in PUBLISHED_TABLES]
+
+
+def test_a_rollback_puts_the_previous_week_back_in_all_five_tables_and_can_be_undone(settings, config_file, conn):
+    run_tasks(WeeklyRecs(week=WEEK))
+    first_week = {table: table_snapshot(conn, table) for table in PUBLISHED_TABLES}
+    run_tasks(WeeklyRecs(week=NEXT_WEEK))
+    second_week = {table: table_snapshot(conn, table) for table in PUBLISHED_TABLES}
+
+    listed = rollback(config_file, "--list")
+    back = rollback(config_file)
+
+    assert listed.returncode == 0
+    assert "2026-11-28" in listed.stdout and "(live)" in listed.stdout and "6,000" in listed.stdout
+    assert back.returncode == 0, back.stderr
+    assert "week 2026-11-21 is live again" in back.stdout
+    assert weeks_live(conn) == [(WEEK, "week=2026-11-21")] * 5
+    assert {table: table_snapshot(conn, table) for table in PUBLISHED_TABLES} == first_week
+    undo = rollback(config_file, "2026-11-28")
+    assert undo.returncode == 0, undo.stderr
+    assert {table: table_snapshot(conn, table) for table in PUBLISHED_TABLES} == second_week
+
+
+def test_a_week_that_is_not_whole_in_every_table_is_refused_and_nothing_changes(settings, config_file, conn):
+    run_tasks(WeeklyRecs(week=WEEK), WeeklyRecs(week=NEXT_WEEK))
+    conn.cursor().execute("DROP TABLE online_recs__20261121")  # a week archived in four tables of five
+    before = live_state(conn)
+
+    refused = rollback(config_file, "2026-11-21")
+    never_run = rollback(config_file, "2026-10-03")
+
+    assert refused.returncode == 1 and never_run.returncode == 1
+    assert "rollback refused: week 2026-11-21 is not archived in all of default_recs, online_recs" in refused.stderr
+    assert "rollback refused: week 2026-10-03 is not archived" in never_run.stderr
+    assert live_state(conn) == before
