@@ -144,7 +144,7 @@ def test_the_visualizer_shows_the_finished_week_in_a_browser(luigid, config_file
         r'class="graph-node-a" data-task-status="(\w+)" data-task-id="(\w+?)_2026_11_21_', dom)}
     assert rendered == {task: "DONE" for task in ("WeeklyRecs", "DefaultRecs", "OnlineRecs", "RankCandidates",
                                                  "TrainCandidates", "InferenceCandidates", "CheckInputs",
-                                                 "TrainRanker", "ScoreShard")}
+                                                 "TrainRanker", "ScoreShard_0_1")}  # shard 0 of 1
     assert (tmp_path / "visualizer.png").stat().st_size > 10_000
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(tmp_path / "visualizer.png", ARTIFACTS / "visualizer.png")
