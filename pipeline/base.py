@@ -47,6 +47,19 @@ class WeekTask(luigi.Task):
     def lock_names(self) -> tuple[str, ...]:
         return (self.table,)
 
+    def reporting(self, batches: Iterator[pa.RecordBatch], total: int, message: str) -> Iterator[pa.RecordBatch]:
+        """Rows done so far, shown in the visualizer every 16 batches and at the end.
+
+        `message` is formatted with `done` and `total`.
+        """
+        done = 0
+        for number, batch in enumerate(batches, start=1):
+            yield batch
+            done += batch.num_rows
+            if number % 16 == 0 or done == total:
+                self.set_status_message(message.format(done=done, total=total))
+                self.set_progress_percentage(round(100 * done / max(total, 1)))
+
     @contextmanager
     def marking_once(self) -> Iterator[tuple | None]:
         """A transaction that ends with this task's marker, holding the task's locks throughout.

@@ -72,21 +72,19 @@ def week_contracts(features: tuple[str, ...], derived: tuple[str, ...] = ()) -> 
             CANDIDATES_INFERENCE.for_ranker(features, derived))
 
 
-def check_week(folder: Path, contracts: tuple[Contract, ...]) -> dict[str, pa.Schema]:
+def check_week(folder: Path, contracts: tuple[Contract, ...]) -> None:
     """Every file's whole schema, from its footer: every shape loads faithfully or is refused here.
 
     Values are checked once, as each file streams into PostgreSQL; only what no schema shows and
     would fail after other tables were staged is read now: ids above int64 in uint64 columns.
     """
-    schemas = {}
     for contract in contracts:
         path = folder / contract.file
         parquet = open_parquet(path)
-        schemas[contract.file] = output_schema(contract, path, parquet.schema_arrow)
+        output_schema(contract, path, parquet.schema_arrow)
         for name in contract.ids:
             if parquet.schema_arrow.field(name).type == pa.uint64():
                 _refuse_ids_beyond_int64(path, name, parquet.iter_batches(columns=[name]))
-    return schemas
 
 
 def check_positives(path: Path, label: str, seed: int, holdout_share: float) -> None:

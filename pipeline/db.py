@@ -29,7 +29,6 @@ from pipeline import config, pgcopy, publish
 log = logging.getLogger("luigi-interface")
 
 
-
 @dataclass(frozen=True)
 class Server:
     """Connection settings of the server in use; `str()` never shows the password."""
@@ -249,8 +248,6 @@ def read_schema(cur, table: str) -> pa.Schema:
                 " WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped"
                 " ORDER BY attnum", (f'"{table}"',))
     return pa.schema([(name, _PG_NUMBERS.get(kind, pa.string())) for name, kind in cur.fetchall()])
-
-
 
 
 def column_definitions(schema: pa.Schema) -> sql.Composable:

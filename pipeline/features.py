@@ -21,11 +21,8 @@ DERIVED = {
 }
 
 
-ITEM_STATS = ("item_frequency", "item_mean_als")
-
-
 def item_stats(candidates: pd.DataFrame) -> pd.DataFrame:
-    """Per-item aggregates over a whole table of candidates, indexed by item_id (see `rank.item_stats_query`)."""
+    """Per-item aggregates over a whole table of candidates, indexed by item_id (in SQL: `rank.item_stats`)."""
     by_item = candidates.groupby("item_id")["als_score"]
     return pd.DataFrame({"item_frequency": by_item.size() / candidates["user_id"].nunique(),
                          "item_mean_als": by_item.mean().astype("float64")})

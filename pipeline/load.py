@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import psycopg2.errors
 import pyarrow as pa
 
@@ -55,7 +53,8 @@ class LoadTask(StagingTask):
         batches = (batch.append_column("week", pa.repeat(week, batch.num_rows))
                    for batch in checker.checked(parquet.iter_batches(batch_size=BATCH_ROWS)))
         try:
-            self.stage(self.reporting(batches, parquet.metadata.num_rows),
+            self.stage(self.reporting(batches, parquet.metadata.num_rows,
+                                      "loaded {done:,} of {total:,} rows into " + self.table),
                        schema.append(pa.field("week", pa.date32())))
         except psycopg2.errors.UniqueViolation as error:
             raise contracts.duplicate_key_error(path, contract, error.diag.message_detail) from None
@@ -63,16 +62,6 @@ class LoadTask(StagingTask):
     def full_contract(self) -> contracts.Contract:
         """This file's contract as the week's check sees it."""
         return next(c for c in week_contracts() if c.file == self.contract.file)
-
-    def reporting(self, batches: Iterator[pa.RecordBatch], total: int) -> Iterator[pa.RecordBatch]:
-        """Rows loaded so far, shown in the visualizer about every million rows."""
-        loaded = 0
-        for number, batch in enumerate(batches, start=1):
-            yield batch
-            loaded += batch.num_rows
-            if number % 16 == 0 or loaded == total:
-                self.set_status_message(f"loaded {loaded:,} of {total:,} rows into {self.table}")
-                self.set_progress_percentage(round(100 * loaded / total))
 
 
 class DefaultRecs(LoadTask):

@@ -164,21 +164,14 @@ class ScoreShard(WeekTask):
                 if transaction is None:
                     return
                 ranked = schema.append(pa.field("cb_score", pa.float64())).append(pa.field("rank", pa.int32()))
-                rows = db.copy_in(transaction[1], self.table, self.reporting(batches, total), ranked)
+                rows = db.copy_in(transaction[1], self.table, self.reporting(
+                    batches, total, "scored {done:,} of {total:,} candidates"), ranked)
         self.set_status_message(f"scored {rows:,} candidates of shard {self.shard + 1} of {self.shards}")
 
     def users_of_shard(self) -> sql.Composable:
         """A stable hash of the user id picks the shard: whole users, evenly, whatever the ids look like."""
         return sql.SQL("(hashint8(user_id) & 2147483647) % {} = {}").format(
             sql.Literal(self.shards), sql.Literal(self.shard))
-
-    def reporting(self, batches, total: int):
-        done = 0
-        for batch in batches:
-            yield batch
-            done += batch.num_rows
-            self.set_progress_percentage(round(100 * done / max(total, 1)))
-            self.set_status_message(f"scored {done:,} of {total:,} candidates")
 
 
 class RankCandidates(StagingTask):
@@ -267,8 +260,7 @@ def read_week(conn, table: str, week: date, columns: list[str]) -> pa.Table:
 
 
 def stored_model(cur, table: str, week: date) -> tuple | None:
-    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{table}"',))
-    if not cur.fetchone()[0]:
+    if not publish.exists(cur, table):
         return None
     cur.execute(sql.SQL("SELECT model, item_stats FROM {} WHERE week = %s").format(sql.Identifier(table)), (week,))
     return cur.fetchone()
@@ -283,8 +275,7 @@ def load_model(cur, table: str, week: date, ranker):
 def previous_ndcg(conn, metrics_table: str, week: date) -> float | None:
     """The validation NDCG@10 of the latest earlier week that went live."""
     with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s)", (f'"{config.checked_identifier(metrics_table, "metrics_table")}"',))
-        if cur.fetchone()[0] is None:
+        if not publish.exists(cur, config.checked_identifier(metrics_table, "metrics_table")):
             return None
         cur.execute(sql.SQL("SELECT ndcg_at_10 FROM {} WHERE week < %s ORDER BY week DESC, trained_at DESC LIMIT 1")
                     .format(sql.Identifier(metrics_table)), (week,))
