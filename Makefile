@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test sample-data stop-db scheduler bench bench-scale
+.PHONY: run run-events test sample-data stop-db scheduler bench bench-scale
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,11 @@ $(BIN)/.installed: pyproject.toml
 
 run: $(BIN)/.installed
 	$(BIN)/luigi --module pipeline WeeklyRecs --local-scheduler $(ARGS)
+
+# The same week made from a synthetic shop's events (events.cfg; data/events is made on first use).
+run-events: $(BIN)/.installed
+	test -d data/events || $(BIN)/python -m pipeline.sample_events data/events
+	LUIGI_CONFIG_PATH=events.cfg $(BIN)/luigi --module pipeline WeeklyRecs --local-scheduler $(ARGS)
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check .

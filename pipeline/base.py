@@ -23,11 +23,16 @@ def published_table(name: str) -> luigi.Parameter:
     return luigi.Parameter(default=name, significant=False, description="the table this task publishes")
 
 
-class WeekTask(luigi.Task):
-    """A task of one week: any day of the week names the same task (the Saturday on or before it)."""
-
-    week = luigi.DateParameter(default=date.today(), interval=7, start=A_SATURDAY,
+def week_parameter() -> luigi.DateParameter:
+    """Any day of the week names the same task: the Saturday on or before it."""
+    return luigi.DateParameter(default=date.today(), interval=7, start=A_SATURDAY,
                                description="any day of the week to run; default: this week")
+
+
+class WeekTask(luigi.Task):
+    """A task of one week, marked done in PostgreSQL."""
+
+    week = week_parameter()
     table: str = ""
 
     def output(self) -> db.MarkerTarget:
@@ -111,8 +116,11 @@ class StagingTask(WeekTask):
     def go_live_alongside(self, cur) -> None:
         """Write what goes live in the same transaction as the week's tables (nothing by default)."""
 
+    def unique_columns(self, columns: list[str]) -> tuple[str, ...]:
+        return self.unique_key
+
     def index(self, cur, staged: str, columns: list[str]) -> None:
-        for unique, key in ((True, self.unique_key), (True, ("rec_id",)), (False, self.lookup_key)):
+        for unique, key in ((True, self.unique_columns(columns)), (True, ("rec_id",)), (False, self.lookup_key)):
             if key and set(key) <= set(columns):
                 cur.execute(sql.SQL("CREATE {} INDEX ON {} ({})").format(
                     sql.SQL("UNIQUE" if unique else ""), sql.Identifier(staged),

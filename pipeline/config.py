@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import date
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import luigi
@@ -39,6 +39,8 @@ class postgres(luigi.Config):  # noqa: N801 - the section name in luigi.cfg
 
 
 class pipeline(luigi.Config):  # noqa: N801
+    source = luigi.ChoiceParameter(default="files", choices=["files", "events"],
+                                   description="files: the modelling stage's four files; events: made from [events]")
     input_dir = luigi.Parameter(default="data", description="folder of the week's parquet files; {week} is replaced")
     model_dir = luigi.Parameter(default="models")
     retention = luigi.IntParameter(default=4, description="how many earlier weeks stay for rollback")
@@ -49,6 +51,8 @@ class pipeline(luigi.Config):  # noqa: N801
     ranker_loss = luigi.Parameter(default="YetiRank", description="loss of CatBoostRanker")
     holdout_share = luigi.FloatParameter(default=0.2, description="share of train users held out for validation")
     max_ndcg_drop = luigi.FloatParameter(default=0.02, description="largest NDCG@10 drop the quality gate accepts")
+    gate_sigmas = luigi.FloatParameter(default=2.0, description="nor does it refuse a drop within this many "
+                                       "standard errors of the validation's NDCG@10")
     iterations = luigi.IntParameter(default=300)
     thread_count = luigi.IntParameter(default=-1)
     random_seed = luigi.IntParameter(default=42)
@@ -61,6 +65,44 @@ class pipeline(luigi.Config):  # noqa: N801
 
     def week_model_dir(self, week: date) -> Path:
         return _under_root(self.model_dir) / week.isoformat()
+
+
+class events(luigi.Config):  # noqa: N801
+    """The upstream stage that makes the week's four files from the shop's events (`[pipeline] source = events`)."""
+
+    events_path = luigi.Parameter(default="data/events/events", description="a parquet file or a folder of them")
+    items_path = luigi.Parameter(default="data/events/items.parquet")
+    weights = luigi.DictParameter(default={}, description="weight of each event name; 1 for names not listed")
+    cutoff = luigi.Parameter(default="21:00", description="HH:MM UTC on the week's Saturday; later events wait")
+    label_days = luigi.IntParameter(default=7, description="days after a cutoff whose events label its candidates")
+    train_weeks = luigi.IntParameter(default=8, description="earlier weeks whose outcomes the ranker learns from")
+    candidates_per_user = luigi.IntParameter(default=100)
+    popular_days = luigi.IntParameter(default=28, description="window of recent popularity")
+    top_popular = luigi.IntParameter(default=100, description="rows of top_popular.parquet")
+    similar_per_item = luigi.IntParameter(default=10, description="neighbours per item in similar.parquet")
+    factors = luigi.IntParameter(default=64, description="ALS factors")
+    als_iterations = luigi.IntParameter(default=15)
+    regularization = luigi.FloatParameter(default=0.05)
+    alpha = luigi.FloatParameter(default=2.0, description="ALS confidence per unit of event weight")
+
+    def cutoff_of(self, week: date) -> datetime:
+        try:
+            at = time.fromisoformat(self.cutoff)
+        except ValueError:
+            raise ValueError(f"[events] cutoff: {self.cutoff!r} is not a time of day (HH:MM)") from None
+        return datetime.combine(week, at, tzinfo=UTC)
+
+    def label_window(self) -> timedelta:
+        if not 1 <= self.label_days <= 7:
+            raise ValueError(f"[events] label_days: {self.label_days} must be 1 to 7, so that a week's outcomes "
+                             "are known by the next week's cutoff")
+        return timedelta(days=self.label_days)
+
+    def resolved_events_path(self) -> Path:
+        return _under_root(self.events_path)
+
+    def resolved_items_path(self) -> Path:
+        return _under_root(self.items_path)
 
 
 class telegram(luigi.Config):  # noqa: N801

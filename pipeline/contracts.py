@@ -41,12 +41,17 @@ class Contract:
     unique: tuple[str, ...] = ()
     features: tuple[str, ...] = ()
     reserved: tuple[str, ...] = ("week",)
+    group: str | None = None  # optional column that splits a user's rows into groups (the outcome's week)
 
     def for_ranker(self, features: tuple[str, ...], derived: tuple[str, ...]) -> Contract:
         """Candidates carry the configured features (numbers unless already named); derived names are taken."""
         extra = tuple(f for f in features if f not in self.ids + self.numbers)
         return replace(self, numbers=self.numbers + extra, features=tuple(features),
                        reserved=self.reserved + tuple(derived))
+
+    def unique_key(self, columns: list[str]) -> tuple[str, ...]:
+        """The rows' key: with the group column where the file has it."""
+        return ((self.group,) if self.group in columns else ()) + self.unique
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -61,7 +66,7 @@ CANDIDATES_INFERENCE = Contract("candidates_inference.parquet", ids=_CANDIDATE_I
                                 reserved=("week", "cb_score", "rank"))
 CANDIDATES_TRAIN = Contract("candidates_train.parquet", ids=_CANDIDATE_IDS,
                             numbers=("als_score", "available"), label="target",
-                            unique=("user_id", "item_id"))
+                            unique=("user_id", "item_id"), group="outcome_week")
 POSTGRES_NAME_BYTES = 63  # PostgreSQL keeps the first 63 bytes of an identifier
 MIN_USERS_WITH_A_POSITIVE = 5  # on each side of the validation split
 

@@ -29,28 +29,29 @@ def item_stats(candidates: pd.DataFrame) -> pd.DataFrame:
 
 
 def with_derived_features(candidates: pd.DataFrame, names: tuple[str, ...], popularity: pd.DataFrame,
-                          items: pd.DataFrame | None = None) -> pd.DataFrame:
+                          items: pd.DataFrame | None = None, by: str = "user_id") -> pd.DataFrame:
     """`popularity` has `item_id` and `items_cnt` (the week's default_recs); `items` the week's `item_stats`.
 
-    Every feature but the per-item ones looks only at the candidate's own user, so a shard of whole
-    users gets the same features as the whole week when it is given the whole week's `items`.
+    Every feature but the per-item ones looks only at the candidate's own group (`by`: a user, or a
+    user's week), so a shard of whole users gets the same features as the whole week when it is
+    given the whole week's `items`.
     """
     unknown = set(names) - set(DERIVED)
     if unknown:
         raise ValueError(f"[pipeline] derived_features: unknown {sorted(unknown)}; known: {sorted(DERIVED)}")
     frame = candidates.copy()
-    by_user = frame.groupby("user_id")["als_score"]
+    by_user = frame.groupby(by)["als_score"]
     items = item_stats(frame) if items is None else items
     counts = frame["item_id"].map(popularity.set_index("item_id")["items_cnt"]).fillna(0)
     compute = {
         "item_popularity": lambda: np.log1p(counts),
-        "popularity_rank": lambda: counts.groupby(frame["user_id"]).rank(ascending=False, method="first"),
+        "popularity_rank": lambda: counts.groupby(frame[by]).rank(ascending=False, method="first"),
         "als_rank": lambda: by_user.rank(ascending=False, method="first"),
         "als_gap": lambda: by_user.transform("max") - frame["als_score"],
         "item_frequency": lambda: frame["item_id"].map(items["item_frequency"]),
         "item_mean_als": lambda: frame["item_id"].map(items["item_mean_als"]),
-        "category_share": lambda: frame.groupby(["user_id", "category_id"])["item_id"].transform("size")
-        / frame.groupby("user_id")["item_id"].transform("size"),
+        "category_share": lambda: frame.groupby([by, "category_id"])["item_id"].transform("size")
+        / frame.groupby(by)["item_id"].transform("size"),
     }
     for name in names:
         frame[name] = compute[name]().astype("float64")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import luigi
 import psycopg2.errors
 import pyarrow as pa
 
 from pipeline import config, contracts
 from pipeline.base import StagingTask, WeekTask, published_table
+from pipeline.event_stage import CandidatesAtCutoff, TrainFromOutcomes
 
 BATCH_ROWS = 64_000
 
@@ -24,6 +26,12 @@ class CheckInputs(WeekTask):
     """
 
     table = "week_inputs"
+
+    def requires(self) -> list[luigi.Task]:
+        """With `[pipeline] source = events`, the stage that makes the week's files from events."""
+        if config.pipeline().source == "events":
+            return [CandidatesAtCutoff(week=self.week), TrainFromOutcomes(week=self.week)]
+        return []
 
     def run(self) -> None:
         settings = config.pipeline()
@@ -63,6 +71,10 @@ class LoadTask(StagingTask):
         """This file's contract as the week's check sees it."""
         return next(c for c in week_contracts() if c.file == self.contract.file)
 
+    def unique_columns(self, columns: list[str]) -> tuple[str, ...]:
+        """The unique index refuses a duplicate the week's check could not see."""
+        return self.contract.unique_key(columns)
+
 
 class DefaultRecs(LoadTask):
     contract = contracts.TOP_POPULAR
@@ -75,17 +87,11 @@ class OnlineRecs(LoadTask):
     lookup_key = ("itemid_1",)
 
 
-class CandidatesTask(LoadTask):
-    """One row per user and item: the unique index refuses a duplicate the week's check could not see."""
-
-    unique_key = ("user_id", "item_id")
-
-
-class TrainCandidates(CandidatesTask):
+class TrainCandidates(LoadTask):
     contract = contracts.CANDIDATES_TRAIN
     table = published_table("candidates_train")
 
 
-class InferenceCandidates(CandidatesTask):
+class InferenceCandidates(LoadTask):
     contract = contracts.CANDIDATES_INFERENCE
     table = published_table("candidates_inference")

@@ -30,8 +30,32 @@ def _ideal_dcg(k: int) -> dict[int, float]:
     return {n: float(discounts[:n].sum()) for n in range(1, k + 1)}
 
 
+def top_k_against(lists: pd.DataFrame, truth: pd.DataFrame, k: int = K) -> pd.DataFrame:
+    """NDCG and recall at k of ranked lists (`user_id`, `item_id`, `rank`: 1 = first) against what each user
+    of `truth` (`user_id`, `item_id`) went on to take; a user without a list scores 0."""
+    top = lists[lists["rank"] <= k].merge(truth.assign(hit=1.0), on=["user_id", "item_id"], how="inner")
+    dcg = (1 / np.log2(top["rank"] + 1)).groupby(top["user_id"]).sum()
+    hits = top.groupby("user_id").size()
+    taken = truth.groupby("user_id").size()
+    ideal = taken.clip(upper=k).map(_ideal_dcg(k))
+    return pd.DataFrame({"ndcg": dcg.reindex(taken.index, fill_value=0) / ideal,
+                         "recall": hits.reindex(taken.index, fill_value=0) / taken})
+
+
+def share_found(pool: pd.DataFrame, truth: pd.DataFrame) -> pd.Series:
+    """Per user of `truth`: the share of what they took that their candidate `pool` held."""
+    found = truth.merge(pool[["user_id", "item_id"]], on=["user_id", "item_id"]).groupby("user_id").size()
+    taken = truth.groupby("user_id").size()
+    return found.reindex(taken.index, fill_value=0) / taken
+
+
 def summary(per_user: pd.DataFrame) -> dict[str, float]:
     return {f"{name}_at_{K}": float(per_user[name].mean()) for name in ("ndcg", "precision", "recall")}
+
+
+def standard_error(per_user: pd.Series) -> float:
+    """Of the mean over users: how far it moves by which users happen to be there (0 for a single user)."""
+    return float(per_user.std(ddof=1) / np.sqrt(len(per_user))) if len(per_user) > 1 else 0.0
 
 
 def bootstrap_gain(model: pd.Series, baseline: pd.Series, rounds: int = 1000, seed: int = 0) -> tuple[float, float]:

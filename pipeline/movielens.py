@@ -2,6 +2,7 @@
 
     python -m pipeline.movielens make ../shared/datasets/ml-100k OUTDIR
     python -m pipeline.movielens evaluate OUTDIR      # scores the published candidates_ranked
+    python -m pipeline.movielens events ../shared/datasets/ml-100k OUTDIR   # for source = events
 
 Each user's ratings are split by time into history (60%), label (20%) and test (20%) periods; a
 global time cut would leave too few users with test interactions. A truncated SVD of the history
@@ -100,6 +101,18 @@ def make_week(dataset: Path, out: Path) -> None:
     _write(test[["user_id", "item_id"]].astype("int64"), out / "test_interactions.parquet")
 
 
+def write_events(dataset: Path, out: Path) -> None:
+    """The ratings as an event stream (each rating an event at its time) and `u.item` as the items file."""
+    ratings = read_ratings(dataset)
+    (out / "events").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"user_id": pa.array(ratings["user_id"], pa.int64()),
+                             "item_id": pa.array(ratings["item_id"], pa.int64()),
+                             "timestamp": pa.array(ratings["ts"], pa.timestamp("s", "UTC")),
+                             "event": pa.array(["rating"] * len(ratings), pa.string())}).sort_by("timestamp"),
+                   out / "events" / "ratings.parquet", row_group_size=20_000)
+    _write(read_items(dataset), out / "items.parquet")
+
+
 def _similar(item_factors: np.ndarray, per_item: int = 10) -> pd.DataFrame:
     norms = np.linalg.norm(item_factors, axis=1, keepdims=True)
     unit = np.divide(item_factors, norms, out=np.zeros_like(item_factors), where=norms > 0)
@@ -151,6 +164,9 @@ if __name__ == "__main__":
     if command == "make":
         make_week(Path(paths[0]), Path(paths[1]))
         print(f"MovieLens week written to {paths[1]}/")
+    elif command == "events":
+        write_events(Path(paths[0]), Path(paths[1]))
+        print(f"MovieLens events and items written to {paths[1]}/")
     else:
         for name, value in evaluate_published(Path(paths[0])).items():
             print(f"{name:>22}: {value:.4f}")

@@ -16,7 +16,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from datetime import date
+from functools import cached_property
 
 import luigi
 import pyarrow as pa
@@ -25,6 +27,7 @@ from psycopg2 import sql
 
 from pipeline import config, db, publish
 from pipeline.base import StagingTask, WeekTask, published_table
+from pipeline.contracts import CANDIDATES_TRAIN
 from pipeline.load import DefaultRecs, InferenceCandidates, LoadTask, TrainCandidates
 
 SCORING_ROWS = 200_000  # rows of whole users scored at a time in a shard
@@ -68,10 +71,11 @@ class TrainRanker(WeekTask):
                                                               ["item_id", "items_cnt"]).to_pandas())
             train_table = publish.week_table(cur, inputs["train"].table, self.week)
             available = publish.row_count(cur, train_table)
+            grouped = CANDIDATES_TRAIN.group in db.read_schema(cur, train_table).names
+            columns = [*ranker.columns, "target", *([CANDIDATES_TRAIN.group] if grouped else [])]
             train = ranker.prepared(
                 db.copy_out(conn, sample_of_users(train_table, settings.max_train_rows, settings.random_seed,
-                                                  [*ranker.columns, "target"], available),
-                            _typed(cur, train_table, [*ranker.columns, "target"])).to_pandas(),
+                                                  columns, available), _typed(cur, train_table, columns)).to_pandas(),
                 item_stats(conn, train_table).to_pandas().set_index("item_id"))
             inference_items = item_stats(conn, publish.week_table(cur, inputs["inference"].table, self.week))
             previous = previous_ndcg(conn, self.metrics_table, self.week)
@@ -108,16 +112,22 @@ class TrainRanker(WeekTask):
             cur.execute(sql.SQL("DELETE FROM {} WHERE target_table = %s").format(
                 sql.Identifier(self.output().marker_table)), (staged,))
 
-    def check_quality(self, validation: dict, previous: float | None) -> None:
-        drop = config.pipeline().max_ndcg_drop
+    def check_quality(self, validation: dict, previous: tuple[float, float] | None) -> None:
+        """Refuses a drop beyond both `max_ndcg_drop` and `gate_sigmas` standard errors of the drop:
+        with a few hundred validation users, NDCG@10 moves more than that by chance alone."""
+        settings = config.pipeline()
         ndcg, als = validation["ndcg_at_10"], validation["als_ndcg_at_10"]
-        problems = [f"below the als_score order's {als:.4f}"] if ndcg < als - drop else []
-        if previous is not None and ndcg < previous - drop:
-            problems.append(f"below the last published week's {previous:.4f}")
+        margins = {f"the als_score order's {als:.4f}": (als, validation["ndcg_vs_als_se"])}
+        if previous is not None:
+            margins[f"the last published week's {previous[0]:.4f}"] = (
+                previous[0], math.hypot(validation["ndcg_se"], previous[1] or 0.0))
+        problems = [f"{drop_from} by more than {max(settings.max_ndcg_drop, settings.gate_sigmas * se):.4f} "
+                    f"(max_ndcg_drop {settings.max_ndcg_drop}, {settings.gate_sigmas} x its standard error {se:.4f})"
+                    for drop_from, (reference, se) in margins.items()
+                    if ndcg < reference - max(settings.max_ndcg_drop, settings.gate_sigmas * se)]
         if not problems:
             return
-        message = (f"week {self.week}: validation NDCG@10 {ndcg:.4f} is {' and '.join(problems)} "
-                   f"by more than max_ndcg_drop={drop}")
+        message = f"week {self.week}: validation NDCG@10 {ndcg:.4f} is below {' and '.join(problems)}"
         if not self.force_publish:
             raise QualityGateError(f"{message}; the previous ranking stays published "
                                    "(--TrainRanker-force-publish publishes anyway)")
@@ -184,20 +194,29 @@ class RankCandidates(StagingTask):
         return {"train": TrainCandidates(week=self.week), "inference": InferenceCandidates(week=self.week)}
 
     def requires(self) -> dict:
-        shards = self.shard_count()
-        return {**self.inputs(), "model": TrainRanker(week=self.week),
-                "shards": [ScoreShard(week=self.week, shard=k, shards=shards) for k in range(shards)]}
+        """The shards too where their count is known when the week is scheduled, so that every worker
+        scheduling the week may take one; else `run` adds them once the week's candidates are made."""
+        return {**self.inputs(), "model": TrainRanker(week=self.week), "shards": self.shards(self.scheduled_count)}
 
-    def shard_count(self) -> int:
-        """`[pipeline] shards`, or one shard per `rows_per_shard` inference candidates (from the file's footer)."""
+    @cached_property
+    def scheduled_count(self) -> int:
+        """The shard count as this task was scheduled: requires() must not change before the task runs."""
+        return self.shard_count() or 0
+
+    def shard_count(self) -> int | None:
+        """`[pipeline] shards`, or one shard per `rows_per_shard` inference candidates (from the file's footer);
+        None while the file is still to be made (`[pipeline] source = events`)."""
         settings = config.pipeline()
         if settings.shards:
             return settings.shards
         path = settings.week_input_dir(self.week) / InferenceCandidates.contract.file
-        rows = pq.read_metadata(path).num_rows if path.is_file() else 0
-        return max(1, math.ceil(rows / settings.rows_per_shard))
+        return max(1, math.ceil(pq.read_metadata(path).num_rows / settings.rows_per_shard)) if path.is_file() else None
 
-    def run(self) -> None:
+    def shards(self, count: int) -> list[ScoreShard]:
+        return [ScoreShard(week=self.week, shard=k, shards=count) for k in range(count)]
+
+    def run(self) -> Iterator[list[ScoreShard]]:
+        yield self.shards(self.shard_count())  # already complete when they were scheduled with the week
         staged = publish.staged_name(self.table, self.week)
         with self.marking_once() as transaction:
             if transaction is None:
@@ -222,7 +241,7 @@ class RankCandidates(StagingTask):
             " als_ndcg_at_10 double precision, als_precision_at_10 double precision,"
             " als_recall_at_10 double precision, duration_s double precision,"
             " trained_at timestamptz DEFAULT now(), PRIMARY KEY (week, model_type))").format(table))
-        cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS available_rows bigint").format(table))
+        _add_error_columns(cur, model_table.metrics_table)
         cur.execute(sql.SQL("DELETE FROM {} WHERE week = %s").format(table), (self.week,))
         cur.execute(sql.SQL("INSERT INTO {table} SELECT (jsonb_populate_record(NULL::{table}, r.metrics"
                             " || jsonb_build_object('week', r.week, 'trained_at', r.trained_at))).* FROM {models} r"
@@ -272,15 +291,22 @@ def load_model(cur, table: str, week: date, ranker):
     return ranker.loaded(bytes(blob)), pa.ipc.open_stream(bytes(items)).read_all()
 
 
-def previous_ndcg(conn, metrics_table: str, week: date) -> float | None:
-    """The validation NDCG@10 of the latest earlier week that went live."""
+def previous_ndcg(conn, metrics_table: str, week: date) -> tuple[float, float | None] | None:
+    """The validation NDCG@10 of the latest earlier week that went live, and its standard error."""
     with conn.cursor() as cur:
         if not publish.exists(cur, config.checked_identifier(metrics_table, "metrics_table")):
             return None
-        cur.execute(sql.SQL("SELECT ndcg_at_10 FROM {} WHERE week < %s ORDER BY week DESC, trained_at DESC LIMIT 1")
-                    .format(sql.Identifier(metrics_table)), (week,))
-        row = cur.fetchone()
-    return row[0] if row else None
+        _add_error_columns(cur, metrics_table)
+        cur.execute(sql.SQL("SELECT ndcg_at_10, ndcg_se FROM {} WHERE week < %s ORDER BY week DESC, trained_at DESC"
+                            " LIMIT 1").format(sql.Identifier(metrics_table)), (week,))
+        return cur.fetchone()
+
+
+def _add_error_columns(cur, metrics_table: str) -> None:
+    """Columns later versions record, added to a deployment's existing table."""
+    for column in ("available_rows bigint", "ndcg_se double precision", "ndcg_vs_als_se double precision",
+                   "groups bigint"):
+        cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS " + column).format(sql.Identifier(metrics_table)))
 
 
 def writable_model_dir(path: os.PathLike) -> os.PathLike:

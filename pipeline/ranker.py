@@ -11,9 +11,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from catboost import CatBoostClassifier, CatBoostRanker
 
-from pipeline import config, metrics
+from pipeline import config, contracts, metrics
 from pipeline.features import with_derived_features
 from pipeline.validation import held_out
+
+GROUP = "_group"  # the ranker's own column: which ranked list a row belongs to
+GROUP_WEEK = contracts.CANDIDATES_TRAIN.group  # in train files made of several weeks' outcomes
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,12 @@ class Ranker:
         return list(dict.fromkeys(["user_id", "item_id", "als_score", "category_id", *self.features]))
 
     def prepared(self, candidates: pd.DataFrame, items: pd.DataFrame | None = None) -> pd.DataFrame:
-        """Sorted by user (the ranker's groups must be contiguous), with the derived features."""
-        ordered = candidates.sort_values(["user_id", "item_id"], kind="stable", ignore_index=True)
-        return with_derived_features(ordered, self.derived, self.popularity, items)
+        """Sorted by group, with the derived features. A group is what one ranked list answers: a user's
+        candidates, or, where train rows carry the week of their outcome, a user's candidates of one week."""
+        by = ["user_id", *([GROUP_WEEK] if GROUP_WEEK in candidates else [])]
+        ordered = candidates.sort_values([*by, "item_id"], kind="stable", ignore_index=True)
+        ordered[GROUP] = ordered.groupby(by, sort=False).ngroup()
+        return with_derived_features(ordered, self.derived, self.popularity, items, by=GROUP)
 
     def fit(self, train: pd.DataFrame) -> CatBoostClassifier | CatBoostRanker:
         common = dict(iterations=self.iterations, random_seed=self.seed, thread_count=self.thread_count,
@@ -57,7 +63,7 @@ class Ranker:
         columns = train[[*self.features, *self.derived]]
         if self.kind == "CatBoostRanker":
             return CatBoostRanker(loss_function=self.loss, **common).fit(columns, train["target"],
-                                                                         group_id=train["user_id"])
+                                                                         group_id=train[GROUP])
         return CatBoostClassifier(**common).fit(columns, train["target"])
 
     def loaded(self, blob: bytes) -> CatBoostClassifier | CatBoostRanker:
@@ -73,14 +79,17 @@ class Ranker:
         return model.predict(columns)
 
     def validation(self, train: pd.DataFrame) -> dict[str, float]:
-        """Metrics on held-out users: this model's order, then the als_score order, on the same users."""
+        """Metrics on held-out users (all their groups): this model's order, then the als_score order,
+        and the standard errors of the model's NDCG@10 and of its difference to the als order's."""
         is_held_out = held_out(train["user_id"].to_numpy(), self.seed, self.holdout_share)
         model = self.fit(train[~is_held_out])
         test = train[is_held_out]
-        users, targets = test["user_id"].to_numpy(), test["target"].to_numpy()
-        ranked = metrics.per_user_metrics(users, self.scores(model, test), targets)
-        als = metrics.per_user_metrics(users, test["als_score"].to_numpy(), targets)
-        return {**metrics.summary(ranked), **{f"als_{k}": v for k, v in metrics.summary(als).items()}}
+        groups, targets = test[GROUP].to_numpy(), test["target"].to_numpy()
+        ranked = metrics.per_user_metrics(groups, self.scores(model, test), targets)
+        als = metrics.per_user_metrics(groups, test["als_score"].to_numpy(), targets)
+        return {**metrics.summary(ranked), **{f"als_{k}": v for k, v in metrics.summary(als).items()},
+                "ndcg_se": metrics.standard_error(ranked["ndcg"]),
+                "ndcg_vs_als_se": metrics.standard_error(ranked["ndcg"] - als["ndcg"]), "groups": len(ranked)}
 
 
 def ranked_batches(ranker: Ranker, model, items: pd.DataFrame, tables: Iterator[pa.Table]) -> Iterator[pa.RecordBatch]:

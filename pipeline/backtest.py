@@ -1,0 +1,208 @@
+"""Walk-forward backtest: replay weeks from events, judge each published ranking by the week after it.
+
+    python -m pipeline.backtest --start 2026-09-26 --stop 2026-11-14 [--database weekly_recs_backtest]
+
+Every week of the range runs the whole graph (`[pipeline] source = events`) on a database and a
+folder of the backtest's own, never the production ones; a week its quality gate refuses keeps the
+previous ranking, which is then what users would have seen and what is scored. Each user with
+events before the week's cutoff and in the 7 days after it is a user-week. For each: NDCG@10 and
+Recall@10 of the published ranking, of recent popularity (seen items removed) and of the ALS order,
+and the share of what they took that the candidates held. Results go to the tables
+`backtest_weeks` and `backtest_runs`, to a picture, and to standard output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from datetime import date, timedelta
+from pathlib import Path
+
+import luigi
+import luigi.configuration
+import numpy as np
+import pandas as pd
+import psycopg2.extras
+import pyarrow as pa
+from luigi.task_register import Register
+from psycopg2 import sql
+
+from pipeline import candidates, config, db, events, metrics
+from pipeline.backfill import weeks_between
+from pipeline.base import week_parameter
+from pipeline.contracts import CANDIDATES_INFERENCE
+from pipeline.rank import RankCandidates
+from pipeline.wrapper import WeeklyRecs
+
+TRUTH_DAYS = 7
+ORDERS = ("ranking", "popularity", "als")
+_RANKED = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()), ("rank", pa.int32())])
+
+
+def use_backtest_database(database: str, folder: Path) -> None:
+    """Points this process's pipeline at its own database and folders, and sends no Telegram message."""
+    config.checked_identifier(database, "--database")
+    with db.connection() as conn:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+            if cur.fetchone() is None:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    settings = luigi.configuration.get_config()
+    for section, key, value in (("postgres", "database", database), ("pipeline", "source", "events"),
+                                ("pipeline", "input_dir", str(folder / "{week}")),
+                                ("pipeline", "model_dir", str(folder / "models")), ("telegram", "notify", "[]")):
+        if not settings.has_section(section):
+            settings.add_section(section)
+        settings.set(section, key, value)
+    Register.clear_instance_cache()
+
+
+def replay(week: date) -> bool:
+    """Runs the week; True when it went live, False when the previous ranking stays (its gate refused it)."""
+    return luigi.build([WeeklyRecs(week=week)], local_scheduler=True, workers=1)
+
+
+def user_weeks(week: date) -> pd.DataFrame:
+    """One row per user with history and truth: each order's NDCG@10 and Recall@10, and the pool's recall."""
+    settings = config.events()
+    cutoff = settings.cutoff_of(week)
+    path = settings.resolved_events_path()
+    history = candidates.History.at(cutoff, events.read_window(path, None, cutoff, settings.weights),
+                                    events.read_items(settings.resolved_items_path()), settings.popular_days)
+    truth = _pairs(events.read_window(path, cutoff, cutoff + timedelta(days=TRUTH_DAYS), settings.weights))
+    truth = truth[truth["user_id"].isin(history.users)]
+    pool = pd.read_parquet(config.pipeline().week_input_dir(week) / CANDIDATES_INFERENCE.file,
+                           columns=["user_id", "item_id", "rank_als"])
+    lists = {"ranking": _published_ranking(week), "popularity": _popular_unseen(history, truth["user_id"].unique()),
+             "als": pool.assign(rank=pool["rank_als"])[["user_id", "item_id", "rank"]]}
+    scored = [metrics.top_k_against(lists[name], truth).add_prefix(f"{name}_") for name in ORDERS]
+    result = pd.concat(scored, axis=1)
+    result["pool_recall"] = metrics.share_found(pool, truth)
+    return result.rename_axis("user_id").reset_index().assign(week=week)
+
+
+def _pairs(window: events.Interactions) -> pd.DataFrame:
+    return pd.DataFrame({"user_id": window.user_id, "item_id": window.item_id}).drop_duplicates()
+
+
+def _published_ranking(week: date) -> pd.DataFrame:
+    """What the web service reads now: the week's ranking, or the last one that went live."""
+    with db.connection() as conn:
+        query = sql.SQL("SELECT user_id, item_id, rank FROM {} WHERE rank <= {}").format(
+            sql.Identifier(RankCandidates(week=week).table), sql.Literal(metrics.K))
+        return db.copy_out(conn, query, _RANKED).to_pandas()
+
+
+def _popular_unseen(history: candidates.History, users: np.ndarray) -> pd.DataFrame:
+    """Each user's 10 most popular items of the last popular_days not yet had."""
+    rows = np.searchsorted(history.users, users)
+    top = candidates.unseen_popular(history, rows, history.popular_order(config.events().popular_days), metrics.K)
+    frame = pd.DataFrame({"user_id": np.repeat(users, metrics.K), "position": np.tile(np.arange(1, metrics.K + 1),
+                                                                                      len(users)),
+                          "item": top.ravel()})
+    frame = frame[frame["item"] >= 0]
+    return pd.DataFrame({"user_id": frame["user_id"], "rank": frame["position"],
+                         "item_id": history.items["item_id"].to_numpy()[frame["item"]]})
+
+
+def pooled(per_user: pd.DataFrame) -> dict[str, float]:
+    """Means over user-weeks, and the 95% bootstrap interval of the ranking's NDCG@10 over popularity's."""
+    result = {f"{name}_{metric}": float(per_user[f"{name}_{metric}"].mean()) for name in ORDERS
+              for metric in ("ndcg", "recall")}
+    low, high = metrics.bootstrap_gain(per_user["ranking_ndcg"], per_user["popularity_ndcg"], rounds=2000)
+    return {**result, "pool_recall": float(per_user["pool_recall"].mean()), "user_weeks": len(per_user),
+            "ratio": result["ranking_ndcg"] / result["popularity_ndcg"], "ratio_low": 1 + low, "ratio_high": 1 + high}
+
+
+def by_week(per_user: pd.DataFrame) -> pd.DataFrame:
+    columns = [f"{name}_{metric}" for name in ORDERS for metric in ("ndcg", "recall")] + ["pool_recall"]
+    table = per_user.groupby("week")[columns].mean()
+    return table.assign(users=per_user.groupby("week").size()).reset_index()
+
+
+def record(weeks: pd.DataFrame, summary: dict[str, float], start: date, stop: date) -> str:
+    """The run and its weeks in the backtest database; returns the run's id."""
+    run_id = uuid.uuid4().hex[:12]
+    with db.connection() as conn, conn.cursor() as cur:
+        numbers = ", ".join(f"{name} double precision" for name in summary)
+        cur.execute(f"CREATE TABLE IF NOT EXISTS backtest_runs (run_id text PRIMARY KEY, start_week date,"
+                    f" stop_week date, {numbers}, run_at timestamptz DEFAULT now())")
+        cur.execute(sql.SQL("INSERT INTO backtest_runs (run_id, start_week, stop_week, {}) VALUES (%s, %s, %s, {})")
+                    .format(sql.SQL(", ").join(map(sql.Identifier, summary)),
+                            sql.SQL(", ").join(sql.Placeholder() * len(summary))),
+                    (run_id, start, stop, *summary.values()))
+        columns = [c for c in weeks.columns if c != "week"]
+        cur.execute("CREATE TABLE IF NOT EXISTS backtest_weeks (run_id text, week date, "
+                    + ", ".join(f"{c} double precision" for c in columns) + ", PRIMARY KEY (run_id, week))")
+        psycopg2.extras.execute_values(cur, sql.SQL("INSERT INTO backtest_weeks (run_id, week, {}) VALUES %s").format(
+            sql.SQL(", ").join(map(sql.Identifier, columns))),
+            [(run_id, row.week, *(float(getattr(row, c)) for c in columns)) for row in weeks.itertuples()])
+        conn.commit()
+    return run_id
+
+
+def draw(weeks: pd.DataFrame, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 4.2), dpi=110)
+    labels = {"ranking": "published ranking", "popularity": "recent popularity", "als": "ALS order"}
+    for name in ORDERS:
+        axes.plot(weeks["week"], weeks[f"{name}_ndcg"], marker="o", label=labels[name])
+    axes.set(title=title, xlabel="week (cutoff)", ylabel="NDCG@10 over the next 7 days")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.autofmt_xdate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, bbox_inches="tight")
+    plt.close(figure)
+
+
+def report(weeks: pd.DataFrame, summary: dict[str, float]) -> str:
+    lines = [f"{'week':<12}{'users':>6}{'ranking':>9}{'popular':>9}{'als':>8}{'pool':>7}   (NDCG@10; pool recall)"]
+    lines += [f"{row.week!s:<12}{row.users:>6}{row.ranking_ndcg:>9.3f}{row.popularity_ndcg:>9.3f}{row.als_ndcg:>8.3f}"
+              f"{row.pool_recall:>7.3f}" for row in weeks.itertuples()]
+    lines.append(f"pooled over {summary['user_weeks']} user-weeks:")
+    for name in ORDERS:
+        lines.append(f"  {name:<11} NDCG@10 {summary[f'{name}_ndcg']:.3f}  Recall@10 {summary[f'{name}_recall']:.3f}")
+    lines.append(f"  candidate pool recall {summary['pool_recall']:.3f}")
+    lines.append(f"  ranking / popularity NDCG@10: {summary['ratio']:.2f} "
+                 f"(95% user-week bootstrap {summary['ratio_low']:.2f}-{summary['ratio_high']:.2f})")
+    return "\n".join(lines)
+
+
+def run(start: date, stop: date, database: str, folder: Path, picture: Path) -> dict[str, float]:
+    use_backtest_database(database, folder)
+    per_user = []
+    for week in weeks_between(start, stop):
+        went_live = replay(week)
+        print(f"week {week}: {'published' if went_live else 'refused; the previous ranking stays'}", flush=True)
+        per_user.append(user_weeks(week))
+    per_user = pd.concat(per_user, ignore_index=True)
+    weeks, summary = by_week(per_user), pooled(per_user)
+    run_id = record(weeks, summary, start, stop)
+    draw(weeks, picture, f"Walk-forward backtest, {start} to {stop}")
+    print(report(weeks, summary))
+    print(f"run {run_id} recorded in {db.server()}, tables backtest_runs and backtest_weeks; picture: {picture}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.backtest", description=__doc__.split("\n\n")[0])
+    week = week_parameter()
+    parser.add_argument("--start", required=True, type=lambda text: week.normalize(date.fromisoformat(text)))
+    parser.add_argument("--stop", required=True, type=lambda text: week.normalize(date.fromisoformat(text)))
+    parser.add_argument("--database", default="weekly_recs_backtest", help="the backtest's own database")
+    parser.add_argument("--folder", type=Path, default=config.ROOT / "var" / "backtest",
+                        help="where the weeks' files and models go")
+    parser.add_argument("--picture", type=Path, default=None, help="PNG of NDCG@10 per week (default: in --folder)")
+    options = parser.parse_args(argv)
+    run(options.start, options.stop, options.database, options.folder.resolve(),
+        options.picture or options.folder / "ndcg_by_week.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Candidates at a cutoff: what the events before it say each user may take next.
+
+Two sources, each blind to what the user already had: implicit's ALS on the weighted user-item
+matrix, and recent popularity. Their union, taken rank by rank from both, fills
+`candidates_per_user`. Every feature describes the candidate as it stood at the cutoff, so the
+training rows of an earlier week (built at its own cutoff) and this week's inference rows see
+the same things. Memory holds the matrix, users x factors, and one block of users' candidates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sparse
+
+from pipeline.events import Interactions
+
+DAY = 86_400
+USERS_PER_BLOCK = 20_000
+FEATURES = ("als_score", "rank_als", "rank_popular", "item_events_7d", "item_events_28d", "item_events",
+            "item_age_days", "user_events", "user_items", "user_recency_days", "user_category_share",
+            "category_id", "parent_id", "available")
+CANDIDATES = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()),
+                        *((name, pa.int64() if name in ("category_id", "parent_id", "available") else pa.float32())
+                          for name in FEATURES)])
+
+
+@dataclass(frozen=True)
+class History:
+    """Everything known at the cutoff, by matrix position: users in id order, items as in the items file."""
+
+    cutoff: int  # seconds since the epoch
+    users: np.ndarray
+    items: pd.DataFrame
+    matrix: sparse.csr_matrix  # users x items, summed event weights
+    user_categories: sparse.csr_matrix  # users x categories, summed event weights
+    item_recent: dict[int, np.ndarray]  # days -> item weights in the last `days` days (0: all time)
+    item_first: np.ndarray
+    user_last: np.ndarray
+    user_events: np.ndarray
+
+    @classmethod
+    def at(cls, cutoff: datetime, events: Interactions, items: pd.DataFrame, popular_days: int) -> History:
+        """`items` sorted by item_id; events of items it does not list are left out."""
+        ends = int(cutoff.timestamp())
+        column = np.searchsorted(items["item_id"].to_numpy(), events.item_id)
+        known = column < len(items)
+        known[known] = items["item_id"].to_numpy()[column[known]] == events.item_id[known]
+        users, row = np.unique(events.user_id[known], return_inverse=True)
+        column, weight, seconds = column[known], events.weight[known], events.seconds[known]
+        shape = (len(users), len(items))
+        category = pd.factorize(items["category_id"])[0]
+        recent = {days: np.bincount(column[seconds >= ends - days * DAY] if days else column,
+                                    weights=weight[seconds >= ends - days * DAY] if days else weight,
+                                    minlength=len(items)) for days in {7, 28, popular_days, 0}}
+        first, last = np.full(len(items), ends, np.int64), np.full(len(users), 0, np.int64)
+        np.minimum.at(first, column, seconds)
+        np.maximum.at(last, row, seconds)
+        return cls(ends, users, items,
+                   sparse.csr_matrix((weight, (row, column)), shape=shape, dtype=np.float32),
+                   sparse.csr_matrix((weight, (row, category[column])), shape=(len(users), category.max() + 1)),
+                   recent, first, last, np.bincount(row, minlength=len(users)))
+
+    def popular_order(self, days: int) -> np.ndarray:
+        """Positions of available items, most events in the last `days` days first (ties: lower item id)."""
+        available = np.flatnonzero(self.items["available"].to_numpy() > 0)
+        counts = self.item_recent[days][available]
+        return available[np.lexsort((self.items["item_id"].to_numpy()[available], -counts))]
+
+
+def fit_als(history: History, factors: int, iterations: int, regularization: float, alpha: float, seed: int):
+    """None when nobody had an event yet: the week then has no candidates."""
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    if not len(history.users):
+        return None
+
+    from threadpoolctl import threadpool_limits
+
+    model = AlternatingLeastSquares(factors=factors, iterations=iterations, regularization=regularization,
+                                    alpha=alpha, random_state=seed)
+    with threadpool_limits(1, "blas"):  # implicit runs its own threads; BLAS's would fight them
+        model.fit(history.matrix, show_progress=False)
+    return model
+
+
+def candidate_batches(history: History, model, per_user: int, popular_days: int) -> Iterator[pa.RecordBatch]:
+    """Each block of users' candidates with their features, users in id order."""
+    popular = history.popular_order(popular_days)
+    popular_rank = np.full(len(history.items), len(popular) + 1, np.float32)
+    popular_rank[popular] = np.arange(1, len(popular) + 1)
+    unavailable = np.flatnonzero(history.items["available"].to_numpy() <= 0)
+    for start in range(0, len(history.users), USERS_PER_BLOCK):
+        rows = np.arange(start, min(start + USERS_PER_BLOCK, len(history.users)))
+        als_items, _ = model.recommend(rows, history.matrix[rows], N=per_user, filter_already_liked_items=True,
+                                       filter_items=unavailable if len(unavailable) else None)
+        chosen = _union(rows, als_items, unseen_popular(history, rows, popular, per_user), per_user)
+        yield _with_features(history, model, chosen, popular_rank)
+
+
+def unseen_popular(history: History, rows: np.ndarray, popular: np.ndarray, per_user: int) -> np.ndarray:
+    """Each user's `per_user` most popular items not yet had (from the top 2 x per_user), -1 padded."""
+    top = popular[:2 * per_user]
+    seen = history.matrix[rows][:, top].toarray() > 0
+    place = np.cumsum(~seen, axis=1)
+    keep = ~seen & (place <= per_user)
+    result = np.full((len(rows), per_user), -1, np.int64)
+    user, position = np.nonzero(keep)
+    result[user, place[user, position] - 1] = top[position]
+    return result
+
+
+def _union(rows: np.ndarray, als_items: np.ndarray, popular_items: np.ndarray, per_user: int) -> pd.DataFrame:
+    """Both lists merged rank by rank (ALS first at equal rank), duplicates once, `per_user` a user."""
+    width = als_items.shape[1]
+    ranks = np.arange(1, width + 1, dtype=np.float32)
+    frame = pd.DataFrame({
+        "row": np.concatenate([np.repeat(rows, width), np.repeat(rows, popular_items.shape[1])]),
+        "item": np.concatenate([als_items.ravel(), popular_items.ravel()]),
+        "rank_als": np.concatenate([np.tile(ranks, len(rows)), np.full(popular_items.size, np.nan, np.float32)]),
+        "order": np.concatenate([np.tile(ranks * 2, len(rows)), np.tile(np.arange(1, popular_items.shape[1] + 1)
+                                                                       * 2 + 1, len(rows))]),
+    })
+    frame = frame[frame["item"] >= 0]
+    frame = frame.groupby(["row", "item"], sort=False).agg(rank_als=("rank_als", "min"), order=("order", "min"))
+    frame = frame.reset_index().sort_values(["row", "order"], kind="stable")
+    frame = frame[frame.groupby("row").cumcount() < per_user]
+    frame["rank_als"] = frame["rank_als"].fillna(width + 1)
+    return frame.sort_values(["row", "item"], ignore_index=True)
+
+
+def _with_features(history: History, model, chosen: pd.DataFrame, popular_rank: np.ndarray) -> pa.RecordBatch:
+    row, item = chosen["row"].to_numpy(), chosen["item"].to_numpy()
+    items = history.items
+    category = pd.factorize(items["category_id"])[0][item]
+    user_weight = np.maximum(np.asarray(history.user_categories.sum(axis=1)).ravel()[row], 1e-9)
+    days = (history.cutoff - history.user_last[row]) / DAY
+    columns = {
+        "user_id": history.users[row], "item_id": items["item_id"].to_numpy()[item],
+        "als_score": np.einsum("ij,ij->i", model.user_factors[row], model.item_factors[item]),
+        "rank_als": chosen["rank_als"].to_numpy(), "rank_popular": popular_rank[item],
+        "item_events_7d": history.item_recent[7][item], "item_events_28d": history.item_recent[28][item],
+        "item_events": history.item_recent[0][item], "item_age_days": (history.cutoff - history.item_first[item]) / DAY,
+        "user_events": history.user_events[row], "user_items": np.diff(history.matrix.indptr)[row],
+        "user_recency_days": days,
+        "user_category_share": np.asarray(history.user_categories[row, category]).ravel() / user_weight,
+        **{name: items[name].to_numpy()[item] for name in ("category_id", "parent_id", "available")},
+    }
+    return pa.RecordBatch.from_arrays([pa.array(columns[f.name]).cast(f.type) for f in CANDIDATES], schema=CANDIDATES)
+
+
+def top_popular(history: History, days: int, count: int) -> pa.Table:
+    order = history.popular_order(days)[:count]
+    return pa.table({"item_id": pa.array(history.items["item_id"].to_numpy()[order], pa.int64()),
+                     "items_cnt": pa.array(history.item_recent[days][order], pa.float64())})
+
+
+def similar(history: History, model, per_item: int) -> pa.Table:
+    """Each item with events: its nearest items by ALS item factors, itself left out."""
+    ids = history.items["item_id"].to_numpy()
+    had = np.flatnonzero(np.diff(history.matrix.tocsc().indptr))
+    parts = []
+    for start in range(0, len(had), USERS_PER_BLOCK):
+        block = had[start:start + USERS_PER_BLOCK]
+        neighbours, scores = model.similar_items(block, N=per_item + 1, items=had)
+        first = np.repeat(block, neighbours.shape[1])
+        keep = (neighbours.ravel() != first) & (neighbours.ravel() >= 0)
+        parts.append(pa.table({"itemid_1": pa.array(ids[first[keep]], pa.int64()),
+                               "itemid_2": pa.array(ids[neighbours.ravel()[keep]], pa.int64()),
+                               "score": pa.array(scores.ravel()[keep], pa.float32())}))
+    return pa.concat_tables(parts) if parts else pa.table({"itemid_1": pa.array([], pa.int64()),
+                                                           "itemid_2": pa.array([], pa.int64()),
+                                                           "score": pa.array([], pa.float32())})
+
+
+def outcome_batches(candidates: pq.ParquetFile, positives: Interactions, week: date) -> Iterator[pa.RecordBatch]:
+    """Candidates of the users who took one of theirs in the label window, with `target` and `outcome_week`.
+
+    Users who took none of their candidates teach a ranker nothing and are left out.
+    """
+    taken = pd.MultiIndex.from_arrays([positives.user_id, positives.item_id])
+    takers = np.unique(np.concatenate([
+        batch.column("user_id").to_numpy()[_taken(batch, taken)]
+        for batch in candidates.iter_batches(columns=["user_id", "item_id"])] or [np.array([], np.int64)]))
+    for batch in candidates.iter_batches():
+        kept = batch.filter(pa.array(np.isin(batch.column("user_id").to_numpy(), takers)))
+        yield (kept.append_column("target", pa.array(_taken(kept, taken).astype(np.int64)))
+               .append_column("outcome_week", pa.repeat(pa.scalar(week, pa.date32()), kept.num_rows)))
+
+
+def _taken(batch: pa.RecordBatch, taken: pd.MultiIndex) -> np.ndarray:
+    return pd.MultiIndex.from_arrays([batch.column("user_id").to_numpy(), batch.column("item_id").to_numpy()]) \
+        .isin(taken)
