@@ -14,6 +14,7 @@ and the share of what they took that the candidates held. Results go to the tabl
 from __future__ import annotations
 
 import argparse
+import shutil
 import uuid
 from datetime import date, timedelta
 from pathlib import Path
@@ -40,17 +41,25 @@ _RANKED = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()), ("rank", 
 
 
 def use_backtest_database(database: str, folder: Path) -> None:
-    """Points this process's pipeline at its own database and folders, and sends no Telegram message."""
+    """Points this process's pipeline at a fresh database and folders of its own, and sends no message.
+
+    The backtest starts from nothing, so that it measures the settings it runs with now; it refuses
+    the production database by name.
+    """
     config.checked_identifier(database, "--database")
+    if database == config.postgres().database:
+        raise ValueError(f"--database {database!r} is the production database ([postgres] database); "
+                         "the backtest needs one of its own")
     with db.connection() as conn:
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
-            if cur.fetchone() is None:
-                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    for made in (folder / "weeks", folder / "models"):
+        shutil.rmtree(made, ignore_errors=True)
     settings = luigi.configuration.get_config()
     for section, key, value in (("postgres", "database", database), ("pipeline", "source", "events"),
-                                ("pipeline", "input_dir", str(folder / "{week}")),
+                                ("pipeline", "input_dir", str(folder / "weeks" / "{week}")),
                                 ("pipeline", "model_dir", str(folder / "models")), ("telegram", "notify", "[]")):
         if not settings.has_section(section):
             settings.add_section(section)

@@ -83,9 +83,9 @@ def fit_als(history: History, factors: int, iterations: int, regularization: flo
 
     from threadpoolctl import threadpool_limits
 
-    model = AlternatingLeastSquares(factors=factors, iterations=iterations, regularization=regularization,
-                                    alpha=alpha, random_state=seed)
     with threadpool_limits(1, "blas"):  # implicit runs its own threads; BLAS's would fight them
+        model = AlternatingLeastSquares(factors=factors, iterations=iterations, regularization=regularization,
+                                        alpha=alpha, random_state=seed)
         model.fit(history.matrix, show_progress=False)
     return model
 
@@ -105,14 +105,21 @@ def candidate_batches(history: History, model, per_user: int, popular_days: int)
 
 
 def unseen_popular(history: History, rows: np.ndarray, popular: np.ndarray, per_user: int) -> np.ndarray:
-    """Each user's `per_user` most popular items not yet had (from the top 2 x per_user), -1 padded."""
-    top = popular[:2 * per_user]
-    seen = history.matrix[rows][:, top].toarray() > 0
-    place = np.cumsum(~seen, axis=1)
-    keep = ~seen & (place <= per_user)
+    """Each user's `per_user` most popular items not yet had, -1 padded where `popular` runs out.
+
+    Looks at the top 2 x per_user first, and deeper only for the users who had most of those.
+    """
     result = np.full((len(rows), per_user), -1, np.int64)
-    user, position = np.nonzero(keep)
-    result[user, place[user, position] - 1] = top[position]
+    todo, width = np.arange(len(rows)), 2 * per_user
+    while len(todo):
+        top = popular[:width]
+        unseen = history.matrix[rows[todo]][:, top].toarray() <= 0
+        place = np.cumsum(unseen, axis=1)
+        user, position = np.nonzero(unseen & (place <= per_user))
+        result[todo[user], place[user, position] - 1] = top[position]
+        if width >= len(popular):
+            break
+        todo, width = todo[place[:, -1] < per_user], width * 4
     return result
 
 

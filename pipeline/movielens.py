@@ -3,6 +3,7 @@
     python -m pipeline.movielens make ../shared/datasets/ml-100k OUTDIR
     python -m pipeline.movielens evaluate OUTDIR      # scores the published candidates_ranked
     python -m pipeline.movielens events ../shared/datasets/ml-100k OUTDIR   # for source = events
+    python -m pipeline.movielens backtest ../shared/datasets/ml-100k [FOLDER]  # walk-forward, 8 weeks
 
 Each user's ratings are split by time into history (60%), label (20%) and test (20%) periods; a
 global time cut would leave too few users with test interactions. A truncated SVD of the history
@@ -13,16 +14,20 @@ genre, `parent_id` the release decade, `available` whether the release date is k
 
 from __future__ import annotations
 
+import os
 import sys
+from datetime import date
 from pathlib import Path
 
+import luigi.configuration
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import metrics
+from pipeline import config, metrics
 
+BACKTEST_WEEKS = (date(1998, 2, 21), date(1998, 4, 11))  # the last 8 Saturdays followed by 7 days of ratings
 CANDIDATES_PER_USER = 50
 FACTORS = 48
 SHARES = (0.6, 0.2)  # history, label; the rest is test
@@ -113,6 +118,24 @@ def write_events(dataset: Path, out: Path) -> None:
     _write(read_items(dataset), out / "items.parquet")
 
 
+def backtest(dataset: Path, folder: Path, weeks: tuple[date, date] = BACKTEST_WEEKS,
+             database: str = "weekly_recs_movielens") -> dict[str, float]:
+    """The walk-forward backtest on the ratings as events: events.cfg's stage (then LUIGI_CONFIG_PATH's
+    settings, if any), each cutoff at 00:00 UTC, every rating weighing 1."""
+    from pipeline import backtest as walk_forward
+
+    write_events(dataset, folder / "shop")
+    for path in (config.ROOT / "events.cfg", os.environ.get("LUIGI_CONFIG_PATH")):
+        if path:
+            luigi.configuration.add_config_path(str(path))
+    settings = luigi.configuration.get_config()
+    for key, value in (("events_path", str(folder / "shop" / "events")), ("cutoff", "00:00"), ("weights", "{}"),
+                       ("items_path", str(folder / "shop" / "items.parquet"))):
+        settings.set("events", key, value)
+    return walk_forward.run(*weeks, database=database, folder=folder,
+                            picture=folder / "ndcg_by_week.png")
+
+
 def _similar(item_factors: np.ndarray, per_item: int = 10) -> pd.DataFrame:
     norms = np.linalg.norm(item_factors, axis=1, keepdims=True)
     unit = np.divide(item_factors, norms, out=np.zeros_like(item_factors), where=norms > 0)
@@ -167,6 +190,8 @@ if __name__ == "__main__":
     elif command == "events":
         write_events(Path(paths[0]), Path(paths[1]))
         print(f"MovieLens events and items written to {paths[1]}/")
+    elif command == "backtest":
+        backtest(Path(paths[0]), Path(paths[1]) if len(paths) > 1 else config.ROOT / "var" / "movielens-backtest")
     else:
         for name, value in evaluate_published(Path(paths[0])).items():
             print(f"{name:>22}: {value:.4f}")

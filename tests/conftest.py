@@ -20,6 +20,7 @@ from luigi.task_register import Register
 
 from pipeline import db, publish
 from pipeline.sample_data import write_sample_week
+from pipeline.sample_events import week_end, write_sample_events
 
 ROOT = Path(__file__).resolve().parent.parent
 WEEK = date(2026, 11, 21)
@@ -68,6 +69,14 @@ def sample_week(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("sample")
     write_sample_week(folder / "week", users=300, truth=folder / "truth.parquet")
     return folder / "week"
+
+
+@pytest.fixture(scope="session")
+def shop(tmp_path_factory) -> Path:
+    """A small synthetic shop: six weeks of events (600 users, 400 items) up to the end of WEEK's Saturday."""
+    folder = tmp_path_factory.mktemp("shop")
+    write_sample_events(folder, week_end(WEEK), users=600, items=400, weeks=6)
+    return folder
 
 
 @pytest.fixture

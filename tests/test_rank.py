@@ -9,8 +9,10 @@ import re
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline import RankCandidates, WeeklyRecs
+from pipeline.rank import QualityGateError, TrainRanker
 from pipeline.ranker import candidates_ranked, whole_users
 from tests.conftest import (
     NEXT_WEEK,
@@ -178,3 +180,27 @@ def test_a_week_worse_than_the_last_published_one_is_refused(settings, input_dir
 
     for table in PUBLISHED_TABLES:
         assert query(conn, f"SELECT DISTINCT week FROM {table}") == [(WEEK,)]
+
+
+def validation(ndcg: float, ndcg_se: float, als: float = 0.1, vs_als_se: float = 0.01) -> dict:
+    return {"ndcg_at_10": ndcg, "ndcg_se": ndcg_se, "als_ndcg_at_10": als, "ndcg_vs_als_se": vs_als_se}
+
+
+def test_the_gate_lets_a_drop_within_the_validations_own_noise_through(settings):
+    gate = TrainRanker(week=NEXT_WEEK)
+    gate.check_quality(validation(0.25, ndcg_se=0.03), previous=(0.30, 0.03))  # 0.05 < 2 x 0.042
+
+
+def test_the_gate_refuses_a_drop_beyond_its_noise_and_says_by_how_much(settings):
+    gate = TrainRanker(week=NEXT_WEEK)
+    with pytest.raises(QualityGateError, match=r"validation NDCG@10 0\.2500 is below the last published week's "
+                                               r"0\.3000 by more than 0\.0200 \(max_ndcg_drop 0\.02, 2\.0 x its "
+                                               r"standard error 0\.0071\)"):
+        gate.check_quality(validation(0.25, ndcg_se=0.005), previous=(0.30, 0.005))
+
+
+def test_the_gate_compares_with_the_als_order_by_their_paired_difference(settings):
+    gate = TrainRanker(week=NEXT_WEEK)
+    gate.check_quality(validation(0.20, ndcg_se=0.001, als=0.26, vs_als_se=0.04), previous=None)
+    with pytest.raises(QualityGateError, match=r"below the als_score order's 0\.2600"):
+        gate.check_quality(validation(0.20, ndcg_se=0.04, als=0.26, vs_als_se=0.01), previous=None)

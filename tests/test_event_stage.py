@@ -1,0 +1,122 @@
+"""The events stage's tasks: the week's four files made at its cutoff, past weeks' outcomes as train rows,
+and a whole week from events to the five tables."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import config
+from pipeline.candidates import FEATURES
+from pipeline.contracts import CANDIDATES_TRAIN
+from pipeline.event_stage import CandidatesAtCutoff, TrainFromOutcomes
+from pipeline.wrapper import WeeklyRecs
+from tests.conftest import PUBLISHED_TABLES, WEEK, apply_settings, live_state, query, run_tasks
+from tests.test_events import CUTOFF, events_file
+
+
+@pytest.fixture
+def events_settings(settings, shop, tmp_path) -> dict[str, dict[str, str]]:
+    """The pipeline on `source = events`, each week's files in a folder of its own."""
+    settings["pipeline"].update(source="events", input_dir=str(tmp_path / "weeks" / "{week}"),
+                                features=json.dumps(FEATURES), derived_features="[]",
+                                cat_features='["category_id", "parent_id"]')
+    settings["events"] = {"events_path": str(shop / "events"), "items_path": str(shop / "items.parquet"),
+                          "weights": '{"view": 1, "addtocart": 3, "transaction": 5}', "train_weeks": "2",
+                          "candidates_per_user": "30"}
+    apply_settings(settings)
+    return settings
+
+
+def week_file(name: str, week: date = WEEK) -> pa.Table:
+    return pq.read_table(config.pipeline().week_input_dir(week) / name)
+
+
+def with_extra_events(shop: Path, folder: Path, settings: dict, **columns) -> None:
+    """The shop's events plus one more file, as the events the pipeline reads from now on, its
+    files made afresh in another folder."""
+    folder.mkdir()
+    for file in (shop / "events").iterdir():
+        (folder / file.name).symlink_to(file)
+    events_file(folder / "extra.parquet", **columns)
+    settings["events"]["events_path"] = str(folder)
+    settings["pipeline"]["input_dir"] = str(folder.parent / f"{folder.name}-weeks" / "{week}")
+    apply_settings(settings)
+
+
+def test_a_bad_events_file_fails_the_week_and_what_is_live_stays(events_settings, shop, tmp_path, conn):
+    assert run_tasks(WeeklyRecs(week=WEEK - timedelta(weeks=1))).name == "SUCCESS"
+    before = live_state(conn)
+    with_extra_events(shop, tmp_path / "bad", events_settings, item_id=pa.array([7, None, 21], pa.int64()))
+
+    assert run_tasks(WeeklyRecs(week=WEEK)).name == "FAILED"
+    assert live_state(conn) == before
+
+
+def test_events_after_the_cutoff_change_nothing_of_the_week(events_settings, shop, tmp_path):
+    assert run_tasks(CandidatesAtCutoff(week=WEEK)).name == "SUCCESS"
+    before = {name: week_file(name) for name in CandidatesAtCutoff(week=WEEK).output()}
+
+    arrived_since = [CUTOFF + timedelta(minutes=m) for m in (0, 1, 2)]
+    with_extra_events(shop, tmp_path / "later", events_settings, user_id=pa.array([1000, 1003, 1006], pa.int64()),
+                      timestamp=pa.array(arrived_since, pa.timestamp("s", "UTC")))
+    assert run_tasks(CandidatesAtCutoff(week=WEEK)).name == "SUCCESS"
+
+    for name, table in before.items():
+        assert week_file(name).equals(table), name
+
+
+def test_no_event_of_the_label_window_reaches_the_train_features(events_settings, shop, tmp_path):
+    """A burst of purchases of one item right after a train cutoff labels rows, and moves no feature."""
+    assert run_tasks(TrainFromOutcomes(week=WEEK)).name == "SUCCESS"
+    before = week_file(CANDIDATES_TRAIN.file).to_pandas()
+    last_week = WEEK - timedelta(weeks=1)
+    burst_item = int(before.loc[before["outcome_week"] == last_week, "item_id"].mode()[0])
+    buyers = before.loc[(before["outcome_week"] == last_week) & (before["item_id"] == burst_item)
+                        & (before["target"] == 0), "user_id"].unique()
+
+    after_cutoff = config.events().cutoff_of(last_week) + timedelta(hours=1)
+    with_extra_events(shop, tmp_path / "burst", events_settings, user_id=pa.array(buyers, pa.int64()),
+                      item_id=pa.array([burst_item] * len(buyers), pa.int64()),
+                      timestamp=pa.array([after_cutoff] * len(buyers), pa.timestamp("s", "UTC")),
+                      event=pa.array(["transaction"] * len(buyers)))
+    assert run_tasks(TrainFromOutcomes(week=WEEK)).name == "SUCCESS"
+    after = week_file(CANDIDATES_TRAIN.file).to_pandas()
+
+    both = before.merge(after, on=["outcome_week", "user_id", "item_id"], suffixes=("_before", "_after"))
+    labelled = both[(both["item_id"] == burst_item) & (both["outcome_week"] == last_week)]
+    assert len(buyers) > 0 and (labelled["target_after"] == 1).all()  # the burst was seen, as labels
+    for feature in FEATURES:
+        assert both[f"{feature}_before"].equals(both[f"{feature}_after"]), feature
+
+
+def test_a_week_whose_cutoff_has_not_come_is_refused(events_settings):
+    future = date.today() + timedelta(days=14)
+    task = CandidatesAtCutoff(week=future)
+    with pytest.raises(ValueError, match=r"events up to .* are needed, and that time has not come yet"):
+        task.events_until(None, config.events().cutoff_of(task.week))
+
+
+# A whole week
+
+
+def test_a_week_runs_from_events_to_the_five_tables(events_settings, conn):
+    assert run_tasks(WeeklyRecs(week=WEEK)).name == "SUCCESS"
+
+    for table in PUBLISHED_TABLES:
+        assert query(conn, f"SELECT DISTINCT week FROM {table}") == [(WEEK,)]
+    inference = week_file("candidates_inference.parquet")
+    assert query(conn, "SELECT count(*) FROM candidates_ranked") == [(inference.num_rows,)]
+    per_user = query(conn, "SELECT max(n) FROM (SELECT count(*) n FROM candidates_inference GROUP BY user_id) c")
+    assert per_user == [(30,)]
+    train_weeks = query(conn, "SELECT DISTINCT outcome_week FROM candidates_train ORDER BY 1")
+    assert train_weeks == [(WEEK - timedelta(weeks=2),), (WEEK - timedelta(weeks=1),)]
+    seen = query(conn, "SELECT count(*) FROM candidates_ranked r JOIN candidates_train t"
+                       " ON t.user_id = r.user_id AND t.item_id = r.item_id AND t.target = 1"
+                       " AND t.outcome_week = %s", WEEK - timedelta(weeks=1))
+    assert seen == [(0,)]  # what a user took last week is history now: never a candidate again

@@ -1,0 +1,74 @@
+"""The shop's events and items as inputs: their contract, and reading only a window of time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.contracts import ContractError
+from pipeline.events import read_items, read_window
+
+CUTOFF = datetime(2026, 11, 21, 21, 0, tzinfo=UTC)
+
+
+def events_file(path: Path, **columns) -> Path:
+    """Three events before CUTOFF; `columns` replace or add columns."""
+    base = {"user_id": pa.array([1, 2, 3], pa.int64()), "item_id": pa.array([7, 14, 21], pa.int64()),
+            "timestamp": pa.array([CUTOFF - timedelta(days=d) for d in (3, 2, 1)], pa.timestamp("s", "UTC")),
+            "event": pa.array(["view", "view", "transaction"])}
+    pq.write_table(pa.table({**base, **columns}), path)
+    return path
+
+
+# The contract
+
+
+def test_an_events_file_without_a_required_column_is_refused_by_name(tmp_path):
+    table = pq.read_table(events_file(tmp_path / "e.parquet")).drop_columns(["event"])
+    pq.write_table(table, tmp_path / "e.parquet")
+    with pytest.raises(ContractError, match=r"e\.parquet.*column 'event'.*required but missing"):
+        read_window(tmp_path / "e.parquet", None, CUTOFF, {})
+
+
+def test_a_timestamp_that_is_not_a_parquet_timestamp_is_refused(tmp_path):
+    path = events_file(tmp_path / "e.parquet", timestamp=pa.array(["2026-11-20", "x", "y"]))
+    with pytest.raises(ContractError, match=r"column 'timestamp'.*must hold a parquet timestamp, found string"):
+        read_window(path, None, CUTOFF, {})
+
+
+def test_a_null_id_is_refused_with_its_row(tmp_path):
+    path = events_file(tmp_path / "e.parquet", user_id=pa.array([1, None, 3], pa.int64()))
+    with pytest.raises(ContractError, match=r"e\.parquet.*column 'user_id'.*null at row 1"):
+        read_window(path, None, CUTOFF, {})
+
+
+def test_a_negative_weight_is_refused_with_its_row(tmp_path):
+    path = events_file(tmp_path / "e.parquet", weight=pa.array([1.0, 2.0, -1.0]))
+    with pytest.raises(ContractError, match=r"column 'weight'.*must be 0 or more, found -1.0 at row 2"):
+        read_window(path, None, CUTOFF, {})
+
+
+def test_event_weights_multiply_the_weight_column_and_unlisted_events_weigh_one(tmp_path):
+    path = events_file(tmp_path / "e.parquet", weight=pa.array([2.0, 1.0, 0.5]))
+    window = read_window(path, None, CUTOFF, {"transaction": 5})
+    assert window.weight.tolist() == [2.0, 1.0, 2.5]
+
+
+def test_an_item_listed_twice_is_refused_with_its_row(tmp_path):
+    pq.write_table(pa.table({"item_id": [7, 14, 7], "category_id": [1, 1, 2], "parent_id": [1, 1, 1],
+                             "available": [1, 1, 1]}), tmp_path / "items.parquet")
+    with pytest.raises(ContractError, match=r"items\.parquet.*column 'item_id'.*item 7 appears twice.*row 2"):
+        read_items(tmp_path / "items.parquet")
+
+
+def test_only_events_before_the_cutoff_are_read(shop):
+    window = read_window(shop / "events", None, CUTOFF, {})
+    everything = pq.read_table(shop / "events").column("timestamp")
+    assert window.seconds.max() < CUTOFF.timestamp()
+    assert len(window) == pc.sum(pc.less(everything, pa.scalar(CUTOFF, pa.timestamp("s", "UTC")))).as_py()
+    assert len(window) < len(everything)  # the sample runs past the cutoff
