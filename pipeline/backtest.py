@@ -77,7 +77,7 @@ def user_weeks(week: date) -> pd.DataFrame:
     settings = config.events()
     cutoff = settings.cutoff_of(week)
     path = settings.resolved_events_path()
-    history = candidates.History.at(cutoff, events.read_window(path, None, cutoff, settings.weights),
+    history = candidates.History.at(cutoff, events.window_batches(path, None, cutoff, settings.weights),
                                     events.read_items(settings.resolved_items_path()), settings.popular_days)
     truth = _pairs(events.read_window(path, cutoff, cutoff + timedelta(days=TRUTH_DAYS), settings.weights))
     truth = truth[truth["user_id"].isin(history.users)]

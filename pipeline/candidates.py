@@ -9,7 +9,7 @@ the same things. Memory holds the matrix, users x factors, and one block of user
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -46,32 +46,66 @@ class History:
     user_events: np.ndarray
 
     @classmethod
-    def at(cls, cutoff: datetime, events: Interactions, items: pd.DataFrame, popular_days: int) -> History:
-        """`items` sorted by item_id; events of items it does not list are left out."""
-        ends = int(cutoff.timestamp())
-        column = np.searchsorted(items["item_id"].to_numpy(), events.item_id)
-        known = column < len(items)
-        known[known] = items["item_id"].to_numpy()[column[known]] == events.item_id[known]
-        users, row = np.unique(events.user_id[known], return_inverse=True)
-        column, weight, seconds = column[known], events.weight[known], events.seconds[known]
-        shape = (len(users), len(items))
+    def at(cls, cutoff: datetime, batches: Iterable[Interactions], items: pd.DataFrame, popular_days: int) -> History:
+        """From the events before the cutoff, one batch at a time: memory holds the distinct user-item
+        pairs, never all events. `items` sorted by item_id; events of items it does not list are left out."""
+        ends, ids = int(cutoff.timestamp()), items["item_id"].to_numpy()
+        recent = {days: np.zeros(len(items)) for days in {7, 28, popular_days, 0}}
+        first, pairs = np.full(len(items), ends, np.int64), _UserItemPairs()
+        for batch in batches:
+            column = np.searchsorted(ids, batch.item_id).clip(max=max(len(ids) - 1, 0))
+            known = ids[column] == batch.item_id if len(ids) else np.zeros(len(batch), bool)
+            column, weight, seconds = column[known], batch.weight[known], batch.seconds[known]
+            for days, counts in recent.items():
+                inside = seconds >= ends - days * DAY if days else slice(None)
+                counts += np.bincount(column[inside], weights=weight[inside], minlength=len(items))
+            np.minimum.at(first, column, seconds)
+            pairs.add(batch.user_id[known], column, weight, seconds)
+        pair = pairs.total()
+        users, row = np.unique(pair["user_id"].to_numpy(), return_inverse=True)
+        column, weight = pair["column"].to_numpy(), pair["weight"].to_numpy()
         category = pd.factorize(items["category_id"])[0]
-        recent = {days: np.bincount(column[seconds >= ends - days * DAY] if days else column,
-                                    weights=weight[seconds >= ends - days * DAY] if days else weight,
-                                    minlength=len(items)) for days in {7, 28, popular_days, 0}}
-        first, last = np.full(len(items), ends, np.int64), np.full(len(users), 0, np.int64)
-        np.minimum.at(first, column, seconds)
-        np.maximum.at(last, row, seconds)
+        last = np.zeros(len(users), np.int64)
+        np.maximum.at(last, row, pair["last"].to_numpy())
         return cls(ends, users, items,
-                   sparse.csr_matrix((weight, (row, column)), shape=shape, dtype=np.float32),
+                   sparse.csr_matrix((weight, (row, column)), shape=(len(users), len(items)), dtype=np.float32),
                    sparse.csr_matrix((weight, (row, category[column])), shape=(len(users), category.max() + 1)),
-                   recent, first, last, np.bincount(row, minlength=len(users)))
+                   recent, first, last, np.bincount(row, weights=pair["events"].to_numpy(), minlength=len(users)))
 
     def popular_order(self, days: int) -> np.ndarray:
         """Positions of available items, most events in the last `days` days first (ties: lower item id)."""
         available = np.flatnonzero(self.items["available"].to_numpy() > 0)
         counts = self.item_recent[days][available]
         return available[np.lexsort((self.items["item_id"].to_numpy()[available], -counts))]
+
+
+class _UserItemPairs:
+    """Events summed per user and item as batches arrive; merged whenever the parts outgrow the last merge."""
+
+    slack_rows = 4_000_000
+
+    def __init__(self) -> None:
+        self.parts: list[pd.DataFrame] = []
+        self.merged_rows = 0
+
+    def add(self, user_id: np.ndarray, column: np.ndarray, weight: np.ndarray, seconds: np.ndarray) -> None:
+        self.parts.append(_summed(pd.DataFrame({"user_id": user_id, "column": column, "weight": weight,
+                                                "last": seconds, "events": np.ones(len(user_id), np.int32)})))
+        if sum(map(len, self.parts)) > 2 * self.merged_rows + self.slack_rows:
+            self.parts = [self.total()]
+            self.merged_rows = len(self.parts[0])
+
+    def total(self) -> pd.DataFrame:
+        if not self.parts:
+            return pd.DataFrame({"user_id": np.array([], np.int64), "column": np.array([], np.int64),
+                                 "weight": np.array([], np.float32), "last": np.array([], np.int64),
+                                 "events": np.array([], np.int32)})
+        return _summed(pd.concat(self.parts, ignore_index=True)) if len(self.parts) > 1 else self.parts[0]
+
+
+def _summed(pairs: pd.DataFrame) -> pd.DataFrame:
+    return pairs.groupby(["user_id", "column"], sort=False, as_index=False).agg(
+        weight=("weight", "sum"), last=("last", "max"), events=("events", "sum"))
 
 
 def fit_als(history: History, factors: int, iterations: int, regularization: float, alpha: float, seed: int):

@@ -13,6 +13,7 @@ The files are Luigi `LocalTarget`s in the week's input folder, each written atom
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import luigi
@@ -34,15 +35,15 @@ class EventTask(luigi.Task):
                              f"so that each week's files have a folder of their own (it is {settings.input_dir!r})")
         return luigi.LocalTarget(str(settings.week_input_dir(self.week) / name))
 
-    def events_until(self, start: datetime | None, stop: datetime):
-        """Events of the window as `events.Interactions`; refused while the window is still open."""
+    def events_until(self, start: datetime | None, stop: datetime) -> Iterator:
+        """Batches of the window's events (`events.Interactions`); refused while the window is still open."""
         from pipeline import events
 
         if stop > datetime.now(UTC):
             raise ValueError(f"week {self.week}: events up to {stop:%Y-%m-%d %H:%M} UTC are needed, and that time "
                              "has not come yet ([events] cutoff, label_days)")
         settings = config.events()
-        return events.read_window(settings.resolved_events_path(), start, stop, settings.weights)
+        return events.window_batches(settings.resolved_events_path(), start, stop, settings.weights)
 
 
 class CandidatesAtCutoff(EventTask):
@@ -90,10 +91,10 @@ class Outcomes(EventTask):
         return self.week_file("outcomes.parquet")
 
     def run(self) -> None:
-        from pipeline import candidates
+        from pipeline import candidates, events
 
         cutoff = config.events().cutoff_of(self.week)
-        taken = self.events_until(cutoff, cutoff + config.events().label_window())
+        taken = events.concatenated(self.events_until(cutoff, cutoff + config.events().label_window()))
         inference = pq.ParquetFile(self.input()[CANDIDATES_INFERENCE.file].path)
         with self.output().temporary_path() as path, pq.ParquetWriter(path, _outcomes_schema(inference)) as writer:
             for batch in candidates.outcome_batches(inference, taken, self.week):

@@ -8,7 +8,7 @@ UTC. Whatever breaks the contract raises `ContractError` naming the file, the co
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -40,17 +40,22 @@ class Interactions:
 
 
 def read_window(path: Path, start: datetime | None, stop: datetime, weights: Mapping[str, float]) -> Interactions:
-    """Every event with `start <= timestamp < stop` (no lower bound when `start` is None)."""
-    parts = list(window_batches(path, start, stop, weights))
+    """Every event with `start <= timestamp < stop` (no lower bound when `start` is None), in one piece."""
+    return concatenated(window_batches(path, start, stop, weights))
+
+
+def concatenated(batches: Iterable[Interactions]) -> Interactions:
+    parts = list(batches)
     if not parts:
         empty = np.array([], np.int64)
         return Interactions(empty, empty, empty, np.array([], np.float32))
-    return Interactions(*(np.concatenate([part[name] for part in parts])
+    return Interactions(*(np.concatenate([getattr(part, name) for part in parts])
                           for name in ("user_id", "item_id", "seconds", "weight")))
 
 
 def window_batches(path: Path, start: datetime | None, stop: datetime,
-                   weights: Mapping[str, float]) -> Iterator[dict[str, np.ndarray]]:
+                   weights: Mapping[str, float]) -> Iterator[Interactions]:
+    """The same events a batch at a time, reading only row groups whose timestamps may fall in the window."""
     low = _micros(start) if start else np.iinfo(np.int64).min
     high = _micros(stop)
     for file in event_files(path):
@@ -111,7 +116,7 @@ def _may_overlap(parquet: pq.ParquetFile, group: int, low: int, high: int) -> bo
 
 
 def _window_of(path: Path, batch: pa.RecordBatch, first_row: int, low: int, high: int,
-               weights: Mapping[str, float]) -> dict[str, np.ndarray]:
+               weights: Mapping[str, float]) -> Interactions:
     for name in ("user_id", "item_id", "timestamp", "event"):
         nulls = pc.is_null(batch.column(name))
         if pc.any(nulls).as_py():
@@ -123,8 +128,7 @@ def _window_of(path: Path, batch: pa.RecordBatch, first_row: int, low: int, high
     for name, values in ids.items():
         if batch.column(name).type == pa.uint64() and (values < 0).any():
             raise ContractError(path, name, f"id above 2^63-1 at row {first_row + int(np.argmax(values < 0))}")
-    return {"user_id": ids["user_id"][keep], "item_id": ids["item_id"][keep],
-            "seconds": micros[keep] // 1_000_000, "weight": weight[keep]}
+    return Interactions(ids["user_id"][keep], ids["item_id"][keep], micros[keep] // 1_000_000, weight[keep])
 
 
 def _weights(path: Path, batch: pa.RecordBatch, first_row: int, weights: Mapping[str, float]) -> np.ndarray:

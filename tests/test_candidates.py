@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline import candidates
-from pipeline.events import Interactions, read_items, read_window
+from pipeline.events import Interactions, concatenated, read_items, window_batches
 
 CUTOFF = datetime(2026, 11, 21, 21, 0, tzinfo=UTC)
 PER_USER = 30
@@ -18,7 +18,7 @@ PER_USER = 30
 
 @pytest.fixture(scope="module")
 def history(shop) -> candidates.History:
-    return candidates.History.at(CUTOFF, read_window(shop / "events", None, CUTOFF, {"transaction": 5}),
+    return candidates.History.at(CUTOFF, window_batches(shop / "events", None, CUTOFF, {"transaction": 5}),
                                  read_items(shop / "items.parquet"), popular_days=28)
 
 
@@ -66,9 +66,23 @@ def test_item_features_count_only_events_before_the_cutoff(history):
                           seconds=np.array([CUTOFF.timestamp() - 86_400 * d for d in (1, 10, 40)], np.int64),
                           weight=np.ones(3, np.float32))
     items = pd.DataFrame({"item_id": [7, 14], "category_id": [1, 2], "parent_id": [1, 1], "available": [1, 1]})
-    at = candidates.History.at(CUTOFF, events, items, popular_days=28)
+    at = candidates.History.at(CUTOFF, [events], items, popular_days=28)
 
     assert at.item_recent[7].tolist() == [1, 0]
     assert at.item_recent[28].tolist() == [2, 0]
     assert at.item_recent[0].tolist() == [2, 1]
     assert ((at.cutoff - at.item_first) / candidates.DAY).tolist() == [10, 40]
+
+
+def test_events_read_in_many_small_batches_make_the_same_history(shop, history, monkeypatch):
+    monkeypatch.setattr(candidates._UserItemPairs, "slack_rows", 1_000)  # merge again and again
+    whole = concatenated(window_batches(shop / "events", None, CUTOFF, {"transaction": 5}))
+    pieces = [Interactions(*(getattr(whole, name)[start:start + 500] for name in
+                             ("user_id", "item_id", "seconds", "weight"))) for start in range(0, len(whole), 500)]
+
+    piecewise = candidates.History.at(CUTOFF, pieces, history.items, popular_days=28)
+
+    assert len(pieces) > 10
+    assert (piecewise.users == history.users).all()
+    assert (piecewise.matrix != history.matrix).nnz == 0
+    assert (piecewise.user_last == history.user_last).all() and (piecewise.user_events == history.user_events).all()
