@@ -22,7 +22,7 @@ import scipy.sparse as sparse
 from pipeline.events import Interactions
 
 DAY = 86_400
-USERS_PER_BLOCK = 20_000
+USERS_PER_BLOCK = 5_000
 FEATURES = ("als_score", "rank_als", "rank_popular", "item_events_7d", "item_events_28d", "item_events",
             "item_age_days", "user_events", "user_items", "user_recency_days", "user_category_share",
             "category_id", "parent_id", "available")
@@ -47,11 +47,13 @@ class History:
 
     @classmethod
     def at(cls, cutoff: datetime, batches: Iterable[Interactions], items: pd.DataFrame, popular_days: int) -> History:
-        """From the events before the cutoff, one batch at a time: memory holds the distinct user-item
-        pairs, never all events. `items` sorted by item_id; events of items it does not list are left out."""
+        """From the events before the cutoff, one batch at a time: memory holds the user-item matrix and
+        one batch, never all events. `items` sorted by item_id; events of items it does not list are left out."""
         ends, ids = int(cutoff.timestamp()), items["item_id"].to_numpy()
+        category = pd.factorize(items["category_id"])[0]
         recent = {days: np.zeros(len(items)) for days in {7, 28, popular_days, 0}}
-        first, pairs = np.full(len(items), ends, np.int64), _UserItemPairs()
+        first = np.full(len(items), ends, np.int64)
+        users = _UserRows(len(items), category.max() + 1 if len(items) else 1)
         for batch in batches:
             column = np.searchsorted(ids, batch.item_id).clip(max=max(len(ids) - 1, 0))
             known = ids[column] == batch.item_id if len(ids) else np.zeros(len(batch), bool)
@@ -60,17 +62,10 @@ class History:
                 inside = seconds >= ends - days * DAY if days else slice(None)
                 counts += np.bincount(column[inside], weights=weight[inside], minlength=len(items))
             np.minimum.at(first, column, seconds)
-            pairs.add(batch.user_id[known], column, weight, seconds)
-        pair = pairs.total()
-        users, row = np.unique(pair["user_id"].to_numpy(), return_inverse=True)
-        column, weight = pair["column"].to_numpy(), pair["weight"].to_numpy()
-        category = pd.factorize(items["category_id"])[0]
-        last = np.zeros(len(users), np.int64)
-        np.maximum.at(last, row, pair["last"].to_numpy())
-        return cls(ends, users, items,
-                   sparse.csr_matrix((weight, (row, column)), shape=(len(users), len(items)), dtype=np.float32),
-                   sparse.csr_matrix((weight, (row, category[column])), shape=(len(users), category.max() + 1)),
-                   recent, first, last, np.bincount(row, weights=pair["events"].to_numpy(), minlength=len(users)))
+            users.add(batch.user_id[known], column, category[column], weight, seconds)
+        order = np.argsort(users.ids, kind="stable")  # rows in user id order
+        return cls(ends, users.ids[order], items, users.matrix[order], users.categories[order], recent, first,
+                   users.last[order], users.events[order])
 
     def popular_order(self, days: int) -> np.ndarray:
         """Positions of available items, most events in the last `days` days first (ties: lower item id)."""
@@ -79,33 +74,44 @@ class History:
         return available[np.lexsort((self.items["item_id"].to_numpy()[available], -counts))]
 
 
-class _UserItemPairs:
-    """Events summed per user and item as batches arrive; merged whenever the parts outgrow the last merge."""
+class _UserRows:
+    """Per-user sums as batches of events arrive; a user's row is its place in order of first appearance."""
 
-    slack_rows = 4_000_000
+    def __init__(self, items: int, categories: int) -> None:
+        self.index = pd.Index(np.array([], np.int64))
+        self.matrix = sparse.csr_matrix((0, items), dtype=np.float32)
+        self.categories = sparse.csr_matrix((0, categories), dtype=np.float32)
+        self.last, self.events = np.array([], np.int64), np.array([], np.int64)
 
-    def __init__(self) -> None:
-        self.parts: list[pd.DataFrame] = []
-        self.merged_rows = 0
+    @property
+    def ids(self) -> np.ndarray:
+        return self.index.to_numpy()
 
-    def add(self, user_id: np.ndarray, column: np.ndarray, weight: np.ndarray, seconds: np.ndarray) -> None:
-        self.parts.append(_summed(pd.DataFrame({"user_id": user_id, "column": column, "weight": weight,
-                                                "last": seconds, "events": np.ones(len(user_id), np.int32)})))
-        if sum(map(len, self.parts)) > 2 * self.merged_rows + self.slack_rows:
-            self.parts = [self.total()]
-            self.merged_rows = len(self.parts[0])
+    def add(self, user_id: np.ndarray, column: np.ndarray, category: np.ndarray, weight: np.ndarray,
+            seconds: np.ndarray) -> None:
+        row = self.rows_of(user_id)
+        self.matrix = self.matrix + _summed(row, column, weight, self.matrix.shape)
+        self.categories = self.categories + _summed(row, category, weight, self.categories.shape)
+        np.maximum.at(self.last, row, seconds)
+        self.events += np.bincount(row, minlength=len(self.index))
 
-    def total(self) -> pd.DataFrame:
-        if not self.parts:
-            return pd.DataFrame({"user_id": np.array([], np.int64), "column": np.array([], np.int64),
-                                 "weight": np.array([], np.float32), "last": np.array([], np.int64),
-                                 "events": np.array([], np.int32)})
-        return _summed(pd.concat(self.parts, ignore_index=True)) if len(self.parts) > 1 else self.parts[0]
+    def rows_of(self, user_id: np.ndarray) -> np.ndarray:
+        """Rows of the users, new ones appended (and every per-user array grown to match)."""
+        row = self.index.get_indexer(user_id)
+        new = pd.unique(user_id[row < 0])
+        if len(new):
+            self.index = self.index.append(pd.Index(new))
+            row = self.index.get_indexer(user_id)
+            users = len(self.index)
+            self.matrix.resize((users, self.matrix.shape[1]))
+            self.categories.resize((users, self.categories.shape[1]))
+            self.last = np.pad(self.last, (0, len(new)))
+            self.events = np.pad(self.events, (0, len(new)))
+        return row
 
 
-def _summed(pairs: pd.DataFrame) -> pd.DataFrame:
-    return pairs.groupby(["user_id", "column"], sort=False, as_index=False).agg(
-        weight=("weight", "sum"), last=("last", "max"), events=("events", "sum"))
+def _summed(row: np.ndarray, column: np.ndarray, weight: np.ndarray, shape: tuple[int, int]) -> sparse.csr_matrix:
+    return sparse.csr_matrix((weight, (row, column)), shape=shape, dtype=np.float32)
 
 
 def fit_als(history: History, factors: int, iterations: int, regularization: float, alpha: float, seed: int):

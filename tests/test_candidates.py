@@ -74,8 +74,7 @@ def test_item_features_count_only_events_before_the_cutoff(history):
     assert ((at.cutoff - at.item_first) / candidates.DAY).tolist() == [10, 40]
 
 
-def test_events_read_in_many_small_batches_make_the_same_history(shop, history, monkeypatch):
-    monkeypatch.setattr(candidates._UserItemPairs, "slack_rows", 1_000)  # merge again and again
+def test_events_read_in_many_small_batches_make_the_same_history(shop, history):
     whole = concatenated(window_batches(shop / "events", None, CUTOFF, {"transaction": 5}))
     pieces = [Interactions(*(getattr(whole, name)[start:start + 500] for name in
                              ("user_id", "item_id", "seconds", "weight"))) for start in range(0, len(whole), 500)]
@@ -85,4 +84,5 @@ def test_events_read_in_many_small_batches_make_the_same_history(shop, history, 
     assert len(pieces) > 10
     assert (piecewise.users == history.users).all()
     assert (piecewise.matrix != history.matrix).nnz == 0
+    assert (piecewise.user_categories != history.user_categories).nnz == 0
     assert (piecewise.user_last == history.user_last).all() and (piecewise.user_events == history.user_events).all()
