@@ -36,6 +36,7 @@ scheduler: $(BIN)/.installed
 bench: $(BIN)/.installed
 	test -x /usr/bin/time || (apt-get update -qq && apt-get install -y -qq time)
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench_events.py
 
 bench-scale: $(BIN)/.installed
 	test -x /usr/bin/time || (apt-get update -qq && apt-get install -y -qq time)

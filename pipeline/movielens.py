@@ -3,7 +3,7 @@
     python -m pipeline.movielens make ../shared/datasets/ml-100k OUTDIR
     python -m pipeline.movielens evaluate OUTDIR      # scores the published candidates_ranked
     python -m pipeline.movielens events ../shared/datasets/ml-100k OUTDIR   # for source = events
-    python -m pipeline.movielens backtest ../shared/datasets/ml-100k [FOLDER]  # walk-forward, 8 weeks
+    python -m pipeline.movielens backtest ../shared/datasets/ml-100k [FOLDER [FIRST LAST]]  # 8 weeks
 
 Each user's ratings are split by time into history (60%), label (20%) and test (20%) periods; a
 global time cut would leave too few users with test interactions. A truncated SVD of the history
@@ -190,8 +190,9 @@ if __name__ == "__main__":
     elif command == "events":
         write_events(Path(paths[0]), Path(paths[1]))
         print(f"MovieLens events and items written to {paths[1]}/")
-    elif command == "backtest":
-        backtest(Path(paths[0]), Path(paths[1]) if len(paths) > 1 else config.ROOT / "var" / "movielens-backtest")
+    elif command == "backtest":  # DATASET [FOLDER [FIRST_WEEK LAST_WEEK]]
+        backtest(Path(paths[0]), Path(paths[1]) if len(paths) > 1 else config.ROOT / "var" / "movielens-backtest",
+                 tuple(map(date.fromisoformat, paths[2:4])) if len(paths) > 3 else BACKTEST_WEEKS)
     else:
         for name, value in evaluate_published(Path(paths[0])).items():
             print(f"{name:>22}: {value:.4f}")

@@ -1,0 +1,49 @@
+"""The walk-forward backtest: every week replayed on a database of its own, scored by the week after it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import date
+
+import psycopg2
+import pytest
+
+from pipeline.backtest import use_backtest_database
+from tests.conftest import ROOT, apply_settings, query
+from tests.test_movielens import DATASET
+
+WEEKS = ("1998-04-04", "1998-04-11")
+
+
+def test_the_backtest_refuses_the_production_database(settings, tmp_path):
+    with pytest.raises(ValueError, match=r"--database .* is the production database"):
+        use_backtest_database(settings["postgres"]["database"], tmp_path)
+
+
+@pytest.mark.skipif(not (DATASET / "u.data").exists(),
+                    reason=f"MovieLens 100k is not at {DATASET} (its licence forbids shipping it)")
+def test_movielens_weeks_are_replayed_scored_recorded_and_drawn(settings, tmp_path, conn, pg_socket_dir):
+    settings["events"] = {"train_weeks": "4"}
+    apply_settings(settings, tmp_path / "luigi.cfg")
+
+    done = subprocess.run([sys.executable, "-m", "pipeline.movielens", "backtest", str(DATASET),
+                           str(tmp_path / "backtest"), *WEEKS], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "LUIGI_CONFIG_PATH": str(tmp_path / "luigi.cfg")}, timeout=600)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    for week in WEEKS:
+        assert f"week {week}: published" in done.stdout
+    assert "pooled over" in done.stdout and "95% user-week bootstrap" in done.stdout
+    assert (tmp_path / "backtest" / "ndcg_by_week.png").read_bytes()[:4] == b"\x89PNG"
+    assert query(conn, "SELECT to_regclass('candidates_ranked')") == [(None,)]  # production untouched
+    with psycopg2.connect(host=pg_socket_dir, dbname="weekly_recs_movielens", user="postgres") as backtest:
+        weeks = query(backtest, "SELECT week, users, ranking_ndcg, popularity_ndcg, als_ndcg, pool_recall"
+                                " FROM backtest_weeks ORDER BY week")
+        (ratio,) = query(backtest, "SELECT ratio FROM backtest_runs")[0]
+    assert [row[0] for row in weeks] == [date.fromisoformat(week) for week in WEEKS]
+    for _, users, *scores, pool_recall in weeks:
+        assert users >= 30 and all(0 < score < 1 for score in scores)
+        assert pool_recall > 0.3
+    assert ratio > 0
