@@ -3,7 +3,7 @@ and a whole week from events to the five tables."""
 
 from __future__ import annotations
 
-import json
+import configparser
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -16,19 +16,18 @@ from pipeline.candidates import FEATURES
 from pipeline.contracts import CANDIDATES_TRAIN
 from pipeline.event_stage import CandidatesAtCutoff, TrainFromOutcomes
 from pipeline.wrapper import WeeklyRecs
-from tests.conftest import PUBLISHED_TABLES, WEEK, apply_settings, live_state, query, run_tasks
+from tests.conftest import PUBLISHED_TABLES, ROOT, WEEK, apply_settings, live_state, query, run_tasks
 from tests.test_events import CUTOFF, events_file
 
 
 @pytest.fixture
 def events_settings(settings, shop, tmp_path) -> dict[str, dict[str, str]]:
-    """The pipeline on `source = events`, each week's files in a folder of its own."""
-    settings["pipeline"].update(source="events", input_dir=str(tmp_path / "weeks" / "{week}"),
-                                features=json.dumps(FEATURES), derived_features="[]",
-                                cat_features='["category_id", "parent_id"]')
-    settings["events"] = {"events_path": str(shop / "events"), "items_path": str(shop / "items.parquet"),
-                          "weights": '{"view": 1, "addtocart": 3, "transaction": 5}', "train_weeks": "2",
-                          "candidates_per_user": "30"}
+    """events.cfg's settings on a small shop: two train weeks, 30 candidates a user."""
+    documented = configparser.ConfigParser()
+    documented.read(ROOT / "events.cfg")
+    settings["pipeline"].update({**documented["pipeline"], "input_dir": str(tmp_path / "weeks" / "{week}")})
+    settings["events"] = {**documented["events"], "events_path": str(shop / "events"),
+                          "items_path": str(shop / "items.parquet"), "train_weeks": "2", "candidates_per_user": "30"}
     apply_settings(settings)
     return settings
 
@@ -120,3 +119,7 @@ def test_a_week_runs_from_events_to_the_five_tables(events_settings, conn):
                        " ON t.user_id = r.user_id AND t.item_id = r.item_id AND t.target = 1"
                        " AND t.outcome_week = %s", WEEK - timedelta(weeks=1))
     assert seen == [(0,)]  # what a user took last week is history now: never a candidate again
+
+
+def test_the_documented_settings_give_the_ranker_every_feature_the_stage_computes(events_settings):
+    assert config.pipeline().features == FEATURES
