@@ -23,7 +23,7 @@ CATEGORIES, PARENTS = 20, 6
 WEEK = 7 * 86_400
 
 
-def write_sample_events(folder: Path, end: datetime, users: int = 3_000, items: int = 1_500, weeks: int = 16,
+def write_sample_events(folder: Path, end: datetime, users: int = 1_000, items: int = 1_500, weeks: int = 16,
                         events_per_user_week: float = 3.0, seed: int = 11) -> int:
     """Events of `weeks` weeks up to `end`; returns how many were written."""
     rng = np.random.default_rng(seed)
