@@ -28,11 +28,11 @@ import pyarrow as pa
 from luigi.task_register import Register
 from psycopg2 import sql
 
-from pipeline import candidates, config, db, events, metrics
+from pipeline import candidates, config, db, events, metrics, publish
 from pipeline.backfill import weeks_between
 from pipeline.base import week_parameter
 from pipeline.contracts import CANDIDATES_INFERENCE
-from pipeline.rank import RankCandidates
+from pipeline.rank import QualityGateError, RankCandidates, TrainRanker
 from pipeline.wrapper import WeeklyRecs
 
 TRUTH_DAYS = 7
@@ -67,9 +67,24 @@ def use_backtest_database(database: str, folder: Path) -> None:
     Register.clear_instance_cache()
 
 
+_refused_weeks: set[date] = set()
+
+
+@TrainRanker.event_handler(luigi.Event.FAILURE)
+def _note_refusal(task: TrainRanker, exception: Exception) -> None:
+    if isinstance(exception, QualityGateError):
+        _refused_weeks.add(task.week)
+
+
 def replay(week: date) -> bool:
-    """Runs the week; True when it went live, False when the previous ranking stays (its gate refused it)."""
-    return luigi.build([WeeklyRecs(week=week)], local_scheduler=True, workers=1)
+    """Runs the week in this process; True when it went live, False when its quality gate refused it
+    (the previous ranking then stays). Any other failure stops the backtest."""
+    _refused_weeks.discard(week)
+    if luigi.build([WeeklyRecs(week=week)], local_scheduler=True, workers=1):
+        return True
+    if week in _refused_weeks:
+        return False
+    raise RuntimeError(f"week {week} failed (see the log above); the backtest stops")
 
 
 def user_weeks(week: date) -> pd.DataFrame:
@@ -96,10 +111,14 @@ def _pairs(window: events.Interactions) -> pd.DataFrame:
 
 
 def _published_ranking(week: date) -> pd.DataFrame:
-    """What the web service reads now: the week's ranking, or the last one that went live."""
+    """What the web service reads now: the week's ranking, or the last one that went live (none yet: empty)."""
+    table = RankCandidates(week=week).table
     with db.connection() as conn:
+        with conn.cursor() as cur:
+            if not publish.exists(cur, table):
+                return _RANKED.empty_table().to_pandas()
         query = sql.SQL("SELECT user_id, item_id, rank FROM {} WHERE rank <= {}").format(
-            sql.Identifier(RankCandidates(week=week).table), sql.Literal(metrics.K))
+            sql.Identifier(table), sql.Literal(metrics.K))
         return db.copy_out(conn, query, _RANKED).to_pandas()
 
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import date
+import uuid
+from datetime import date, timedelta
 
+import luigi.configuration
 import psycopg2
 import pytest
+from luigi.task_register import Register
 
+from pipeline import backtest, db
 from pipeline.backtest import use_backtest_database
-from tests.conftest import ROOT, apply_settings, query
+from tests.conftest import ROOT, WEEK, apply_settings, query
+from tests.test_event_stage import events_settings  # noqa: F401 - a fixture
 from tests.test_movielens import DATASET
 
 WEEKS = ("1998-04-04", "1998-04-11")
@@ -20,6 +25,32 @@ WEEKS = ("1998-04-04", "1998-04-11")
 def test_the_backtest_refuses_the_production_database(settings, tmp_path):
     with pytest.raises(ValueError, match=r"--database .* is the production database"):
         use_backtest_database(settings["postgres"]["database"], tmp_path)
+
+
+def test_a_week_the_gate_refuses_is_scored_by_the_ranking_users_still_see(events_settings, tmp_path,  # noqa: F811
+                                                                          pg_socket_dir):
+    before = WEEK - timedelta(weeks=1)
+    use_backtest_database(f"backtest_{uuid.uuid4().hex[:8]}", tmp_path / "backtest")
+    assert backtest.replay(before)
+    for key, value in (("max_ndcg_drop", "-1"), ("gate_sigmas", "-100")):  # every week refused
+        luigi.configuration.get_config().set("pipeline", key, value)
+    Register.clear_instance_cache()
+
+    assert not backtest.replay(WEEK)
+
+    with db.connection() as live:
+        assert query(live, "SELECT DISTINCT week FROM candidates_ranked") == [(before,)]
+    scored = backtest.user_weeks(WEEK)
+    assert len(scored) > 50 and scored["ranking_ndcg"].mean() > 0  # last week's ranking, as users see it
+
+
+def test_a_week_that_fails_for_another_reason_stops_the_backtest(events_settings, tmp_path):  # noqa: F811
+    use_backtest_database(f"backtest_{uuid.uuid4().hex[:8]}", tmp_path / "backtest")
+    luigi.configuration.get_config().set("events", "items_path", str(tmp_path / "missing.parquet"))
+    Register.clear_instance_cache()
+
+    with pytest.raises(RuntimeError, match=r"week 2026-11-21 failed .* the backtest stops"):
+        backtest.replay(WEEK)
 
 
 @pytest.mark.skipif(not (DATASET / "u.data").exists(),

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.metrics import bootstrap_gain, per_user_metrics, summary
+from pipeline.metrics import bootstrap_gain, per_user_metrics, share_found, summary, top_k_against
 
 
 def test_a_perfect_order_scores_one_and_a_reversed_order_less():
@@ -43,3 +43,21 @@ def test_the_bootstrap_interval_holds_the_observed_gain():
 
     assert low <= 0.2 + 1e-9 <= high + 1e-9
     assert high - low < 1e-6  # every resample sees the same 20% gain
+
+
+def test_top_k_against_scores_every_user_of_the_truth_and_zero_without_a_list():
+    lists = pd.DataFrame({"user_id": [1, 1, 1, 3], "item_id": [10, 11, 12, 30], "rank": [1, 2, 3, 1]})
+    truth = pd.DataFrame({"user_id": [1, 2, 2], "item_id": [11, 20, 21]})
+
+    scored = top_k_against(lists, truth)
+
+    assert list(scored.index) == [1, 2]
+    assert scored.loc[1, "ndcg"] == pytest.approx(1 / np.log2(3)) and scored.loc[1, "recall"] == 1.0
+    assert scored.loc[2].tolist() == [0.0, 0.0]
+
+
+def test_share_found_is_the_share_of_what_each_user_took_that_the_pool_held():
+    pool = pd.DataFrame({"user_id": [1, 1, 2], "item_id": [10, 11, 20]})
+    truth = pd.DataFrame({"user_id": [1, 1, 2, 2], "item_id": [10, 99, 98, 97]})
+
+    assert share_found(pool, truth).tolist() == [0.5, 0.0]
