@@ -20,12 +20,10 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import luigi
-import luigi.configuration
 import numpy as np
 import pandas as pd
 import psycopg2.extras
 import pyarrow as pa
-from luigi.task_register import Register
 from psycopg2 import sql
 
 from pipeline import candidates, config, db, events, metrics, publish
@@ -57,14 +55,10 @@ def use_backtest_database(database: str, folder: Path) -> None:
             cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
     for made in (folder / "weeks", folder / "models"):
         shutil.rmtree(made, ignore_errors=True)
-    settings = luigi.configuration.get_config()
-    for section, key, value in (("postgres", "database", database), ("pipeline", "source", "events"),
-                                ("pipeline", "input_dir", str(folder / "weeks" / "{week}")),
-                                ("pipeline", "model_dir", str(folder / "models")), ("telegram", "notify", "[]")):
-        if not settings.has_section(section):
-            settings.add_section(section)
-        settings.set(section, key, value)
-    Register.clear_instance_cache()
+    config.override("postgres", {"database": database})
+    config.override("pipeline", {"source": "events", "input_dir": str(folder / "weeks" / "{week}"),
+                                 "model_dir": str(folder / "models")})
+    config.override("telegram", {"notify": "[]"})
 
 
 _refused_weeks: set[date] = set()

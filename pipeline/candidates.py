@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,7 @@ FEATURES = ("als_score", "rank_als", "rank_popular", "item_events_7d", "item_eve
 CANDIDATES = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()),
                         *((name, pa.int64() if name in ("category_id", "parent_id", "available") else pa.float32())
                           for name in FEATURES)])
+OUTCOMES = CANDIDATES.append(pa.field("target", pa.int64())).append(pa.field("outcome_week", pa.date32()))
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class History:
     items: pd.DataFrame
     matrix: sparse.csr_matrix  # users x items, summed event weights
     user_categories: sparse.csr_matrix  # users x categories, summed event weights
+    item_category: np.ndarray  # each item's column in user_categories
     item_recent: dict[int, np.ndarray]  # days -> item weights in the last `days` days (0: all time)
     item_first: np.ndarray
     user_last: np.ndarray
@@ -64,8 +67,13 @@ class History:
             np.minimum.at(first, column, seconds)
             users.add(batch.user_id[known], column, category[column], weight, seconds)
         order = np.argsort(users.ids, kind="stable")  # rows in user id order
-        return cls(ends, users.ids[order], items, users.matrix[order], users.categories[order], recent, first,
-                   users.last[order], users.events[order])
+        return cls(ends, users.ids[order], items, users.matrix[order], users.categories[order], category, recent,
+                   first, users.last[order], users.events[order])
+
+    @cached_property
+    def user_weight(self) -> np.ndarray:
+        """Each user's summed event weight (at least a tiny positive, to divide by)."""
+        return np.maximum(np.asarray(self.user_categories.sum(axis=1)).ravel(), 1e-9)
 
     def popular_order(self, days: int) -> np.ndarray:
         """Positions of available items, most events in the last `days` days first (ties: lower item id)."""
@@ -185,8 +193,6 @@ def _union(rows: np.ndarray, als_items: np.ndarray, popular_items: np.ndarray, p
 def _with_features(history: History, model, chosen: pd.DataFrame, popular_rank: np.ndarray) -> pa.RecordBatch:
     row, item = chosen["row"].to_numpy(), chosen["item"].to_numpy()
     items = history.items
-    category = pd.factorize(items["category_id"])[0][item]
-    user_weight = np.maximum(np.asarray(history.user_categories.sum(axis=1)).ravel()[row], 1e-9)
     days = (history.cutoff - history.user_last[row]) / DAY
     columns = {
         "user_id": history.users[row], "item_id": items["item_id"].to_numpy()[item],
@@ -196,7 +202,8 @@ def _with_features(history: History, model, chosen: pd.DataFrame, popular_rank: 
         "item_events": history.item_recent[0][item], "item_age_days": (history.cutoff - history.item_first[item]) / DAY,
         "user_events": history.user_events[row], "user_items": np.diff(history.matrix.indptr)[row],
         "user_recency_days": days,
-        "user_category_share": np.asarray(history.user_categories[row, category]).ravel() / user_weight,
+        "user_category_share": np.asarray(history.user_categories[row, history.item_category[item]]).ravel()
+        / history.user_weight[row],
         **{name: items[name].to_numpy()[item] for name in ("category_id", "parent_id", "available")},
     }
     return pa.RecordBatch.from_arrays([pa.array(columns[f.name]).cast(f.type) for f in CANDIDATES], schema=CANDIDATES)
@@ -211,7 +218,7 @@ def top_popular(history: History, days: int, count: int) -> pa.Table:
 def similar(history: History, model, per_item: int) -> pa.Table:
     """Each item with events: its nearest items by ALS item factors, itself left out."""
     ids = history.items["item_id"].to_numpy()
-    had = np.flatnonzero(np.diff(history.matrix.tocsc().indptr))
+    had = np.flatnonzero(np.bincount(history.matrix.indices, minlength=len(ids)))
     parts = []
     for start in range(0, len(had), USERS_PER_BLOCK):
         block = had[start:start + USERS_PER_BLOCK]
@@ -237,8 +244,8 @@ def outcome_batches(candidates: pq.ParquetFile, positives: Interactions, week: d
         for batch in candidates.iter_batches(columns=["user_id", "item_id"])] or [np.array([], np.int64)]))
     for batch in candidates.iter_batches():
         kept = batch.filter(pa.array(np.isin(batch.column("user_id").to_numpy(), takers)))
-        yield (kept.append_column("target", pa.array(_taken(kept, taken).astype(np.int64)))
-               .append_column("outcome_week", pa.repeat(pa.scalar(week, pa.date32()), kept.num_rows)))
+        yield pa.RecordBatch.from_arrays([*kept.columns, pa.array(_taken(kept, taken).astype(np.int64)),
+                                          pa.repeat(pa.scalar(week, pa.date32()), kept.num_rows)], schema=OUTCOMES)
 
 
 def _taken(batch: pa.RecordBatch, taken: pd.MultiIndex) -> np.ndarray:

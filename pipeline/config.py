@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import luigi
+import luigi.configuration
 
 ROOT = Path(__file__).resolve().parent.parent
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -103,6 +104,19 @@ class events(luigi.Config):  # noqa: N801
 
     def resolved_items_path(self) -> Path:
         return _under_root(self.items_path)
+
+
+def override(section: str, values: dict[str, str]) -> None:
+    """Settings changed in this process, as if a later config file set them (commands that run weeks
+    on settings of their own: the backtest, luigid's task history)."""
+    from luigi.task_register import Register
+
+    settings = luigi.configuration.get_config()
+    if not settings.has_section(section):
+        settings.add_section(section)
+    for key, value in values.items():
+        settings.set(section, key, value)
+    Register.clear_instance_cache()
 
 
 class telegram(luigi.Config):  # noqa: N801

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import luigi
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import config
@@ -96,7 +95,7 @@ class Outcomes(EventTask):
         cutoff = config.events().cutoff_of(self.week)
         taken = events.concatenated(self.events_until(cutoff, cutoff + config.events().label_window()))
         inference = pq.ParquetFile(self.input()[CANDIDATES_INFERENCE.file].path)
-        with self.output().temporary_path() as path, pq.ParquetWriter(path, _outcomes_schema(inference)) as writer:
+        with self.output().temporary_path() as path, pq.ParquetWriter(path, candidates.OUTCOMES) as writer:
             for batch in candidates.outcome_batches(inference, taken, self.week):
                 writer.write_batch(batch)
 
@@ -117,6 +116,3 @@ class TrainFromOutcomes(EventTask):
                 for batch in week.iter_batches():
                     writer.write_batch(batch)
 
-
-def _outcomes_schema(inference: pq.ParquetFile) -> pa.Schema:
-    return inference.schema_arrow.append(pa.field("target", pa.int64())).append(pa.field("outcome_week", pa.date32()))

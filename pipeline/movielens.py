@@ -128,10 +128,8 @@ def backtest(dataset: Path, folder: Path, weeks: tuple[date, date] = BACKTEST_WE
     for path in (config.ROOT / "events.cfg", os.environ.get("LUIGI_CONFIG_PATH")):
         if path:
             luigi.configuration.add_config_path(str(path))
-    settings = luigi.configuration.get_config()
-    for key, value in (("events_path", str(folder / "shop" / "events")), ("cutoff", "00:00"), ("weights", "{}"),
-                       ("items_path", str(folder / "shop" / "items.parquet"))):
-        settings.set("events", key, value)
+    config.override("events", {"events_path": str(folder / "shop" / "events"), "cutoff": "00:00", "weights": "{}",
+                               "items_path": str(folder / "shop" / "items.parquet")})
     return walk_forward.run(*weeks, database=database, folder=folder,
                             picture=folder / "ndcg_by_week.png")
 

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import luigi.cmdline
 import luigi.configuration
 
-from pipeline import db
+from pipeline import config, db
 
 
 def history_url(server: db.Server) -> str:
@@ -24,11 +24,8 @@ def history_url(server: db.Server) -> str:
 
 
 def main(argv: list[str]) -> None:
-    config = luigi.configuration.get_config()
-    if not config.get("task_history", "db_connection", ""):
-        if not config.has_section("task_history"):
-            config.add_section("task_history")
-        config.set("task_history", "db_connection", history_url(db.server()))
+    if not luigi.configuration.get_config().get("task_history", "db_connection", ""):
+        config.override("task_history", {"db_connection": history_url(db.server())})
     luigi.cmdline.luigid(argv)
 
 

@@ -8,16 +8,14 @@ import sys
 import uuid
 from datetime import date, timedelta
 
-import luigi.configuration
 import psycopg2
 import pytest
-from luigi.task_register import Register
 
-from pipeline import backtest, db
+from pipeline import backtest, config, db
 from pipeline.backtest import use_backtest_database
 from tests.conftest import ROOT, WEEK, apply_settings, query
 from tests.test_event_stage import events_settings  # noqa: F401 - a fixture
-from tests.test_movielens import DATASET
+from tests.test_movielens import DATASET, needs_movielens
 
 WEEKS = ("1998-04-04", "1998-04-11")
 
@@ -32,9 +30,7 @@ def test_a_week_the_gate_refuses_is_scored_by_the_ranking_users_still_see(events
     before = WEEK - timedelta(weeks=1)
     use_backtest_database(f"backtest_{uuid.uuid4().hex[:8]}", tmp_path / "backtest")
     assert backtest.replay(before)
-    for key, value in (("max_ndcg_drop", "-1"), ("gate_sigmas", "-100")):  # every week refused
-        luigi.configuration.get_config().set("pipeline", key, value)
-    Register.clear_instance_cache()
+    config.override("pipeline", {"max_ndcg_drop": "-1", "gate_sigmas": "-100"})  # every week refused
 
     assert not backtest.replay(WEEK)
 
@@ -46,15 +42,13 @@ def test_a_week_the_gate_refuses_is_scored_by_the_ranking_users_still_see(events
 
 def test_a_week_that_fails_for_another_reason_stops_the_backtest(events_settings, tmp_path):  # noqa: F811
     use_backtest_database(f"backtest_{uuid.uuid4().hex[:8]}", tmp_path / "backtest")
-    luigi.configuration.get_config().set("events", "items_path", str(tmp_path / "missing.parquet"))
-    Register.clear_instance_cache()
+    config.override("events", {"items_path": str(tmp_path / "missing.parquet")})
 
     with pytest.raises(RuntimeError, match=r"week 2026-11-21 failed .* the backtest stops"):
         backtest.replay(WEEK)
 
 
-@pytest.mark.skipif(not (DATASET / "u.data").exists(),
-                    reason=f"MovieLens 100k is not at {DATASET} (its licence forbids shipping it)")
+@needs_movielens
 def test_movielens_weeks_are_replayed_scored_recorded_and_drawn(settings, tmp_path, conn, pg_socket_dir):
     settings["events"] = {"train_weeks": "4"}
     apply_settings(settings, tmp_path / "luigi.cfg")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import numpy as np
@@ -53,7 +54,7 @@ def test_a_user_who_had_the_most_popular_items_gets_the_next_ones(history):
     had_by_fan = set(np.flatnonzero(history.matrix[fan].toarray().ravel() > 0).tolist())
     matrix = history.matrix.tolil()
     matrix[fan, popular[:3 * PER_USER]] = 1.0  # had far more than the first look covers
-    heavy = candidates.History(**{**history.__dict__, "matrix": matrix.tocsr()})
+    heavy = dataclasses.replace(history, matrix=matrix.tocsr())
 
     top = candidates.unseen_popular(heavy, np.array([fan]), popular, PER_USER)[0]
 

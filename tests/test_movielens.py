@@ -12,8 +12,9 @@ from tests.conftest import WEEK, apply_settings, query, run_tasks
 
 DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k"
 
-pytestmark = pytest.mark.skipif(not (DATASET / "u.data").exists(),
-                                reason=f"MovieLens 100k is not at {DATASET} (its licence forbids shipping it)")
+needs_movielens = pytest.mark.skipif(not (DATASET / "u.data").exists(),
+                                     reason=f"MovieLens 100k is not at {DATASET} (its licence forbids shipping it)")
+pytestmark = needs_movielens
 
 
 def test_the_published_ranking_beats_the_als_order_by_ten_percent(settings, tmp_path, conn):
