@@ -240,6 +240,6 @@ def _first(mask: pa.Array) -> int:
     return pc.index(mask, True).as_py()
 
 
-def duplicate_key_error(path: Path, contract: Contract, detail: str) -> ContractError:
+def duplicate_key_error(path: Path, key: tuple[str, ...], detail: str) -> ContractError:
     """Turn PostgreSQL's unique-index failure into the contract's words, with its example key."""
-    return ContractError(path, ", ".join(contract.unique), f"duplicate rows: {detail}")
+    return ContractError(path, ", ".join(key), f"duplicate rows: {detail}")

@@ -65,7 +65,8 @@ class LoadTask(StagingTask):
                                       "loaded {done:,} of {total:,} rows into " + self.table),
                        schema.append(pa.field("week", pa.date32())))
         except psycopg2.errors.UniqueViolation as error:
-            raise contracts.duplicate_key_error(path, contract, error.diag.message_detail) from None
+            raise contracts.duplicate_key_error(path, contract.unique_key(schema.names),
+                                                error.diag.message_detail) from None
 
     def full_contract(self) -> contracts.Contract:
         """This file's contract as the week's check sees it."""

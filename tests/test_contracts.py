@@ -73,6 +73,13 @@ def duplicate_candidates(folder, settings):
     rewrite(folder, "candidates_inference.parquet", lambda t: pa.concat_tables([t, t.slice(3, 1)]))
 
 
+def duplicate_outcomes(folder, settings):
+    def with_outcome_week(t):
+        t = t.append_column("outcome_week", pa.repeat(pa.scalar(datetime.date(2026, 11, 14), pa.date32()), t.num_rows))
+        return pa.concat_tables([t, t.slice(3, 1)])
+    rewrite(folder, "candidates_train.parquet", with_outcome_week)
+
+
 def target_not_binary(folder, settings):
     rewrite(folder, "candidates_train.parquet", lambda t: with_value(t, "target", 5, 2))
 
@@ -131,6 +138,8 @@ CASES = {
     null_ids: ("candidates_train.parquet", ", column 'item_id': null ids are not allowed (first at row 42)"),
     duplicate_candidates: ("candidates_inference.parquet", ", column 'user_id, item_id': duplicate rows: "
                            "Key (user_id, item_id)=(301, 2430) is duplicated"),
+    duplicate_outcomes: ("candidates_train.parquet", ", column 'outcome_week, user_id, item_id': duplicate rows: "
+                         "Key (outcome_week, user_id, item_id)=(2026-11-14, "),
     target_not_binary: ("candidates_train.parquet", ", column 'target': must be 0 or 1, found 2"),
     single_class: ("candidates_train.parquet", ", column 'target': a single class only"),
     one_user_has_every_positive: ("candidates_train.parquet", ", column 'target': 1 users have a positive: 0 in the "
