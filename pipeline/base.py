@@ -11,7 +11,8 @@ import luigi
 import pyarrow as pa
 from psycopg2 import sql
 
-from pipeline import config, db, publish
+from pipeline import config, db, pgcopy, publish
+from pipeline.contracts import ContractError
 
 log = logging.getLogger("luigi-interface")
 
@@ -93,6 +94,18 @@ class StagingTask(WeekTask):
 
     unique_key: tuple[str, ...] = ()
     lookup_key: tuple[str, ...] = ()
+    served = False  # read by the web service: its readers are granted SELECT on the live name
+
+    def planned_columns(self) -> tuple[str, pa.Schema]:
+        """The file that shapes this table, and the table's columns for the week (before anything is staged)."""
+        raise NotImplementedError
+
+    def check_dependents(self, cur) -> None:
+        """Refuse a week whose columns an object depending on the live table would not survive."""
+        path, schema = self.planned_columns()
+        columns = {field.name: pgcopy.pg_type(field.type) for field in schema}
+        for column, problem in publish.refused_changes(cur, self.table, columns):
+            raise ContractError(path, column, problem)
 
     def holds_output(self, cur) -> bool:
         """Staged, live or archived: a stage dropped because a later week went live must be redone."""

@@ -28,6 +28,7 @@ class postgres(luigi.Config):  # noqa: N801 - the section name in luigi.cfg
     user = luigi.Parameter(default="postgres")
     password = luigi.Parameter(default="", significant=False, visibility=0)
     embedded_dir = luigi.Parameter(default=".pgdata", description="data folder of the embedded server")
+    readers = luigi.ListParameter(default=[], description="roles granted SELECT on the served tables at every publish")
 
     def resolved_host(self) -> str:
         return self.host or os.environ.get("PGHOST", "")
@@ -60,6 +61,12 @@ class pipeline(luigi.Config):  # noqa: N801
     max_train_rows = luigi.IntParameter(default=5_000_000, description="fit on a sample of whole users up to this")
     shards = luigi.IntParameter(default=0, description="scoring shards by user; 0: one per rows_per_shard rows")
     rows_per_shard = luigi.IntParameter(default=5_000_000, description="inference rows per shard when shards = 0")
+    publish_wait = luigi.FloatParameter(default=1800.0, description="seconds a publish or rollback waits for "
+                                        "readers holding the live tables before it fails")
+    lock_timeout = luigi.FloatParameter(default=0.1, description="seconds each attempt waits for a lock: the "
+                                        "longest a reader queues behind a publish")
+    terminate_idle_blockers = luigi.BoolParameter(default=False, description="end sessions that hold a live table "
+                                                  "while idle in a transaction, instead of waiting for them")
 
     def week_input_dir(self, week: date) -> Path:
         return _under_root(self.input_dir.replace("{week}", week.isoformat()))

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import luigi
 import psycopg2.errors
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from pipeline import config, contracts
+from pipeline import config, contracts, db, publish
 from pipeline.base import StagingTask, WeekTask, published_table
 from pipeline.event_stage import CandidatesAtCutoff, TrainFromOutcomes
 
 BATCH_ROWS = 64_000
+WEEK_FIELD = pa.field("week", pa.date32())
 
 
 def week_contracts() -> tuple[contracts.Contract, ...]:
@@ -20,7 +24,9 @@ def week_contracts() -> tuple[contracts.Contract, ...]:
 
 
 class CheckInputs(WeekTask):
-    """Every file's whole schema, and the train file's positives, before anything of the week is staged.
+    """Every file's whole schema, and the train file's positives, before anything of the week is staged;
+    and that the week's tables can go live: the readers exist, and what depends on a live table
+    keeps every column it uses.
 
     Values are checked as each file streams into its table: a file is read once.
     """
@@ -39,8 +45,19 @@ class CheckInputs(WeekTask):
         contracts.check_week(folder, week_contracts())
         contracts.check_positives(folder / contracts.CANDIDATES_TRAIN.file, contracts.CANDIDATES_TRAIN.label,
                                   settings.random_seed, settings.holdout_share)
+        self.check_live_tables()
         with self.marking_once():
             pass
+
+    def check_live_tables(self) -> None:
+        from pipeline.wrapper import WeeklyRecs  # the week's tables; the wrapper's module imports this one
+
+        with db.connection() as conn, conn.cursor() as cur:
+            missing = publish.missing_roles(cur, config.postgres().readers)
+            if missing:
+                raise ValueError(f"[postgres] readers: no role named {', '.join(map(repr, missing))} in the database")
+            for task in WeeklyRecs(week=self.week).published():
+                task.check_dependents(cur)
 
 
 class LoadTask(StagingTask):
@@ -53,8 +70,7 @@ class LoadTask(StagingTask):
 
     def run(self) -> None:
         contract = self.full_contract()
-        path = config.pipeline().week_input_dir(self.week) / contract.file
-        parquet = contracts.open_parquet(path)
+        path, parquet = self.input_file()
         schema = contracts.output_schema(contract, path, parquet.schema_arrow)
         checker = contracts.BatchChecker(contract, path, schema)
         week = pa.scalar(self.week, pa.date32())
@@ -63,10 +79,18 @@ class LoadTask(StagingTask):
         try:
             self.stage(self.reporting(batches, parquet.metadata.num_rows,
                                       "loaded {done:,} of {total:,} rows into " + self.table),
-                       schema.append(pa.field("week", pa.date32())))
+                       schema.append(WEEK_FIELD))
         except psycopg2.errors.UniqueViolation as error:
             raise contracts.duplicate_key_error(path, contract.unique_key(schema.names),
                                                 error.diag.message_detail) from None
+
+    def input_file(self) -> tuple[Path, pq.ParquetFile]:
+        path = config.pipeline().week_input_dir(self.week) / self.contract.file
+        return path, contracts.open_parquet(path)
+
+    def planned_columns(self) -> tuple[Path, pa.Schema]:
+        path, parquet = self.input_file()
+        return path, contracts.output_schema(self.full_contract(), path, parquet.schema_arrow).append(WEEK_FIELD)
 
     def full_contract(self) -> contracts.Contract:
         """This file's contract as the week's check sees it."""
@@ -80,11 +104,13 @@ class LoadTask(StagingTask):
 class DefaultRecs(LoadTask):
     contract = contracts.TOP_POPULAR
     table = published_table("default_recs")
+    served = True
 
 
 class OnlineRecs(LoadTask):
     contract = contracts.SIMILAR
     table = published_table("online_recs")
+    served = True
     lookup_key = ("itemid_1",)
 
 

@@ -2,10 +2,19 @@
 
 The names a table takes, for `default_recs`:
 
-    default_recs                    the live week, which the web service reads (week in its comment)
-    default_recs__20261114          an archived week, kept for rollback (the last `retention` of them)
-    default_recs__staged_20261121   a week loaded and indexed but not live: not an archive, never
+    default_recs                    the live name the web service reads: a partitioned table that
+                                    keeps its identity (grants, views, functions on it) for ever;
+                                    the one partition attached to it is the live week (in its comment)
+    default_recs__20261121          a week's table: attached while the week is live, an archive
+                                    for rollback otherwise (the last `retention` of them are kept)
+    default_recs__staged_20261128   a week loaded and indexed but not live: not an archive, never
                                     rolled back to, dropped once that week or a later one goes live
+
+A week goes live by detaching the live partition and attaching the week's table: two catalog
+changes, whatever the table's size. Every staged table carries `CHECK (week = ...)`, so attaching
+it scans nothing. The parent takes the week's columns (added, dropped or retyped) while nothing is
+attached; a change that an object depending on the live name would not survive is refused before
+anything is staged (`refused_changes`).
 
 Every function here runs inside the caller's transaction, so a failure or a `kill -9` at any
 point leaves the live tables, their comments and the archives exactly as they were.
@@ -20,8 +29,9 @@ from datetime import date, datetime
 
 from psycopg2 import sql
 
-_ARCHIVE = re.compile(r"__(\d{8})$")
+_WEEK = re.compile(r"__(\d{8})$")
 _STAGED = re.compile(r"__staged_(\d{8})$")
+WEEK_CHECK = "week_is"
 
 
 def lock(cur, *names: str) -> None:
@@ -30,7 +40,8 @@ def lock(cur, *names: str) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (zlib.crc32(name.encode()),))
 
 
-def archive_name(table: str, week: date) -> str:
+def week_name(table: str, week: date) -> str:
+    """The table that holds `week` once it has gone live: attached while live, an archive after."""
     return f"{table}__{week:%Y%m%d}"
 
 
@@ -39,8 +50,7 @@ def staged_name(table: str, week: date) -> str:
 
 
 def exists(cur, table: str) -> bool:
-    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{table}"',))
-    return cur.fetchone()[0]
+    return _kind(cur, table) is not None
 
 
 def live_week(cur, table: str) -> date | None:
@@ -52,12 +62,11 @@ def live_week(cur, table: str) -> date | None:
 
 def week_table(cur, table: str, week: date) -> str:
     """The physical table that holds `week` of `table`: staged, live or archived."""
-    if exists(cur, staged_name(table, week)):
-        return staged_name(table, week)
+    for name in (staged_name(table, week), week_name(table, week)):
+        if exists(cur, name):
+            return name
     if live_week(cur, table) == week:
-        return table
-    if exists(cur, archive_name(table, week)):
-        return archive_name(table, week)
+        return table  # a live table of the layout before partitions, until its first publish
     raise LookupError(f"{table}: week {week} is neither staged, live nor archived")
 
 
@@ -70,50 +79,125 @@ def holds_week(cur, table: str, week: date) -> bool:
 
 
 def stage(cur, table: str, week: date, columns: sql.Composable) -> str:
-    """A fresh staging table for the week, replacing one a forgotten run left."""
+    """A fresh staging table for the week, replacing one a forgotten run left.
+
+    Its week check makes attaching it a catalog change: PostgreSQL sees that no row can break the
+    partition's bound without scanning one.
+    """
     staged = staged_name(table, week)
     cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(staged)))
-    cur.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(staged), columns))
+    cur.execute(sql.SQL("CREATE TABLE {} ({}, CONSTRAINT {} {})").format(
+        sql.Identifier(staged), columns, sql.Identifier(WEEK_CHECK), _week_check(week)))
     return staged
 
 
 def go_live(cur, tables: Iterable[str], week: date, retention: int) -> None:
     """Swap the week's staged tables in together; a week older than the live one goes to its archive.
 
-    The caller holds the tables' locks. A table whose stage is missing fails the whole swap.
+    The caller holds the tables' advisory locks and has set a `lock_timeout`: the live names are
+    locked first, so that no change is made before every one of them is held.
     """
     tables = list(tables)
     missing = [table for table in tables if not exists(cur, staged_name(table, week))]
     if missing:
         raise LookupError(f"week {week} cannot go live: not staged in {', '.join(missing)}")
+    _lock_live_names(cur, tables)
     for table in tables:
         current = live_week(cur, table)
         if current is not None and week < current:
-            _rename(cur, staged_name(table, week), archive_name(table, week))
+            _rename(cur, staged_name(table, week), week_name(table, week))
             continue
-        if current is not None:
-            _rename(cur, table, archive_name(table, current))
-        _rename(cur, staged_name(table, week), table)
-        _comment(cur, table, week)
+        _put_live(cur, table, week, staged_name(table, week))
         _drop_stale_stages(cur, table, week)
     for table in tables:
         for expired in archived_weeks(cur, table)[retention:]:
-            cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(archive_name(table, expired))))
+            cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(week_name(table, expired))))
 
 
 def roll_back(cur, tables: Iterable[str], week: date) -> None:
-    """Put the archived `week` live in every table, each live week going back to its archive."""
+    """Put the archived `week` live in every table; the live week stays as its archive."""
+    tables = list(tables)
+    _lock_live_names(cur, tables)
     for table in tables:
-        current = live_week(cur, table)
-        if current is not None:
-            _rename(cur, table, archive_name(table, current))
-        _rename(cur, archive_name(table, week), table)
-        _comment(cur, table, week)
+        _put_live(cur, table, week, week_name(table, week))
+
+
+def prepare_archive(cur, table: str, week: date) -> None:
+    """Give an archive of the layout before partitions its week check, so that attaching it scans
+    nothing: run in a transaction of its own, since the check reads the whole archive once."""
+    name = week_name(table, week)
+    cur.execute("SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass(%s) AND conname = %s",
+                (f'"{name}"', WEEK_CHECK))
+    if cur.fetchone() is None:
+        cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+            sql.Identifier(name), sql.Identifier(WEEK_CHECK), _week_check(week)))
+
+
+def grant_readers(cur, tables: Iterable[str], readers: Iterable[str]) -> None:
+    """`SELECT` on the served names, which keep it for every week they serve; nothing else."""
+    for table in tables:
+        for role in readers:
+            cur.execute("SELECT has_table_privilege(%s, to_regclass(%s), 'SELECT')", (role, f'"{table}"'))
+            if not cur.fetchone()[0]:
+                cur.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(table), sql.Identifier(role)))
+
+
+def missing_roles(cur, roles: Iterable[str]) -> list[str]:
+    roles = list(roles)
+    cur.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (roles,))
+    found = {name for (name,) in cur.fetchall()}
+    return [role for role in roles if role not in found]
+
+
+def refused_changes(cur, table: str, columns: dict[str, str]) -> list[tuple[str, str]]:
+    """What of a week's `columns` (name: PostgreSQL type) the objects that depend on the live
+    `table` would not survive: a column they use that the week drops or retypes."""
+    live = table_columns(cur, table)
+    used = dependents(cur, table)
+    problems = []
+    for column, kind in live.items():
+        users = ", ".join(used.get(column, []))
+        if users and column not in columns:
+            problems.append((column, f"the week has no column {column!r}, which {users} uses in {table}"))
+        elif users and _canonical(cur, columns[column]) != kind:
+            problems.append((column, f"the week's {column!r} is {columns[column]}, not {kind}, and {users} "
+                                     f"uses it in {table}"))
+    return problems
+
+
+def dependents(cur, table: str) -> dict[str, list[str]]:
+    """Views and SQL functions that use each column of `table` (column '' for the whole row)."""
+    used: dict[str, list[str]] = {}
+    for column, _, _, described in _dependent_objects(cur, table):
+        used.setdefault(column, []).append(described)
+    return used
+
+
+def _dependent_objects(cur, table: str) -> list[tuple[str, str, int, str]]:
+    """(column, catalog, object, description) of every object bound to `table` by a normal dependency:
+    a view through its rewrite rule, a SQL function with a `BEGIN ATOMIC` body, a constraint."""
+    cur.execute(
+        "SELECT DISTINCT coalesce(a.attname, ''), o.catalog::text, o.object, pg_describe_object(o.catalog, o.object, 0)"
+        " FROM pg_depend d LEFT JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid"
+        " LEFT JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid,"
+        " LATERAL (SELECT CASE WHEN r.oid IS NULL THEN d.classid ELSE 'pg_class'::regclass END AS catalog,"
+        "          coalesce(r.ev_class, d.objid) AS object) o"
+        " WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = to_regclass(%s) AND d.deptype = 'n'"
+        " AND o.object <> d.refobjid ORDER BY 1, 4", (f'"{table}"',))
+    return cur.fetchall()
+
+
+def table_columns(cur, table: str) -> dict[str, str]:
+    """Name: type, in order, as PostgreSQL names them."""
+    cur.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+                " AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (f'"{table}"',))
+    return dict(cur.fetchall())
 
 
 def archived_weeks(cur, table: str) -> list[date]:
-    """Newest first; staged weeks are not archives."""
-    return sorted((_week(match) for match in _matches(cur, table, _ARCHIVE)), reverse=True)
+    """Newest first; neither the live week nor staged weeks are archives."""
+    live = live_week(cur, table)
+    return sorted((w for w in map(_week, _matches(cur, table, _WEEK)) if w != live), reverse=True)
 
 
 def staged_weeks(cur, table: str) -> list[date]:
@@ -123,6 +207,113 @@ def staged_weeks(cur, table: str) -> list[date]:
 def row_count(cur, table: str) -> int:
     cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
     return cur.fetchone()[0]
+
+
+def _lock_live_names(cur, tables: list[str]) -> None:
+    """All live names at once, before any change: a reader waits for the swap, never for a half of it."""
+    live = [table for table in tables if exists(cur, table)]
+    if live:
+        cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+            sql.SQL(", ").join(map(sql.Identifier, live))))
+
+
+def _put_live(cur, table: str, week: date, source: str) -> None:
+    """Detach the live week, shape the live name like `source`, attach `source` as `week`."""
+    kind = _kind(cur, table)
+    if kind == "r":
+        _partition_in_place(cur, table)
+    elif kind is None:
+        _create_partitioned(cur, table, table_columns(cur, source))
+    for (attached,) in _attached(cur, table):
+        cur.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
+            sql.Identifier(table), sql.Identifier(attached)))
+    target = week_name(table, week)
+    if source != target:
+        _rename(cur, source, target)  # a redo of the live week replaces it
+    _reshape(cur, table, table_columns(cur, target))
+    cur.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ({})").format(
+        sql.Identifier(table), sql.Identifier(target), sql.Literal(week)))
+    cur.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
+        sql.Identifier(table), sql.Literal(f"week={week.isoformat()}")))
+
+
+def _partition_in_place(cur, table: str) -> None:
+    """A deployment of the layout before partitions: its live table becomes its week's archive and a
+    partitioned table takes its name, its grants and everything that depended on it."""
+    week = live_week(cur, table)
+    rebind = _definitions_of_dependents(cur, table)
+    cur.execute("SELECT privilege_type, CASE grantee WHEN 0 THEN 'PUBLIC' ELSE grantee::regrole::text END,"
+                " is_grantable FROM pg_class, aclexplode(relacl) WHERE oid = to_regclass(%s) AND grantee <> relowner",
+                (f'"{table}"',))
+    grants = cur.fetchall()
+    _rename(cur, table, week_name(table, week))
+    _create_partitioned(cur, table, table_columns(cur, week_name(table, week)))
+    for privilege, grantee, grantable in grants:
+        cur.execute(sql.SQL("GRANT {} ON {} TO {}" + (" WITH GRANT OPTION" if grantable else "")).format(
+            sql.SQL(privilege), sql.Identifier(table), sql.SQL(grantee)))
+    for definition in rebind:
+        cur.execute(definition)
+
+
+def _definitions_of_dependents(cur, table: str) -> list[str]:
+    """`CREATE OR REPLACE` statements of the views and SQL functions bound to `table`: run once a new
+    table has its name, they bind to it and keep their own identity, grants and dependents."""
+    statements = []
+    for catalog, oid, described in sorted({row[1:] for row in _dependent_objects(cur, table)}):
+        if catalog == "pg_proc":
+            cur.execute("SELECT pg_get_functiondef(%s)", (oid,))
+        elif described.startswith("view "):
+            cur.execute("SELECT format('CREATE OR REPLACE VIEW %%s %%s AS %%s', oid::regclass, 'WITH ('"
+                        " || array_to_string(reloptions, ', ') || ')', pg_get_viewdef(oid)) FROM pg_class"
+                        " WHERE oid = %s", (oid,))
+        else:
+            raise RuntimeError(f"{table}: {described} depends on it and cannot be carried over to the partitioned "
+                               "layout; drop it, publish the week, and create it again")
+        statements.append(cur.fetchone()[0])
+    return statements
+
+
+def _create_partitioned(cur, table: str, columns: dict[str, str]) -> None:
+    cur.execute(sql.SQL("CREATE TABLE {} ({}) PARTITION BY LIST (week)").format(
+        sql.Identifier(table), sql.SQL(", ").join(
+            sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(kind)) for name, kind in columns.items())))
+
+
+def _reshape(cur, table: str, columns: dict[str, str]) -> None:
+    """The live name takes the week's columns; nothing is attached, so this changes only the catalog.
+
+    Dependent objects make PostgreSQL refuse to drop or retype a column they use, which
+    `refused_changes` reports before any staging.
+    """
+    live = table_columns(cur, table)
+    for name, kind in live.items():
+        if name not in columns or columns[name] != kind:
+            cur.execute(sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(sql.Identifier(table), sql.Identifier(name)))
+    for name, kind in columns.items():
+        if live.get(name) != kind:
+            cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                sql.Identifier(table), sql.Identifier(name), sql.SQL(kind)))
+
+
+def _attached(cur, table: str) -> list[tuple[str]]:
+    cur.execute("SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = to_regclass(%s)",
+                (f'"{table}"',))
+    return [(name.strip('"'),) for (name,) in cur.fetchall()]
+
+
+def _kind(cur, table: str) -> str | None:
+    cur.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", (f'"{table}"',))
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def _canonical(cur, kind: str) -> str:
+    cur.execute("SELECT format_type(%s::regtype, NULL)", (kind,))
+    return cur.fetchone()[0]
+
+
+def _week_check(week: date) -> sql.Composable:
+    return sql.SQL("CHECK (week IS NOT NULL AND week = {})").format(sql.Literal(week))
 
 
 def _matches(cur, table: str, pattern: re.Pattern) -> list[re.Match]:
@@ -145,8 +336,3 @@ def _drop_stale_stages(cur, table: str, live: date) -> None:
 def _rename(cur, table: str, new_name: str) -> None:
     cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(new_name)))
     cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(table), sql.Identifier(new_name)))
-
-
-def _comment(cur, table: str, week: date) -> None:
-    cur.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
-        sql.Identifier(table), sql.Literal(f"week={week.isoformat()}")))

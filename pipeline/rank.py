@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from datetime import date
 from functools import cached_property
+from pathlib import Path
 
 import luigi
 import pyarrow as pa
@@ -189,9 +190,15 @@ class RankCandidates(StagingTask):
 
     table = published_table("candidates_ranked")
     unique_key = ("user_id", "item_id")
+    served = True
 
     def inputs(self) -> dict[str, LoadTask]:
         return {"train": TrainCandidates(week=self.week), "inference": InferenceCandidates(week=self.week)}
+
+    def planned_columns(self) -> tuple[Path, pa.Schema]:
+        """The inference candidates' columns, scored and ranked (as `TrainRanker.store` stages them)."""
+        path, schema = self.inputs()["inference"].planned_columns()
+        return path, schema.append(pa.field("cb_score", pa.float64())).append(pa.field("rank", pa.int32()))
 
     def requires(self) -> dict:
         """The shards too where their count is known when the week is scheduled, so that every worker
@@ -303,10 +310,13 @@ def previous_ndcg(conn, metrics_table: str, week: date) -> tuple[float, float | 
 
 
 def _add_error_columns(cur, metrics_table: str) -> None:
-    """Columns later versions record, added to a deployment's existing table."""
+    """Columns later versions record, added to a deployment's existing table: only where missing, since
+    `ALTER TABLE` would wait for (and queue up) the readers of the table."""
+    present = publish.table_columns(cur, metrics_table)
     for column in ("available_rows bigint", "ndcg_se double precision", "ndcg_vs_als_se double precision",
                    "groups bigint"):
-        cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS " + column).format(sql.Identifier(metrics_table)))
+        if column.split()[0] not in present:
+            cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN " + column).format(sql.Identifier(metrics_table)))
 
 
 def writable_model_dir(path: os.PathLike) -> os.PathLike:

@@ -4,9 +4,10 @@
     python -m pipeline.rollback 2026-11-14  that week
     python -m pipeline.rollback --list      the weeks there are, with their row counts
 
-One transaction, under the same locks as publishing: the web service sees the live week or the
-restored one, whole. The week that was live goes to its archive, so a second rollback (naming it)
-undoes the first. Staged weeks that never went live are not offered.
+One transaction, under the same locks as publishing and waiting for readers the same way: the web
+service sees the live week or the restored one, whole, and never queues behind the swap. The week
+that was live stays as its archive, so a second rollback (naming it) undoes the first. Staged weeks
+that never went live are not offered.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import argparse
 from datetime import date
 
-from pipeline import db, publish
+from pipeline import config, db, live_locks, publish
 from pipeline.wrapper import WeeklyRecs
 
 
@@ -22,8 +23,12 @@ class RollbackError(RuntimeError):
     """The week asked for is not whole in every table; nothing was changed."""
 
 
+def this_week() -> WeeklyRecs:
+    return WeeklyRecs(week=date.today())
+
+
 def published_tables() -> list[str]:
-    return [task.table for task in WeeklyRecs(week=date.today()).published()]
+    return [task.table for task in this_week().published()]
 
 
 def available_weeks(cur, tables: list[str]) -> dict[date, dict[str, int | None]]:
@@ -37,20 +42,40 @@ def roll_back(week: date | None = None) -> date:
     """Returns the week now live."""
     tables = published_tables()
     with db.connection() as conn, conn.cursor() as cur:
-        publish.lock(cur, WeeklyRecs.table, *tables)
-        live = {publish.live_week(cur, table) for table in tables}
-        if len(live) != 1 or None in live:
-            raise RollbackError(f"the published tables hold different weeks ({_weeks(live)}); nothing changed")
-        (current,) = live
-        archived = sorted(set.intersection(*(set(publish.archived_weeks(cur, table)) for table in tables)))
-        target = week or max((w for w in archived if w < current), default=None)
-        if target is None or target not in archived:
-            wanted = f"week {target}" if target else f"a week before {current}"
-            raise RollbackError(f"{wanted} is not archived in all of {', '.join(tables)} "
-                                f"(complete weeks: {_weeks(archived) or 'none'}); nothing changed")
-        publish.roll_back(cur, tables, target)
+        target = _target(cur, tables, week)
+        for table in tables:
+            publish.prepare_archive(cur, table, target)
         conn.commit()
+    live_locks.when_unblocked(lambda: _put_live(tables, target), tables, f"rollback to week {target} not done")
     return target
+
+
+def _target(cur, tables: list[str], week: date | None) -> date:
+    live = {publish.live_week(cur, table) for table in tables}
+    if len(live) != 1 or None in live:
+        raise RollbackError(f"the published tables hold different weeks ({_weeks(live)}); nothing changed")
+    (current,) = live
+    archived = sorted(set.intersection(*(set(publish.archived_weeks(cur, table)) for table in tables)))
+    target = week or max((w for w in archived if w < current), default=None)
+    if target is None or target not in archived:
+        wanted = f"week {target}" if target else f"a week before {current}"
+        raise RollbackError(f"{wanted} is not archived in all of {', '.join(tables)} "
+                            f"(complete weeks: {_weeks(archived) or 'none'}); nothing changed")
+    for table in tables:
+        for column, problem in publish.refused_changes(cur, table, publish.table_columns(
+                cur, publish.week_name(table, target))):
+            raise RollbackError(f"{publish.week_name(table, target)}, column {column!r}: {problem}; nothing changed")
+    return target
+
+
+def _put_live(tables: list[str], week: date) -> None:
+    with db.connection() as conn, conn.cursor() as cur:
+        publish.lock(cur, WeeklyRecs.table, *tables)
+        _target(cur, tables, week)  # still whole, now that no publish can change it
+        live_locks.bounded(cur)
+        publish.roll_back(cur, tables, week)
+        publish.grant_readers(cur, this_week().served_tables(), config.postgres().readers)
+        conn.commit()
 
 
 def _rows(cur, table: str, week: date) -> int | None:
@@ -79,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     week = WeeklyRecs(week=args.week).week if args.week else None
     try:
         print(f"week {roll_back(week)} is live again in {', '.join(published_tables())}")
-    except RollbackError as error:
+    except (RollbackError, live_locks.LiveTablesBusy) as error:
         raise SystemExit(f"rollback refused: {error}") from None
 
 

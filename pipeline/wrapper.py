@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from pipeline import config, db, publish
+from pipeline import config, db, live_locks, publish
 from pipeline.base import StagingTask, WeekTask
 from pipeline.load import DefaultRecs, OnlineRecs
-from pipeline.rank import RankCandidates
+from pipeline.rank import RankCandidates, TrainRanker
 
 
 class WeeklyRecs(WeekTask):
     """Puts the week's five staged tables live in one transaction, with its marker: the week is whole.
 
-    Until then the web service reads last week, all of it; after any failure it still does.
+    Until then the web service reads last week, all of it; after any failure it still does. The
+    swap never keeps the web service waiting: it takes the live names only when no one holds them
+    (`pipeline.live_locks`), and shows in the visualizer whom it waits for.
     """
 
     table = "weekly_recs"
@@ -33,16 +35,27 @@ class WeeklyRecs(WeekTask):
                     for task in self.published()}
 
     def run(self) -> None:
+        tables = [task.table for task in self.published()]
+        live_locks.when_unblocked(self.put_live, tables, f"week {self.week} not published", self.set_status_message)
+        with db.connection() as conn:
+            counts = self.row_counts(conn)
+        print(week_summary(self.week, counts, str(db.server())))
+
+    def put_live(self) -> None:
         with self.marking_once() as transaction:
             if transaction is None:
                 return
-            conn, cur = transaction
+            _, cur = transaction
+            live_locks.bounded(cur)
             tasks = self.published()
             publish.go_live(cur, [task.table for task in tasks], self.week, config.pipeline().retention)
             for task in tasks:
                 task.go_live_alongside(cur)
-            counts = self.row_counts(conn)
-        print(week_summary(self.week, counts, str(db.server())))
+            publish.grant_readers(cur, self.served_tables(), config.postgres().readers)
+
+    def served_tables(self) -> list[str]:
+        """What the web service reads: the served tables' live names and the model's metrics."""
+        return [task.table for task in self.published() if task.served] + [TrainRanker(week=self.week).metrics_table]
 
 
 def week_summary(week, counts: dict[str, int], where: str) -> str:

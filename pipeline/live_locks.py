@@ -1,0 +1,101 @@
+"""Taking the live names without making their readers wait.
+
+Swapping a week in needs an exclusive lock on each live name for a moment. While a reader (an
+analyst's open transaction, a long report) holds one, the lock cannot be had; and while the
+swap waits in the lock queue, every reader that comes after it waits behind it. So each attempt
+waits at most `[pipeline] lock_timeout`, then gives up its place, backs off and tries again, for
+up to `[pipeline] publish_wait`: readers queue for a fraction of a second at worst, and the week
+goes live within seconds of the blocker's end. Past the wait the publish fails, naming the blocker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import psycopg2.errors
+import tenacity
+
+from pipeline import config, db
+
+log = logging.getLogger("luigi-interface")
+T = TypeVar("T")
+
+
+class LiveTablesBusy(RuntimeError):
+    """The live names stayed held past `[pipeline] publish_wait`; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """A session holding a lock on a live name (or its live partition)."""
+
+    pid: int
+    application: str
+    state: str | None
+    transaction_s: float | None
+    relation: str
+
+    def __str__(self) -> str:
+        state = self.state or "state hidden: grant pg_read_all_stats to see it"
+        held = f", transaction open {self.transaction_s:.0f} s" if self.transaction_s is not None else ""
+        return f"pid {self.pid} ({self.application or 'no application_name'}, {state}{held}) holding {self.relation}"
+
+
+def bounded(cur) -> None:
+    """Every lock this transaction waits for from now on, it waits for at most `lock_timeout`."""
+    cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{round(config.pipeline().lock_timeout * 1000)}ms",))
+
+
+def when_unblocked(work: Callable[[], T], tables: Iterable[str], what: str,
+                   report: Callable[[str], None] = log.info) -> T:
+    """Run `work` (one transaction that takes its locks under `bounded`) until it gets them.
+
+    `report` is told, between attempts, who holds the tables; `what` names the change for errors.
+    """
+    settings, tables = config.pipeline(), list(tables)
+
+    def waiting(state: tenacity.RetryCallState) -> None:
+        holders = blockers(tables)
+        if settings.terminate_idle_blockers:
+            holders = [holder for holder in holders if not _terminated_if_idle(holder)]
+        report(f"waiting {state.seconds_since_start:.0f} s of {settings.publish_wait:.0f} s for the live tables: "
+               + ("; ".join(map(str, holders)) or "their holder has just ended"))
+
+    attempts = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(psycopg2.errors.LockNotAvailable),
+        stop=tenacity.stop_after_delay(settings.publish_wait),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.1), before_sleep=waiting)
+    try:
+        return attempts(work)
+    except tenacity.RetryError:
+        holders = "; ".join(map(str, blockers(tables))) or "sessions that have just ended"
+        raise LiveTablesBusy(f"{what}: the live tables were held for more than {settings.publish_wait:.0f} s "
+                             f"([pipeline] publish_wait) by {holders}; nothing was changed, rerun to publish") from None
+
+
+def blockers(tables: list[str]) -> list[Blocker]:
+    """Other sessions holding a lock on the tables or on what is attached to them."""
+    with db.connection() as conn, conn.cursor() as cur:
+        cur.execute(
+            "WITH held AS (SELECT to_regclass(quote_ident(name)) AS oid FROM unnest(%s::text[]) name)"
+            " SELECT DISTINCT ON (l.pid) l.pid, coalesce(a.application_name, ''), a.state,"
+            "  extract(epoch FROM now() - a.xact_start)::float8, l.relation::regclass::text"
+            " FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.granted AND l.pid <> pg_backend_pid() AND l.relation IN"
+            "  (SELECT oid FROM held UNION SELECT inhrelid FROM pg_inherits WHERE inhparent IN (SELECT oid FROM held))"
+            " ORDER BY l.pid, l.relation::regclass::text", (tables,))
+        return [Blocker(*row) for row in cur.fetchall()]
+
+
+def _terminated_if_idle(holder: Blocker) -> bool:
+    """`[pipeline] terminate_idle_blockers`: a session idle in its transaction holds its locks and does nothing."""
+    if not (holder.state or "").startswith("idle in transaction"):
+        return False
+    with db.connection() as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s)", (holder.pid,))
+        (done,) = cur.fetchone()
+    log.warning("terminated %s: idle in its transaction ([pipeline] terminate_idle_blockers)", holder)
+    return done
