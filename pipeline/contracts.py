@@ -92,16 +92,23 @@ def check_week(folder: Path, contracts: tuple[Contract, ...]) -> None:
                 _refuse_ids_beyond_int64(path, name, parquet.iter_batches(columns=[name]))
 
 
-def check_positives(path: Path, label: str, seed: int, holdout_share: float) -> None:
-    """Validation and training each need users with a positive; too few is refused with the numbers."""
+def check_positives(path: Path, contract: Contract, seed: int, holdout_share: float) -> None:
+    """Validation and training each need users with a positive; too few is refused with the numbers.
+
+    The users and labels are checked as the load will check them (nulls, NaN, fractions, values
+    other than 0 and 1), since they are read here before any load.
+    """
     parquet = open_parquet(path)
+    columns = ["user_id", contract.label]
+    schema = output_schema(contract, path, parquet.schema_arrow)
+    checker = BatchChecker(contract, path, pa.schema([schema.field(column) for column in columns]))
     positive_users = np.unique(np.concatenate([
-        batch.column("user_id").to_numpy()[batch.column(label).to_numpy(zero_copy_only=False) == 1]
-        for batch in parquet.iter_batches(columns=["user_id", label])]))
+        batch.column("user_id").to_numpy()[batch.column(contract.label).to_numpy() == 1]
+        for batch in checker.checked(parquet.iter_batches(columns=columns))]))
     validating = int(held_out(positive_users, seed, holdout_share).sum())
     training = len(positive_users) - validating
     if min(validating, training) < MIN_USERS_WITH_A_POSITIVE:
-        raise ContractError(path, label, f"{len(positive_users)} users have a positive: {validating} in the "
+        raise ContractError(path, contract.label, f"{len(positive_users)} users have a positive: {validating} in the "
                             f"held-out share ({holdout_share}) and {training} to train on; each needs at least "
                             f"{MIN_USERS_WITH_A_POSITIVE}")
 
@@ -206,9 +213,10 @@ class BatchChecker:
         columns = []
         for field in self.schema:
             column = batch.column(field.name)
-            if field.name in self.contract.ids and column.null_count:
+            if column.null_count and field.name in self.contract.ids + (self.contract.label,):
                 row = self.rows_seen + _first(pc.is_null(column))
-                raise ContractError(self.path, field.name, f"null ids are not allowed (first at row {row})")
+                what = "ids" if field.name in self.contract.ids else "labels"
+                raise ContractError(self.path, field.name, f"null {what} are not allowed (first at row {row})")
             columns.append(self._cast(field, column))
         checked = pa.RecordBatch.from_arrays(columns, schema=self.schema)
         if self.contract.label:
@@ -223,7 +231,8 @@ class BatchChecker:
         except pa.ArrowInvalid:
             if not pa.types.is_floating(column.type):
                 raise  # uint64 beyond int64: refused by check_week before any load
-            index = _first(pc.not_equal(column, pc.floor(column)))
+            whole = pc.and_(pc.is_finite(column), pc.equal(column, pc.floor(column)))
+            index = _first(pc.invert(pc.and_(whole, pc.less(pc.abs(column), 2.0 ** 63))))
             raise ContractError(self.path, field.name, f"must hold integers, found {column[index].as_py()!r} "
                                 f"at row {self.rows_seen + index}") from None
 

@@ -43,7 +43,7 @@ class CheckInputs(WeekTask):
         settings = config.pipeline()
         folder = settings.week_input_dir(self.week)
         contracts.check_week(folder, week_contracts())
-        contracts.check_positives(folder / contracts.CANDIDATES_TRAIN.file, contracts.CANDIDATES_TRAIN.label,
+        contracts.check_positives(folder / contracts.CANDIDATES_TRAIN.file, contracts.CANDIDATES_TRAIN,
                                   settings.random_seed, settings.holdout_share)
         self.check_live_tables()
         with self.marking_once():

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import WeeklyRecs
+from pipeline.contracts import CANDIDATES_TRAIN, ContractError, check_positives
 from tests.conftest import WEEK, apply_settings, live_state, query, run_luigi, run_tasks
 
 TASK_FAILED = 30  # [retcode] task_failed in luigi.cfg
@@ -84,6 +85,10 @@ def target_not_binary(folder, settings):
     rewrite(folder, "candidates_train.parquet", lambda t: with_value(t, "target", 5, 2))
 
 
+def null_user_in_train(folder, settings):
+    rewrite(folder, "candidates_train.parquet", lambda t: with_value(t, "user_id", 17, None))
+
+
 def single_class(folder, settings):
     rewrite(folder, "candidates_train.parquet",
             lambda t: replace_column(t, "target", pa.array([1] * t.num_rows, pa.int64())))
@@ -141,6 +146,7 @@ CASES = {
     duplicate_outcomes: ("candidates_train.parquet", ", column 'outcome_week, user_id, item_id': duplicate rows: "
                          "Key (outcome_week, user_id, item_id)=(2026-11-14, "),
     target_not_binary: ("candidates_train.parquet", ", column 'target': must be 0 or 1, found 2"),
+    null_user_in_train: ("candidates_train.parquet", ", column 'user_id': null ids are not allowed (first at row 17)"),
     single_class: ("candidates_train.parquet", ", column 'target': a single class only"),
     one_user_has_every_positive: ("candidates_train.parquet", ", column 'target': 1 users have a positive: 0 in the "
                                   "held-out share (0.2) and 1 to train on; each needs at least 5"),
@@ -204,3 +210,37 @@ def test_extra_columns_of_every_loadable_type_go_live_with_faithful_types(settin
     row = query(conn, "SELECT seen_at, price, tags, brand, meta, thumb FROM default_recs LIMIT 1")[0]
     assert row[:5] == (moment, decimal.Decimal("19.99"), ["new", "sale"], "acme", {"color": "red"})
     assert bytes(row[5]) == b"\x89PNG"
+
+
+def as_float(table: pa.Table, name: str) -> pa.Table:
+    return replace_column(table, name, pc.cast(table.column(name), pa.float64()))
+
+
+POSITIVES_CASES = {
+    "null user": (lambda t: with_value(t, "user_id", 17, None), "'user_id': null ids are not allowed (first at row 17)"),
+    "null target": (lambda t: with_value(t, "target", 9, None), "'target': null labels are not allowed (first at row 9)"),
+    "NaN target": (lambda t: with_value(as_float(t, "target"), "target", 4, float("nan")),
+                   "'target': must hold integers, found nan at row 4"),
+    "NaN user": (lambda t: with_value(as_float(t, "user_id"), "user_id", 6, float("nan")),
+                 "'user_id': must hold integers, found nan at row 6"),
+    "infinite user": (lambda t: with_value(as_float(t, "user_id"), "user_id", 2, float("inf")),
+                      "'user_id': must hold integers, found inf at row 2"),
+    "fractional target": (lambda t: with_value(as_float(t, "target"), "target", 3, 0.5),
+                          "'target': must hold integers, found 0.5 at row 3"),
+    "target of 3": (lambda t: with_value(t, "target", 8, 3), "'target': must be 0 or 1, found 3"),
+    "string target": (lambda t: replace_column(t, "target", pc.cast(t.column("target"), pa.string())),
+                      "'target': must hold integers, found string"),
+}
+
+
+@pytest.mark.parametrize("case", POSITIVES_CASES)
+def test_the_positives_check_meets_every_value_shape_with_the_file_column_and_row(case, input_dir):
+    """It reads users and labels before any load has checked them: each shape is refused by name."""
+    change, problem = POSITIVES_CASES[case]
+    rewrite(input_dir, "candidates_train.parquet", change)
+    path = input_dir / "candidates_train.parquet"
+
+    with pytest.raises(ContractError) as refused:
+        check_positives(path, CANDIDATES_TRAIN, seed=42, holdout_share=0.2)
+
+    assert str(refused.value) == f"{path}, column {problem}"
