@@ -90,6 +90,39 @@ def database(pg_socket_dir) -> Iterator[str]:
     admin.close()
 
 
+class Reader:
+    """The web service's login role: granted what `[postgres] readers` grants, never the pipeline's owner."""
+
+    def __init__(self, socket_dir: str, database: str):
+        self.name, self.socket_dir, self.database = f"websvc_{uuid.uuid4().hex[:8]}", socket_dir, database
+
+    def connect(self, application_name: str = "web-service") -> psycopg2.extensions.connection:
+        return psycopg2.connect(host=self.socket_dir, dbname=self.database, user=self.name,
+                                password=self.name, application_name=application_name)
+
+    def read(self, statement: str, *params) -> list[tuple]:
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.execute(statement, params or None)
+            rows = cur.fetchall()
+        conn.close()
+        return rows
+
+
+@pytest.fixture
+def reader(pg_socket_dir, database, settings, tmp_path) -> Iterator[Reader]:
+    """A login role of its own, listed in `[postgres] readers`."""
+    role = Reader(pg_socket_dir, database)
+    admin = psycopg2.connect(host=pg_socket_dir, dbname=database, user="postgres")
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE ROLE {role.name} LOGIN PASSWORD '{role.name}'")
+    settings["postgres"]["readers"] = f'["{role.name}"]'
+    apply_settings(settings, tmp_path / "luigi.cfg")
+    yield role
+    admin.cursor().execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role.name}'")
+    admin.cursor().execute(f"DROP OWNED BY {role.name}; DROP ROLE {role.name}")
+    admin.close()
+
+
 @pytest.fixture
 def input_dir(tmp_path, sample_week) -> Path:
     """A writable copy of the sample week, for tests that break or change a file."""

@@ -1,0 +1,194 @@
+"""What the web service reads survives every publish: its role's grants, its DBA's views and
+functions, and the reads themselves, whatever weeks go live, roll back, are redone or backfilled.
+
+Read as the web service reads: as a login role of its own (`[postgres] readers`), not the owner.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import timedelta
+
+import psycopg2
+import psycopg2.errors
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import WeeklyRecs, publish, serving
+from pipeline.load import DefaultRecs
+from tests.conftest import (
+    NEXT_WEEK,
+    PUBLISHED_TABLES,
+    ROOT,
+    WEEK,
+    apply_settings,
+    live_state,
+    query,
+    run_luigi,
+    run_tasks,
+)
+
+SERVED = ("default_recs", "online_recs", "candidates_ranked", "model_metrics")
+
+
+def module(config_file, name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"pipeline.{name}", *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "LUIGI_CONFIG_PATH": str(config_file)})
+
+
+def dba_builds_on_the_live_tables(conn, reader) -> None:
+    """What a web service's DBA does once the first week is live: a view and a function, granted."""
+    conn.cursor().execute(f"""
+        CREATE VIEW service_recs AS SELECT user_id, item_id, rank, week FROM candidates_ranked WHERE rank <= 10;
+        GRANT SELECT ON service_recs TO {reader.name};
+        CREATE FUNCTION popular_items(k int) RETURNS TABLE (item_id bigint, week date) LANGUAGE sql STABLE
+        BEGIN ATOMIC SELECT item_id, week FROM default_recs ORDER BY items_cnt DESC, item_id LIMIT k; END;
+        GRANT EXECUTE ON FUNCTION popular_items(int) TO {reader.name};""")
+
+
+def assert_the_reader_sees_exactly_the_live_week(conn, reader, week) -> list[str]:
+    """Every served name and the DBA's objects show `week`; everything else is refused. Returns what was refused."""
+    for table in (*SERVED[:3], "service_recs"):
+        assert reader.read(f"SELECT DISTINCT week FROM {table}") == [(week,)], table
+    assert (week,) in reader.read("SELECT week FROM model_metrics")
+    assert reader.read("SELECT * FROM popular_items(3)") == query(
+        conn, "SELECT item_id, week FROM default_recs ORDER BY items_cnt DESC, item_id LIMIT 3")
+    internal = [name for (name,) in query(conn, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                                                " AND (tablename LIKE '%%\\_\\_%%' OR tablename IN"
+                                                " ('table_updates', 'ranker_models', 'candidates_train',"
+                                                "  'candidates_inference'))")]
+    for table in internal:
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            reader.read(f'SELECT 1 FROM "{table}" LIMIT 1')
+    return internal
+
+
+def test_grants_views_and_functions_hold_through_seven_weeks_a_rollback_and_a_redo(settings, config_file, conn,
+                                                                                   reader):
+    weeks = [WEEK - timedelta(weeks=6 - k) for k in range(7)]
+    run_tasks(WeeklyRecs(week=weeks[0]))
+    dba_builds_on_the_live_tables(conn, reader)
+
+    for week in weeks:
+        assert run_tasks(WeeklyRecs(week=week), DefaultRecs(week=week + timedelta(weeks=1))).name == "SUCCESS"
+        refused = assert_the_reader_sees_exactly_the_live_week(conn, reader, week)
+        assert {publish.staged_name("default_recs", week + timedelta(weeks=1)), "table_updates", "ranker_models",
+                publish.week_name("candidates_ranked", week)} <= set(refused)
+
+    for table in PUBLISHED_TABLES:  # retention 4: the oldest two weeks are gone
+        assert publish.archived_weeks(conn.cursor(), table) == weeks[-2:-6:-1]
+    back = module(config_file, "rollback")
+    assert back.returncode == 0, back.stderr
+    assert_the_reader_sees_exactly_the_live_week(conn, reader, weeks[-2])
+    assert module(config_file, "redo", str(WEEK)).returncode == 0
+    assert run_tasks(WeeklyRecs(week=WEEK)).name == "SUCCESS"
+    assert_the_reader_sees_exactly_the_live_week(conn, reader, WEEK)
+
+
+def as_the_layout_before_partitions(conn, live, archived) -> None:
+    """Each live table a plain table with its week in its comment, archives without a week check:
+    what a deployment of the previous version holds."""
+    cur = conn.cursor()
+    for table in PUBLISHED_TABLES:
+        old_live = publish.week_name(table, live)
+        cur.execute(f"ALTER TABLE {table} DETACH PARTITION {old_live}; DROP TABLE {table};"
+                    f" ALTER TABLE {old_live} RENAME TO {table}; ALTER TABLE {table} DROP CONSTRAINT week_is;"
+                    f" COMMENT ON TABLE {table} IS 'week={live}';"
+                    f" ALTER TABLE {publish.week_name(table, archived)} DROP CONSTRAINT week_is")
+
+
+def test_a_deployment_of_the_previous_layout_keeps_its_grants_views_and_archives_on_its_first_publish(
+        settings, config_file, conn, reader):
+    earlier = WEEK - timedelta(weeks=1)
+    run_tasks(WeeklyRecs(week=earlier), WeeklyRecs(week=WEEK))
+    as_the_layout_before_partitions(conn, WEEK, earlier)
+    settings["postgres"]["readers"] = "[]"  # what the web service reads, it reads by its DBA's grants alone
+    apply_settings(settings, config_file)
+    conn.cursor().execute(f"GRANT SELECT ON default_recs, online_recs, candidates_ranked TO {reader.name}")
+    dba_builds_on_the_live_tables(conn, reader)
+    assert reader.read("SELECT DISTINCT week FROM service_recs") == [(WEEK,)]
+
+    result = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK))
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert query(conn, "SELECT relkind FROM pg_class WHERE relname = 'candidates_ranked'") == [("p",)]
+    for table in ("default_recs", "online_recs", "candidates_ranked", "service_recs"):
+        assert reader.read(f"SELECT DISTINCT week FROM {table}") == [(NEXT_WEEK,)], table
+    assert reader.read("SELECT DISTINCT week FROM popular_items(3)") == [(NEXT_WEEK,)]
+    for table in PUBLISHED_TABLES:
+        assert publish.archived_weeks(conn.cursor(), table) == [WEEK, earlier]
+    assert module(config_file, "rollback", str(earlier)).returncode == 0  # an archive of the old layout
+    assert reader.read("SELECT DISTINCT week FROM service_recs") == [(earlier,)]
+
+
+def rewrite_top_popular(input_dir, **columns) -> None:
+    """top_popular.parquet with these extra columns (None drops one)."""
+    path = input_dir / "top_popular.parquet"
+    table = pq.read_table(path)
+    for name, values in columns.items():
+        if name in table.column_names:
+            table = table.drop_columns([name])
+        if values is not None:
+            table = table.append_column(name, pa.array([values] * table.num_rows))
+    pq.write_table(table, path)
+
+
+def test_a_week_may_add_or_drop_columns_but_not_one_that_a_dependent_object_uses(settings, config_file, input_dir,
+                                                                                conn, reader):
+    rewrite_top_popular(input_dir, title="a title", brand="acme")
+    run_tasks(WeeklyRecs(week=WEEK))
+    conn.cursor().execute(f"CREATE VIEW shop_titles AS SELECT item_id, title FROM default_recs;"
+                          f" GRANT SELECT ON shop_titles TO {reader.name}")
+    rewrite_top_popular(input_dir, brand=None, price=9.5)
+
+    assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+    assert reader.read("SELECT DISTINCT title, price, week FROM default_recs") == [("a title", 9.5, NEXT_WEEK)]
+    assert "brand" not in publish.table_columns(conn.cursor(), "default_recs")
+    before = live_state(conn)
+    rewrite_top_popular(input_dir, title=None)
+    later = NEXT_WEEK + timedelta(weeks=1)
+
+    refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(later))
+
+    assert refused.returncode == 30
+    assert (f"ContractError: {input_dir / 'top_popular.parquet'}, column 'title': the week has no column 'title', "
+            "which view shop_titles uses in default_recs") in refused.stderr
+    assert live_state(conn) == before
+    assert query(conn, "SELECT count(*) FROM pg_tables WHERE tablename LIKE '%%staged%%'") == [(0,)]
+    assert reader.read("SELECT DISTINCT title FROM shop_titles") == [("a title",)]
+
+
+def test_a_reader_role_that_does_not_exist_is_refused_by_name_before_anything_is_staged(settings, config_file,
+                                                                                      conn):
+    settings["postgres"]["readers"] = '["websvc_nobody"]'
+    apply_settings(settings, config_file)
+
+    result = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK))
+
+    assert result.returncode == 30
+    assert "ValueError: [postgres] readers: no role named 'websvc_nobody' in the database" in result.stderr
+    assert query(conn, "SELECT count(*) FROM pg_tables WHERE tablename LIKE '%%\\_\\_%%'") == [(0,)]
+
+
+def test_the_web_services_reads_as_its_own_role(settings, conn, reader):
+    run_tasks(WeeklyRecs(week=WEEK))
+    (user, item), = query(conn, "SELECT user_id, item_id FROM candidates_ranked WHERE rank = 1 LIMIT 1")
+    stranger = query(conn, "SELECT max(user_id) + 1 FROM candidates_ranked")[0][0]
+
+    with reader.connect() as service, service.cursor() as cur:
+        personal = serving.top_k(cur, user, k=5)
+        popular = serving.top_k(cur, stranger, k=5)
+        similar = serving.neighbours(cur, item, k=3)
+    service.close()
+
+    assert personal == query(conn, "SELECT item_id, rank FROM candidates_ranked WHERE user_id = %s AND rank <= 5"
+                                   " ORDER BY rank", user)
+    assert [rank for _, rank in personal] == [1, 2, 3, 4, 5]
+    assert popular == list(zip([i for (i,) in query(conn, "SELECT item_id FROM default_recs ORDER BY items_cnt DESC,"
+                                                          " item_id LIMIT 5")], range(1, 6), strict=True))
+    assert similar == query(conn, "SELECT itemid_2, score FROM online_recs WHERE itemid_1 = %s ORDER BY score DESC,"
+                                  " itemid_2 LIMIT 3", item)
+    assert len(similar) == 3
