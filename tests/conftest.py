@@ -188,6 +188,14 @@ def run_luigi(config_file: Path, *args: str, env: dict[str, str] | None = None,
                           capture_output=True, text=True, timeout=timeout)
 
 
+def start_luigi(config_file: Path, *args: str) -> subprocess.Popen:
+    """`luigi --module pipeline ...` in the background, in a session of its own (so it can be killed whole)."""
+    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_file)}
+    return subprocess.Popen([LUIGI, "--module", "pipeline", *args, "--local-scheduler", "--no-lock"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
 @pytest.fixture
 def conn(settings) -> Iterator[psycopg2.extensions.connection]:
     with db.connection() as connection:

@@ -217,8 +217,10 @@ def as_float(table: pa.Table, name: str) -> pa.Table:
 
 
 POSITIVES_CASES = {
-    "null user": (lambda t: with_value(t, "user_id", 17, None), "'user_id': null ids are not allowed (first at row 17)"),
-    "null target": (lambda t: with_value(t, "target", 9, None), "'target': null labels are not allowed (first at row 9)"),
+    "null user": (lambda t: with_value(t, "user_id", 17, None),
+                  "'user_id': null ids are not allowed (first at row 17)"),
+    "null target": (lambda t: with_value(t, "target", 9, None),
+                    "'target': null labels are not allowed (first at row 9)"),
     "NaN target": (lambda t: with_value(as_float(t, "target"), "target", 4, float("nan")),
                    "'target': must hold integers, found nan at row 4"),
     "NaN user": (lambda t: with_value(as_float(t, "user_id"), "user_id", 6, float("nan")),

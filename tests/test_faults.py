@@ -17,9 +17,7 @@ import pytest
 
 from pipeline import DefaultRecs, OnlineRecs, WeeklyRecs, db
 from tests.conftest import (
-    LUIGI,
     PUBLISHED_TABLES,
-    ROOT,
     WEEK,
     apply_settings,
     live_state,
@@ -27,6 +25,7 @@ from tests.conftest import (
     query,
     run_luigi,
     run_tasks,
+    start_luigi,
 )
 
 LARGE_ROWS = 3_000_000
@@ -44,13 +43,6 @@ def large_inference_file(tmp_path_factory) -> Path:
         "category_id": items % 24, "parent_id": items % 6, "available": (items % 3 > 0).astype(np.int64),
     }), path)
     return path
-
-
-def start_luigi(config_file: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_file)}
-    return subprocess.Popen([LUIGI, "--module", "pipeline", *args, "--local-scheduler", "--no-lock"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
 
 
 def publishing_markers(conn) -> list[str]:

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import ScoreShard, TrainCandidates, WeeklyRecs
-from tests.conftest import PUBLISHED_TABLES, ROOT, WEEK, apply_settings, markers, query, run_luigi
+from tests.conftest import NEXT_WEEK, PUBLISHED_TABLES, ROOT, WEEK, apply_settings, markers, query, run_luigi, run_tasks
 
 ARTIFACTS = ROOT / "var" / "test-artifacts"  # git-ignored; docs/visualizer.png is one such screenshot
 
@@ -148,3 +148,26 @@ def test_the_visualizer_shows_the_finished_week_in_a_browser(luigid, config_file
     assert (tmp_path / "visualizer.png").stat().st_size > 10_000
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(tmp_path / "visualizer.png", ARTIFACTS / "visualizer.png")
+
+
+def test_a_publish_waiting_for_a_reader_shows_in_luigid_whom_it_waits_for(luigid, settings, config_file, conn, reader):
+    run_tasks(WeeklyRecs(week=WEEK))
+    report = reader.connect("quarterly-report")
+    report.cursor().execute("SELECT count(*) FROM default_recs")  # and keeps its transaction open
+    pid = report.get_backend_pid()
+    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_file)}
+    worker = subprocess.Popen([str(Path(sys.executable).with_name("luigi")), "--module", "pipeline", "WeeklyRecs",
+                               "--week", "2026-11-28", *luigid.args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    publishing, message, deadline = WeeklyRecs(week=NEXT_WEEK).task_id, "", time.monotonic() + 120
+    while f"pid {pid}" not in message and time.monotonic() < deadline:
+        time.sleep(0.5)
+        message = luigid.api("get_task_status_message", task_id=publishing).get("statusMessage") or ""
+
+    report.close()
+    _, errors = worker.communicate(timeout=120)
+
+    assert "waiting" in message and "for the live tables" in message
+    assert f"pid {pid} (quarterly-report, idle in transaction" in message, message
+    assert "holding default_recs" in message
+    assert worker.returncode == 0, errors[-2000:]

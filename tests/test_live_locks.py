@@ -1,0 +1,120 @@
+"""A publish never stalls the web service: it waits for a reader that holds a live table without
+queueing anyone behind it, goes live once the reader ends, and past its wait fails naming the
+reader, with every live table unchanged. Rollback takes the same path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import psycopg2
+import pytest
+
+from pipeline import DefaultRecs, OnlineRecs, RankCandidates, WeeklyRecs, publish, serving
+from tests.conftest import NEXT_WEEK, ROOT, WEEK, apply_settings, live_state, run_tasks, start_luigi
+
+STATEMENT_TIMEOUT_MS = 2000  # the web service's own
+
+
+@pytest.fixture
+def next_week_staged(settings, conn, reader) -> None:
+    """The first week live; the next one staged, waiting only for WeeklyRecs to put it live."""
+    run_tasks(WeeklyRecs(week=WEEK))
+    run_tasks(DefaultRecs(week=NEXT_WEEK), OnlineRecs(week=NEXT_WEEK), RankCandidates(week=NEXT_WEEK))
+
+
+@pytest.fixture
+def long_report(reader):
+    """An analyst's transaction, open and idle, that has read the live ranking."""
+    session = reader.connect("long-report")
+    with session.cursor() as cur:
+        cur.execute("SELECT count(*) FROM candidates_ranked")
+    yield session
+    session.close()
+
+
+def web_service_reads(reader, seconds: float) -> tuple[int, int]:
+    """Reads as the web service makes them, with its statement timeout, for `seconds`: (made, failed)."""
+    made = failed = 0
+    service = reader.connect()
+    service.autocommit = True
+    with service.cursor() as cur:
+        cur.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                serving.top_k(cur, user_id=made % 300)
+            except psycopg2.errors.QueryCanceled:
+                failed += 1
+            made += 1
+            time.sleep(0.05)
+    service.close()
+    return made, failed
+
+
+def live_week(conn):
+    return publish.live_week(conn.cursor(), "candidates_ranked")
+
+
+def test_a_publish_waits_for_a_reader_without_stalling_the_web_service_and_goes_live_when_it_ends(
+        next_week_staged, config_file, conn, reader, long_report):
+    publishing = start_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK))
+
+    made, failed = web_service_reads(reader, seconds=4)
+    still_waiting = publishing.poll() is None
+    long_report.rollback()  # the report ends
+    _, errors = publishing.communicate(timeout=60)
+
+    assert still_waiting and made > 20 and failed == 0
+    assert publishing.returncode == 0, errors[-2000:]
+    assert live_week(conn) == NEXT_WEEK
+    assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(NEXT_WEEK,)]
+
+
+def test_past_its_wait_a_publish_fails_naming_the_blocker_and_changes_nothing(
+        next_week_staged, settings, config_file, conn, long_report):
+    settings["pipeline"]["publish_wait"] = "2"
+    apply_settings(settings, config_file)
+    before = live_state(conn)
+
+    publishing = start_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK))
+    _, errors = publishing.communicate(timeout=60)
+
+    assert publishing.returncode == 30
+    assert ("LiveTablesBusy: week 2026-11-28 not published: the live tables were held for more than 2 s "
+            f"([pipeline] publish_wait) by pid {long_report.get_backend_pid()} (long-report, idle in transaction, "
+            "transaction open ") in errors
+    assert "holding candidates_ranked" in errors
+    assert live_state(conn) == before
+    long_report.rollback()
+    assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"  # the rerun publishes the staged week
+    assert live_week(conn) == NEXT_WEEK
+
+
+def test_idle_blockers_are_terminated_only_when_asked(next_week_staged, settings, conn, long_report):
+    settings["pipeline"]["terminate_idle_blockers"] = "true"
+    apply_settings(settings)
+
+    assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+
+    assert live_week(conn) == NEXT_WEEK
+    with pytest.raises(psycopg2.OperationalError):
+        long_report.cursor().execute("SELECT 1")
+
+
+def test_a_rollback_waits_for_readers_the_same_way(next_week_staged, settings, config_file, conn, long_report):
+    long_report.rollback()
+    run_tasks(WeeklyRecs(week=NEXT_WEEK))
+    long_report.cursor().execute("SELECT count(*) FROM default_recs")  # a new report, on the new week
+    settings["pipeline"]["publish_wait"] = "1"
+    apply_settings(settings, config_file)
+
+    refused = subprocess.run([sys.executable, "-m", "pipeline.rollback"], cwd=ROOT, capture_output=True, text=True,
+                             env={**os.environ, "LUIGI_CONFIG_PATH": str(config_file)})
+
+    assert refused.returncode == 1
+    assert (f"rollback refused: rollback to week {WEEK} not done: the live tables were held for more than 1 s "
+            f"([pipeline] publish_wait) by pid {long_report.get_backend_pid()} (long-report") in refused.stderr
+    assert live_week(conn) == NEXT_WEEK
