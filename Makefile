@@ -39,6 +39,7 @@ bench: $(BIN)/.installed
 	test -x /usr/bin/time || (apt-get update -qq && apt-get install -y -qq time)
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/bench_events.py
+	$(BIN)/python benchmarks/bench_publish.py
 
 bench-scale: $(BIN)/.installed
 	test -x /usr/bin/time || (apt-get update -qq && apt-get install -y -qq time)

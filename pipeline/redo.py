@@ -2,8 +2,8 @@
 
     python -m pipeline.redo 2026-11-21
 
-The published tables stay as they are until the redo publishes; the version it replaces moves to
-the week's archive table like any other.
+The published tables stay as they are until the redo publishes; the redone week then takes the
+name of the week's table, replacing the version it redoes.
 """
 
 from __future__ import annotations
