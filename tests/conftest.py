@@ -3,13 +3,17 @@ the pipeline configured to use them, and ways to run a week in-process or as cro
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import date
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import luigi
@@ -188,9 +192,9 @@ def run_luigi(config_file: Path, *args: str, env: dict[str, str] | None = None,
                           capture_output=True, text=True, timeout=timeout)
 
 
-def start_luigi(config_file: Path, *args: str) -> subprocess.Popen:
+def start_luigi(config_file: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """`luigi --module pipeline ...` in the background, in a session of its own (so it can be killed whole)."""
-    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_file)}
+    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_file), **(env or {})}
     return subprocess.Popen([LUIGI, "--module", "pipeline", *args, "--local-scheduler", "--no-lock"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -231,3 +235,64 @@ def live_state(conn) -> tuple:
                          " AND relname NOT IN ('table_updates', 'ranker_models') ORDER BY 1")
     weeks = [m for m in markers(conn) if m.startswith("WeeklyRecs")]
     return {name: (comment, table_snapshot(conn, name)) for name, comment in tables}, weeks
+
+
+# A real HTTP server on loopback that plays the Bot API's `sendMessage`.
+TOKEN = "1234567890:" + "fake-test-token-never-printed"  # built, so no file holds a token-shaped string
+CHAT = "-100777"
+TELEGRAM_ENV = {"TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_CHAT_ID": CHAT}
+OK = (200, {"ok": True, "result": {"message_id": 1}})
+TOO_MANY = (429, {"ok": False, "error_code": 429, "description": "Too Many Requests: retry after 1",
+                  "parameters": {"retry_after": 1}})
+SERVER_ERROR = (500, {"ok": False, "error_code": 500, "description": "Internal Server Error"})
+HANG = "hang"
+
+
+class BotApi(ThreadingHTTPServer):
+    """Records every request; answers from `replies` in turn, then OK."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _BotApiHandler)
+        self.requests: list[dict] = []
+        self.replies: list = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def texts(self) -> list[str]:
+        return [r["body"]["text"] for r in self.requests]
+
+
+class _BotApiHandler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append({"path": self.path, "body": body})
+        reply = self.server.replies.pop(0) if self.server.replies else OK
+        if reply == HANG:
+            time.sleep(3)
+            reply = OK
+        status, answer = reply
+        payload = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def bot_api(settings, config_file) -> Iterator[BotApi]:
+    server = BotApi()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    settings["telegram"] = {"api_url": server.url, "timeout": "1", "max_retry_after": "2"}
+    apply_settings(settings, config_file)
+    yield server
+    server.shutdown()
+    server.server_close()

@@ -13,7 +13,16 @@ import psycopg2
 import pytest
 
 from pipeline import DefaultRecs, OnlineRecs, RankCandidates, WeeklyRecs, publish, serving
-from tests.conftest import NEXT_WEEK, ROOT, WEEK, apply_settings, live_state, run_tasks, start_luigi
+from tests.conftest import (
+    NEXT_WEEK,
+    ROOT,
+    TELEGRAM_ENV,
+    WEEK,
+    apply_settings,
+    live_state,
+    run_tasks,
+    start_luigi,
+)
 
 STATEMENT_TIMEOUT_MS = 2000  # the web service's own
 
@@ -74,19 +83,21 @@ def test_a_publish_waits_for_a_reader_without_stalling_the_web_service_and_goes_
 
 
 def test_past_its_wait_a_publish_fails_naming_the_blocker_and_changes_nothing(
-        next_week_staged, settings, config_file, conn, long_report):
+        next_week_staged, settings, config_file, conn, long_report, bot_api):
     settings["pipeline"]["publish_wait"] = "2"
     apply_settings(settings, config_file)
     before = live_state(conn)
 
-    publishing = start_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK))
+    publishing = start_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK), env=TELEGRAM_ENV)
     _, errors = publishing.communicate(timeout=60)
 
     assert publishing.returncode == 30
+    blocker = (f"by pid {long_report.get_backend_pid()} (long-report, idle in transaction, transaction open ")
     assert ("LiveTablesBusy: week 2026-11-28 not published: the live tables were held for more than 2 s "
-            f"([pipeline] publish_wait) by pid {long_report.get_backend_pid()} (long-report, idle in transaction, "
-            "transaction open ") in errors
+            f"([pipeline] publish_wait) {blocker}") in errors
     assert "holding candidates_ranked" in errors
+    [alert] = bot_api.texts()
+    assert "FAILED: WeeklyRecs for week 2026-11-28" in alert and blocker in alert
     assert live_state(conn) == before
     long_report.rollback()
     assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"  # the rerun publishes the staged week

@@ -5,75 +5,23 @@ A real HTTP server on loopback plays the Bot API's `sendMessage`; the pipeline r
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from pipeline import notify
-from tests.conftest import PUBLISHED_TABLES, apply_settings, query, run_luigi
-
-TOKEN = "1234567890:" + "fake-test-token-never-printed"  # built, so no file holds a token-shaped string
-CHAT = "-100777"
-TELEGRAM_ENV = {"TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_CHAT_ID": CHAT}
-OK = (200, {"ok": True, "result": {"message_id": 1}})
-TOO_MANY = (429, {"ok": False, "error_code": 429, "description": "Too Many Requests: retry after 1",
-                  "parameters": {"retry_after": 1}})
-SERVER_ERROR = (500, {"ok": False, "error_code": 500, "description": "Internal Server Error"})
-HANG = "hang"
-
-
-class BotApi(ThreadingHTTPServer):
-    """Records every request; answers from `replies` in turn, then OK."""
-
-    daemon_threads = True
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _BotApiHandler)
-        self.requests: list[dict] = []
-        self.replies: list = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def texts(self) -> list[str]:
-        return [r["body"]["text"] for r in self.requests]
-
-
-class _BotApiHandler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append({"path": self.path, "body": body})
-        reply = self.server.replies.pop(0) if self.server.replies else OK
-        if reply == HANG:
-            time.sleep(3)
-            reply = OK
-        status, answer = reply
-        payload = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def bot_api(settings, config_file) -> Iterator[BotApi]:
-    server = BotApi()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    settings["telegram"] = {"api_url": server.url, "timeout": "1", "max_retry_after": "2"}
-    apply_settings(settings, config_file)
-    yield server
-    server.shutdown()
-    server.server_close()
+from tests.conftest import (
+    CHAT,
+    HANG,
+    PUBLISHED_TABLES,
+    SERVER_ERROR,
+    TELEGRAM_ENV,
+    TOKEN,
+    TOO_MANY,
+    apply_settings,
+    query,
+    run_luigi,
+)
 
 
 def run_week(config_file, env=TELEGRAM_ENV):

@@ -192,3 +192,18 @@ def test_the_web_services_reads_as_its_own_role(settings, conn, reader):
     assert similar == query(conn, "SELECT itemid_2, score FROM online_recs WHERE itemid_1 = %s ORDER BY score DESC,"
                                   " itemid_2 LIMIT 3", item)
     assert len(similar) == 3
+
+
+def test_an_archive_someone_built_on_outlives_the_retention_and_the_publish_goes_on(settings, conn):
+    settings["pipeline"]["retention"] = "1"
+    apply_settings(settings)
+    weeks = [WEEK - timedelta(weeks=2), WEEK - timedelta(weeks=1), WEEK]
+    run_tasks(WeeklyRecs(week=weeks[0]))
+    first = publish.week_name("default_recs", weeks[0])
+    conn.cursor().execute(f"CREATE VIEW audit_first_week AS SELECT * FROM {first}")
+
+    assert run_tasks(WeeklyRecs(week=weeks[1]), WeeklyRecs(week=weeks[2])).name == "SUCCESS"
+
+    assert publish.archived_weeks(conn.cursor(), "default_recs") == weeks[1::-1]  # kept past retention 1
+    assert publish.archived_weeks(conn.cursor(), "online_recs") == [weeks[1]]
+    assert query(conn, "SELECT DISTINCT week FROM audit_first_week") == [(weeks[0],)]
