@@ -6,7 +6,6 @@ can only ever be identifiers.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re
@@ -42,6 +41,13 @@ class Server:
     def __str__(self) -> str:
         where = f"unix socket {self.host}" if self.host.startswith("/") else f"{self.host}:{self.port}"
         return f"PostgreSQL at {where}, database {self.database!r} as {self.user!r}"
+
+    def conninfo(self) -> str:
+        """libpq's keyword form, for drivers that take a connection string (never logged)."""
+        quoted = {key: "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'" for key, value in
+                  {"host": self.host, "port": self.port, "dbname": self.database, "user": self.user,
+                   "password": self.password}.items() if value != ""}
+        return " ".join(f"{key}={value}" for key, value in quoted.items())
 
     def connect(self) -> psycopg2.extensions.connection:
         try:
@@ -199,43 +205,40 @@ def _write_csv(sink, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> in
 
 
 def copy_out(conn, query: sql.Composable, schema: pa.Schema) -> pa.Table:
-    """Read a query back with `COPY ... TO STDOUT`, parsed by pyarrow with the given types."""
-    buffer = io.BytesIO()
-    with conn.cursor() as cur:
-        cur.copy_expert(_copy_to_stdout(query), buffer)
-    buffer.seek(0)
-    return pacsv.read_csv(buffer, convert_options=_read_options(schema))
+    """A query's rows as one Arrow table, typed by `schema` (see `stream_out`)."""
+    return pa.Table.from_batches(list(stream_out(conn, query, schema)), schema)
 
 
 def stream_out(conn, query: sql.Composable, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-    """A query's rows as record batches while `COPY ... TO STDOUT` still runs: memory holds one block."""
-    read_end, write_end = os.pipe()
-    failure: list[BaseException] = []
+    """A query's rows as record batches while the server still sends them: memory holds one batch.
 
-    def produce() -> None:
-        try:
-            with open(write_end, "wb") as sink, conn.cursor() as cur:
-                cur.copy_expert(_copy_to_stdout(query), sink, size=1 << 20)
-        except BaseException as error:  # handed to the reader below
-            failure.append(error)
-
-    producer = threading.Thread(target=produce, daemon=True)
-    producer.start()
-    with open(read_end, "rb") as source:
-        yield from pacsv.open_csv(source, read_options=pacsv.ReadOptions(block_size=8 << 20),
-                                  convert_options=_read_options(schema))
-    producer.join()
-    if failure:
-        raise failure[0]
+    Read by the ADBC PostgreSQL driver, which runs `COPY (query) TO STDOUT (FORMAT binary)` and
+    decodes it straight into Arrow; columns that `schema` reads as strings are sent as their text.
+    `conn` (psycopg2) renders the query.
+    """
+    typed = sql.SQL("SELECT {} FROM ({}) q").format(sql.SQL(", ").join(
+        sql.SQL("q.{0}::text AS {0}" if pa.types.is_string(field.type) else "q.{0}").format(sql.Identifier(field.name))
+        for field in schema), query).as_string(conn)
+    with _arrow_connection() as arrow, arrow.cursor() as cur:
+        cur.execute(typed)
+        for batch in cur.fetch_record_batch():
+            yield batch.cast(schema)
 
 
-def _copy_to_stdout(query: sql.Composable) -> sql.Composable:
-    return sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER)").format(query)
+@contextmanager
+def _arrow_connection():
+    import adbc_driver_postgresql.dbapi
 
-
-def _read_options(schema: pa.Schema) -> pacsv.ConvertOptions:
-    """Unquoted empty fields are NULL, quoted ones empty strings, as PostgreSQL's CSV writes them."""
-    return pacsv.ConvertOptions(column_types=schema, strings_can_be_null=True, quoted_strings_can_be_null=False)
+    current = server()
+    try:
+        arrow = adbc_driver_postgresql.dbapi.connect(current.conninfo())
+    except Exception as error:  # the driver's own error types; its text may hold the connection string
+        reason = redact(str(error).strip().splitlines()[0], current.password)
+        raise ConnectionError(f"cannot connect to {current}: {reason}") from None
+    try:
+        yield arrow
+    finally:
+        arrow.close()
 
 
 _PG_NUMBERS = {"smallint": pa.int16(), "integer": pa.int32(), "bigint": pa.int64(), "real": pa.float32(),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import psycopg2
+import pyarrow as pa
 import pytest
+from psycopg2 import sql
 
 from pipeline import db
 from tests.conftest import apply_settings, run_luigi
@@ -60,3 +62,40 @@ def test_redact_hides_secrets_and_dsn_passwords():
     text = "postgresql://weekly:s3cret@db:5432/x password=s3cret token 123:abc"
 
     assert db.redact(text, "123:abc") == "postgresql://weekly:***@db:5432/x password=*** token ***"
+
+
+def test_read_back_types_numbers_and_dates_and_returns_the_rest_as_text_that_copies_back_unchanged(conn):
+    cur = conn.cursor()
+    cur.execute("CREATE TABLE src (id bigint, n integer, s smallint, r real, d double precision, b boolean,"
+                " day date, t text, j jsonb, x bytea, m numeric, ts timestamptz);"
+                " INSERT INTO src VALUES (1, 2, 3, 0.5, 0.25, true, '2026-11-21', 'a''b,\"c\"', '{\"k\": [1]}',"
+                " '\\x89504e47', 19.99, '2026-11-20 09:30+00'), (2, NULL, NULL, NULL, NULL, NULL, NULL, '', NULL,"
+                " NULL, NULL, NULL); CREATE TABLE dst (LIKE src)")
+    schema = db.read_schema(cur, "src")
+
+    batches = list(db.stream_out(conn, sql.SQL("SELECT * FROM src ORDER BY id"), schema))
+    db.copy_in(cur, "dst", batches, schema)
+
+    assert [field.type for field in schema] == [pa.int64(), pa.int32(), pa.int16(), pa.float32(), pa.float64(),
+                                                pa.bool_(), pa.date32()] + [pa.string()] * 5
+    assert pa.Table.from_batches(batches).column("t").to_pylist() == ["a'b,\"c\"", ""]  # empty is not NULL
+    cur.execute("SELECT * FROM src EXCEPT SELECT * FROM dst")
+    assert cur.fetchall() == []
+    cur.execute("SELECT count(*) FROM dst")
+    assert cur.fetchone() == (2,)
+
+
+def test_read_back_through_the_driver_names_the_server_and_hides_the_password(tcp_server, settings):
+    settings["postgres"].update(host=tcp_server["host"], port=tcp_server["port"], user=tcp_server["user"],
+                                password="not-the-password-456")
+    apply_settings(settings)
+    conn = psycopg2.connect(host=tcp_server["host"], port=tcp_server["port"], user=tcp_server["user"],
+                            password=tcp_server["password"], dbname="postgres")  # renders the query only
+
+    with pytest.raises(ConnectionError) as refused:
+        list(db.stream_out(conn, sql.SQL("SELECT 1 AS one"), pa.schema([("one", pa.int32())])))
+
+    conn.close()
+
+    assert f"127.0.0.1:{tcp_server['port']}" in str(refused.value)
+    assert "not-the-password-456" not in str(refused.value)
