@@ -7,6 +7,7 @@ written to benchmarks/results.md.
 
 from __future__ import annotations
 
+import io
 import os
 import platform
 import re
@@ -205,17 +206,43 @@ def ranking(base: Path, bench: Bench) -> None:
     folder = week_folder(base, "rank", RANK_ROWS, RANK_ROWS)
     settings_file = bench.configure(folder, bench.fresh_database("rank"))
     build(TrainCandidates(week=WEEK), InferenceCandidates(week=WEEK), DefaultRecs(week=WEEK))
-    with db.connection() as conn:
-        columns = ["user_id", "item_id", "als_score", "category_id", "parent_id", "available", "target", "week"]
-        copy = timed(lambda: read_week(conn, "candidates_train", WEEK, columns))
-        read_sql = timed(lambda: pd.read_sql("SELECT * FROM candidates_train__staged_20261121", conn))
-    bench.record(f"read-back of {RANK_ROWS:,} rows: COPY TO STDOUT vs pandas.read_sql",
-                 f"{copy:.2f} s vs {read_sql:.2f} s = {read_sql / copy:.1f}x")
+    read_back(bench)
     whole = timed(lambda: build(RankCandidates(week=WEEK)))
     bench.record(f"RankCandidates on {RANK_ROWS:,} + {RANK_ROWS:,} (train, shards, staging)", f"{whole:.1f} s")
     bench.configure(folder, bench.fresh_database("rank_rss"))
     build(TrainCandidates(week=WEEK), InferenceCandidates(week=WEEK), DefaultRecs(week=WEEK))
     bench.record("RankCandidates peak RSS (own process)", f"{peak_rss_mb(settings_file, 'RankCandidates'):.0f} MB")
+
+
+def read_back(bench: Bench) -> None:
+    """The project's reader against the ADBC driver's own Arrow fetch, the CSV `COPY` reader it
+    replaced and pandas.read_sql, on the same staged table; each the best of five, interleaved."""
+    import adbc_driver_postgresql.dbapi
+
+    columns = ["user_id", "item_id", "als_score", "category_id", "parent_id", "available", "target", "week"]
+    table = "candidates_train__staged_20261121"
+    with db.connection() as conn, adbc_driver_postgresql.dbapi.connect(db.server().conninfo()) as arrow:
+        def adbc_fetch() -> None:
+            with arrow.cursor() as cur:
+                cur.execute(f"SELECT {', '.join(columns)} FROM {table}")
+                cur.fetch_arrow_table()
+
+        def csv_copy() -> None:
+            buffer = io.BytesIO()
+            conn.cursor().copy_expert(f"COPY (SELECT {', '.join(columns)} FROM {table}) TO STDOUT WITH (FORMAT csv,"
+                                      " HEADER)", buffer)
+            buffer.seek(0)
+            pacsv.read_csv(buffer)
+
+        readers = {"ours": lambda: read_week(conn, "candidates_train", WEEK, columns), "adbc": adbc_fetch,
+                   "csv": csv_copy, "read_sql": lambda: pd.read_sql(f"SELECT * FROM {table}", conn)}
+        best = {name: min(timed(reader) for _ in range(5)) for name, reader in readers.items()}
+    rate = {name: RANK_ROWS / seconds for name, seconds in best.items()}
+    bench.record(f"read-back of {RANK_ROWS:,} rows: the project's reader vs the ADBC driver's Arrow fetch",
+                 f"{rate['ours']:,.0f} vs {rate['adbc']:,.0f} rows/s = {rate['ours'] / rate['adbc']:.2f}x")
+    bench.record(f"read-back of {RANK_ROWS:,} rows: the project's reader vs CSV COPY TO STDOUT (the previous one), "
+                 "pandas.read_sql", f"{rate['csv']:,.0f} and {rate['read_sql']:,.0f} rows/s: "
+                 f"{rate['ours'] / rate['csv']:.2f}x and {rate['ours'] / rate['read_sql']:.1f}x")
 
 
 def noop_rerun(base: Path, bench: Bench) -> None:

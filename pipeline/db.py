@@ -206,33 +206,51 @@ def _write_csv(sink, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> in
 
 def copy_out(conn, query: sql.Composable, schema: pa.Schema) -> pa.Table:
     """A query's rows as one Arrow table, typed by `schema` (see `stream_out`)."""
-    return pa.Table.from_batches(list(stream_out(conn, query, schema)), schema)
+    with _arrow_connection() as arrow, arrow.cursor() as cur:
+        cur.execute(_as_typed(conn, query, schema))
+        return cur.fetch_arrow_table().cast(schema)
 
 
 def stream_out(conn, query: sql.Composable, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
     """A query's rows as record batches while the server still sends them: memory holds one batch.
 
     Read by the ADBC PostgreSQL driver, which runs `COPY (query) TO STDOUT (FORMAT binary)` and
-    decodes it straight into Arrow; columns that `schema` reads as strings are sent as their text.
-    `conn` (psycopg2) renders the query.
+    decodes it straight into Arrow.
     """
-    typed = sql.SQL("SELECT {} FROM ({}) q").format(sql.SQL(", ").join(
-        sql.SQL("q.{0}::text AS {0}" if pa.types.is_string(field.type) else "q.{0}").format(sql.Identifier(field.name))
-        for field in schema), query).as_string(conn)
     with _arrow_connection() as arrow, arrow.cursor() as cur:
-        cur.execute(typed)
+        cur.execute(_as_typed(conn, query, schema))
         for batch in cur.fetch_record_batch():
             yield batch.cast(schema)
 
 
+def _as_typed(conn, query: sql.Composable, schema: pa.Schema) -> str:
+    """The query with the columns that `schema` reads as strings sent as their text (`conn`, psycopg2,
+    renders it)."""
+    return sql.SQL("SELECT {} FROM ({}) q").format(sql.SQL(", ").join(
+        sql.SQL("q.{0}::text AS {0}" if pa.types.is_string(field.type) else "q.{0}").format(sql.Identifier(field.name))
+        for field in schema), query).as_string(conn)
+
+
+_arrow_databases: dict[tuple[int, Server], object] = {}
+
+
 @contextmanager
 def _arrow_connection():
+    """A connection of the ADBC driver, in autocommit (it holds no lock between reads).
+
+    The driver learns the server's types once per database object (about 40 ms), so each process
+    keeps one per server and opens cheap connections that share it.
+    """
     import adbc_driver_postgresql.dbapi
 
     current = server()
+    key = (os.getpid(), current)
     try:
-        arrow = adbc_driver_postgresql.dbapi.connect(current.conninfo())
+        if key not in _arrow_databases:
+            _arrow_databases[key] = adbc_driver_postgresql.dbapi.connect(current.conninfo(), autocommit=True)
+        arrow = _arrow_databases[key].adbc_clone()
     except Exception as error:  # the driver's own error types; its text may hold the connection string
+        _arrow_databases.pop(key, None)
         reason = redact(str(error).strip().splitlines()[0], current.password)
         raise ConnectionError(f"cannot connect to {current}: {reason}") from None
     try:
