@@ -6,6 +6,7 @@ can only ever be identifiers.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
@@ -232,6 +233,13 @@ def _as_typed(conn, query: sql.Composable, schema: pa.Schema) -> str:
 
 
 _arrow_databases: dict[tuple[int, Server], object] = {}
+
+
+@atexit.register
+def _close_arrow_databases() -> None:
+    for database in _arrow_databases.values():
+        database.close()
+    _arrow_databases.clear()
 
 
 @contextmanager
