@@ -1,4 +1,4 @@
-"""PostgreSQL access: which server, Luigi's marker rows, streaming COPY in and out.
+"""PostgreSQL access: which server, Luigi's marker rows, streaming COPY in, Arrow reads out.
 
 Every statement is built with `psycopg2.sql`, so table names from configuration
 can only ever be identifiers.
