@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sparse
 
+from pipeline.contracts import ContractError
 from pipeline.events import Interactions
 
 DAY = 86_400
@@ -47,6 +49,8 @@ class History:
     item_first: np.ndarray
     user_last: np.ndarray
     user_events: np.ndarray
+    events_read: int = 0  # before the cutoff, listed items or not
+    newest_event: int | None = None  # seconds since the epoch
 
     @classmethod
     def at(cls, cutoff: datetime, batches: Iterable[Interactions], items: pd.DataFrame, popular_days: int) -> History:
@@ -57,7 +61,10 @@ class History:
         recent = {days: np.zeros(len(items)) for days in {7, 28, popular_days, 0}}
         first = np.full(len(items), ends, np.int64)
         users = _UserRows(len(items), category.max() + 1 if len(items) else 1)
+        read, newest = 0, None
         for batch in batches:
+            read += len(batch)
+            newest = max(newest or 0, int(batch.seconds.max())) if len(batch) else newest
             column = np.searchsorted(ids, batch.item_id).clip(max=max(len(ids) - 1, 0))
             known = ids[column] == batch.item_id if len(ids) else np.zeros(len(batch), bool)
             column, weight, seconds = column[known], batch.weight[known], batch.seconds[known]
@@ -68,7 +75,23 @@ class History:
             users.add(batch.user_id[known], column, category[column], weight, seconds)
         order = np.argsort(users.ids, kind="stable")  # rows in user id order
         return cls(ends, users.ids[order], items, users.matrix[order], users.categories[order], category, recent,
-                   first, users.last[order], users.events[order])
+                   first, users.last[order], users.events[order], read, newest)
+
+    def check(self, events_path: Path, items_path: Path, max_lag: timedelta) -> None:
+        """Refuse a week whose events stop too long before its cutoff (a stalled export would publish
+        last week's world as this week's) or whose events name none of the items."""
+        cutoff = datetime.fromtimestamp(self.cutoff, UTC)
+        if self.newest_event is None:
+            raise ContractError(events_path, "timestamp", f"no event before the cutoff {cutoff:%Y-%m-%d %H:%M} UTC")
+        newest = datetime.fromtimestamp(self.newest_event, UTC)
+        if cutoff - newest > max_lag:
+            raise ContractError(events_path, "timestamp", f"the newest event before the cutoff "
+                                f"{cutoff:%Y-%m-%d %H:%M} UTC is from {newest:%Y-%m-%d %H:%M} UTC, "
+                                f"{(cutoff - newest) / timedelta(hours=1):.0f} hours before it; [events] "
+                                f"max_lag_hours allows {max_lag / timedelta(hours=1):.0f} (is the export late?)")
+        if self.matrix.nnz == 0:
+            raise ContractError(items_path, "item_id", f"none of the items of the {self.events_read:,} events "
+                                f"before the cutoff is in this file")
 
     @cached_property
     def user_weight(self) -> np.ndarray:

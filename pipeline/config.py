@@ -92,6 +92,8 @@ class events(luigi.Config):  # noqa: N801
     als_iterations = luigi.IntParameter(default=15)
     regularization = luigi.FloatParameter(default=0.05)
     alpha = luigi.FloatParameter(default=2.0, description="ALS confidence per unit of event weight")
+    max_lag_hours = luigi.FloatParameter(default=48.0, description="the newest event before a cutoff may be at "
+                                         "most this old, or the week is refused (a stalled export)")
 
     def cutoff_of(self, week: date) -> datetime:
         try:

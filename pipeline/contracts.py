@@ -124,14 +124,14 @@ def _refuse_ids_beyond_int64(path: Path, name: str, batches: Iterator[pa.RecordB
         seen += batch.num_rows
 
 
-def open_parquet(path: Path) -> pq.ParquetFile:
+def open_parquet(path: Path, empty_ok: bool = False) -> pq.ParquetFile:
     if not path.is_file():
         raise ContractError(path, None, "file not found")
     try:
         parquet = pq.ParquetFile(path, pre_buffer=False)
     except (pa.ArrowException, OSError) as error:
         raise ContractError(path, None, f"not a readable parquet file ({error})") from None
-    if parquet.metadata.num_rows == 0:
+    if parquet.metadata.num_rows == 0 and not empty_ok:
         raise ContractError(path, None, "the file has no rows")
     return parquet
 

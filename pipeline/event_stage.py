@@ -61,6 +61,8 @@ class CandidatesAtCutoff(EventTask):
         self.set_status_message(f"reading events before {cutoff:%Y-%m-%d %H:%M} UTC")
         history = candidates.History.at(cutoff, self.events_until(None, cutoff),
                                         events.read_items(settings.resolved_items_path()), settings.popular_days)
+        history.check(settings.resolved_events_path(), settings.resolved_items_path(),
+                      timedelta(hours=settings.max_lag_hours))
         self.set_status_message(f"fitting ALS on {len(history.users):,} users, {history.matrix.nnz:,} user-items")
         model = candidates.fit_als(history, settings.factors, settings.als_iterations, settings.regularization,
                                    settings.alpha, config.pipeline().random_seed)

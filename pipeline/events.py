@@ -58,8 +58,9 @@ def window_batches(path: Path, start: datetime | None, stop: datetime,
     """The same events a batch at a time, reading only row groups whose timestamps may fall in the window."""
     low = _micros(start) if start else np.iinfo(np.int64).min
     high = _micros(stop)
-    for file in event_files(path):
-        parquet = open_parquet(file)
+    files = event_files(path)
+    for file in files:
+        parquet = open_parquet(file, empty_ok=len(files) > 1)  # a day without events among others
         columns = _checked_event_schema(file, parquet.schema_arrow)
         first_row = 0
         for group in range(parquet.num_row_groups):
@@ -137,9 +138,9 @@ def _weights(path: Path, batch: pa.RecordBatch, first_row: int, weights: Mapping
     weight = names.map(lambda name: float(weights.get(name, 1.0))).to_numpy(np.float32)
     if "weight" in batch.schema.names:
         column = batch.column("weight").to_numpy(zero_copy_only=False).astype(np.float32)
-        bad = ~(column >= 0)
+        bad = ~(np.isfinite(column) & (column >= 0))
         if bad.any():
-            raise ContractError(path, "weight", f"must be 0 or more, found {column[bad][0]} "
+            raise ContractError(path, "weight", f"must be a finite number, 0 or more, found {column[bad][0]} "
                                 f"at row {first_row + int(np.argmax(bad))}")
         weight *= column
     return weight

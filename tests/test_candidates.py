@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline import candidates
+from pipeline.contracts import ContractError
 from pipeline.events import Interactions, concatenated, read_items, window_batches
 
 CUTOFF = datetime(2026, 11, 21, 21, 0, tzinfo=UTC)
@@ -87,3 +88,30 @@ def test_events_read_in_many_small_batches_make_the_same_history(shop, history):
     assert (piecewise.matrix != history.matrix).nnz == 0
     assert (piecewise.user_categories != history.user_categories).nnz == 0
     assert (piecewise.user_last == history.user_last).all() and (piecewise.user_events == history.user_events).all()
+
+
+def test_a_week_whose_events_stop_too_long_before_its_cutoff_is_refused_naming_the_lag(shop, history):
+    late = CUTOFF + timedelta(days=6)  # the export stopped six days before this cutoff
+    stalled = candidates.History.at(late, window_batches(shop / "events", None, late, {}),
+                                    read_items(shop / "items.parquet"), popular_days=28)
+
+    history.check(shop / "events", shop / "items.parquet", timedelta(hours=48))  # the week on time passes
+    with pytest.raises(ContractError) as refused:
+        stalled.check(shop / "events", shop / "items.parquet", timedelta(hours=48))
+
+    assert str(refused.value).startswith(f"{shop / 'events'}, column 'timestamp': the newest event before the "
+                                         "cutoff 2026-11-27 21:00 UTC is from 2026-11-2")
+    assert "[events] max_lag_hours allows 48 (is the export late?)" in str(refused.value)
+
+
+def test_events_that_name_none_of_the_items_are_refused_naming_the_items_file(shop, tmp_path):
+    items = read_items(shop / "items.parquet")
+    elsewhere = items.assign(item_id=items["item_id"] + 1_000_000)
+    unknown = candidates.History.at(CUTOFF, window_batches(shop / "events", None, CUTOFF, {}), elsewhere, 28)
+
+    with pytest.raises(ContractError) as refused:
+        unknown.check(shop / "events", tmp_path / "items.parquet", timedelta(hours=48))
+
+    assert str(refused.value) == (f"{tmp_path / 'items.parquet'}, column 'item_id': none of the items of the "
+                                  f"{unknown.events_read:,} events before the cutoff is in this file")
+    assert unknown.events_read > 0

@@ -49,7 +49,32 @@ def test_a_null_id_is_refused_with_its_row(tmp_path):
 
 def test_a_negative_weight_is_refused_with_its_row(tmp_path):
     path = events_file(tmp_path / "e.parquet", weight=pa.array([1.0, 2.0, -1.0]))
-    with pytest.raises(ContractError, match=r"column 'weight'.*must be 0 or more, found -1.0 at row 2"):
+    with pytest.raises(ContractError, match=r"column 'weight'.*must be a finite number, 0 or more, found -1.0 at "
+                                            r"row 2"):
+        read_window(path, None, CUTOFF, {})
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_an_infinite_or_nan_weight_is_refused_with_its_row(tmp_path, value):
+    path = events_file(tmp_path / "e.parquet", weight=pa.array([1.0, value, 1.0]))
+    with pytest.raises(ContractError, match=rf"column 'weight'.*must be a finite number, 0 or more, found {value} "
+                                            r"at row 1"):
+        read_window(path, None, CUTOFF, {})
+
+
+def test_an_empty_file_among_others_is_a_day_without_events(tmp_path):
+    folder = tmp_path / "events"
+    folder.mkdir()
+    events_file(folder / "a.parquet")
+    pq.write_table(pq.read_table(folder / "a.parquet").slice(0, 0), folder / "b.parquet")
+
+    assert len(read_window(folder, None, CUTOFF, {})) == 3
+
+
+def test_an_empty_events_file_alone_is_refused(tmp_path):
+    path = events_file(tmp_path / "e.parquet")
+    pq.write_table(pq.read_table(path).slice(0, 0), path)
+    with pytest.raises(ContractError, match=r"e\.parquet: the file has no rows"):
         read_window(path, None, CUTOFF, {})
 
 
