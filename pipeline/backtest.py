@@ -30,12 +30,14 @@ from pipeline import candidates, config, db, events, metrics, publish
 from pipeline.backfill import weeks_between
 from pipeline.base import week_parameter
 from pipeline.contracts import CANDIDATES_INFERENCE
+from pipeline.load import DefaultRecs
 from pipeline.rank import QualityGateError, RankCandidates, TrainRanker
 from pipeline.wrapper import WeeklyRecs
 
 TRUTH_DAYS = 7
 ORDERS = ("ranking", "popularity", "als")
 _RANKED = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()), ("rank", pa.int32())])
+_ITEMS = pa.schema([("item_id", pa.int64())])
 
 
 def use_backtest_database(database: str, folder: Path) -> None:
@@ -92,7 +94,8 @@ def user_weeks(week: date) -> pd.DataFrame:
     truth = truth[truth["user_id"].isin(history.users)]
     pool = pd.read_parquet(config.pipeline().week_input_dir(week) / CANDIDATES_INFERENCE.file,
                            columns=["user_id", "item_id", "rank_als"])
-    lists = {"ranking": _published_ranking(week), "popularity": _popular_unseen(history, truth["user_id"].unique()),
+    users = truth["user_id"].unique()
+    lists = {"ranking": _published_ranking(week, users), "popularity": _popular_unseen(history, users),
              "als": pool.assign(rank=pool["rank_als"])[["user_id", "item_id", "rank"]]}
     scored = [metrics.top_k_against(lists[name], truth).add_prefix(f"{name}_") for name in ORDERS]
     result = pd.concat(scored, axis=1)
@@ -104,16 +107,22 @@ def _pairs(window: events.Interactions) -> pd.DataFrame:
     return pd.DataFrame({"user_id": window.user_id, "item_id": window.item_id}).drop_duplicates()
 
 
-def _published_ranking(week: date) -> pd.DataFrame:
-    """What the web service reads now: the week's ranking, or the last one that went live (none yet: empty)."""
+def _published_ranking(week: date, users: np.ndarray) -> pd.DataFrame:
+    """What the web service serves now (`pipeline.serving`): each user's rows of the week's ranking, or
+    of the last one that went live, and to a user without rows, as to one not active, `default_recs`."""
     table = RankCandidates(week=week).table
     with db.connection() as conn:
         with conn.cursor() as cur:
             if not publish.exists(cur, table):
                 return _RANKED.empty_table().to_pandas()
-        query = sql.SQL("SELECT user_id, item_id, rank FROM {} WHERE rank <= {}").format(
-            sql.Identifier(table), sql.Literal(metrics.K))
-        return db.copy_out(conn, query, _RANKED).to_pandas()
+        personal = db.copy_out(conn, sql.SQL("SELECT user_id, item_id, rank FROM {} WHERE rank <= {}").format(
+            sql.Identifier(table), sql.Literal(metrics.K)), _RANKED).to_pandas()
+        popular = db.copy_out(conn, sql.SQL("SELECT item_id FROM {} ORDER BY items_cnt DESC, item_id LIMIT {}").format(
+            sql.Identifier(DefaultRecs(week=week).table), sql.Literal(metrics.K)), _ITEMS).to_pandas()["item_id"]
+    rest = np.setdiff1d(users, personal["user_id"].to_numpy())
+    fallback = pd.DataFrame({"user_id": np.repeat(rest, len(popular)), "item_id": np.tile(popular, len(rest)),
+                             "rank": np.tile(np.arange(1, len(popular) + 1), len(rest))})
+    return pd.concat([personal, fallback], ignore_index=True)
 
 
 def _popular_unseen(history: candidates.History, users: np.ndarray) -> pd.DataFrame:

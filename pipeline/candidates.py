@@ -21,14 +21,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sparse
 
+from pipeline import config
 from pipeline.contracts import ContractError
 from pipeline.events import Interactions
+from pipeline.validation import spread
 
 DAY = 86_400
 USERS_PER_BLOCK = 5_000
-FEATURES = ("als_score", "rank_als", "rank_popular", "item_events_7d", "item_events_28d", "item_events",
-            "item_age_days", "user_events", "user_items", "user_recency_days", "user_category_share",
-            "category_id", "parent_id", "available")
+FEATURES = config.SOURCE_FEATURES["events"].features  # what the stage computes for each candidate
 CANDIDATES = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()),
                         *((name, pa.int64() if name in ("category_id", "parent_id", "available") else pa.float32())
                           for name in FEATURES)])
@@ -98,6 +98,11 @@ class History:
         """Each user's summed event weight (at least a tiny positive, to divide by)."""
         return np.maximum(np.asarray(self.user_categories.sum(axis=1)).ravel(), 1e-9)
 
+    def active_rows(self, days: int) -> np.ndarray:
+        """Rows of the users with an event in the `days` days before the cutoff: the users given
+        candidates (the web service serves the others `default_recs`)."""
+        return np.flatnonzero(self.user_last >= self.cutoff - days * DAY)
+
     def popular_order(self, days: int) -> np.ndarray:
         """Positions of available items, most events in the last `days` days first (ties: lower item id)."""
         available = np.flatnonzero(self.items["available"].to_numpy() > 0)
@@ -161,14 +166,15 @@ def fit_als(history: History, factors: int, iterations: int, regularization: flo
     return model
 
 
-def candidate_batches(history: History, model, per_user: int, popular_days: int) -> Iterator[pa.RecordBatch]:
-    """Each block of users' candidates with their features, users in id order."""
+def candidate_batches(history: History, model, users: np.ndarray, per_user: int,
+                      popular_days: int) -> Iterator[pa.RecordBatch]:
+    """Each block of the `users` (rows, in id order)' candidates with their features."""
     popular = history.popular_order(popular_days)
     popular_rank = np.full(len(history.items), len(popular) + 1, np.float32)
     popular_rank[popular] = np.arange(1, len(popular) + 1)
     unavailable = np.flatnonzero(history.items["available"].to_numpy() <= 0)
-    for start in range(0, len(history.users), USERS_PER_BLOCK):
-        rows = np.arange(start, min(start + USERS_PER_BLOCK, len(history.users)))
+    for start in range(0, len(users), USERS_PER_BLOCK):
+        rows = users[start:start + USERS_PER_BLOCK]
         als_items, _ = model.recommend(rows, history.matrix[rows], N=per_user, filter_already_liked_items=True,
                                        filter_items=unavailable if len(unavailable) else None)
         chosen = _union(rows, als_items, unseen_popular(history, rows, popular, per_user), per_user)
@@ -274,3 +280,26 @@ def outcome_batches(candidates: pq.ParquetFile, positives: Interactions, week: d
 def _taken(batch: pa.RecordBatch, taken: pd.MultiIndex) -> np.ndarray:
     return pd.MultiIndex.from_arrays([batch.column("user_id").to_numpy(), batch.column("item_id").to_numpy()]) \
         .isin(taken)
+
+
+def capped_outcomes(weeks: list[pq.ParquetFile], max_rows: int, seed: int) -> Iterator[pa.RecordBatch]:
+    """The weeks' outcome rows, or where there are more than `max_rows`, whole user-weeks in a seeded
+    order up to `max_rows`: the train file holds no more than the ranker can use."""
+    chosen = _chosen_user_weeks(weeks, max_rows, seed)
+    for week, users in zip(weeks, chosen, strict=True):
+        for batch in week.iter_batches():
+            yield batch if users is None else batch.filter(pa.array(np.isin(batch.column("user_id").to_numpy(), users)))
+
+
+def _chosen_user_weeks(weeks: list[pq.ParquetFile], max_rows: int, seed: int) -> list[np.ndarray | None]:
+    """The users kept in each week (None: all of them)."""
+    if sum(week.metadata.num_rows for week in weeks) <= max_rows:
+        return [None] * len(weeks)
+    groups = []
+    for number, week in enumerate(weeks):
+        users, rows = np.unique(week.read(columns=["user_id"]).column("user_id").to_numpy(), return_counts=True)
+        groups.append(pd.DataFrame({"week": number, "user_id": users, "rows": rows,
+                                    "place": spread(users, seed + 7919 * number)}))
+    ordered = pd.concat(groups, ignore_index=True).sort_values(["place", "week", "user_id"], ignore_index=True)
+    kept = ordered[ordered["rows"].cumsum() <= max_rows]
+    return [kept.loc[kept["week"] == number, "user_id"].to_numpy() for number in range(len(weeks))]

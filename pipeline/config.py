@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
@@ -40,15 +41,43 @@ class postgres(luigi.Config):  # noqa: N801 - the section name in luigi.cfg
         return _under_root(self.embedded_dir)
 
 
+@dataclass(frozen=True)
+class RankerFeatures:
+    """The columns the ranker reads from the candidates, which of them are categorical, and the
+    features it derives (`pipeline.features`)."""
+
+    features: tuple[str, ...]
+    cat_features: tuple[str, ...]
+    derived_features: tuple[str, ...]
+
+
+# What each source provides, for a [pipeline] that lists no features of its own. The files' are the
+# seed's four columns (derived features: the winners on MovieLens, README "Ranking quality"); the
+# events stage's are the fourteen it computes at a cutoff, and the derived features that repeat none
+# of them (als_rank is rank_als, item_popularity follows item_events_28d).
+SOURCE_FEATURES = {
+    "files": RankerFeatures(
+        ("als_score", "category_id", "parent_id", "available"), ("category_id", "parent_id"),
+        ("item_popularity", "popularity_rank", "als_rank", "als_gap", "item_frequency", "item_mean_als",
+         "category_share")),
+    "events": RankerFeatures(
+        ("als_score", "rank_als", "rank_popular", "item_events_7d", "item_events_28d", "item_events", "item_age_days",
+         "user_events", "user_items", "user_recency_days", "user_category_share", "category_id", "parent_id",
+         "available"), ("category_id", "parent_id"),
+        ("popularity_rank", "als_gap", "item_frequency", "item_mean_als", "category_share")),
+}
+
+
 class pipeline(luigi.Config):  # noqa: N801
     source = luigi.ChoiceParameter(default="files", choices=["files", "events"],
                                    description="files: the modelling stage's four files; events: made from [events]")
     input_dir = luigi.Parameter(default="data", description="folder of the week's parquet files; {week} is replaced")
     model_dir = luigi.Parameter(default="models")
     retention = luigi.IntParameter(default=4, description="how many earlier weeks stay for rollback")
-    features = luigi.ListParameter(default=["als_score", "category_id", "parent_id", "available"])
-    cat_features = luigi.ListParameter(default=["category_id", "parent_id"])
-    derived_features = luigi.ListParameter(default=[], description="features computed by pipeline.features")
+    features = luigi.OptionalListParameter(default=None, description="the ranker's features; default: the source's")
+    cat_features = luigi.OptionalListParameter(default=None, description="which features are categorical")
+    derived_features = luigi.OptionalListParameter(default=None, description="features computed by "
+                                                   "pipeline.features; default: the source's")
     ranker = luigi.ChoiceParameter(default="CatBoostRanker", choices=["CatBoostRanker", "CatBoostClassifier"])
     ranker_loss = luigi.Parameter(default="YetiRank", description="loss of CatBoostRanker")
     holdout_share = luigi.FloatParameter(default=0.2, description="share of train users held out for validation")
@@ -68,6 +97,13 @@ class pipeline(luigi.Config):  # noqa: N801
     terminate_idle_blockers = luigi.BoolParameter(default=False, description="end sessions that hold a live table "
                                                   "while idle in a transaction, instead of waiting for them")
 
+    def ranker_features(self) -> RankerFeatures:
+        """The features set here, each list falling back to what the source provides."""
+        provided = SOURCE_FEATURES[self.source]
+        return RankerFeatures(*(tuple(given) if given is not None else default for given, default in (
+            (self.features, provided.features), (self.cat_features, provided.cat_features),
+            (self.derived_features, provided.derived_features))))
+
     def week_input_dir(self, week: date) -> Path:
         return _under_root(self.input_dir.replace("{week}", week.isoformat()))
 
@@ -85,6 +121,10 @@ class events(luigi.Config):  # noqa: N801
     label_days = luigi.IntParameter(default=7, description="days after a cutoff whose events label its candidates")
     train_weeks = luigi.IntParameter(default=8, description="earlier weeks whose outcomes the ranker learns from")
     candidates_per_user = luigi.IntParameter(default=100)
+    history_days = luigi.IntParameter(default=182, description="days of events before the cutoff that the ALS "
+                                      "fit and the features read: a week's cost does not grow with the shop's age")
+    active_days = luigi.IntParameter(default=28, description="users with an event in these days before the cutoff "
+                                     "get candidates; the web service serves the others default_recs")
     popular_days = luigi.IntParameter(default=28, description="window of recent popularity")
     top_popular = luigi.IntParameter(default=100, description="rows of top_popular.parquet")
     similar_per_item = luigi.IntParameter(default=10, description="neighbours per item in similar.parquet")

@@ -23,6 +23,8 @@ from pipeline import config
 from pipeline.base import week_parameter
 from pipeline.contracts import CANDIDATES_INFERENCE, CANDIDATES_TRAIN, SIMILAR, TOP_POPULAR
 
+AVAILABLE_ROWS = b"weekly_recs.available_rows"  # in the train file's metadata: outcome rows before the cap
+
 
 class EventTask(luigi.Task):
     week = week_parameter()
@@ -58,8 +60,9 @@ class CandidatesAtCutoff(EventTask):
 
         settings = config.events()
         cutoff = settings.cutoff_of(self.week)
-        self.set_status_message(f"reading events before {cutoff:%Y-%m-%d %H:%M} UTC")
-        history = candidates.History.at(cutoff, self.events_until(None, cutoff),
+        since = cutoff - timedelta(days=settings.history_days)
+        self.set_status_message(f"reading events from {since:%Y-%m-%d} to {cutoff:%Y-%m-%d %H:%M} UTC")
+        history = candidates.History.at(cutoff, self.events_until(since, cutoff),
                                         events.read_items(settings.resolved_items_path()), settings.popular_days)
         history.check(settings.resolved_events_path(), settings.resolved_items_path(),
                       timedelta(hours=settings.max_lag_hours))
@@ -73,9 +76,10 @@ class CandidatesAtCutoff(EventTask):
             pq.write_table(candidates.similar(history, model, settings.similar_per_item), path)
         with outputs[CANDIDATES_INFERENCE.file].temporary_path() as path, \
                 pq.ParquetWriter(path, candidates.CANDIDATES) as writer:
-            users = len(history.users)
+            active = history.active_rows(settings.active_days)
+            users = len(active)
             for number, batch in enumerate(candidates.candidate_batches(
-                    history, model, settings.candidates_per_user, settings.popular_days), start=1):
+                    history, model, active, settings.candidates_per_user, settings.popular_days), start=1):
                 writer.write_batch(batch)
                 done = min(number * candidates.USERS_PER_BLOCK, users)
                 self.set_status_message(f"candidates of {done:,} of {users:,} users")
@@ -112,9 +116,15 @@ class TrainFromOutcomes(EventTask):
         return self.week_file(CANDIDATES_TRAIN.file)
 
     def run(self) -> None:
+        """At most `[pipeline] max_train_rows`, whole user-weeks; the file's metadata keeps how many
+        rows there were (`model_metrics.available_rows`)."""
+        from pipeline import candidates
+
+        settings = config.pipeline()
         weeks = [pq.ParquetFile(target.path) for target in self.input()]
-        with self.output().temporary_path() as path, pq.ParquetWriter(path, weeks[0].schema_arrow) as writer:
-            for week in weeks:
-                for batch in week.iter_batches():
-                    writer.write_batch(batch)
+        available = sum(week.metadata.num_rows for week in weeks)
+        schema = weeks[0].schema_arrow.with_metadata({AVAILABLE_ROWS: str(available)})
+        with self.output().temporary_path() as path, pq.ParquetWriter(path, schema) as writer:
+            for batch in candidates.capped_outcomes(weeks, settings.max_train_rows, settings.random_seed):
+                writer.write_batch(batch)
 

@@ -19,8 +19,8 @@ WEEK_FIELD = pa.field("week", pa.date32())
 
 def week_contracts() -> tuple[contracts.Contract, ...]:
     """The week's four contracts, the candidates carrying the configured (and derived) features."""
-    settings = config.pipeline()
-    return contracts.week_contracts(tuple(settings.features), tuple(settings.derived_features))
+    chosen = config.pipeline().ranker_features()
+    return contracts.week_contracts(chosen.features, chosen.derived_features)
 
 
 class CheckInputs(WeekTask):

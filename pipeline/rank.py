@@ -29,6 +29,7 @@ from psycopg2 import sql
 from pipeline import config, db, publish
 from pipeline.base import StagingTask, WeekTask, published_table
 from pipeline.contracts import CANDIDATES_TRAIN
+from pipeline.event_stage import AVAILABLE_ROWS
 from pipeline.load import DefaultRecs, InferenceCandidates, LoadTask, TrainCandidates
 
 SCORING_ROWS = 200_000  # rows of whole users scored at a time in a shard
@@ -71,7 +72,8 @@ class TrainRanker(WeekTask):
             ranker = Ranker.from_settings(settings, read_week(conn, inputs["popularity"].table, self.week,
                                                               ["item_id", "items_cnt"]).to_pandas())
             train_table = publish.week_table(cur, inputs["train"].table, self.week)
-            available = publish.row_count(cur, train_table)
+            available = rows_available(settings.week_input_dir(self.week) / CANDIDATES_TRAIN.file,
+                                       publish.row_count(cur, train_table))
             grouped = CANDIDATES_TRAIN.group in db.read_schema(cur, train_table).names
             columns = [*ranker.columns, "target", *([CANDIDATES_TRAIN.group] if grouped else [])]
             train = ranker.prepared(
@@ -267,6 +269,13 @@ def sample_of_users(table: str, max_rows: int, seed: int, columns: list[str], ro
         " user_id) AS upto FROM users) u WHERE upto <= {max_rows})"
         " SELECT {selected} FROM {table} t JOIN chosen USING (user_id)").format(
         table=sql.Identifier(table), seed=sql.Literal(seed), max_rows=sql.Literal(max_rows), selected=selected)
+
+
+def rows_available(path: Path, loaded: int) -> int:
+    """Train rows there were for the week: the train file's own count where the events stage capped it
+    at the source (its metadata), else what was loaded."""
+    metadata = (pq.read_schema(path).metadata if path.is_file() else None) or {}
+    return int(metadata.get(AVAILABLE_ROWS, loaded))
 
 
 def item_stats(conn, table: str) -> pa.Table:

@@ -36,9 +36,10 @@ class Ranker:
 
     @classmethod
     def from_settings(cls, settings: config.pipeline, popularity: pd.DataFrame) -> Ranker:
-        return cls(settings.ranker, settings.ranker_loss, tuple(settings.features), tuple(settings.derived_features),
-                   tuple(settings.cat_features), settings.iterations, settings.thread_count, settings.random_seed,
-                   settings.holdout_share, popularity)
+        chosen = settings.ranker_features()
+        return cls(settings.ranker, settings.ranker_loss, chosen.features, chosen.derived_features, chosen.cat_features,
+                   settings.iterations, settings.thread_count, settings.random_seed, settings.holdout_share,
+                   popularity)
 
     def parameters(self) -> dict:
         return {"loss": self.loss if self.kind == "CatBoostRanker" else "Logloss", "iterations": self.iterations,

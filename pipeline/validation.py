@@ -13,10 +13,15 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def held_out(user_ids: np.ndarray, seed: int, share: float) -> np.ndarray:
-    """True for the users held out: about `share` of them, by a splitmix64 hash of id and seed."""
+    """True for the users held out: about `share` of them."""
+    return spread(user_ids, seed) < share
+
+
+def spread(ids: np.ndarray, seed: int) -> np.ndarray:
+    """Each id's place in [0, 1), uniform and fixed for the seed: a splitmix64 hash of id and seed."""
     with np.errstate(over="ignore"):
-        z = user_ids.astype(np.int64).view(np.uint64) + np.uint64(seed) * _GOLDEN
+        z = ids.astype(np.int64).view(np.uint64) + np.uint64(seed % (1 << 64)) * _GOLDEN
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53) < share
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)

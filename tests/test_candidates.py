@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline import candidates
@@ -27,7 +28,8 @@ def history(shop) -> candidates.History:
 @pytest.fixture(scope="module")
 def pool(history) -> pd.DataFrame:
     model = candidates.fit_als(history, factors=16, iterations=5, regularization=0.05, alpha=2.0, seed=1)
-    return pa.Table.from_batches(list(candidates.candidate_batches(history, model, PER_USER, 28))).to_pandas()
+    everyone = np.arange(len(history.users))
+    return pa.Table.from_batches(list(candidates.candidate_batches(history, model, everyone, PER_USER, 28))).to_pandas()
 
 
 def had(history: candidates.History) -> set[tuple[int, int]]:
@@ -115,3 +117,42 @@ def test_events_that_name_none_of_the_items_are_refused_naming_the_items_file(sh
     assert str(refused.value) == (f"{tmp_path / 'items.parquet'}, column 'item_id': none of the items of the "
                                   f"{unknown.events_read:,} events before the cutoff is in this file")
     assert unknown.events_read > 0
+
+
+def outcome_week(path, number: int, users: dict[int, int]) -> pq.ParquetFile:
+    """Outcomes of week `number`: `rows` candidates for each user, item ids telling the week."""
+    ids = np.repeat(list(users), list(users.values()))
+    pq.write_table(pa.table({"user_id": ids, "item_id": number * 10_000 + np.arange(len(ids))}), path)
+    return pq.ParquetFile(path)
+
+
+def test_outcomes_beyond_the_cap_are_whole_user_weeks_up_to_it_in_a_seeded_order(tmp_path):
+    sizes = {(k, user): 3 + (user + k) % 5 for k in range(3) for user in range(40)}
+    weeks = [outcome_week(tmp_path / f"w{k}.parquet", k, {user: sizes[k, user] for user in range(40)})
+             for k in range(3)]
+    total = sum(sizes.values())
+
+    kept = pa.Table.from_batches(list(candidates.capped_outcomes(weeks, 100, seed=42))).to_pandas()
+    again = pa.Table.from_batches(list(candidates.capped_outcomes(weeks, 100, seed=42))).to_pandas()
+    other_seed = pa.Table.from_batches(list(candidates.capped_outcomes(weeks, 100, seed=7))).to_pandas()
+    everything = pa.Table.from_batches(list(candidates.capped_outcomes(weeks, total, seed=42)))
+
+    assert 90 < len(kept) <= 100 < total
+    assert kept.equals(again) and not kept.equals(other_seed)
+    per_user_week = kept.groupby([kept["item_id"] // 10_000, "user_id"]).size()
+    assert all(rows == sizes[key] for key, rows in per_user_week.items())  # whole user-weeks only
+    assert everything.num_rows == total
+
+
+def test_only_users_active_in_the_window_get_candidates(history):
+    model = candidates.fit_als(history, factors=8, iterations=2, regularization=0.05, alpha=2.0, seed=1)
+    active = history.active_rows(days=3)
+    since = history.cutoff - 3 * candidates.DAY
+
+    given = pa.Table.from_batches(list(candidates.candidate_batches(history, model, active, 5, 28)))
+
+    assert 0 < len(active) < len(history.users)
+    assert (history.user_last[active] >= since).all()
+    assert set(given.column("user_id").to_pylist()) == set(history.users[active].tolist())
+    inactive = np.setdiff1d(np.arange(len(history.users)), active)
+    assert (history.user_last[inactive] < since).all()  # each had events, none in the last 3 days

@@ -70,6 +70,21 @@ def test_events_after_the_cutoff_change_nothing_of_the_week(events_settings, sho
         assert week_file(name).equals(table), name
 
 
+def test_events_older_than_the_history_window_change_nothing_of_the_week(events_settings, shop, tmp_path):
+    events_settings["events"]["history_days"] = "21"
+    apply_settings(events_settings)
+    assert run_tasks(CandidatesAtCutoff(week=WEEK)).name == "SUCCESS"
+    before = {name: week_file(name) for name in CandidatesAtCutoff(week=WEEK).output()}
+
+    long_ago = [CUTOFF - timedelta(days=d) for d in (22, 60, 400)]
+    with_extra_events(shop, tmp_path / "old", events_settings, user_id=pa.array([1000, 1003, 1006], pa.int64()),
+                      timestamp=pa.array(long_ago, pa.timestamp("s", "UTC")))
+    assert run_tasks(CandidatesAtCutoff(week=WEEK)).name == "SUCCESS"
+
+    for name, table in before.items():
+        assert week_file(name).equals(table), name
+
+
 def test_no_event_of_the_label_window_reaches_the_train_features(events_settings, shop, tmp_path):
     """A burst of purchases of one item right after a train cutoff labels rows, and moves no feature."""
     assert run_tasks(TrainFromOutcomes(week=WEEK)).name == "SUCCESS"
@@ -121,5 +136,27 @@ def test_a_week_runs_from_events_to_the_five_tables(events_settings, conn):
     assert seen == [(0,)]  # what a user took last week is history now: never a candidate again
 
 
-def test_the_documented_settings_give_the_ranker_every_feature_the_stage_computes(events_settings):
-    assert config.pipeline().features == FEATURES
+def test_the_train_file_holds_at_most_max_train_rows_and_the_metrics_say_how_many_there_were(events_settings,
+                                                                                             conn):
+    events_settings["pipeline"]["max_train_rows"] = "6000"
+    apply_settings(events_settings)
+
+    assert run_tasks(WeeklyRecs(week=WEEK)).name == "SUCCESS"
+
+    outcomes = sum(week_file("outcomes.parquet", WEEK - timedelta(weeks=k)).num_rows for k in (1, 2))
+    train = week_file("candidates_train.parquet")
+    assert train.num_rows <= 6000 < outcomes
+    assert query(conn, "SELECT count(*) FROM candidates_train") == [(train.num_rows,)]
+    assert query(conn, "SELECT available_rows, train_rows FROM model_metrics") == [(outcomes, train.num_rows)]
+
+
+def test_source_events_alone_gives_the_ranker_every_feature_the_stage_computes(settings):
+    settings["pipeline"]["source"] = "events"  # and no feature listed: luigi.cfg and events.cfg list none
+    apply_settings(settings)
+
+    chosen = config.pipeline().ranker_features()
+
+    assert chosen.features == FEATURES
+    assert chosen.derived_features == ("popularity_rank", "als_gap", "item_frequency", "item_mean_als",
+                                       "category_share")
+    assert config.pipeline(features=["als_score"]).ranker_features().features == ("als_score",)  # listed: kept
