@@ -121,9 +121,9 @@ class events(luigi.Config):  # noqa: N801
     label_days = luigi.IntParameter(default=7, description="days after a cutoff whose events label its candidates")
     train_weeks = luigi.IntParameter(default=8, description="earlier weeks whose outcomes the ranker learns from")
     candidates_per_user = luigi.IntParameter(default=100)
-    history_days = luigi.IntParameter(default=182, description="days of events before the cutoff that the ALS "
+    history_days = luigi.IntParameter(default=365, description="days of events before the cutoff that the ALS "
                                       "fit and the features read: a week's cost does not grow with the shop's age")
-    active_days = luigi.IntParameter(default=28, description="users with an event in these days before the cutoff "
+    active_days = luigi.IntParameter(default=91, description="users with an event in these days before the cutoff "
                                      "get candidates; the web service serves the others default_recs")
     popular_days = luigi.IntParameter(default=28, description="window of recent popularity")
     top_popular = luigi.IntParameter(default=100, description="rows of top_popular.parquet")
