@@ -24,20 +24,31 @@ WEEK = 7 * 86_400
 
 
 def write_sample_events(folder: Path, end: datetime, users: int = 1_000, items: int = 1_500, weeks: int = 16,
-                        events_per_user_week: float = 3.0, seed: int = 11) -> int:
-    """Events of `weeks` weeks up to `end`; returns how many were written."""
+                        events_per_user_week: float = 3.0, seed: int = 11,
+                        lifetime_weeks: float | None = None) -> int:
+    """Events of `weeks` weeks up to `end`; returns how many were written.
+
+    By default users arrive in the first half and stay. With `lifetime_weeks`, a shop that ages:
+    users arrive all along (`users / weeks` a week) and each stays active a geometric number of
+    weeks of that mean, then leaves for good.
+    """
     rng = np.random.default_rng(seed)
     catalogue = _items(rng, items, weeks)
     preference = rng.dirichlet(np.full(CATEGORIES, 0.25), size=users)
     activity = rng.lognormal(0, 0.8, users)
-    first_week = rng.integers(0, weeks // 2, users)
+    if lifetime_weeks is None:
+        first_week, last_week = rng.integers(0, weeks // 2, users), np.full(users, weeks)
+    else:
+        first_week = rng.integers(0, weeks, users)
+        last_week = first_week + rng.geometric(1 / lifetime_weeks, users)
     (folder / "events").mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table({name: catalogue[name] for name in ("item_id", "category_id", "parent_id", "available")}),
                    folder / "items.parquet")
     start = int(end.timestamp()) - weeks * WEEK
     written = 0
     for chunk in range(0, weeks, 4):
-        parts = [_week_events(rng, w, catalogue, preference, activity * events_per_user_week, first_week, start)
+        parts = [_week_events(rng, w, catalogue, preference, activity * events_per_user_week
+                              * ((first_week <= w) & (w < last_week)), start)
                  for w in range(chunk, min(chunk + 4, weeks))]
         table = pa.concat_tables(parts)
         table = table.filter(pc.less(table.column("timestamp"), pa.scalar(end, pa.timestamp("s", "UTC"))))
@@ -60,10 +71,11 @@ def _items(rng: np.random.Generator, count: int, weeks: int) -> dict[str, np.nda
 
 
 def _week_events(rng: np.random.Generator, week: int, items: dict, preference: np.ndarray, rate: np.ndarray,
-                 first_week: np.ndarray, start: int) -> pa.Table:
-    """One week: each active user's views by taste x this week's popularity, some carts and purchases."""
+                 start: int) -> pa.Table:
+    """One week: each active user's views by taste x this week's popularity, some carts and purchases
+    (`rate` is 0 for users not active this week)."""
     popularity = items["base"] * np.exp(items["trend"] * (week - items["released"])) * (items["released"] <= week)
-    counts = rng.poisson(rate * (first_week <= week))
+    counts = rng.poisson(rate)
     user = np.repeat(np.arange(len(rate)), counts)
     category = _sample_rows(rng, preference[user])
     item = np.empty(len(user), np.int64)

@@ -14,6 +14,7 @@ import pytest
 from pipeline import candidates
 from pipeline.contracts import ContractError
 from pipeline.events import Interactions, concatenated, read_items, window_batches
+from pipeline.sample_events import write_sample_events
 
 CUTOFF = datetime(2026, 11, 21, 21, 0, tzinfo=UTC)
 PER_USER = 30
@@ -156,3 +157,17 @@ def test_only_users_active_in_the_window_get_candidates(history):
     assert set(given.column("user_id").to_pylist()) == set(history.users[active].tolist())
     inactive = np.setdiff1d(np.arange(len(history.users)), active)
     assert (history.user_last[inactive] < since).all()  # each had events, none in the last 3 days
+
+
+def test_in_a_shop_that_ages_only_the_users_of_the_last_weeks_are_given_candidates(tmp_path):
+    """Users arrive all along and stay about three weeks: most of those ever seen are gone."""
+    end = CUTOFF + timedelta(hours=3)
+    write_sample_events(tmp_path, end, users=3_000, items=300, weeks=30, lifetime_weeks=3)
+    aged = candidates.History.at(CUTOFF, window_batches(tmp_path / "events", None, CUTOFF, {}),
+                                 read_items(tmp_path / "items.parquet"), popular_days=28)
+
+    active = aged.active_rows(days=28)
+
+    assert len(aged.users) > 2_000  # ever seen
+    assert 0 < len(active) < 0.3 * len(aged.users)  # still coming
+    assert (aged.user_last[active] >= aged.cutoff - 28 * candidates.DAY).all()
