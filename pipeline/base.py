@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import date
+from pathlib import Path
 
 import luigi
 import pyarrow as pa
@@ -96,7 +97,7 @@ class StagingTask(WeekTask):
     lookup_key: tuple[str, ...] = ()
     served = False  # read by the web service: its readers are granted SELECT on the live name
 
-    def planned_columns(self) -> tuple[str, pa.Schema]:
+    def planned_columns(self) -> tuple[Path, pa.Schema]:
         """The file that shapes this table, and the table's columns for the week (before anything is staged)."""
         raise NotImplementedError
 

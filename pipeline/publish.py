@@ -228,7 +228,7 @@ def _put_live(cur, table: str, week: date, source: str) -> None:
         _partition_in_place(cur, table)
     elif kind is None:
         _create_partitioned(cur, table, table_columns(cur, source))
-    for (attached,) in _attached(cur, table):
+    for attached in _attached(cur, table):
         cur.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
             sql.Identifier(table), sql.Identifier(attached)))
     target = week_name(table, week)
@@ -299,10 +299,10 @@ def _reshape(cur, table: str, columns: dict[str, str]) -> None:
                 sql.Identifier(table), sql.Identifier(name), sql.SQL(kind)))
 
 
-def _attached(cur, table: str) -> list[tuple[str]]:
-    cur.execute("SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = to_regclass(%s)",
-                (f'"{table}"',))
-    return [(name.strip('"'),) for (name,) in cur.fetchall()]
+def _attached(cur, table: str) -> list[str]:
+    cur.execute("SELECT relname FROM pg_inherits JOIN pg_class ON pg_class.oid = inhrelid"
+                " WHERE inhparent = to_regclass(%s)", (f'"{table}"',))
+    return [name for (name,) in cur.fetchall()]
 
 
 def _kind(cur, table: str) -> str | None:

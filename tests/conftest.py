@@ -200,6 +200,12 @@ def start_luigi(config_file: Path, *args: str, env: dict[str, str] | None = None
                             start_new_session=True)
 
 
+def run_module(config_file: Path, name: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m pipeline.<name> ...` (rollback, redo) as a user types it, with a config file."""
+    return subprocess.run([sys.executable, "-m", f"pipeline.{name}", *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "LUIGI_CONFIG_PATH": str(config_file)})
+
+
 @pytest.fixture
 def conn(settings) -> Iterator[psycopg2.extensions.connection]:
     with db.connection() as connection:

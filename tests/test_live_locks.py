@@ -4,9 +4,6 @@ reader, with every live table unchanged. Rollback takes the same path."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import psycopg2
@@ -15,11 +12,11 @@ import pytest
 from pipeline import DefaultRecs, OnlineRecs, RankCandidates, WeeklyRecs, publish, serving
 from tests.conftest import (
     NEXT_WEEK,
-    ROOT,
     TELEGRAM_ENV,
     WEEK,
     apply_settings,
     live_state,
+    run_module,
     run_tasks,
     start_luigi,
 )
@@ -122,8 +119,7 @@ def test_a_rollback_waits_for_readers_the_same_way(next_week_staged, settings, c
     settings["pipeline"]["publish_wait"] = "1"
     apply_settings(settings, config_file)
 
-    refused = subprocess.run([sys.executable, "-m", "pipeline.rollback"], cwd=ROOT, capture_output=True, text=True,
-                             env={**os.environ, "LUIGI_CONFIG_PATH": str(config_file)})
+    refused = run_module(config_file, "rollback")
 
     assert refused.returncode == 1
     assert (f"rollback refused: rollback to week {WEEK} not done: the live tables were held for more than 1 s "

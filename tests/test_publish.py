@@ -6,9 +6,6 @@ Read as the web service reads: as a login role of its own (`[postgres] readers`)
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import timedelta
 
 import psycopg2
@@ -22,21 +19,16 @@ from pipeline.load import DefaultRecs
 from tests.conftest import (
     NEXT_WEEK,
     PUBLISHED_TABLES,
-    ROOT,
     WEEK,
     apply_settings,
     live_state,
     query,
     run_luigi,
+    run_module,
     run_tasks,
 )
 
 SERVED = ("default_recs", "online_recs", "candidates_ranked", "model_metrics")
-
-
-def module(config_file, name: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"pipeline.{name}", *args], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "LUIGI_CONFIG_PATH": str(config_file)})
 
 
 def dba_builds_on_the_live_tables(conn, reader) -> None:
@@ -80,10 +72,10 @@ def test_grants_views_and_functions_hold_through_seven_weeks_a_rollback_and_a_re
 
     for table in PUBLISHED_TABLES:  # retention 4: the oldest two weeks are gone
         assert publish.archived_weeks(conn.cursor(), table) == weeks[-2:-6:-1]
-    back = module(config_file, "rollback")
+    back = run_module(config_file, "rollback")
     assert back.returncode == 0, back.stderr
     assert_the_reader_sees_exactly_the_live_week(conn, reader, weeks[-2])
-    assert module(config_file, "redo", str(WEEK)).returncode == 0
+    assert run_module(config_file, "redo", str(WEEK)).returncode == 0
     assert run_tasks(WeeklyRecs(week=WEEK)).name == "SUCCESS"
     assert_the_reader_sees_exactly_the_live_week(conn, reader, WEEK)
 
@@ -120,7 +112,7 @@ def test_a_deployment_of_the_previous_layout_keeps_its_grants_views_and_archives
     assert reader.read("SELECT DISTINCT week FROM popular_items(3)") == [(NEXT_WEEK,)]
     for table in PUBLISHED_TABLES:
         assert publish.archived_weeks(conn.cursor(), table) == [WEEK, earlier]
-    assert module(config_file, "rollback", str(earlier)).returncode == 0  # an archive of the old layout
+    assert run_module(config_file, "rollback", str(earlier)).returncode == 0  # an archive of the old layout
     assert reader.read("SELECT DISTINCT week FROM service_recs") == [(earlier,)]
 
 

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 from pipeline import WeeklyRecs
-from tests.conftest import NEXT_WEEK, PUBLISHED_TABLES, ROOT, WEEK, live_state, query, run_tasks, table_snapshot
+from tests.conftest import NEXT_WEEK, PUBLISHED_TABLES, WEEK, live_state, query, run_module, run_tasks, table_snapshot
 
 
 def rollback(config_file, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.rollback", *args], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "LUIGI_CONFIG_PATH": str(config_file)})
+    return run_module(config_file, "rollback", *args)
 
 
 def weeks_live(conn) -> list[tuple]:
