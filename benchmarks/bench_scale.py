@@ -1,10 +1,11 @@
 """`make bench-scale`: the ranking stage at 1M and 8M inference candidates, and 2 workers against 1.
 
-Each size runs `luigi --module pipeline RankCandidates` as one command under /usr/bin/time -v (with
-one worker, every task of the stage runs in that process, so its peak RSS is the largest of any
-task), training capped at `max_train_rows = 1,000,000` and scoring in 4 shards. Then the scoring
-shards of the 8M week are run again with 1 and with 2 worker processes, CatBoost at one thread
-each: the stand-in for adding a host. Writes benchmarks/scale_results.md.
+Each size runs `luigi --module pipeline RankCandidates` as a user runs it: one command, one worker
+(every task of the stage in that process, the fits in the processes it starts), under
+/usr/bin/time -v, whose peak RSS is the largest of any of them. The default settings, but for 50
+iterations and 4 shards. Then the scoring shards of the 8M week are run again with 1 and with 2
+worker processes, CatBoost at one thread each: the stand-in for adding a host. Writes
+benchmarks/scale_results.md.
 """
 
 from __future__ import annotations
@@ -21,14 +22,20 @@ from bench import LUIGI, ROOT, WEEK, Bench, build, week_folder
 from pipeline import DefaultRecs, InferenceCandidates, TrainCandidates, db
 
 SIZES = (1_000_000, 8_000_000)
-SETTINGS = {"max_train_rows": "1000000", "shards": "4", "thread_count": "1"}  # and 50 iterations (Bench)
+SHARDS = 4
+ONE_THREAD = {"thread_count": "1"}  # for the workers' comparison: one core a worker
 
 
 def configure(bench: Bench, folder: Path, database: str) -> Path:
-    path = bench.configure(folder, bench.fresh_database(database))
-    path.write_text(path.read_text().replace("[pipeline]\n", "[pipeline]\n" + "".join(
-        f"{key} = {value}\n" for key, value in SETTINGS.items())))
-    return path
+    return with_settings(bench.configure(folder, bench.fresh_database(database)), {"shards": str(SHARDS)})
+
+
+def with_settings(path: Path, settings: dict[str, str]) -> Path:
+    """The settings file with `[pipeline]` settings added, as a file beside it."""
+    changed = path.with_name(f"{path.stem}-{len(settings)}-{'-'.join(settings)}.cfg")
+    changed.write_text(path.read_text().replace("[pipeline]\n", "[pipeline]\n" + "".join(
+        f"{key} = {value}\n" for key, value in settings.items())))
+    return changed
 
 
 def ranking_stage(settings_file: Path, workers: int) -> tuple[float, float]:
@@ -57,11 +64,12 @@ def forget_scoring() -> None:
 
 
 def workers_speedup(bench: Bench, settings_file: Path, rows: int) -> None:
+    settings_file = with_settings(settings_file, ONE_THREAD)
     forget_scoring()
     one, one_mb = ranking_stage(settings_file, workers=1)
     forget_scoring()
     two, two_mb = ranking_stage(settings_file, workers=2)
-    bench.record(f"scoring {rows:,} in 4 shards: 1 worker vs 2 worker processes (CatBoost 1 thread each)",
+    bench.record(f"scoring {rows:,} in {SHARDS} shards: 1 worker vs 2 worker processes (CatBoost 1 thread each)",
                  f"{one:.0f} s vs {two:.0f} s = {one / two:.2f}x faster; peak RSS {one_mb:.0f} / {two_mb:.0f} MB")
 
 
@@ -76,7 +84,7 @@ def main() -> None:
             settings_file = configure(bench, week, f"scale_{rows}")
             build(TrainCandidates(week=WEEK), InferenceCandidates(week=WEEK), DefaultRecs(week=WEEK))
             measured[rows] = ranking_stage(settings_file, workers=1)
-            bench.record(f"ranking stage, {rows:,} train + {rows:,} inference candidates (4 shards)",
+            bench.record(f"ranking stage, {rows:,} train + {rows:,} inference candidates ({SHARDS} shards)",
                          f"{measured[rows][0]:.0f} s, peak RSS {measured[rows][1]:.0f} MB")
         (small_s, small_mb), (large_s, large_mb) = measured.values()
         bench.record("8M / 1M: time and largest peak RSS", f"{large_s / small_s:.2f}x and {large_mb / small_mb:.2f}x")

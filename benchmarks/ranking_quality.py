@@ -26,11 +26,12 @@ def ranking_quality(week: Path, kind: str, derived: tuple[str, ...]) -> dict[str
                     pd.read_parquet(week / "top_popular.parquet"))
     train = ranker.prepared(pd.read_parquet(week / "candidates_train.parquet"))
     inference = ranker.prepared(pd.read_parquet(week / "candidates_inference.parquet"))
-    model = ranker.fit(train)
+    model = ranker.fit(ranker.pool(train))
+    learn, test = ranker.held_out_split(train)
     columns = ["user_id", "item_id", "als_score"]
     ranked = candidates_ranked(pa.Table.from_pandas(inference[columns], preserve_index=False),
                                ranker.scores(model, inference)).to_pandas()
-    return {"validation_ndcg": ranker.validation(train)["ndcg_at_10"],
+    return {"validation_ndcg": ranker.validation(ranker.fit(ranker.pool(learn)), test)["ndcg_at_10"],
             **evaluate(ranked, pd.read_parquet(week / "test_interactions.parquet"))}
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import date
@@ -62,38 +63,50 @@ class TrainRanker(WeekTask):
     def run(self) -> None:
         # The model's libraries (CatBoost, pandas: ~70 MB) are imported when a ranking runs, so
         # that the load tasks' processes stay small.
+        from pipeline import training
         from pipeline.ranker import Ranker
 
         started, settings = time.monotonic(), config.pipeline()
         model_dir = writable_model_dir(settings.week_model_dir(self.week))
-        self.set_status_message("reading a sample of train candidates back")
         inputs = self.requires()
-        with db.connection() as conn, conn.cursor() as cur:
+        with db.connection() as conn, conn.cursor() as cur, \
+                tempfile.TemporaryDirectory(prefix="training-", dir=model_dir) as work:
+            folder = Path(work)
             ranker = Ranker.from_settings(settings, read_week(conn, inputs["popularity"].table, self.week,
                                                               ["item_id", "items_cnt"]).to_pandas())
             train_table = publish.week_table(cur, inputs["train"].table, self.week)
             available = rows_available(settings.week_input_dir(self.week) / CANDIDATES_TRAIN.file,
                                        publish.row_count(cur, train_table))
-            grouped = CANDIDATES_TRAIN.group in db.read_schema(cur, train_table).names
-            columns = [*ranker.columns, "target", *([CANDIDATES_TRAIN.group] if grouped else [])]
-            train = ranker.prepared(
-                db.copy_out(conn, sample_of_users(train_table, settings.max_train_rows, settings.random_seed,
-                                                  columns, available), _typed(cur, train_table, columns)).to_pandas(),
-                item_stats(conn, train_table).to_pandas().set_index("item_id"))
+            self.set_status_message(f"reading a sample of {available:,} train candidates back")
+            self.sample_written(conn, train_table, ranker, available, folder / training.SAMPLE)
+            train_items = item_stats(conn, train_table)
             inference_items = item_stats(conn, publish.week_table(cur, inputs["inference"].table, self.week))
             previous = previous_ndcg(conn, self.metrics_table, self.week)
-        self.set_status_message(f"validating on held-out users of {len(train):,} train candidates")
-        self.set_progress_percentage(10)
-        validation = ranker.validation(train)
-        self.check_quality(validation, previous)
-        self.set_status_message(f"training on {len(train):,} of {available:,} train candidates")
-        self.set_progress_percentage(50)
-        model_path = model_dir / "model.cbm"
-        ranker.fit(train).save_model(str(model_path))
-        validation.update(model_type=ranker.kind, parameters=ranker.parameters(), train_rows=len(train),
-                          available_rows=available, positives=int(train["target"].sum()),
+            conn.commit()  # no snapshot held open while the fits run
+            counts = training.in_fresh_process(training.quantized_pools, ranker, folder, train_items)
+            self.set_status_message(f"validating on held-out users of {counts['train_rows']:,} train candidates")
+            self.set_progress_percentage(10)
+            validation = training.in_fresh_process(training.validated, ranker, folder)
+            self.check_quality(validation, previous)
+            self.set_status_message(f"training on {counts['train_rows']:,} of {available:,} train candidates")
+            self.set_progress_percentage(50)
+            model_path = model_dir / "model.cbm"
+            training.in_fresh_process(training.fitted, ranker, folder, model_path)
+        validation.update(counts, model_type=ranker.kind, parameters=ranker.parameters(), available_rows=available,
                           duration_s=time.monotonic() - started)
         self.store(model_path.read_bytes(), inference_items, validation)
+
+    def sample_written(self, conn, table: str, ranker, available: int, path: Path) -> None:
+        """At most `max_train_rows` of whole users, streamed into an Arrow file: never all in memory."""
+        settings = config.pipeline()
+        with conn.cursor() as cur:
+            grouped = CANDIDATES_TRAIN.group in db.read_schema(cur, table).names
+            columns = [*ranker.columns, "target", *([CANDIDATES_TRAIN.group] if grouped else [])]
+            schema = _typed(cur, table, columns)
+        query = sample_of_users(table, settings.max_train_rows, settings.random_seed, columns, available)
+        with pa.ipc.new_file(str(path), schema) as writer:
+            for batch in db.stream_out(conn, query, schema):
+                writer.write_batch(batch)
 
     def store(self, model: bytes, inference_items: pa.Table, validation: dict) -> None:
         """The model row, and a fresh staged ranking for the shards to fill: old shards are void."""
@@ -271,6 +284,16 @@ def sample_of_users(table: str, max_rows: int, seed: int, columns: list[str], ro
         table=sql.Identifier(table), seed=sql.Literal(seed), max_rows=sql.Literal(max_rows), selected=selected)
 
 
+def written(batches: Iterator[pa.RecordBatch], schema: pa.Schema, path: Path) -> int:
+    """Batches into an Arrow IPC file, one at a time; the rows written."""
+    rows = 0
+    with pa.ipc.new_file(str(path), schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    return rows
+
+
 def rows_available(path: Path, loaded: int) -> int:
     """Train rows there were for the week: the train file's own count where the events stage capped it
     at the source (its metadata), else what was loaded."""
@@ -328,7 +351,7 @@ def _add_error_columns(cur, metrics_table: str) -> None:
             cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN " + column).format(sql.Identifier(metrics_table)))
 
 
-def writable_model_dir(path: os.PathLike) -> os.PathLike:
+def writable_model_dir(path: Path) -> Path:
     """Fail before training, not after, when the model cannot be saved."""
     try:
         os.makedirs(path, exist_ok=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from catboost import CatBoostClassifier, CatBoostRanker
+from catboost import CatBoostClassifier, CatBoostRanker, Pool
 
 from pipeline import config, contracts, metrics
 from pipeline.features import with_derived_features
@@ -58,14 +58,22 @@ class Ranker:
         ordered[GROUP] = ordered.groupby(by, sort=False).ngroup()
         return with_derived_features(ordered, self.derived, self.popularity, items, by=GROUP)
 
-    def fit(self, train: pd.DataFrame) -> CatBoostClassifier | CatBoostRanker:
+    def pool(self, train: pd.DataFrame) -> Pool:
+        """The model's view of prepared train rows: its features, target and (for a ranker) groups."""
+        return Pool(train[[*self.features, *self.derived]], train["target"], cat_features=list(self.cat_features),
+                    group_id=train[GROUP] if self.kind == "CatBoostRanker" else None)
+
+    def fit(self, pool: Pool) -> CatBoostClassifier | CatBoostRanker:
         common = dict(iterations=self.iterations, random_seed=self.seed, thread_count=self.thread_count,
-                      cat_features=list(self.cat_features), allow_writing_files=False, verbose=False)
-        columns = train[[*self.features, *self.derived]]
+                      allow_writing_files=False, verbose=False)
         if self.kind == "CatBoostRanker":
-            return CatBoostRanker(loss_function=self.loss, **common).fit(columns, train["target"],
-                                                                         group_id=train[GROUP])
-        return CatBoostClassifier(**common).fit(columns, train["target"])
+            return CatBoostRanker(loss_function=self.loss, **common).fit(pool)
+        return CatBoostClassifier(**common).fit(pool)
+
+    def held_out_split(self, train: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Prepared train rows as (learn, held out): held-out users with all their groups."""
+        is_held_out = held_out(train["user_id"].to_numpy(), self.seed, self.holdout_share)
+        return train[~is_held_out], train[is_held_out]
 
     def loaded(self, blob: bytes) -> CatBoostClassifier | CatBoostRanker:
         """A model this ranker fitted, from the bytes of its saved file."""
@@ -79,12 +87,9 @@ class Ranker:
             return model.predict_proba(columns)[:, 1]
         return model.predict(columns)
 
-    def validation(self, train: pd.DataFrame) -> dict[str, float]:
-        """Metrics on held-out users (all their groups): this model's order, then the als_score order,
-        and the standard errors of the model's NDCG@10 and of its difference to the als order's."""
-        is_held_out = held_out(train["user_id"].to_numpy(), self.seed, self.holdout_share)
-        model = self.fit(train[~is_held_out])
-        test = train[is_held_out]
+    def validation(self, model: CatBoostClassifier | CatBoostRanker, test: pd.DataFrame) -> dict[str, float]:
+        """Metrics on held-out rows: this model's order, then the als_score order, and the standard
+        errors of the model's NDCG@10 and of its difference to the als order's."""
         groups, targets = test[GROUP].to_numpy(), test["target"].to_numpy()
         ranked = metrics.per_user_metrics(groups, self.scores(model, test), targets)
         als = metrics.per_user_metrics(groups, test["als_score"].to_numpy(), targets)
