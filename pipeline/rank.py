@@ -83,7 +83,7 @@ class TrainRanker(WeekTask):
             inference_items = item_stats(conn, publish.week_table(cur, inputs["inference"].table, self.week))
             previous = previous_ndcg(conn, self.metrics_table, self.week)
             conn.commit()  # no snapshot held open while the fits run
-            counts = training.in_fresh_process(training.quantized_pools, ranker, folder, train_items)
+            counts = training.in_fresh_process(training.train_files, ranker, folder, train_items)
             self.set_status_message(f"validating on held-out users of {counts['train_rows']:,} train candidates")
             self.set_progress_percentage(10)
             validation = training.in_fresh_process(training.validated, ranker, folder)

@@ -5,12 +5,16 @@ keeps what it frees. Run in the Luigi worker, that memory would stay under the s
 after it, and the worker would grow with the week. So `TrainRanker` streams its sample of train
 candidates to a file in a folder of its own, and three fresh processes take it from there:
 
-    quantized_pools   the sample, prepared, as two quantized CatBoost pools (learn, whole) and the
-                      held-out rows: the only step that holds the sample as a DataFrame
-    validated         fits on the learn pool, scores the held-out rows: the gate's metrics
-    fitted            fits on the whole pool and saves the week's model
+    train_files   the sample, prepared, as the rows CatBoost reads itself (learn and whole, tab
+                  separated, with their column description) and the held-out rows: the only step
+                  that holds the sample as a DataFrame
+    validated     fits on the learn rows, scores the held-out ones: the gate's metrics
+    fitted        fits on the whole sample and saves the week's model
 
-Each exits when done, and with it everything it held.
+Each exits when done, and with it everything it held. The fits read their rows with CatBoost's
+own file reader, so their process never holds a DataFrame: the model is the one a fit on the
+DataFrame gives (tested). A quantized pool would be smaller still, but CatBoost computes its
+categorical features' statistics differently from one, and the model would change.
 """
 
 from __future__ import annotations
@@ -23,35 +27,45 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pacsv
 from catboost import Pool
 
 from pipeline.ranker import GROUP, Ranker
 
-SAMPLE, LEARN, WHOLE, HELD_OUT = "sample.arrow", "learn.pool", "whole.pool", "held_out.feather"
+SAMPLE, LEARN, WHOLE, HELD_OUT, COLUMNS = "sample.arrow", "learn.tsv", "whole.tsv", "held_out.feather", "columns.cd"
 
 
-def quantized_pools(ranker: Ranker, folder: Path, items: pa.Table) -> dict[str, int]:
-    """The sample's rows and positives, with its pools and held-out rows written beside it."""
+def train_files(ranker: Ranker, folder: Path, items: pa.Table) -> dict[str, int]:
+    """The sample's rows and positives, with its files for the fits written beside it."""
     with pa.OSFile(str(folder / SAMPLE)) as source:
         table = pa.ipc.open_file(source).read_all()
     train = ranker.prepared(table.to_pandas(split_blocks=True, self_destruct=True),
                             items.to_pandas().set_index("item_id"))
     del table
     learn, test = ranker.held_out_split(train)
-    _save_quantized(ranker.pool(learn), folder / LEARN)
-    _save_quantized(ranker.pool(train), folder / WHOLE)
+    columns = pool_columns(ranker)
+    (folder / COLUMNS).write_text("".join(f"{i}\t{role}\t{name}\n" for i, (name, role) in enumerate(columns)))
+    for rows, name in ((learn, LEARN), (train, WHOLE)):
+        pacsv.write_csv(pa.Table.from_pandas(rows[[name for name, _ in columns]], preserve_index=False),
+                        folder / name, pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none"))
     test[[GROUP, "target", *dict.fromkeys(["als_score", *ranker.features, *ranker.derived])]].reset_index(
         drop=True).to_feather(folder / HELD_OUT)
     return {"train_rows": len(train), "positives": int(train["target"].sum())}
 
 
 def validated(ranker: Ranker, folder: Path) -> dict[str, float]:
-    model = ranker.fit(Pool(f"quantized://{folder / LEARN}"))
-    return ranker.validation(model, pd.read_feather(folder / HELD_OUT))
+    return ranker.validation(ranker.fit(_pool(folder, LEARN)), pd.read_feather(folder / HELD_OUT))
 
 
 def fitted(ranker: Ranker, folder: Path, model_path: Path) -> None:
-    ranker.fit(Pool(f"quantized://{folder / WHOLE}")).save_model(str(model_path))
+    ranker.fit(_pool(folder, WHOLE)).save_model(str(model_path))
+
+
+def pool_columns(ranker: Ranker) -> list[tuple[str, str]]:
+    """The columns of the files the fits read, with their role in CatBoost's column description."""
+    return [("target", "Label"), *([(GROUP, "GroupId")] if ranker.kind == "CatBoostRanker" else []),
+            *((name, "Categ" if name in ranker.cat_features else "Num")
+              for name in (*ranker.features, *ranker.derived))]
 
 
 def in_fresh_process(function: Callable, *args):
@@ -64,6 +78,5 @@ def in_fresh_process(function: Callable, *args):
                           "lower [pipeline] max_train_rows") from None
 
 
-def _save_quantized(pool: Pool, path: Path) -> None:
-    pool.quantize()
-    pool.save(str(path))
+def _pool(folder: Path, name: str) -> Pool:
+    return Pool(str(folder / name), column_description=str(folder / COLUMNS), delimiter="\t")

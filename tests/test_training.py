@@ -1,0 +1,67 @@
+"""The week's fit runs in processes of their own, and what they hand back is what a fit in the
+worker would have given: the same model, the same validation."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import SOURCE_FEATURES
+from pipeline.features import item_stats
+from pipeline.ranker import Ranker
+from pipeline.training import SAMPLE, fitted, in_fresh_process, train_files, validated
+
+
+@pytest.fixture
+def ranker(sample_week) -> Ranker:
+    chosen = SOURCE_FEATURES["files"]
+    return Ranker("CatBoostRanker", "YetiRank", chosen.features, chosen.derived_features, chosen.cat_features,
+                  iterations=30, thread_count=1, seed=42, holdout_share=0.2,
+                  popularity=pd.read_parquet(sample_week / "top_popular.parquet"))
+
+
+@pytest.fixture
+def train(sample_week, ranker, tmp_path) -> pd.DataFrame:
+    """The sample week's train candidates, written where `TrainRanker` writes its sample."""
+    table = pq.read_table(sample_week / "candidates_train.parquet").select([*ranker.columns, "target"])
+    with pa.ipc.new_file(str(tmp_path / SAMPLE), table.schema) as writer:
+        writer.write_table(table)
+    return table.to_pandas()
+
+
+def test_the_model_fitted_through_train_files_scores_as_one_fitted_on_the_rows(ranker, train, tmp_path):
+    items = item_stats(train)
+    counts = in_fresh_process(train_files, ranker, tmp_path, pa.Table.from_pandas(items.reset_index()))
+    in_fresh_process(fitted, ranker, tmp_path, tmp_path / "model.cbm")
+
+    prepared = ranker.prepared(train, items)
+    in_worker = ranker.fit(ranker.pool(prepared))
+    in_child = ranker.loaded((tmp_path / "model.cbm").read_bytes())
+    np.testing.assert_allclose(ranker.scores(in_child, prepared), ranker.scores(in_worker, prepared))
+    assert counts == {"train_rows": len(train), "positives": int(train["target"].sum())}
+
+
+def test_the_validation_holds_out_the_same_users_and_gives_the_same_metrics(ranker, train, tmp_path):
+    items = item_stats(train)
+    in_fresh_process(train_files, ranker, tmp_path, pa.Table.from_pandas(items.reset_index()))
+
+    learn, test = ranker.held_out_split(ranker.prepared(train, items))
+    expected = ranker.validation(ranker.fit(ranker.pool(learn)), test)
+    assert in_fresh_process(validated, ranker, tmp_path) == pytest.approx(expected)
+    assert 0 < expected["groups"] < train["user_id"].nunique()
+
+
+def test_a_fresh_process_is_another_process_and_its_errors_come_back():
+    assert in_fresh_process(os.getpid) != os.getpid()
+    with pytest.raises(ValueError, match="invalid literal"):
+        in_fresh_process(int, "not a number")
+
+
+def test_a_process_that_dies_names_the_setting_that_bounds_its_memory():
+    with pytest.raises(MemoryError, match=r"_exit died .*lower \[pipeline\] max_train_rows"):
+        in_fresh_process(os._exit, 9)
