@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run run-events test sample-data stop-db scheduler bench bench-scale
+.PHONY: run run-events test sample-data stop-db scheduler bench bench-scale bench-week
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,3 +44,8 @@ bench: $(BIN)/.installed
 bench-scale: $(BIN)/.installed
 	test -x /usr/bin/time || (apt-get update -qq && apt-get install -y -qq time)
 	$(BIN)/python benchmarks/bench_scale.py
+
+# A real shop's steady-state week from events to live, at two years and at six months (about 2 hours).
+bench-week: $(BIN)/.installed
+	test -x /usr/bin/time || (apt-get update -qq && apt-get install -y -qq time)
+	$(BIN)/python benchmarks/bench_week.py

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -164,6 +165,28 @@ def fit_als(history: History, factors: int, iterations: int, regularization: flo
                                         alpha=alpha, random_state=seed)
         model.fit(history.matrix, show_progress=False)
     return model
+
+
+def save_als(model, file: BinaryIO) -> None:
+    """The fit in implicit's own format (none when nobody had an event: an empty file of arrays)."""
+    if model is None:
+        np.savez(file)
+    else:
+        model.save(file)
+
+
+def load_als(file: BinaryIO):
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    with np.load(file) as saved:
+        empty = not saved.files
+    file.seek(0)
+    return None if empty else AlternatingLeastSquares.load(file)
+
+
+def shard_rows(rows: np.ndarray, shard: int, shards: int) -> np.ndarray:
+    """The `shard`-th of `shards` runs of `rows`, as even as can be: in order, one after the other, all of them."""
+    return np.array_split(rows, shards)[shard]
 
 
 def candidate_batches(history: History, model, users: np.ndarray, per_user: int,

@@ -122,6 +122,8 @@ class events(luigi.Config):  # noqa: N801
     label_days = luigi.IntParameter(default=7, description="days after a cutoff whose events label its candidates")
     train_weeks = luigi.IntParameter(default=8, description="earlier weeks whose outcomes the ranker learns from")
     candidates_per_user = luigi.IntParameter(default=100)
+    users_per_shard = luigi.IntParameter(default=50_000, description="active users whose candidates one "
+                                         "CandidateShard makes (a task any worker on any host may take)")
     history_days = luigi.IntParameter(default=365, description="days of events before the cutoff that the ALS "
                                       "fit and the features read: a week's cost does not grow with the shop's age")
     active_days = luigi.IntParameter(default=91, description="users with an event in these days before the cutoff "

@@ -1,22 +1,28 @@
 """The upstream stage (`[pipeline] source = events`): the week's four files, made from the shop's events.
 
     CheckInputs(week)
-    ├── CandidatesAtCutoff(week)        top_popular, similar, candidates_inference at the week's cutoff
+    ├── CandidatesAtCutoff(week)        candidates_inference: the shards' files, one after the other
+    │   ├── CutoffModel(week)           one ALS fit at the cutoff: top_popular, similar, and the fit for the shards
+    │   └── CandidateShard(week, k, n)  the candidates of the k-th of n runs of active users, in user id order
     └── TrainFromOutcomes(week)         candidates_train: what users did after the train_weeks cutoffs before
         └── Outcomes(week - 7k)         a week's candidates labelled by its next label_days, k = 1..train_weeks
             └── CandidatesAtCutoff(week - 7k)
 
 Each week's candidates are fitted once, at its own cutoff, and reused by the weeks after it; only
 events before a cutoff are read, so a rerun or a backfill reproduces the week whatever arrived since.
-The files are Luigi `LocalTarget`s in the week's input folder, each written atomically.
+The files are Luigi `LocalTarget`s in the week's input folder, each written atomically; a shard
+needs only that folder, so a worker on any host that shares it can take one.
 """
 
 from __future__ import annotations
 
+import math
+import pickle
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import luigi
+import luigi.format
 import pyarrow.parquet as pq
 
 from pipeline import config
@@ -24,17 +30,18 @@ from pipeline.base import week_parameter
 from pipeline.contracts import CANDIDATES_INFERENCE, CANDIDATES_TRAIN, SIMILAR, TOP_POPULAR
 
 AVAILABLE_ROWS = b"weekly_recs.available_rows"  # in the train file's metadata: outcome rows before the cap
+HISTORY, ALS = "cutoff_history.pickle", "cutoff_als.npz"  # CutoffModel's fit, for the shards; removed after them
 
 
 class EventTask(luigi.Task):
     week = week_parameter()
 
-    def week_file(self, name: str) -> luigi.LocalTarget:
+    def week_file(self, name: str, format: luigi.format.Format | None = None) -> luigi.LocalTarget:  # noqa: A002
         settings = config.pipeline()
         if "{week}" not in settings.input_dir:
             raise ValueError("[pipeline] input_dir: with source = events it must contain {week}, "
                              f"so that each week's files have a folder of their own (it is {settings.input_dir!r})")
-        return luigi.LocalTarget(str(settings.week_input_dir(self.week) / name))
+        return luigi.LocalTarget(str(settings.week_input_dir(self.week) / name), format=format)
 
     def events_until(self, start: datetime | None, stop: datetime) -> Iterator:
         """Batches of the window's events (`events.Interactions`); refused while the window is still open."""
@@ -47,12 +54,13 @@ class EventTask(luigi.Task):
         return events.window_batches(settings.resolved_events_path(), start, stop, settings.weights)
 
 
-class CandidatesAtCutoff(EventTask):
-    """One ALS fit on the events before the cutoff: the week's popularity, neighbours and candidates."""
+class CutoffModel(EventTask):
+    """One ALS fit on the window's events before the cutoff: the week's popularity and neighbours, and
+    what the candidate shards need (the history and the fit, as files beside the week's)."""
 
     def output(self) -> dict[str, luigi.LocalTarget]:
-        return {contract.file: self.week_file(contract.file) for contract in (TOP_POPULAR, SIMILAR,
-                                                                               CANDIDATES_INFERENCE)}
+        return {TOP_POPULAR.file: self.week_file(TOP_POPULAR.file), SIMILAR.file: self.week_file(SIMILAR.file),
+                HISTORY: self.week_file(HISTORY, luigi.format.Nop), ALS: self.week_file(ALS, luigi.format.Nop)}
 
     def run(self) -> None:
         # pandas, scipy and implicit are imported when the stage runs: the load tasks' processes stay small.
@@ -74,16 +82,84 @@ class CandidatesAtCutoff(EventTask):
             pq.write_table(candidates.top_popular(history, settings.popular_days, settings.top_popular), path)
         with outputs[SIMILAR.file].temporary_path() as path:
             pq.write_table(candidates.similar(history, model, settings.similar_per_item), path)
-        with outputs[CANDIDATES_INFERENCE.file].temporary_path() as path, \
-                pq.ParquetWriter(path, candidates.CANDIDATES) as writer:
-            active = history.active_rows(settings.active_days)
-            users = len(active)
+        with outputs[HISTORY].open("w") as file:  # the active users' count first, to read alone
+            pickle.dump(len(history.active_rows(settings.active_days)), file)
+            pickle.dump(history, file, protocol=pickle.HIGHEST_PROTOCOL)
+        with outputs[ALS].temporary_path() as path, open(path, "wb") as file:
+            candidates.save_als(model, file)
+
+    def remove_fit(self) -> None:
+        """The history and the fit are needed only until the week's candidates are made."""
+        for name in (HISTORY, ALS):
+            self.output()[name].remove()
+
+
+class CandidateShard(EventTask):
+    """The candidates of one shard of the week's active users: a run of them in user id order, so
+    that the shards' files, one after the other, are the week's candidates whatever their count."""
+
+    shard = luigi.IntParameter(description="which shard, 0 to shards - 1")
+    shards = luigi.IntParameter(description="how many shards the week's active users are split into")
+
+    def requires(self) -> CutoffModel:
+        return CutoffModel(week=self.week)
+
+    def output(self) -> luigi.LocalTarget:
+        return self.week_file(f"candidates_inference.shard-{self.shard + 1}-of-{self.shards}.parquet")
+
+    def run(self) -> None:
+        from pipeline import candidates
+
+        settings = config.events()
+        history, model = read_fit(self.input())
+        users = candidates.shard_rows(history.active_rows(settings.active_days), self.shard, self.shards)
+        with self.output().temporary_path() as path, pq.ParquetWriter(path, candidates.CANDIDATES) as writer:
             for number, batch in enumerate(candidates.candidate_batches(
-                    history, model, active, settings.candidates_per_user, settings.popular_days), start=1):
+                    history, model, users, settings.candidates_per_user, settings.popular_days), start=1):
                 writer.write_batch(batch)
-                done = min(number * candidates.USERS_PER_BLOCK, users)
-                self.set_status_message(f"candidates of {done:,} of {users:,} users")
-                self.set_progress_percentage(round(100 * done / users))
+                done = min(number * candidates.USERS_PER_BLOCK, len(users))
+                self.set_status_message(f"candidates of {done:,} of {len(users):,} users")
+                self.set_progress_percentage(round(100 * done / max(len(users), 1)))
+
+
+class CandidatesAtCutoff(EventTask):
+    """The week's three files at its cutoff: the fit's popularity and neighbours, and the candidates
+    its shards made, in one file."""
+
+    def requires(self) -> CutoffModel:
+        return CutoffModel(week=self.week)
+
+    def output(self) -> dict[str, luigi.LocalTarget]:
+        fit = CutoffModel(week=self.week).output()
+        return {TOP_POPULAR.file: fit[TOP_POPULAR.file], SIMILAR.file: fit[SIMILAR.file],
+                CANDIDATES_INFERENCE.file: self.week_file(CANDIDATES_INFERENCE.file)}
+
+    def run(self) -> Iterator[list[CandidateShard]]:
+        from pipeline import candidates
+
+        with self.input()[HISTORY].open("r") as file:
+            active = pickle.load(file)
+        count = max(1, math.ceil(active / config.events().users_per_shard))
+        shards = yield [CandidateShard(week=self.week, shard=k, shards=count) for k in range(count)]
+        with self.output()[CANDIDATES_INFERENCE.file].temporary_path() as path, \
+                pq.ParquetWriter(path, candidates.CANDIDATES) as writer:
+            for shard in shards:
+                for batch in pq.ParquetFile(shard.path).iter_batches():
+                    writer.write_batch(batch)
+        for shard in shards:
+            shard.remove()
+        self.requires().remove_fit()
+
+
+def read_fit(fit: dict[str, luigi.LocalTarget]) -> tuple:
+    """The history and the ALS fit `CutoffModel` left for the shards."""
+    from pipeline import candidates
+
+    with fit[HISTORY].open("r") as file:
+        pickle.load(file)  # the active users' count
+        history = pickle.load(file)
+    with open(fit[ALS].path, "rb") as file:
+        return history, candidates.load_als(file)
 
 
 class Outcomes(EventTask):

@@ -171,3 +171,31 @@ def test_in_a_shop_that_ages_only_the_users_of_the_last_weeks_are_given_candidat
     assert len(aged.users) > 2_000  # ever seen
     assert 0 < len(active) < 0.3 * len(aged.users)  # still coming
     assert (aged.user_last[active] >= aged.cutoff - 28 * candidates.DAY).all()
+
+
+@pytest.mark.parametrize("shards", [1, 3, 4, 700])
+def test_shards_are_runs_of_the_users_that_together_are_all_of_them_in_order(shards):
+    rows = np.arange(600) * 3
+    parts = [candidates.shard_rows(rows, shard, shards) for shard in range(shards)]
+    assert np.array_equal(np.concatenate(parts), rows)
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_a_saved_als_fit_recommends_what_the_fit_did(history, tmp_path):
+    model = candidates.fit_als(history, factors=16, iterations=5, regularization=0.05, alpha=2.0, seed=1)
+    with open(tmp_path / "als.npz", "wb") as file:
+        candidates.save_als(model, file)
+    with open(tmp_path / "als.npz", "rb") as file:
+        loaded = candidates.load_als(file)
+
+    rows = np.arange(len(history.users))
+    expected = model.recommend(rows, history.matrix[rows], N=PER_USER)
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.recommend(rows, history.matrix[rows], N=PER_USER),
+                                                    expected, strict=True))
+
+
+def test_a_week_without_events_saves_no_fit_and_loads_none(tmp_path):
+    with open(tmp_path / "als.npz", "wb") as file:
+        candidates.save_als(None, file)
+    with open(tmp_path / "als.npz", "rb") as file:
+        assert candidates.load_als(file) is None

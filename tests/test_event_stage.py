@@ -4,16 +4,20 @@ and a whole week from events to the five tables."""
 from __future__ import annotations
 
 import configparser
+import math
+import re
 from datetime import date, timedelta
 from pathlib import Path
 
+import luigi
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline import config
 from pipeline.candidates import FEATURES
-from pipeline.contracts import CANDIDATES_TRAIN
+from pipeline.contracts import CANDIDATES_INFERENCE, CANDIDATES_TRAIN, SIMILAR, TOP_POPULAR
 from pipeline.event_stage import CandidatesAtCutoff, TrainFromOutcomes
 from pipeline.wrapper import WeeklyRecs
 from tests.conftest import PUBLISHED_TABLES, ROOT, WEEK, apply_settings, live_state, query, run_tasks
@@ -160,3 +164,20 @@ def test_source_events_alone_gives_the_ranker_every_feature_the_stage_computes(s
     assert chosen.derived_features == ("popularity_rank", "als_gap", "item_frequency", "item_mean_als",
                                        "category_share")
     assert config.pipeline(features=["als_score"]).ranker_features().features == ("als_score",)  # listed: kept
+
+
+def test_candidates_made_in_one_and_in_four_shards_are_the_same_row_for_row(events_settings, tmp_path):
+    assert run_tasks(CandidatesAtCutoff(week=WEEK)).name == "SUCCESS"  # 50,000 users a shard: one shard
+    one_shard = week_file(CANDIDATES_INFERENCE.file)
+    users = len(pc.unique(one_shard.column("user_id")))
+
+    events_settings["events"]["users_per_shard"] = str(math.ceil(users / 4))
+    events_settings["pipeline"]["input_dir"] = str(tmp_path / "sharded" / "{week}")
+    apply_settings(events_settings)
+    result = luigi.build([CandidatesAtCutoff(week=WEEK)], local_scheduler=True, detailed_summary=True, workers=1)
+
+    assert re.search(r"4 CandidateShard\(.*shards=4\)", result.summary_text), result.summary_text
+    assert week_file(CANDIDATES_INFERENCE.file).equals(one_shard)
+    folder = config.pipeline().week_input_dir(WEEK)
+    assert sorted(path.name for path in folder.iterdir()) == sorted(  # the fit and the shards' files are gone
+        [CANDIDATES_INFERENCE.file, SIMILAR.file, TOP_POPULAR.file])

@@ -1,0 +1,135 @@
+"""`make bench-week`: a real shop's steady-state week, from events to live, at two ages of the shop.
+
+A shop that ages (`write_sample_events(..., lifetime_weeks=8)`): users arrive evenly, 1M over two
+years, each active for a geometric number of weeks (mean 8: about 100,000 active in any four
+weeks), then gone; 50,000 items. Default settings, with `retention = 4`.
+
+For each age (two years, then six months of the same weekly activity): the weeks before are done
+first, as earlier Saturdays left them (their candidates and outcomes), then the week runs task by
+task, each as its own `luigi --module pipeline` command under /usr/bin/time -v (seconds, and the
+peak RSS of the largest process: the fits' and shards' included). Then PostgreSQL's disk.
+
+    BENCH_WEEK_SCALE=0.1 make bench-week      a tenth of the shop, to try the script
+
+Writes benchmarks/week_results.md.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from bench import LUIGI, ROOT, WEEK, Bench
+from bench_events import timed_command
+
+from pipeline import db
+from pipeline.sample_events import week_end, write_sample_events
+
+SCALE = float(os.environ.get("BENCH_WEEK_SCALE", "1"))
+USERS_A_WEEK, ITEMS, LIFETIME_WEEKS = round(1_000_000 * SCALE / 104), 50_000, 8
+AGES = {"two years": 104, "six months": 26}
+TRAIN_WEEKS = 8  # [events] train_weeks' default: the outcomes a week learns from
+STEPS = ("CutoffModel", "CandidatesAtCutoff", "Outcomes (the week before)", "TrainFromOutcomes", "CheckInputs",
+         "DefaultRecs", "OnlineRecs", "TrainCandidates", "InferenceCandidates", "TrainRanker", "RankCandidates",
+         "WeeklyRecs (publish)")
+DISK = """SELECT CASE WHEN c.relname LIKE '%%\\_\\_staged\\_%%' THEN 'staged'
+                   WHEN i.inhrelid IS NOT NULL THEN 'live' WHEN c.relname ~ '__[0-9]{8}$' THEN 'archived'
+                   ELSE 'other' END, sum(pg_total_relation_size(c.oid))
+            FROM pg_class c LEFT JOIN pg_inherits i ON i.inhrelid = c.oid
+            WHERE c.relkind = 'r' AND c.relnamespace = 'public'::regnamespace GROUP BY 1"""
+
+
+def settings_file(work: Path, bench: Bench, database: str) -> Path:
+    path = work / "week.cfg"
+    path.write_text(f"[postgres]\nhost = {bench.socket}\ndatabase = {database}\n"
+                    f"[pipeline]\nsource = events\ninput_dir = {work / 'weeks' / '{week}'}\n"
+                    f"model_dir = {work / 'models'}\nretention = 4\n"
+                    f"[events]\nevents_path = {work / 'shop' / 'events'}\n"
+                    f"items_path = {work / 'shop' / 'items.parquet'}\n")
+    return path
+
+
+def weeks_before(settings: Path) -> float:
+    """What earlier Saturdays left: the last train_weeks weeks' candidates, and all but the last one's outcomes."""
+    earlier = [(WEEK - timedelta(weeks=k)).isoformat() for k in range(1, TRAIN_WEEKS + 1)]
+    script = ("import luigi, pipeline; from datetime import date; from pipeline.event_stage import"
+              " CandidatesAtCutoff, Outcomes; weeks = [date.fromisoformat(w) for w in sys.argv[1:]];"
+              " assert luigi.build([CandidatesAtCutoff(week=weeks[0])] + [Outcomes(week=w) for w in weeks[1:]],"
+              " local_scheduler=True, workers=1)")
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import sys; " + script, *earlier], cwd=ROOT, check=True,
+                   env={**os.environ, "LUIGI_CONFIG_PATH": str(settings)}, capture_output=True)
+    return time.perf_counter() - started
+
+
+def the_week(settings: Path) -> dict[str, tuple[float, float]]:
+    luigi = [LUIGI, "--module", "pipeline", "--local-scheduler"]
+    week, before = WEEK.isoformat(), (WEEK - timedelta(weeks=1)).isoformat()
+    tasks = [name.split()[0] for name in STEPS]
+    return {name: timed_command([*luigi, task, "--week", before if name.startswith("Outcomes") else week], settings)
+            for name, task in zip(STEPS, tasks, strict=True)}
+
+
+def disk_mb() -> dict[str, float]:
+    with db.connection() as conn, conn.cursor() as cur:
+        cur.execute(DISK)
+        return {kind: size / 2**20 for kind, size in cur.fetchall()}
+
+
+def shop_week(base: Path, bench: Bench, age: str, weeks: int) -> dict:
+    work = base / age.replace(" ", "-")
+    started = time.perf_counter()
+    events = write_sample_events(work / "shop", week_end(WEEK), users=USERS_A_WEEK * weeks, items=ITEMS,
+                                 weeks=weeks, lifetime_weeks=LIFETIME_WEEKS)
+    print(f"{age}: {events:,} events written in {time.perf_counter() - started:.0f} s", flush=True)
+    settings = settings_file(work, bench, bench.fresh_database(f"week_{weeks}"))
+    bench.configure(work / "weeks" / "{week}", f"week_{weeks}")  # this process reads the same database
+    before = weeks_before(settings)
+    print(f"{age}: the weeks before made in {before:.0f} s", flush=True)
+    steps = the_week(settings)
+    for name, (seconds, rss) in steps.items():
+        print(f"{age}: {name:<30} {seconds:7.1f} s {rss:7.0f} MB", flush=True)
+    return {"events": events, "steps": steps, "disk": disk_mb()}
+
+
+def report(results: dict[str, dict]) -> str:
+    old, young = results["two years"], results["six months"]
+    whole = {age: sum(seconds for seconds, _ in r["steps"].values()) for age, r in results.items()}
+    largest = {age: max(rss for _, rss in r["steps"].values()) for age, r in results.items()}
+    lines = [f"# A steady-state week, from events to live (scale {SCALE:g})", "",
+             f"{USERS_A_WEEK:,} new users a week, each active a mean {LIFETIME_WEEKS} weeks; {ITEMS:,} items; "
+             f"{platform.machine()}, {os.cpu_count()} cores. Events: two years {old['events']:,}, six months "
+             f"{young['events']:,}. Each step is one `luigi` command, timed with its processes.", "",
+             "| step | two years: s | MB | six months: s | MB |", "|---|---|---|---|---|"]
+    for name in STEPS:
+        (s_old, mb_old), (s_young, mb_young) = old["steps"][name], young["steps"][name]
+        lines.append(f"| {name} | {s_old:.1f} | {mb_old:.0f} | {s_young:.1f} | {mb_young:.0f} |")
+    lines += [f"| **the whole week** | **{whole['two years']:.0f}** | **{largest['two years']:.0f}** | "
+              f"**{whole['six months']:.0f}** | **{largest['six months']:.0f}** |", "",
+              f"Two years over six months: the week's time {whole['two years'] / whole['six months']:.2f}x, "
+              f"its largest process {largest['two years'] / largest['six months']:.2f}x.", "",
+              "PostgreSQL's disk after the week (MB): " + "; ".join(
+                  f"{age}: " + ", ".join(f"{kind} {size:,.0f}" for kind, size in sorted(r["disk"].items()))
+                  for age, r in results.items())]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-week-") as folder:
+        base = Path(folder)
+        bench = Bench(base)
+        results = {age: shop_week(base, bench, age, weeks) for age, weeks in AGES.items()}
+        bench.server.cleanup()
+    text = report(results)
+    print(text)
+    (ROOT / "benchmarks" / "week_results.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
