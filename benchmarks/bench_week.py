@@ -124,6 +124,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-week-") as folder:
         base = Path(folder)
         bench = Bench(base)
+        bench.configure(base)  # this process talks to the bench's server from the start
         results = {age: shop_week(base, bench, age, weeks) for age, weeks in AGES.items()}
         bench.server.cleanup()
     text = report(results)

@@ -69,7 +69,9 @@ def pool_columns(ranker: Ranker) -> list[tuple[str, str]]:
 
 
 def in_fresh_process(function: Callable, *args):
-    """`function(*args)` in a new Python process, started by spawn: a fork would copy the worker's heap."""
+    """`function(*args)` in a new Python process, started by spawn: a fork would copy the worker's heap,
+    and a forkserver's children are not the worker's, so their memory would escape what the worker's
+    rusage (`/usr/bin/time`) reports."""
     try:
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
             return pool.submit(function, *args).result()
