@@ -83,17 +83,18 @@ class TrainRanker(WeekTask):
             inference_items = item_stats(conn, publish.week_table(cur, inputs["inference"].table, self.week))
             previous = previous_ndcg(conn, self.metrics_table, self.week)
             conn.commit()  # no snapshot held open while the fits run
-            counts = training.in_fresh_process(training.train_files, ranker, folder, train_items)
+            processes = training.FreshProcesses()
+            counts = processes.run(training.train_files, ranker, folder, train_items)
             self.set_status_message(f"validating on held-out users of {counts['train_rows']:,} train candidates")
             self.set_progress_percentage(10)
-            validation = training.in_fresh_process(training.validated, ranker, folder)
+            validation = processes.run(training.validated, ranker, folder)
             self.check_quality(validation, previous)
             self.set_status_message(f"training on {counts['train_rows']:,} of {available:,} train candidates")
             self.set_progress_percentage(50)
             model_path = model_dir / "model.cbm"
-            training.in_fresh_process(training.fitted, ranker, folder, model_path)
+            processes.run(training.fitted, ranker, folder, model_path)
         validation.update(counts, model_type=ranker.kind, parameters=ranker.parameters(), available_rows=available,
-                          duration_s=time.monotonic() - started)
+                          fit_peak_rss_mb=processes.peak_mb, duration_s=time.monotonic() - started)
         self.store(model_path.read_bytes(), inference_items, validation)
 
     def sample_written(self, conn, table: str, ranker, available: int, path: Path) -> None:
@@ -346,7 +347,7 @@ def _add_error_columns(cur, metrics_table: str) -> None:
     `ALTER TABLE` would wait for (and queue up) the readers of the table."""
     present = publish.table_columns(cur, metrics_table)
     for column in ("available_rows bigint", "ndcg_se double precision", "ndcg_vs_als_se double precision",
-                   "groups bigint"):
+                   "groups bigint", "fit_peak_rss_mb double precision"):
         if column.split()[0] not in present:
             cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN " + column).format(sql.Identifier(metrics_table)))
 

@@ -20,6 +20,7 @@ categorical features' statistics differently from one, and the model would chang
 from __future__ import annotations
 
 import multiprocessing
+import resource
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -68,16 +69,35 @@ def pool_columns(ranker: Ranker) -> list[tuple[str, str]]:
               for name in (*ranker.features, *ranker.derived))]
 
 
-def in_fresh_process(function: Callable, *args):
-    """`function(*args)` in a new Python process, started by spawn: a fork would copy the worker's heap,
-    and a forkserver's children are not the worker's, so their memory would escape what the worker's
-    rusage (`/usr/bin/time`) reports."""
-    try:
-        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            return pool.submit(function, *args).result()
-    except BrokenProcessPool:
-        raise MemoryError(f"the process running {function.__name__} died (out of memory?); "
-                          "lower [pipeline] max_train_rows") from None
+class FreshProcesses:
+    """Runs each step in a process of its own, forked from a server process that has imported this
+    module and holds nothing of the worker's: it starts in milliseconds (a spawn would import CatBoost
+    and pandas again, about a second a step) and frees all it held as it exits.
+
+    A forkserver's children are not the worker's, so no rusage of the worker (`/usr/bin/time`) sees
+    them: each step reports its own peak RSS, and `peak_mb` keeps the largest (`model_metrics`
+    records it as `fit_peak_rss_mb`).
+    """
+
+    def __init__(self) -> None:
+        self.peak_mb = 0.0
+
+    def run(self, function: Callable, *args):
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        try:
+            with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+                result, peak_mb = pool.submit(_measured, function, *args).result()
+        except BrokenProcessPool:
+            raise MemoryError(f"the process running {function.__name__} died (out of memory?); "
+                              "lower [pipeline] max_train_rows") from None
+        self.peak_mb = max(self.peak_mb, peak_mb)
+        return result
+
+
+def _measured(function: Callable, *args) -> tuple:
+    result = function(*args)
+    return result, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _pool(folder: Path, name: str) -> Pool:

@@ -14,7 +14,7 @@ import pytest
 from pipeline.config import SOURCE_FEATURES
 from pipeline.features import item_stats
 from pipeline.ranker import Ranker
-from pipeline.training import SAMPLE, fitted, in_fresh_process, train_files, validated
+from pipeline.training import SAMPLE, FreshProcesses, fitted, train_files, validated
 
 
 @pytest.fixture
@@ -36,8 +36,9 @@ def train(sample_week, ranker, tmp_path) -> pd.DataFrame:
 
 def test_the_model_fitted_through_train_files_scores_as_one_fitted_on_the_rows(ranker, train, tmp_path):
     items = item_stats(train)
-    counts = in_fresh_process(train_files, ranker, tmp_path, pa.Table.from_pandas(items.reset_index()))
-    in_fresh_process(fitted, ranker, tmp_path, tmp_path / "model.cbm")
+    processes = FreshProcesses()
+    counts = processes.run(train_files, ranker, tmp_path, pa.Table.from_pandas(items.reset_index()))
+    processes.run(fitted, ranker, tmp_path, tmp_path / "model.cbm")
 
     prepared = ranker.prepared(train, items)
     in_worker = ranker.fit(ranker.pool(prepared))
@@ -48,20 +49,33 @@ def test_the_model_fitted_through_train_files_scores_as_one_fitted_on_the_rows(r
 
 def test_the_validation_holds_out_the_same_users_and_gives_the_same_metrics(ranker, train, tmp_path):
     items = item_stats(train)
-    in_fresh_process(train_files, ranker, tmp_path, pa.Table.from_pandas(items.reset_index()))
+    FreshProcesses().run(train_files, ranker, tmp_path, pa.Table.from_pandas(items.reset_index()))
 
     learn, test = ranker.held_out_split(ranker.prepared(train, items))
     expected = ranker.validation(ranker.fit(ranker.pool(learn)), test)
-    assert in_fresh_process(validated, ranker, tmp_path) == pytest.approx(expected)
+    assert FreshProcesses().run(validated, ranker, tmp_path) == pytest.approx(expected)
     assert 0 < expected["groups"] < train["user_id"].nunique()
 
 
-def test_a_fresh_process_is_another_process_and_its_errors_come_back():
-    assert in_fresh_process(os.getpid) != os.getpid()
+def holding(megabytes: int) -> int:
+    """A step that holds `megabytes` of memory at once."""
+    return int(np.ones(megabytes << 17).sum()) >> 17
+
+
+def test_each_step_is_another_process_and_its_errors_come_back():
+    assert FreshProcesses().run(os.getpid) != os.getpid()
     with pytest.raises(ValueError, match="invalid literal"):
-        in_fresh_process(int, "not a number")
+        FreshProcesses().run(int, "not a number")
+
+
+def test_the_largest_step_s_peak_memory_is_kept_though_the_worker_never_held_it():
+    processes = FreshProcesses()
+    assert processes.run(holding, 50) == 50
+    assert processes.run(holding, 400) == 400
+    assert processes.run(holding, 10) == 10
+    assert 400 <= processes.peak_mb < 400 + 300  # the step's own, with the interpreter and its libraries
 
 
 def test_a_process_that_dies_names_the_setting_that_bounds_its_memory():
     with pytest.raises(MemoryError, match=r"_exit died .*lower \[pipeline\] max_train_rows"):
-        in_fresh_process(os._exit, 9)
+        FreshProcesses().run(os._exit, 9)
