@@ -205,16 +205,9 @@ def _write_csv(sink, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> in
     return rows
 
 
-WHOLE_READ_BATCH_BYTES = 64 << 20  # the driver's default, 16 MB, read 1M rows 1.24x slower here
-
-
 def copy_out(conn, query: sql.Composable, schema: pa.Schema) -> pa.Table:
-    """A query's rows as one Arrow table, typed by `schema` (see `stream_out`), in batches larger than
-    the driver's default: fewer of them to assemble when the whole result is kept anyway."""
-    from adbc_driver_postgresql import StatementOptions
-
+    """A query's rows as one Arrow table, typed by `schema` (see `stream_out`)."""
     with _arrow_connection() as arrow, arrow.cursor() as cur:
-        cur.adbc_statement.set_options(**{StatementOptions.BATCH_SIZE_HINT_BYTES.value: str(WHOLE_READ_BATCH_BYTES)})
         cur.execute(_as_typed(conn, query, schema))
         return cur.fetch_arrow_table().cast(schema)
 
