@@ -196,6 +196,14 @@ def peak_rss_mb(config: Path, *args: str) -> float:
     return int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1)) / 1024
 
 
+def fits_peak_mb() -> float:
+    """The largest of the week's fit processes, as each reported it (`training.FreshProcesses`): they
+    are the forkserver's children, not the command's, so /usr/bin/time does not see them."""
+    with db.connection() as conn, conn.cursor() as cur:
+        cur.execute("SELECT max((metrics->>'fit_peak_rss_mb')::float8) FROM ranker_models")
+        return cur.fetchone()[0]
+
+
 def load_memory(rows_dir: Path, bench: Bench, rows: int) -> float:
     settings_file = bench.configure(rows_dir, bench.fresh_database(f"rss_{rows}"))
     build(CheckInputs(week=WEEK))  # its own, separate step
@@ -211,7 +219,9 @@ def ranking(base: Path, bench: Bench) -> None:
     bench.record(f"RankCandidates on {RANK_ROWS:,} + {RANK_ROWS:,} (train, shards, staging)", f"{whole:.1f} s")
     bench.configure(folder, bench.fresh_database("rank_rss"))
     build(TrainCandidates(week=WEEK), InferenceCandidates(week=WEEK), DefaultRecs(week=WEEK))
-    bench.record("RankCandidates peak RSS (own process)", f"{peak_rss_mb(settings_file, 'RankCandidates'):.0f} MB")
+    command_mb = peak_rss_mb(settings_file, "RankCandidates")
+    bench.record("RankCandidates peak RSS (own process; its fit processes' own peak)",
+                 f"{command_mb:.0f} MB; {fits_peak_mb():.0f} MB")
 
 
 def read_back(bench: Bench) -> None:

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import LUIGI, ROOT, WEEK, Bench, build, week_folder
+from bench import LUIGI, ROOT, WEEK, Bench, build, fits_peak_mb, week_folder
 
 from pipeline import DefaultRecs, InferenceCandidates, TrainCandidates, db
 
@@ -50,14 +50,6 @@ def ranking_stage(settings_file: Path, workers: int) -> tuple[float, float]:
     assert result.returncode == 0, result.stderr[-3000:]
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1)) / 1024
     return seconds, rss
-
-
-def fits_peak_mb() -> float:
-    """The largest of the week's fit processes, as each reported it (`training.FreshProcesses`): they
-    are the forkserver's children, not the command's, so /usr/bin/time does not see them."""
-    with db.connection() as conn, conn.cursor() as cur:
-        cur.execute("SELECT max((metrics->>'fit_peak_rss_mb')::float8) FROM ranker_models")
-        return cur.fetchone()[0]
 
 
 def forget_scoring() -> None:

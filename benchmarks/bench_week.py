@@ -25,9 +25,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from bench import LUIGI, ROOT, WEEK, Bench
+from bench import LUIGI, ROOT, WEEK, Bench, fits_peak_mb
 from bench_events import timed_command
-from bench_scale import fits_peak_mb
 
 from pipeline import db
 from pipeline.sample_events import week_end, write_sample_events
