@@ -168,20 +168,15 @@ def fit_als(history: History, factors: int, iterations: int, regularization: flo
 
 
 def save_als(model, file: BinaryIO) -> None:
-    """The fit in implicit's own format (none when nobody had an event: an empty file of arrays)."""
-    if model is None:
-        np.savez(file)
-    else:
-        model.save(file)
+    """The fit in implicit's own format. There is always one here: `History.check` refuses a week
+    without events before `fit_als` runs."""
+    model.save(file)
 
 
 def load_als(file: BinaryIO):
     from implicit.cpu.als import AlternatingLeastSquares
 
-    with np.load(file) as saved:
-        empty = not saved.files
-    file.seek(0)
-    return None if empty else AlternatingLeastSquares.load(file)
+    return AlternatingLeastSquares.load(file)
 
 
 def shard_rows(rows: np.ndarray, shard: int, shards: int) -> np.ndarray:

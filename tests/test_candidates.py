@@ -193,9 +193,3 @@ def test_a_saved_als_fit_recommends_what_the_fit_did(history, tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(loaded.recommend(rows, history.matrix[rows], N=PER_USER),
                                                     expected, strict=True))
 
-
-def test_a_week_without_events_saves_no_fit_and_loads_none(tmp_path):
-    with open(tmp_path / "als.npz", "wb") as file:
-        candidates.save_als(None, file)
-    with open(tmp_path / "als.npz", "rb") as file:
-        assert candidates.load_als(file) is None
