@@ -1,10 +1,14 @@
 """Candidates at a cutoff: what the events before it say each user may take next.
 
-Two sources, each blind to what the user already had: implicit's ALS on the weighted user-item
-matrix, and recent popularity. Their union, taken rank by rank from both, fills
-`candidates_per_user`. Every feature describes the candidate as it stood at the cutoff, so the
-training rows of an earlier week (built at its own cutoff) and this week's inference rows see
-the same things. Memory holds the matrix, users x factors, and one block of users' candidates.
+Five sources (`SOURCES`), the first four blind to what the user already had: implicit's ALS on the
+weighted user-item matrix; recent popularity; items that co-occur with the user's recent items in
+other users' recent histories (implicit's BM25 item-item neighbours); popular items of the user's
+own categories; and, as far as the shop's users come back to things, the user's own items. Their
+union, taken rank by rank, fills `candidates_per_user`; the `sources` bits and each source's rank
+tell the ranker where a candidate came from and how strongly. Every feature describes the
+candidate as it stood at the cutoff, so the training rows of an earlier week (built at its own
+cutoff) and this week's inference rows see the same things. Memory holds the matrices, users x
+factors, and one block of users' candidates.
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ from pipeline.validation import spread
 
 DAY = 86_400
 USERS_PER_BLOCK = 5_000
+SOURCES = ("als", "popular", "cooccurrence", "category", "seen")  # bit k of `sources`: listed by SOURCES[k]
+TOP_CATEGORIES = 5  # the category source looks at each user's heaviest ones
 FEATURES = config.SOURCE_FEATURES["events"].features  # what the stage computes for each candidate
+_WHOLE = ("category_id", "parent_id", "available", "sources")
 CANDIDATES = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()),
-                        *((name, pa.int64() if name in ("category_id", "parent_id", "available") else pa.float32())
-                          for name in FEATURES)])
+                        *((name, pa.int64() if name in _WHOLE else pa.float32()) for name in FEATURES)])
 OUTCOMES = CANDIDATES.append(pa.field("target", pa.int64())).append(pa.field("outcome_week", pa.date32()))
 
 
@@ -44,6 +50,8 @@ class History:
     users: np.ndarray
     items: pd.DataFrame
     matrix: sparse.csr_matrix  # users x items, summed event weights
+    recent: sparse.csr_matrix  # the same, of the last `recent_days` only
+    last_week: sparse.csr_matrix  # the same, of the last 7 days only
     user_categories: sparse.csr_matrix  # users x categories, summed event weights
     item_category: np.ndarray  # each item's column in user_categories
     item_recent: dict[int, np.ndarray]  # days -> item weights in the last `days` days (0: all time)
@@ -54,14 +62,16 @@ class History:
     newest_event: int | None = None  # seconds since the epoch
 
     @classmethod
-    def at(cls, cutoff: datetime, batches: Iterable[Interactions], items: pd.DataFrame, popular_days: int) -> History:
-        """From the events before the cutoff, one batch at a time: memory holds the user-item matrix and
+    def at(cls, cutoff: datetime, batches: Iterable[Interactions], items: pd.DataFrame, popular_days: int,
+           recent_days: int = 28) -> History:
+        """From the events before the cutoff, one batch at a time: memory holds the user-item matrices and
         one batch, never all events. `items` sorted by item_id; events of items it does not list are left out."""
         ends, ids = int(cutoff.timestamp()), items["item_id"].to_numpy()
         category = pd.factorize(items["category_id"])[0]
         recent = {days: np.zeros(len(items)) for days in {7, 28, popular_days, 0}}
         first = np.full(len(items), ends, np.int64)
-        users = _UserRows(len(items), category.max() + 1 if len(items) else 1)
+        windows = (ends - recent_days * DAY, ends - 7 * DAY)  # History.recent, History.last_week
+        users = _UserRows(len(items), category.max() + 1 if len(items) else 1, windows)
         read, newest = 0, None
         for batch in batches:
             read += len(batch)
@@ -75,8 +85,10 @@ class History:
             np.minimum.at(first, column, seconds)
             users.add(batch.user_id[known], column, category[column], weight, seconds)
         order = np.argsort(users.ids, kind="stable")  # rows in user id order
-        return cls(ends, users.ids[order], items, users.matrix[order], users.categories[order], category, recent,
-                   first, users.last[order], users.events[order], read, newest)
+        recent_matrix, last_week = (matrix[order] for matrix in users.windows)
+        return cls(ends, users.ids[order], items, users.matrix[order], recent_matrix, last_week,
+                   users.categories[order], category, recent, first, users.last[order], users.events[order], read,
+                   newest)
 
     def check(self, events_path: Path, items_path: Path, max_lag: timedelta) -> None:
         """Refuse a week whose events stop too long before its cutoff (a stalled export would publish
@@ -99,6 +111,16 @@ class History:
         """Each user's summed event weight (at least a tiny positive, to divide by)."""
         return np.maximum(np.asarray(self.user_categories.sum(axis=1)).ravel(), 1e-9)
 
+    @cached_property
+    def repeat_share(self) -> float:
+        """Share of the user-item pairs of the last 7 days that their user had before them: how much
+        the shop's users come back to things (0 in a shop where nobody does, as MovieLens's ratings)."""
+        week = self.last_week.astype(bool)
+        if not week.nnz:
+            return 0.0
+        before = (self.matrix - self.last_week).multiply(week)
+        return float((before.data > 1e-6).sum() / week.nnz)
+
     def active_rows(self, days: int) -> np.ndarray:
         """Rows of the users with an event in the `days` days before the cutoff: the users given
         candidates (the web service serves the others `default_recs`)."""
@@ -114,9 +136,11 @@ class History:
 class _UserRows:
     """Per-user sums as batches of events arrive; a user's row is its place in order of first appearance."""
 
-    def __init__(self, items: int, categories: int) -> None:
+    def __init__(self, items: int, categories: int, window_starts: tuple[int, ...]) -> None:
         self.index = pd.Index(np.array([], np.int64))
         self.matrix = sparse.csr_matrix((0, items), dtype=np.float32)
+        self.window_starts = window_starts
+        self.windows = [sparse.csr_matrix((0, items), dtype=np.float32) for _ in window_starts]
         self.categories = sparse.csr_matrix((0, categories), dtype=np.float32)
         self.last, self.events = np.array([], np.int64), np.array([], np.int64)
 
@@ -128,6 +152,10 @@ class _UserRows:
             seconds: np.ndarray) -> None:
         row = self.rows_of(user_id)
         self.matrix = self.matrix + _summed(row, column, weight, self.matrix.shape)
+        for number, start in enumerate(self.window_starts):
+            inside = seconds >= start
+            self.windows[number] = self.windows[number] + _summed(row[inside], column[inside], weight[inside],
+                                                                  self.matrix.shape)
         self.categories = self.categories + _summed(row, category, weight, self.categories.shape)
         np.maximum.at(self.last, row, seconds)
         self.events += np.bincount(row, minlength=len(self.index))
@@ -140,7 +168,8 @@ class _UserRows:
             self.index = self.index.append(pd.Index(new))
             row = self.index.get_indexer(user_id)
             users = len(self.index)
-            self.matrix.resize((users, self.matrix.shape[1]))
+            for matrix in (self.matrix, *self.windows):
+                matrix.resize((users, self.matrix.shape[1]))
             self.categories.resize((users, self.categories.shape[1]))
             self.last = np.pad(self.last, (0, len(new)))
             self.events = np.pad(self.events, (0, len(new)))
@@ -167,16 +196,33 @@ def fit_als(history: History, factors: int, iterations: int, regularization: flo
     return model
 
 
-def save_als(model, file: BinaryIO) -> None:
-    """The fit in implicit's own format. There is always one here: `History.check` refuses a week
-    without events before `fit_als` runs."""
-    model.save(file)
+def fit_cooccurrence(history: History, neighbours: int):
+    """implicit's BM25 item-item neighbours over the last `recent_days`: which items the same users
+    took lately, weighed down where an item is everywhere or a user takes everything."""
+    from implicit.nearest_neighbours import BM25Recommender
+
+    model = BM25Recommender(K=neighbours, num_threads=0)
+    model.fit(history.recent.astype(np.float64), show_progress=False)
+    return model
 
 
-def load_als(file: BinaryIO):
-    from implicit.cpu.als import AlternatingLeastSquares
+@dataclass(frozen=True)
+class Fits:
+    """What the sources learn once a week from the history, for every shard; each saved in implicit's own format."""
 
-    return AlternatingLeastSquares.load(file)
+    als: object
+    cooccurrence: object
+
+    def save(self, als: BinaryIO, cooccurrence: BinaryIO) -> None:
+        self.als.save(als)
+        self.cooccurrence.save(cooccurrence)
+
+    @classmethod
+    def load(cls, als: BinaryIO, cooccurrence: BinaryIO) -> Fits:
+        from implicit.cpu.als import AlternatingLeastSquares
+        from implicit.nearest_neighbours import BM25Recommender
+
+        return cls(AlternatingLeastSquares.load(als), BM25Recommender.load(cooccurrence))
 
 
 def shard_rows(rows: np.ndarray, shard: int, shards: int) -> np.ndarray:
@@ -184,19 +230,29 @@ def shard_rows(rows: np.ndarray, shard: int, shards: int) -> np.ndarray:
     return np.array_split(rows, shards)[shard]
 
 
-def candidate_batches(history: History, model, users: np.ndarray, per_user: int,
+def candidate_batches(history: History, fits: Fits, users: np.ndarray, per_user: int,
                       popular_days: int) -> Iterator[pa.RecordBatch]:
     """Each block of the `users` (rows, in id order)' candidates with their features."""
     popular = history.popular_order(popular_days)
     popular_rank = np.full(len(history.items), len(popular) + 1, np.float32)
     popular_rank[popular] = np.arange(1, len(popular) + 1)
-    unavailable = np.flatnonzero(history.items["available"].to_numpy() <= 0)
+    available = history.items["available"].to_numpy() > 0
+    by_category = category_popularity(history, popular_days, per_user)
+    seen_slots = round(per_user * history.repeat_share)
     for start in range(0, len(users), USERS_PER_BLOCK):
         rows = users[start:start + USERS_PER_BLOCK]
-        als_items, _ = model.recommend(rows, history.matrix[rows], N=per_user, filter_already_liked_items=True,
-                                       filter_items=unavailable if len(unavailable) else None)
-        chosen = _union(rows, als_items, unseen_popular(history, rows, popular, per_user), per_user)
-        yield _with_features(history, model, chosen, popular_rank)
+        seen = history.matrix[rows]
+        als_items, _ = fits.als.recommend(rows, seen, N=per_user, filter_already_liked_items=True,
+                                          filter_items=np.flatnonzero(~available) if not available.all() else None)
+        cooccurring = (history.recent[rows] @ fits.cooccurrence.similarity).multiply(available.astype(np.float32))
+        lists = {"als": als_items, "popular": unseen_popular(history, rows, popular, per_user),
+                 "cooccurrence": top_of_rows(_unseen(cooccurring, seen), per_user),
+                 "category": top_of_rows(_unseen(user_top_categories(history, rows) @ by_category, seen), per_user),
+                 "seen": top_of_rows(seen.multiply(available.astype(np.float32)).tocsr(), seen_slots)}
+        chosen = _union(rows, lists, per_user)
+        chosen["cooccurrence_score"] = np.asarray(cooccurring.tocsr()[np.searchsorted(rows, chosen["row"]),
+                                                                      chosen["item"]]).ravel()
+        yield _with_features(history, fits.als, chosen, popular_rank)
 
 
 def unseen_popular(history: History, rows: np.ndarray, popular: np.ndarray, per_user: int) -> np.ndarray:
@@ -218,33 +274,80 @@ def unseen_popular(history: History, rows: np.ndarray, popular: np.ndarray, per_
     return result
 
 
-def _union(rows: np.ndarray, als_items: np.ndarray, popular_items: np.ndarray, per_user: int) -> pd.DataFrame:
-    """Both lists merged rank by rank (ALS first at equal rank), duplicates once, `per_user` a user."""
-    width = als_items.shape[1]
-    ranks = np.arange(1, width + 1, dtype=np.float32)
-    frame = pd.DataFrame({
-        "row": np.concatenate([np.repeat(rows, width), np.repeat(rows, popular_items.shape[1])]),
-        "item": np.concatenate([als_items.ravel(), popular_items.ravel()]),
-        "rank_als": np.concatenate([np.tile(ranks, len(rows)), np.full(popular_items.size, np.nan, np.float32)]),
-        "order": np.concatenate([np.tile(ranks * 2, len(rows)), np.tile(np.arange(1, popular_items.shape[1] + 1)
-                                                                       * 2 + 1, len(rows))]),
-    })
+def category_popularity(history: History, popular_days: int, per_category: int) -> sparse.csr_matrix:
+    """Categories x items: the recent event weight of each category's `2 x per_category` most popular
+    available items, so that a user who had some of them still finds enough."""
+    popular = history.popular_order(popular_days)
+    category = history.item_category[popular]
+    kept = pd.Series(category).groupby(category).cumcount().to_numpy() < 2 * per_category
+    weight = history.item_recent[popular_days][popular[kept]]
+    return sparse.csr_matrix((weight.astype(np.float32), (category[kept], popular[kept])),
+                             shape=(history.user_categories.shape[1], len(history.items)))
+
+
+def user_top_categories(history: History, rows: np.ndarray) -> sparse.csr_matrix:
+    """The users' shares of weight in their `TOP_CATEGORIES` heaviest categories, 0 in the others."""
+    shares = sparse.diags(1 / history.user_weight[rows]) @ history.user_categories[rows]
+    top = top_of_rows(shares.tocsr(), TOP_CATEGORIES)
+    row, place = np.nonzero(top >= 0)
+    column = top[row, place]
+    return sparse.csr_matrix((np.asarray(shares[row, column]).ravel(), (row, column)), shape=shares.shape)
+
+
+def _unseen(scores: sparse.spmatrix, seen: sparse.csr_matrix) -> sparse.csr_matrix:
+    scores = scores.tocsr()
+    unseen = scores - scores.multiply(seen > 0)
+    unseen.eliminate_zeros()
+    return unseen
+
+
+def top_of_rows(scores: sparse.csr_matrix, count: int) -> np.ndarray:
+    """Each row's `count` columns of highest positive score (ties: lower column first), -1 padded."""
+    entries = scores.tocoo()
+    positive = entries.data > 0
+    row, column, value = entries.row[positive], entries.col[positive], entries.data[positive]
+    order = np.lexsort((column, -value, row))
+    row, column = row[order], column[order]
+    place = np.arange(len(row)) - np.searchsorted(row, row)
+    result = np.full((scores.shape[0], count), -1, np.int64)
+    kept = place < count
+    result[row[kept], place[kept]] = column[kept]
+    return result
+
+
+def _union(rows: np.ndarray, lists: dict[str, np.ndarray], per_user: int) -> pd.DataFrame:
+    """The sources' lists merged rank by rank (in `SOURCES` order at equal rank), each item once with
+    the bits of every source that listed it and its rank in each list, `per_user` a user."""
+    frames = []
+    for bit, name in enumerate(SOURCES):
+        items = lists[name]
+        ranks = np.tile(np.arange(1, items.shape[1] + 1, dtype=np.float32), len(rows))
+        frames.append(pd.DataFrame({"row": np.repeat(rows, items.shape[1]), "item": items.ravel(),
+                                    "order": ranks * len(SOURCES) + bit, "sources": np.int64(1) << bit,
+                                    **{f"rank_{other}": ranks if other == name else np.nan
+                                       for other in ("als", "cooccurrence")}}))
+    frame = pd.concat(frames, ignore_index=True)
     frame = frame[frame["item"] >= 0]
-    frame = frame.groupby(["row", "item"], sort=False).agg(rank_als=("rank_als", "min"), order=("order", "min"))
+    frame = frame.groupby(["row", "item"], sort=False).agg(
+        order=("order", "min"), sources=("sources", "sum"), rank_als=("rank_als", "min"),
+        rank_cooccurrence=("rank_cooccurrence", "min"))
     frame = frame.reset_index().sort_values(["row", "order"], kind="stable")
     frame = frame[frame.groupby("row").cumcount() < per_user]
-    frame["rank_als"] = frame["rank_als"].fillna(width + 1)
+    frame[["rank_als", "rank_cooccurrence"]] = frame[["rank_als", "rank_cooccurrence"]].fillna(per_user + 1)
     return frame.sort_values(["row", "item"], ignore_index=True)
 
 
-def _with_features(history: History, model, chosen: pd.DataFrame, popular_rank: np.ndarray) -> pa.RecordBatch:
+def _with_features(history: History, als, chosen: pd.DataFrame, popular_rank: np.ndarray) -> pa.RecordBatch:
     row, item = chosen["row"].to_numpy(), chosen["item"].to_numpy()
     items = history.items
     days = (history.cutoff - history.user_last[row]) / DAY
     columns = {
         "user_id": history.users[row], "item_id": items["item_id"].to_numpy()[item],
-        "als_score": np.einsum("ij,ij->i", model.user_factors[row], model.item_factors[item]),
-        "rank_als": chosen["rank_als"].to_numpy(), "rank_popular": popular_rank[item],
+        "als_score": np.einsum("ij,ij->i", als.user_factors[row], als.item_factors[item]),
+        **{name: chosen[name].to_numpy() for name in ("rank_als", "rank_cooccurrence", "cooccurrence_score",
+                                                        "sources")},
+        "rank_popular": popular_rank[item],
+        "user_item_weight": np.asarray(history.matrix[row, item]).ravel(),
         "item_events_7d": history.item_recent[7][item], "item_events_28d": history.item_recent[28][item],
         "item_events": history.item_recent[0][item], "item_age_days": (history.cutoff - history.item_first[item]) / DAY,
         "user_events": history.user_events[row], "user_items": np.diff(history.matrix.indptr)[row],

@@ -53,7 +53,7 @@ class RankerFeatures:
 
 # What each source provides, for a [pipeline] that lists no features of its own. The files' are the
 # seed's four columns (derived features: the winners on MovieLens, README "Ranking quality"); the
-# events stage's are the fourteen it computes at a cutoff, and the derived features that repeat none
+# events stage's are the eighteen it computes at a cutoff, and the derived features that repeat none
 # of them (als_rank is rank_als, item_popularity follows item_events_28d).
 SOURCE_FEATURES = {
     "files": RankerFeatures(
@@ -61,9 +61,10 @@ SOURCE_FEATURES = {
         ("item_popularity", "popularity_rank", "als_rank", "als_gap", "item_frequency", "item_mean_als",
          "category_share")),
     "events": RankerFeatures(
-        ("als_score", "rank_als", "rank_popular", "item_events_7d", "item_events_28d", "item_events", "item_age_days",
-         "user_events", "user_items", "user_recency_days", "user_category_share", "category_id", "parent_id",
-         "available"), ("category_id", "parent_id"),
+        ("als_score", "rank_als", "rank_cooccurrence", "cooccurrence_score", "sources", "rank_popular",
+         "user_item_weight", "item_events_7d", "item_events_28d", "item_events", "item_age_days", "user_events",
+         "user_items", "user_recency_days", "user_category_share", "category_id", "parent_id", "available"),
+        ("sources", "category_id", "parent_id"),
         ("popularity_rank", "als_gap", "item_frequency", "item_mean_als", "category_share")),
 }
 
@@ -128,7 +129,11 @@ class events(luigi.Config):  # noqa: N801
                                       "fit and the features read: a week's cost does not grow with the shop's age")
     active_days = luigi.IntParameter(default=91, description="users with an event in these days before the cutoff "
                                      "get candidates; the web service serves the others default_recs")
-    popular_days = luigi.IntParameter(default=28, description="window of recent popularity")
+    popular_days = luigi.IntParameter(default=7, description="window of recent popularity")
+    recent_days = luigi.IntParameter(default=28, description="window of the recent histories whose co-occurring "
+                                     "items are candidates")
+    cooccurrence_neighbours = luigi.IntParameter(default=20, description="neighbours kept per item by the "
+                                                 "co-occurrence source")
     top_popular = luigi.IntParameter(default=100, description="rows of top_popular.parquet")
     similar_per_item = luigi.IntParameter(default=10, description="neighbours per item in similar.parquet")
     factors = luigi.IntParameter(default=64, description="ALS factors")

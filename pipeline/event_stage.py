@@ -2,7 +2,7 @@
 
     CheckInputs(week)
     ├── CandidatesAtCutoff(week)        candidates_inference: the shards' files, one after the other
-    │   ├── CutoffModel(week)           one ALS fit at the cutoff: top_popular, similar, and the fit for the shards
+    │   ├── CutoffModel(week)           the sources' fits at the cutoff: top_popular, similar, fits for the shards
     │   └── CandidateShard(week, k, n)  the candidates of the k-th of n runs of active users, in user id order
     └── TrainFromOutcomes(week)         candidates_train: what users did after the train_weeks cutoffs before
         └── Outcomes(week - 7k)         a week's candidates labelled by its next label_days, k = 1..train_weeks
@@ -30,7 +30,8 @@ from pipeline.base import week_parameter
 from pipeline.contracts import CANDIDATES_INFERENCE, CANDIDATES_TRAIN, SIMILAR, TOP_POPULAR
 
 AVAILABLE_ROWS = b"weekly_recs.available_rows"  # in the train file's metadata: outcome rows before the cap
-HISTORY, ALS = "cutoff_history.pickle", "cutoff_als.npz"  # CutoffModel's fit, for the shards; removed after them
+# CutoffModel's fits, for the shards; removed after them
+HISTORY, ALS, COOCCURRENCE = "cutoff_history.pickle", "cutoff_als.npz", "cutoff_cooccurrence.npz"
 
 
 class EventTask(luigi.Task):
@@ -55,12 +56,13 @@ class EventTask(luigi.Task):
 
 
 class CutoffModel(EventTask):
-    """One ALS fit on the window's events before the cutoff: the week's popularity and neighbours, and
-    what the candidate shards need (the history and the fit, as files beside the week's)."""
+    """The sources' fits (ALS, co-occurrence) on the window's events before the cutoff: the week's
+    popularity and neighbours, and what the candidate shards need (the history and the fits, as files
+    beside the week's)."""
 
     def output(self) -> dict[str, luigi.LocalTarget]:
         return {TOP_POPULAR.file: self.week_file(TOP_POPULAR.file), SIMILAR.file: self.week_file(SIMILAR.file),
-                HISTORY: self.week_file(HISTORY, luigi.format.Nop), ALS: self.week_file(ALS, luigi.format.Nop)}
+                **{name: self.week_file(name, luigi.format.Nop) for name in (HISTORY, ALS, COOCCURRENCE)}}
 
     def run(self) -> None:
         # pandas, scipy and implicit are imported when the stage runs: the load tasks' processes stay small.
@@ -71,12 +73,14 @@ class CutoffModel(EventTask):
         since = cutoff - timedelta(days=settings.history_days)
         self.set_status_message(f"reading events from {since:%Y-%m-%d} to {cutoff:%Y-%m-%d %H:%M} UTC")
         history = candidates.History.at(cutoff, self.events_until(since, cutoff),
-                                        events.read_items(settings.resolved_items_path()), settings.popular_days)
+                                        events.read_items(settings.resolved_items_path()), settings.popular_days,
+                                        settings.recent_days)
         history.check(settings.resolved_events_path(), settings.resolved_items_path(),
                       timedelta(hours=settings.max_lag_hours))
         self.set_status_message(f"fitting ALS on {len(history.users):,} users, {history.matrix.nnz:,} user-items")
         model = candidates.fit_als(history, settings.factors, settings.als_iterations, settings.regularization,
                                    settings.alpha, config.pipeline().random_seed)
+        fits = candidates.Fits(model, candidates.fit_cooccurrence(history, settings.cooccurrence_neighbours))
         outputs = self.output()
         with outputs[TOP_POPULAR.file].temporary_path() as path:
             pq.write_table(candidates.top_popular(history, settings.popular_days, settings.top_popular), path)
@@ -85,12 +89,13 @@ class CutoffModel(EventTask):
         with outputs[HISTORY].open("w") as file:  # the active users' count first, to read alone
             pickle.dump(len(history.active_rows(settings.active_days)), file)
             pickle.dump(history, file, protocol=pickle.HIGHEST_PROTOCOL)
-        with outputs[ALS].temporary_path() as path, open(path, "wb") as file:
-            candidates.save_als(model, file)
+        with outputs[ALS].temporary_path() as als, outputs[COOCCURRENCE].temporary_path() as cooccurrence, \
+                open(als, "wb") as als_file, open(cooccurrence, "wb") as cooccurrence_file:
+            fits.save(als_file, cooccurrence_file)
 
     def remove_fit(self) -> None:
-        """The history and the fit are needed only until the week's candidates are made."""
-        for name in (HISTORY, ALS):
+        """The history and the fits are needed only until the week's candidates are made."""
+        for name in (HISTORY, ALS, COOCCURRENCE):
             self.output()[name].remove()
 
 
@@ -111,11 +116,11 @@ class CandidateShard(EventTask):
         from pipeline import candidates
 
         settings = config.events()
-        history, model = read_fit(self.input())
+        history, fits = read_fit(self.input())
         users = candidates.shard_rows(history.active_rows(settings.active_days), self.shard, self.shards)
         with self.output().temporary_path() as path, pq.ParquetWriter(path, candidates.CANDIDATES) as writer:
             for number, batch in enumerate(candidates.candidate_batches(
-                    history, model, users, settings.candidates_per_user, settings.popular_days), start=1):
+                    history, fits, users, settings.candidates_per_user, settings.popular_days), start=1):
                 writer.write_batch(batch)
                 done = min(number * candidates.USERS_PER_BLOCK, len(users))
                 self.set_status_message(f"candidates of {done:,} of {len(users):,} users")
@@ -152,14 +157,14 @@ class CandidatesAtCutoff(EventTask):
 
 
 def read_fit(fit: dict[str, luigi.LocalTarget]) -> tuple:
-    """The history and the ALS fit `CutoffModel` left for the shards."""
+    """The history and the fits `CutoffModel` left for the shards."""
     from pipeline import candidates
 
     with fit[HISTORY].open("r") as file:
         pickle.load(file)  # the active users' count
         history = pickle.load(file)
-    with open(fit[ALS].path, "rb") as file:
-        return history, candidates.load_als(file)
+    with open(fit[ALS].path, "rb") as als, open(fit[COOCCURRENCE].path, "rb") as cooccurrence:
+        return history, candidates.Fits.load(als, cooccurrence)
 
 
 class Outcomes(EventTask):

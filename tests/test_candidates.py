@@ -1,4 +1,4 @@
-"""Candidates at a cutoff: two sources, unseen items only, features as they stood at the cutoff."""
+"""Candidates at a cutoff: five sources, each accounted for, features as they stood at the cutoff."""
 
 from __future__ import annotations
 
@@ -27,10 +27,19 @@ def history(shop) -> candidates.History:
 
 
 @pytest.fixture(scope="module")
-def pool(history) -> pd.DataFrame:
-    model = candidates.fit_als(history, factors=16, iterations=5, regularization=0.05, alpha=2.0, seed=1)
+def fits(history) -> candidates.Fits:
+    return candidates.Fits(candidates.fit_als(history, factors=16, iterations=5, regularization=0.05, alpha=2.0,
+                                              seed=1), candidates.fit_cooccurrence(history, neighbours=20))
+
+
+@pytest.fixture(scope="module")
+def pool(history, fits) -> pd.DataFrame:
     everyone = np.arange(len(history.users))
-    return pa.Table.from_batches(list(candidates.candidate_batches(history, model, everyone, PER_USER, 28))).to_pandas()
+    return pa.Table.from_batches(list(candidates.candidate_batches(history, fits, everyone, PER_USER, 28))).to_pandas()
+
+
+def listed_by(pool: pd.DataFrame, source: str) -> pd.Series:
+    return pd.Series(pool["sources"].to_numpy() & (1 << candidates.SOURCES.index(source)) > 0, index=pool.index)
 
 
 def had(history: candidates.History) -> set[tuple[int, int]]:
@@ -38,18 +47,23 @@ def had(history: candidates.History) -> set[tuple[int, int]]:
     return set(zip(history.users[rows].tolist(), history.items["item_id"].to_numpy()[columns].tolist(), strict=True))
 
 
-def test_every_user_with_history_gets_candidates_per_user_unseen_available_items(history, pool):
+def test_every_user_with_history_gets_candidates_per_user_available_items_unseen_but_by_the_seen_source(history,
+                                                                                                        pool):
     assert pool.groupby("user_id").size().eq(PER_USER).all()
     assert set(pool["user_id"]) == set(history.users.tolist())
-    assert not set(zip(pool["user_id"], pool["item_id"], strict=True)) & had(history)
+    had_before = pd.Series([pair in had(history) for pair in zip(pool["user_id"], pool["item_id"], strict=True)])
+    assert (had_before == listed_by(pool, "seen")).all()
     assert (pool["available"] == 1).all()
     assert not pool.duplicated(["user_id", "item_id"]).any()
 
 
-def test_candidates_come_from_both_sources(pool):
-    from_als_only = pool["rank_als"] <= PER_USER
-    popular_only = pool["rank_als"] > PER_USER
-    assert from_als_only.mean() > 0.2 and popular_only.mean() > 0.2
+def test_every_source_brings_candidates_and_says_so(pool):
+    for source in candidates.SOURCES:
+        assert listed_by(pool, source).mean() > 0.05, source
+    assert (pool["sources"] > 0).all()
+    assert (listed_by(pool, "als") == (pool["rank_als"] <= PER_USER)).all()
+    assert (listed_by(pool, "cooccurrence") == (pool["rank_cooccurrence"] <= PER_USER)).all()
+    assert (pool.loc[listed_by(pool, "cooccurrence"), "cooccurrence_score"] > 0).all()
 
 
 def test_a_user_who_had_the_most_popular_items_gets_the_next_ones(history):
@@ -145,12 +159,11 @@ def test_outcomes_beyond_the_cap_are_whole_user_weeks_up_to_it_in_a_seeded_order
     assert everything.num_rows == total
 
 
-def test_only_users_active_in_the_window_get_candidates(history):
-    model = candidates.fit_als(history, factors=8, iterations=2, regularization=0.05, alpha=2.0, seed=1)
+def test_only_users_active_in_the_window_get_candidates(history, fits):
     active = history.active_rows(days=3)
     since = history.cutoff - 3 * candidates.DAY
 
-    given = pa.Table.from_batches(list(candidates.candidate_batches(history, model, active, 5, 28)))
+    given = pa.Table.from_batches(list(candidates.candidate_batches(history, fits, active, 5, 28)))
 
     assert 0 < len(active) < len(history.users)
     assert (history.user_last[active] >= since).all()
@@ -181,15 +194,69 @@ def test_shards_are_runs_of_the_users_that_together_are_all_of_them_in_order(sha
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
-def test_a_saved_als_fit_recommends_what_the_fit_did(history, tmp_path):
-    model = candidates.fit_als(history, factors=16, iterations=5, regularization=0.05, alpha=2.0, seed=1)
-    with open(tmp_path / "als.npz", "wb") as file:
-        candidates.save_als(model, file)
-    with open(tmp_path / "als.npz", "rb") as file:
-        loaded = candidates.load_als(file)
+def test_saved_fits_recommend_what_the_fits_did(history, fits, tmp_path):
+    with open(tmp_path / "als.npz", "wb") as als, open(tmp_path / "cooccurrence.npz", "wb") as cooccurrence:
+        fits.save(als, cooccurrence)
+    with open(tmp_path / "als.npz", "rb") as als, open(tmp_path / "cooccurrence.npz", "rb") as cooccurrence:
+        loaded = candidates.Fits.load(als, cooccurrence)
 
     rows = np.arange(len(history.users))
-    expected = model.recommend(rows, history.matrix[rows], N=PER_USER)
-    assert all(np.array_equal(a, b) for a, b in zip(loaded.recommend(rows, history.matrix[rows], N=PER_USER),
-                                                    expected, strict=True))
+    for fit, again in ((fits.als, loaded.als), (fits.cooccurrence, loaded.cooccurrence)):
+        expected = fit.recommend(rows, history.matrix[rows].astype(np.float64), N=PER_USER)
+        assert all(np.array_equal(a, b) for a, b in zip(
+            again.recommend(rows, history.matrix[rows].astype(np.float64), N=PER_USER), expected, strict=True))
 
+
+HAND_MADE_ITEMS = pd.DataFrame({"item_id": [7, 14, 21, 28, 35], "category_id": [1, 1, 2, 2, 3],
+                                "parent_id": [1, 1, 1, 1, 1], "available": [1, 1, 1, 1, 1]})
+
+
+def hand_made(*taken: tuple[int, int, float]) -> candidates.History:
+    """A history of (user, item, days before the cutoff) events, each weighing 1."""
+    user, item, days = (np.array(column) for column in zip(*taken, strict=True))
+    events = Interactions(user_id=user, item_id=item, seconds=(CUTOFF.timestamp() - days * 86_400).astype(np.int64),
+                          weight=np.ones(len(user), np.float32))
+    return candidates.History.at(CUTOFF, [events], HAND_MADE_ITEMS, popular_days=7, recent_days=28)
+
+
+def pool_of(history: candidates.History, per_user: int) -> pd.DataFrame:
+    fits = candidates.Fits(candidates.fit_als(history, factors=2, iterations=2, regularization=0.05, alpha=2.0,
+                                              seed=1), candidates.fit_cooccurrence(history, neighbours=20))
+    everyone = np.arange(len(history.users))
+    pool = pa.Table.from_batches(list(candidates.candidate_batches(history, fits, everyone, per_user, 7))).to_pandas()
+    return pool.set_index(["user_id", "item_id"])
+
+
+A_WEEK = (*((user, 7, 2) for user in (1, 2, 3)), *((user, 14, 3) for user in (1, 2, 3)), (4, 7, 1),
+          (7, 7, 60), (8, 7, 60), (7, 21, 61), (8, 21, 61), (5, 21, 5), *((user, 28, 4) for user in (9, 10, 11)))
+
+
+def test_cooccurrence_lists_what_others_took_lately_with_the_users_recent_items():
+    pool = pool_of(hand_made(*A_WEEK), per_user=4)
+
+    # users 1-3 took 7 and 14 this week; 7 and 21 went together only 60 days ago, beyond recent_days
+    assert listed_by(pool, "cooccurrence")[4].to_dict() == \
+        {14: True, 21: False, 28: False, 35: False}
+    assert pool.loc[(4, 14), "rank_cooccurrence"] == 1 and pool.loc[(4, 14), "cooccurrence_score"] > 0
+
+
+def test_category_lists_the_popular_items_of_the_users_own_categories():
+    pool = pool_of(hand_made(*A_WEEK), per_user=4)
+
+    # user 5 took only category 2 (item 21): its popular item 28, not the more popular 7 of category 1
+    assert listed_by(pool, "category")[5].to_dict() == \
+        {7: False, 14: False, 28: True, 35: False}
+
+
+def test_seen_items_join_the_pool_as_far_as_the_shops_users_come_back_to_things():
+    nobody_returns = hand_made(*A_WEEK)
+    one_returns = hand_made(*A_WEEK, (12, 35, 20), (12, 35, 2))  # 1 of the week's 12 user-items was had before
+
+    assert nobody_returns.repeat_share == 0
+    assert one_returns.repeat_share == pytest.approx(1 / 12)
+    assert not listed_by(pool_of(nobody_returns, per_user=12).reset_index(), "seen").any()
+    seen = pool_of(one_returns, per_user=12).reset_index()
+    seen = seen[listed_by(seen, "seen")]
+    assert seen.groupby("user_id").size().eq(1).all()  # round(12 x 1/12) = 1 slot, the user's heaviest item
+    assert seen.set_index("user_id").loc[12, "item_id"] == 35
+    assert (seen["user_item_weight"] > 0).all()

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import config
-from pipeline.candidates import FEATURES
+from pipeline.candidates import FEATURES, SOURCES
 from pipeline.contracts import CANDIDATES_INFERENCE, CANDIDATES_TRAIN, SIMILAR, TOP_POPULAR
 from pipeline.event_stage import CandidatesAtCutoff, TrainFromOutcomes
 from pipeline.wrapper import WeeklyRecs
@@ -134,10 +134,12 @@ def test_a_week_runs_from_events_to_the_five_tables(events_settings, conn):
     assert per_user == [(30,)]
     train_weeks = query(conn, "SELECT DISTINCT outcome_week FROM candidates_train ORDER BY 1")
     assert train_weeks == [(WEEK - timedelta(weeks=2),), (WEEK - timedelta(weeks=1),)]
-    seen = query(conn, "SELECT count(*) FROM candidates_ranked r JOIN candidates_train t"
-                       " ON t.user_id = r.user_id AND t.item_id = r.item_id AND t.target = 1"
-                       " AND t.outcome_week = %s", WEEK - timedelta(weeks=1))
-    assert seen == [(0,)]  # what a user took last week is history now: never a candidate again
+    taken_again = ("SELECT count(*) FROM candidates_inference i JOIN candidates_train t ON t.user_id = i.user_id"
+                   " AND t.item_id = i.item_id AND t.target = 1 AND t.outcome_week = %s")
+    seen_bit = 1 << SOURCES.index("seen")
+    # what a user took last week is history now: a candidate again only where the seen source lists it
+    assert query(conn, taken_again + f" AND i.sources & {seen_bit} = 0", WEEK - timedelta(weeks=1)) == [(0,)]
+    assert query(conn, taken_again, WEEK - timedelta(weeks=1)) != [(0,)]  # this shop's users come back to things
 
 
 def test_the_train_file_holds_at_most_max_train_rows_and_the_metrics_say_how_many_there_were(events_settings,
