@@ -1,14 +1,17 @@
 """Walk-forward backtest: replay weeks from events, judge each published ranking by the week after it.
 
-    python -m pipeline.backtest --start 2026-09-26 --stop 2026-11-14 [--database weekly_recs_backtest]
+    python -m pipeline.backtest --start 2026-09-26 --stop 2026-11-14 [--scored-from 2026-10-24]
 
 Every week of the range runs the whole graph (`[pipeline] source = events`) on a database and a
 folder of the backtest's own, never the production ones; a week its quality gate refuses keeps the
 previous ranking, which is then what users would have seen and what is scored. Each user with
 events before the week's cutoff and in the 7 days after it is a user-week. For each: NDCG@10 and
 Recall@10 of the published ranking, of recent popularity (seen items removed) and of the ALS order,
-and the share of what they took that the candidates held. Results go to the tables
-`backtest_weeks` and `backtest_runs`, to a picture, and to standard output.
+and the share of what they took that the candidates held (pool recall), in all and by each source
+that listed them. Weeks before `--scored-from` are the ones settings were chosen on: they are
+replayed (the later weeks train on their outcomes) and reported apart, so that the pooled figure
+of the scored weeks is out of sample. Results go to the tables `backtest_weeks` and
+`backtest_runs`, to a picture, and to standard output.
 """
 
 from __future__ import annotations
@@ -93,13 +96,15 @@ def user_weeks(week: date) -> pd.DataFrame:
     truth = _pairs(events.read_window(path, cutoff, cutoff + timedelta(days=TRUTH_DAYS), settings.weights))
     truth = truth[truth["user_id"].isin(history.users)]
     pool = pd.read_parquet(config.pipeline().week_input_dir(week) / CANDIDATES_INFERENCE.file,
-                           columns=["user_id", "item_id", "rank_als"])
+                           columns=["user_id", "item_id", "rank_als", "sources"])
     users = truth["user_id"].unique()
     lists = {"ranking": _published_ranking(week, users), "popularity": _popular_unseen(history, users),
              "als": pool.assign(rank=pool["rank_als"])[["user_id", "item_id", "rank"]]}
     scored = [metrics.top_k_against(lists[name], truth).add_prefix(f"{name}_") for name in ORDERS]
     result = pd.concat(scored, axis=1)
     result["pool_recall"] = metrics.share_found(pool, truth)
+    for bit, source in enumerate(candidates.SOURCES):
+        result[f"pool_recall_{source}"] = metrics.share_found(pool[pool["sources"].to_numpy() & (1 << bit) > 0], truth)
     return result.rename_axis("user_id").reset_index().assign(week=week)
 
 
@@ -139,30 +144,35 @@ def _popular_unseen(history: candidates.History, users: np.ndarray) -> pd.DataFr
 
 def pooled(per_user: pd.DataFrame) -> dict[str, float]:
     """Means over user-weeks, and the 95% bootstrap interval of the ranking's NDCG@10 over popularity's."""
-    result = {f"{name}_{metric}": float(per_user[f"{name}_{metric}"].mean()) for name in ORDERS
-              for metric in ("ndcg", "recall")}
+    result = per_user[_MEASURES].mean().astype(float).to_dict()
     low, high = metrics.bootstrap_gain(per_user["ranking_ndcg"], per_user["popularity_ndcg"], rounds=2000)
-    return {**result, "pool_recall": float(per_user["pool_recall"].mean()), "user_weeks": len(per_user),
-            "ratio": result["ranking_ndcg"] / result["popularity_ndcg"], "ratio_low": 1 + low, "ratio_high": 1 + high}
+    return {**result, "user_weeks": len(per_user), "ratio": result["ranking_ndcg"] / result["popularity_ndcg"],
+            "ratio_low": 1 + low, "ratio_high": 1 + high}
 
 
-def by_week(per_user: pd.DataFrame) -> pd.DataFrame:
-    columns = [f"{name}_{metric}" for name in ORDERS for metric in ("ndcg", "recall")] + ["pool_recall"]
-    table = per_user.groupby("week")[columns].mean()
-    return table.assign(users=per_user.groupby("week").size()).reset_index()
+_MEASURES = [f"{name}_{metric}" for name in ORDERS for metric in ("ndcg", "recall")] + ["pool_recall"] \
+    + [f"pool_recall_{source}" for source in candidates.SOURCES]
 
 
-def record(weeks: pd.DataFrame, summary: dict[str, float], start: date, stop: date) -> str:
-    """The run and its weeks in the backtest database; returns the run's id."""
+def by_week(per_user: pd.DataFrame, scored_from: date) -> pd.DataFrame:
+    """Each week's means; `scored` is 0 for the weeks settings were chosen on (before `scored_from`)."""
+    table = per_user.groupby("week")[_MEASURES].mean()
+    table = table.assign(users=per_user.groupby("week").size()).reset_index()
+    return table.assign(scored=(table["week"] >= scored_from).astype(int))
+
+
+def record(weeks: pd.DataFrame, summary: dict[str, float], start: date, stop: date, scored_from: date) -> str:
+    """The run (`summary`: of the scored weeks) and its weeks in the backtest database; returns the run's id."""
     run_id = uuid.uuid4().hex[:12]
     with db.connection() as conn, conn.cursor() as cur:
         numbers = ", ".join(f"{name} double precision" for name in summary)
         cur.execute(f"CREATE TABLE IF NOT EXISTS backtest_runs (run_id text PRIMARY KEY, start_week date,"
-                    f" stop_week date, {numbers}, run_at timestamptz DEFAULT now())")
-        cur.execute(sql.SQL("INSERT INTO backtest_runs (run_id, start_week, stop_week, {}) VALUES (%s, %s, %s, {})")
+                    f" stop_week date, scored_from date, {numbers}, run_at timestamptz DEFAULT now())")
+        cur.execute(sql.SQL("INSERT INTO backtest_runs (run_id, start_week, stop_week, scored_from, {})"
+                            " VALUES (%s, %s, %s, %s, {})")
                     .format(sql.SQL(", ").join(map(sql.Identifier, summary)),
                             sql.SQL(", ").join(sql.Placeholder() * len(summary))),
-                    (run_id, start, stop, *summary.values()))
+                    (run_id, start, stop, scored_from, *summary.values()))
         columns = [c for c in weeks.columns if c != "week"]
         cur.execute("CREATE TABLE IF NOT EXISTS backtest_weeks (run_id text, week date, "
                     + ", ".join(f"{c} double precision" for c in columns) + ", PRIMARY KEY (run_id, week))")
@@ -174,12 +184,17 @@ def record(weeks: pd.DataFrame, summary: dict[str, float], start: date, stop: da
 
 
 def draw(weeks: pd.DataFrame, path: Path, title: str) -> None:
+    """NDCG@10 per week, the weeks settings were chosen on shaded apart from the scored ones."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(8, 4.2), dpi=110)
+    chosen_on = weeks.loc[weeks["scored"] == 0, "week"]
+    if len(chosen_on):
+        axes.axvspan(chosen_on.min() - timedelta(days=3), chosen_on.max() + timedelta(days=3), color="0.9",
+                     label="weeks the settings were chosen on")
     labels = {"ranking": "published ranking", "popularity": "recent popularity", "als": "ALS order"}
     for name in ORDERS:
         axes.plot(weeks["week"], weeks[f"{name}_ndcg"], marker="o", label=labels[name])
@@ -192,20 +207,31 @@ def draw(weeks: pd.DataFrame, path: Path, title: str) -> None:
     plt.close(figure)
 
 
-def report(weeks: pd.DataFrame, summary: dict[str, float]) -> str:
-    lines = [f"{'week':<12}{'users':>6}{'ranking':>9}{'popular':>9}{'als':>8}{'pool':>7}   (NDCG@10; pool recall)"]
-    lines += [f"{row.week!s:<12}{row.users:>6}{row.ranking_ndcg:>9.3f}{row.popularity_ndcg:>9.3f}{row.als_ndcg:>8.3f}"
-              f"{row.pool_recall:>7.3f}" for row in weeks.itertuples()]
-    lines.append(f"pooled over {summary['user_weeks']} user-weeks:")
-    for name in ORDERS:
-        lines.append(f"  {name:<11} NDCG@10 {summary[f'{name}_ndcg']:.3f}  Recall@10 {summary[f'{name}_recall']:.3f}")
-    lines.append(f"  candidate pool recall {summary['pool_recall']:.3f}")
-    lines.append(f"  ranking / popularity NDCG@10: {summary['ratio']:.2f} "
-                 f"(95% user-week bootstrap {summary['ratio_low']:.2f}-{summary['ratio_high']:.2f})")
+def report(weeks: pd.DataFrame, summaries: dict[str, dict[str, float]]) -> str:
+    """The weeks, then pooled figures for each group of them ("chosen on", "scored")."""
+    lines = [f"{'week':<12}{'':<7}{'users':>6}{'ranking':>9}{'popular':>9}{'als':>8}{'pool':>7}"
+             "   (NDCG@10; pool recall)"]
+    lines += [f"{row.week!s:<12}{'scored' if row.scored else 'chosen':<7}{row.users:>6}{row.ranking_ndcg:>9.3f}"
+              f"{row.popularity_ndcg:>9.3f}{row.als_ndcg:>8.3f}{row.pool_recall:>7.3f}" for row in weeks.itertuples()]
+    for group, summary in summaries.items():
+        lines.append(f"pooled over the {summary['user_weeks']} user-weeks of the weeks {group}:")
+        for name in ORDERS:
+            lines.append(f"  {name:<11} NDCG@10 {summary[f'{name}_ndcg']:.3f}  "
+                         f"Recall@10 {summary[f'{name}_recall']:.3f}")
+        lines.append(f"  candidate pool recall {summary['pool_recall']:.3f}; by source: " + ", ".join(
+            f"{source} {summary[f'pool_recall_{source}']:.3f}" for source in candidates.SOURCES))
+        lines.append(f"  ranking / popularity NDCG@10: {summary['ratio']:.2f} "
+                     f"(95% user-week bootstrap {summary['ratio_low']:.2f}-{summary['ratio_high']:.2f})")
     return "\n".join(lines)
 
 
-def run(start: date, stop: date, database: str, folder: Path, picture: Path) -> dict[str, float]:
+def run(start: date, stop: date, database: str, folder: Path, picture: Path,
+        scored_from: date | None = None) -> dict[str, float]:
+    """Replays the weeks from `start` to `stop`; returns the pooled figures of those from `scored_from`
+    (default: all of them)."""
+    scored_from = scored_from or start
+    if not start <= scored_from <= stop:
+        raise ValueError(f"--scored-from {scored_from} must lie from --start {start} to --stop {stop}")
     use_backtest_database(database, folder)
     per_user = []
     for week in weeks_between(start, stop):
@@ -213,10 +239,14 @@ def run(start: date, stop: date, database: str, folder: Path, picture: Path) -> 
         print(f"week {week}: {'published' if went_live else 'refused; the previous ranking stays'}", flush=True)
         per_user.append(user_weeks(week))
     per_user = pd.concat(per_user, ignore_index=True)
-    weeks, summary = by_week(per_user), pooled(per_user)
-    run_id = record(weeks, summary, start, stop)
+    weeks = by_week(per_user, scored_from)
+    summaries = {group: pooled(part) for group, part in (("chosen on", per_user[per_user["week"] < scored_from]),
+                                                         ("scored", per_user[per_user["week"] >= scored_from]))
+                 if len(part)}
+    summary = summaries["scored"]
+    run_id = record(weeks, summary, start, stop, scored_from)
     draw(weeks, picture, f"Walk-forward backtest, {start} to {stop}")
-    print(report(weeks, summary))
+    print(report(weeks, summaries))
     print(f"run {run_id} recorded in {db.server()}, tables backtest_runs and backtest_weeks; picture: {picture}")
     return summary
 
@@ -226,13 +256,16 @@ def main(argv: list[str] | None = None) -> None:
     week = week_parameter()
     parser.add_argument("--start", required=True, type=lambda text: week.normalize(date.fromisoformat(text)))
     parser.add_argument("--stop", required=True, type=lambda text: week.normalize(date.fromisoformat(text)))
+    parser.add_argument("--scored-from", type=lambda text: week.normalize(date.fromisoformat(text)), default=None,
+                        help="weeks before it are those the settings were chosen on, reported apart "
+                             "(default: --start, every week scored)")
     parser.add_argument("--database", default="weekly_recs_backtest", help="the backtest's own database")
     parser.add_argument("--folder", type=Path, default=config.ROOT / "var" / "backtest",
                         help="where the weeks' files and models go")
     parser.add_argument("--picture", type=Path, default=None, help="PNG of NDCG@10 per week (default: in --folder)")
     options = parser.parse_args(argv)
     run(options.start, options.stop, options.database, options.folder.resolve(),
-        options.picture or options.folder / "ndcg_by_week.png")
+        options.picture or options.folder / "ndcg_by_week.png", options.scored_from)
 
 
 if __name__ == "__main__":

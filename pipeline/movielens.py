@@ -3,7 +3,7 @@
     python -m pipeline.movielens make ../shared/datasets/ml-100k OUTDIR
     python -m pipeline.movielens evaluate OUTDIR      # scores the published candidates_ranked
     python -m pipeline.movielens events ../shared/datasets/ml-100k OUTDIR   # for source = events
-    python -m pipeline.movielens backtest ../shared/datasets/ml-100k [FOLDER [FIRST LAST]]  # 8 weeks
+    python -m pipeline.movielens backtest ../shared/datasets/ml-100k [FOLDER [FIRST SCORED_FROM LAST]]
 
 Each user's ratings are split by time into history (60%), label (20%) and test (20%) periods; a
 global time cut would leave too few users with test interactions. A truncated SVD of the history
@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 
 from pipeline import config, metrics
 
-BACKTEST_WEEKS = (date(1998, 2, 21), date(1998, 4, 11))  # the last 8 Saturdays followed by 7 days of ratings
+# The last 16 Saturdays followed by 7 days of ratings: settings are chosen on the first 8, the last 8 are scored.
+BACKTEST_WEEKS = (date(1997, 12, 27), date(1998, 2, 21), date(1998, 4, 11))  # first, first scored, last
 CANDIDATES_PER_USER = 50
 FACTORS = 48
 SHARES = (0.6, 0.2)  # history, label; the rest is test
@@ -118,7 +119,7 @@ def write_events(dataset: Path, out: Path) -> None:
     _write(read_items(dataset), out / "items.parquet")
 
 
-def backtest(dataset: Path, folder: Path, weeks: tuple[date, date] = BACKTEST_WEEKS,
+def backtest(dataset: Path, folder: Path, weeks: tuple[date, date, date] = BACKTEST_WEEKS,
              database: str = "weekly_recs_movielens") -> dict[str, float]:
     """The walk-forward backtest on the ratings as events: events.cfg's stage (then LUIGI_CONFIG_PATH's
     settings, if any), each cutoff at 00:00 UTC, every rating weighing 1."""
@@ -130,8 +131,9 @@ def backtest(dataset: Path, folder: Path, weeks: tuple[date, date] = BACKTEST_WE
             luigi.configuration.add_config_path(str(path))
     config.override("events", {"events_path": str(folder / "shop" / "events"), "cutoff": "00:00", "weights": "{}",
                                "items_path": str(folder / "shop" / "items.parquet")})
-    return walk_forward.run(*weeks, database=database, folder=folder,
-                            picture=folder / "ndcg_by_week.png")
+    first, scored_from, last = weeks
+    return walk_forward.run(first, last, database=database, folder=folder, picture=folder / "ndcg_by_week.png",
+                            scored_from=scored_from)
 
 
 def _similar(item_factors: np.ndarray, per_item: int = 10) -> pd.DataFrame:
@@ -188,9 +190,9 @@ if __name__ == "__main__":
     elif command == "events":
         write_events(Path(paths[0]), Path(paths[1]))
         print(f"MovieLens events and items written to {paths[1]}/")
-    elif command == "backtest":  # DATASET [FOLDER [FIRST_WEEK LAST_WEEK]]
+    elif command == "backtest":  # DATASET [FOLDER [FIRST_WEEK FIRST_SCORED_WEEK LAST_WEEK]]
         backtest(Path(paths[0]), Path(paths[1]) if len(paths) > 1 else config.ROOT / "var" / "movielens-backtest",
-                 tuple(map(date.fromisoformat, paths[2:4])) if len(paths) > 3 else BACKTEST_WEEKS)
+                 tuple(map(date.fromisoformat, paths[2:5])) if len(paths) > 4 else BACKTEST_WEEKS)
     else:
         for name, value in evaluate_published(Path(paths[0])).items():
             print(f"{name:>22}: {value:.4f}")

@@ -17,7 +17,7 @@ from tests.conftest import ROOT, WEEK, apply_settings, query
 from tests.test_event_stage import events_settings  # noqa: F401 - a fixture
 from tests.test_movielens import DATASET, needs_movielens
 
-WEEKS = ("1998-04-04", "1998-04-11")
+WEEKS = ("1998-04-04", "1998-04-11", "1998-04-11")  # first, first scored, last
 
 
 def test_the_backtest_refuses_the_production_database(settings, tmp_path):
@@ -60,15 +60,17 @@ def test_movielens_weeks_are_replayed_scored_recorded_and_drawn(settings, tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     for week in WEEKS:
         assert f"week {week}: published" in done.stdout
-    assert "pooled over" in done.stdout and "95% user-week bootstrap" in done.stdout
+    assert "user-weeks of the weeks chosen on:" in done.stdout and "user-weeks of the weeks scored:" in done.stdout
+    assert "95% user-week bootstrap" in done.stdout and "by source: als " in done.stdout
     assert (tmp_path / "backtest" / "ndcg_by_week.png").read_bytes()[:4] == b"\x89PNG"
     assert query(conn, "SELECT to_regclass('candidates_ranked')") == [(None,)]  # production untouched
     with psycopg2.connect(host=pg_socket_dir, dbname="weekly_recs_movielens", user="postgres") as backtest:
-        weeks = query(backtest, "SELECT week, users, ranking_ndcg, popularity_ndcg, als_ndcg, pool_recall"
-                                " FROM backtest_weeks ORDER BY week")
-        (ratio,) = query(backtest, "SELECT ratio FROM backtest_runs")[0]
-    assert [row[0] for row in weeks] == [date.fromisoformat(week) for week in WEEKS]
-    for _, users, *scores, pool_recall in weeks:
+        weeks = query(backtest, "SELECT week, scored, users, ranking_ndcg, popularity_ndcg, als_ndcg, pool_recall,"
+                                " greatest(pool_recall_als, pool_recall_popular, pool_recall_cooccurrence,"
+                                " pool_recall_category) FROM backtest_weeks ORDER BY week")
+        (ratio, user_weeks, scored_from), = query(backtest, "SELECT ratio, user_weeks, scored_from FROM backtest_runs")
+    assert [row[:2] for row in weeks] == [(date(1998, 4, 4), 0), (date(1998, 4, 11), 1)]
+    for _, _, users, *scores, pool_recall, best_source in weeks:
         assert users >= 30 and all(0 < score < 1 for score in scores)
-        assert pool_recall > 0.3
-    assert ratio > 0
+        assert pool_recall > 0.3 and 0 < best_source < pool_recall  # the union holds more than any one source
+    assert ratio > 0 and user_weeks == weeks[1][2] and scored_from == date(1998, 4, 11)  # the scored week alone
