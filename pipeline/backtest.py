@@ -155,10 +155,26 @@ _MEASURES = [f"{name}_{metric}" for name in ORDERS for metric in ("ndcg", "recal
 
 
 def by_week(per_user: pd.DataFrame, scored_from: date) -> pd.DataFrame:
-    """Each week's means; `scored` is 0 for the weeks settings were chosen on (before `scored_from`)."""
+    """Each week's means; `scored` is 0 for the weeks settings were chosen on (before `scored_from`).
+
+    `validation_ndcg` is what the week's quality gate measured on its held-out rows, `takers_ndcg`
+    what it estimates: the published ranking's NDCG@10 over the users who took one of their
+    candidates the week after (the held-out groups are such users too).
+    """
     table = per_user.groupby("week")[_MEASURES].mean()
-    table = table.assign(users=per_user.groupby("week").size()).reset_index()
+    takers = per_user[per_user["pool_recall"] > 0].groupby("week")["ranking_ndcg"].mean()
+    table = table.assign(users=per_user.groupby("week").size(), takers_ndcg=takers).reset_index()
+    table["validation_ndcg"] = [_validation_ndcg(week) for week in table["week"]]
     return table.assign(scored=(table["week"] >= scored_from).astype(int))
+
+
+def _validation_ndcg(week: date) -> float:
+    """The week's validation NDCG@10 (`model_metrics`); NaN for a week the gate refused."""
+    with db.connection() as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT ndcg_at_10 FROM {} WHERE week = %s").format(
+            sql.Identifier(TrainRanker(week=week).metrics_table)), (week,))
+        found = cur.fetchone()
+    return found[0] if found else float("nan")
 
 
 def record(weeks: pd.DataFrame, summary: dict[str, float], start: date, stop: date, scored_from: date) -> str:
@@ -222,6 +238,8 @@ def report(weeks: pd.DataFrame, summaries: dict[str, dict[str, float]]) -> str:
             f"{source} {summary[f'pool_recall_{source}']:.3f}" for source in candidates.SOURCES))
         lines.append(f"  ranking / popularity NDCG@10: {summary['ratio']:.2f} "
                      f"(95% user-week bootstrap {summary['ratio_low']:.2f}-{summary['ratio_high']:.2f})")
+        lines.append(f"  the quality gate's validation NDCG@10 missed the next week's (of the users who took a "
+                     f"candidate) by {summary['validation_error']:.3f} a week on average")
     return "\n".join(lines)
 
 
@@ -243,6 +261,10 @@ def run(start: date, stop: date, database: str, folder: Path, picture: Path,
     summaries = {group: pooled(part) for group, part in (("chosen on", per_user[per_user["week"] < scored_from]),
                                                          ("scored", per_user[per_user["week"] >= scored_from]))
                  if len(part)}
+    for group, scored in (("chosen on", 0), ("scored", 1)):
+        if group in summaries:
+            part = weeks[weeks["scored"] == scored]
+            summaries[group]["validation_error"] = float((part["validation_ndcg"] - part["takers_ndcg"]).abs().mean())
     summary = summaries["scored"]
     run_id = record(weeks, summary, start, stop, scored_from)
     draw(weeks, picture, f"Walk-forward backtest, {start} to {stop}")

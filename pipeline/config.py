@@ -81,6 +81,9 @@ class pipeline(luigi.Config):  # noqa: N801
                                                    "pipeline.features; default: the source's")
     ranker = luigi.ChoiceParameter(default="CatBoostRanker", choices=["CatBoostRanker", "CatBoostClassifier"])
     ranker_loss = luigi.Parameter(default="YetiRank", description="loss of CatBoostRanker")
+    holdout = luigi.ChoiceParameter(default="users", choices=["users", "latest_week"], description="what the "
+                                    "validation holds out: a share of the train users, or, where train rows carry "
+                                    "their outcome week, the latest week (learning on the weeks before it)")
     holdout_share = luigi.FloatParameter(default=0.2, description="share of train users held out for validation")
     max_ndcg_drop = luigi.FloatParameter(default=0.02, description="largest NDCG@10 drop the quality gate accepts")
     gate_sigmas = luigi.FloatParameter(default=2.0, description="nor does it refuse a drop within this many "

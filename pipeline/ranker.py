@@ -32,6 +32,7 @@ class Ranker:
     thread_count: int
     seed: int
     holdout_share: float
+    holdout: str
     popularity: pd.DataFrame = field(compare=False, repr=False)
 
     @classmethod
@@ -39,7 +40,7 @@ class Ranker:
         chosen = settings.ranker_features()
         return cls(settings.ranker, settings.ranker_loss, chosen.features, chosen.derived_features, chosen.cat_features,
                    settings.iterations, settings.thread_count, settings.random_seed, settings.holdout_share,
-                   popularity)
+                   settings.holdout, popularity)
 
     def parameters(self) -> dict:
         return {"loss": self.loss if self.kind == "CatBoostRanker" else "Logloss", "iterations": self.iterations,
@@ -71,8 +72,12 @@ class Ranker:
         return CatBoostClassifier(**common).fit(pool)
 
     def held_out_split(self, train: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Prepared train rows as (learn, held out): held-out users with all their groups."""
-        is_held_out = held_out(train["user_id"].to_numpy(), self.seed, self.holdout_share)
+        """Prepared train rows as (learn, held out): held-out users with all their groups, or the latest
+        outcome week (`[pipeline] holdout`), the way the model meets the next week."""
+        if self.holdout == "latest_week" and GROUP_WEEK in train:
+            is_held_out = (train[GROUP_WEEK] == train[GROUP_WEEK].max()).to_numpy()
+        else:
+            is_held_out = held_out(train["user_id"].to_numpy(), self.seed, self.holdout_share)
         return train[~is_held_out], train[is_held_out]
 
     def loaded(self, blob: bytes) -> CatBoostClassifier | CatBoostRanker:

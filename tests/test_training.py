@@ -3,6 +3,7 @@ worker would have given: the same model, the same validation."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -21,7 +22,7 @@ from pipeline.training import SAMPLE, FreshProcesses, fitted, train_files, valid
 def ranker(sample_week) -> Ranker:
     chosen = SOURCE_FEATURES["files"]
     return Ranker("CatBoostRanker", "YetiRank", chosen.features, chosen.derived_features, chosen.cat_features,
-                  iterations=30, thread_count=1, seed=42, holdout_share=0.2,
+                  iterations=30, thread_count=1, seed=42, holdout_share=0.2, holdout="users",
                   popularity=pd.read_parquet(sample_week / "top_popular.parquet"))
 
 
@@ -79,3 +80,18 @@ def test_the_largest_step_s_peak_memory_is_kept_though_the_worker_never_held_it(
 def test_a_process_that_dies_names_the_setting_that_bounds_its_memory():
     with pytest.raises(MemoryError, match=r"_exit died .*lower \[pipeline\] max_train_rows"):
         FreshProcesses().run(os._exit, 9)
+
+
+def test_the_validation_holds_out_the_latest_outcome_week_where_asked(ranker):
+    weeks = pd.to_datetime(["2026-11-07", "2026-11-14", "2026-11-21"]).date
+    rows = pd.DataFrame({"user_id": np.tile([1, 2, 3, 4], 3), "outcome_week": np.repeat(weeks, 4)})
+    latest = dataclasses.replace(ranker, holdout="latest_week")
+
+    learn, test = latest.held_out_split(rows)
+    by_users = ranker.held_out_split(rows)[1]
+
+    assert set(test["outcome_week"]) == {weeks[-1]} and len(test) == 4
+    assert set(learn["outcome_week"]) == set(weeks[:-1])
+    assert set(by_users["outcome_week"]) == set(weeks)  # the users' split takes every week of the users it holds out
+    assert latest.held_out_split(rows.drop(columns="outcome_week"))[1]["user_id"].tolist() == \
+        by_users["user_id"].tolist()  # one week of candidates (source = files): the users' split
