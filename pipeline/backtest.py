@@ -17,12 +17,14 @@ of the scored weeks is out of sample. Results go to the tables `backtest_weeks` 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import uuid
 from datetime import date, timedelta
 from pathlib import Path
 
 import luigi
+import luigi.configuration
 import numpy as np
 import pandas as pd
 import psycopg2.extras
@@ -271,6 +273,21 @@ def run(start: date, stop: date, database: str, folder: Path, picture: Path,
     print(report(weeks, summaries))
     print(f"run {run_id} recorded in {db.server()}, tables backtest_runs and backtest_weeks; picture: {picture}")
     return summary
+
+
+def on_shop(shop: Path, weeks: tuple[date, date, date], database: str, folder: Path,
+            events_settings: dict[str, str]) -> dict[str, float]:
+    """The walk-forward backtest of a shop's `events/` and `items.parquet`: events.cfg's stage, then
+    LUIGI_CONFIG_PATH's settings (if any), then `events_settings`; `weeks` are the first, the first
+    scored and the last."""
+    for path in (config.ROOT / "events.cfg", os.environ.get("LUIGI_CONFIG_PATH")):
+        if path:
+            luigi.configuration.add_config_path(str(path))
+    config.override("events", {"events_path": str(shop / "events"), "items_path": str(shop / "items.parquet"),
+                               **events_settings})
+    first, scored_from, last = weeks
+    return run(first, last, database=database, folder=folder, picture=folder / "ndcg_by_week.png",
+               scored_from=scored_from)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,12 +14,10 @@ genre, `parent_id` the release decade, `available` whether the release date is k
 
 from __future__ import annotations
 
-import os
 import sys
 from datetime import date
 from pathlib import Path
 
-import luigi.configuration
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -121,19 +119,11 @@ def write_events(dataset: Path, out: Path) -> None:
 
 def backtest(dataset: Path, folder: Path, weeks: tuple[date, date, date] = BACKTEST_WEEKS,
              database: str = "weekly_recs_movielens") -> dict[str, float]:
-    """The walk-forward backtest on the ratings as events: events.cfg's stage (then LUIGI_CONFIG_PATH's
-    settings, if any), each cutoff at 00:00 UTC, every rating weighing 1."""
+    """The walk-forward backtest on the ratings as events, each cutoff at 00:00 UTC, every rating weighing 1."""
     from pipeline import backtest as walk_forward
 
     write_events(dataset, folder / "shop")
-    for path in (config.ROOT / "events.cfg", os.environ.get("LUIGI_CONFIG_PATH")):
-        if path:
-            luigi.configuration.add_config_path(str(path))
-    config.override("events", {"events_path": str(folder / "shop" / "events"), "cutoff": "00:00", "weights": "{}",
-                               "items_path": str(folder / "shop" / "items.parquet")})
-    first, scored_from, last = weeks
-    return walk_forward.run(first, last, database=database, folder=folder, picture=folder / "ndcg_by_week.png",
-                            scored_from=scored_from)
+    return walk_forward.on_shop(folder / "shop", weeks, database, folder, {"cutoff": "00:00", "weights": "{}"})
 
 
 def _similar(item_factors: np.ndarray, per_item: int = 10) -> pd.DataFrame:
