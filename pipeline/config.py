@@ -130,7 +130,7 @@ class events(luigi.Config):  # noqa: N801
                                          "CandidateShard makes (a task any worker on any host may take)")
     history_days = luigi.IntParameter(default=365, description="days of events before the cutoff that the ALS "
                                       "fit and the features read: a week's cost does not grow with the shop's age")
-    active_days = luigi.IntParameter(default=91, description="users with an event in these days before the cutoff "
+    active_days = luigi.IntParameter(default=182, description="users with an event in these days before the cutoff "
                                      "get candidates; the web service serves the others default_recs")
     popular_days = luigi.IntParameter(default=7, description="window of recent popularity")
     recent_days = luigi.IntParameter(default=28, description="window of the recent histories whose co-occurring "
@@ -139,7 +139,7 @@ class events(luigi.Config):  # noqa: N801
                                                  "co-occurrence source")
     top_popular = luigi.IntParameter(default=100, description="rows of top_popular.parquet")
     similar_per_item = luigi.IntParameter(default=10, description="neighbours per item in similar.parquet")
-    factors = luigi.IntParameter(default=64, description="ALS factors")
+    factors = luigi.IntParameter(default=32, description="ALS factors")
     als_iterations = luigi.IntParameter(default=15)
     regularization = luigi.FloatParameter(default=0.05)
     alpha = luigi.FloatParameter(default=2.0, description="ALS confidence per unit of event weight")
