@@ -233,26 +233,51 @@ def shard_rows(rows: np.ndarray, shard: int, shards: int) -> np.ndarray:
 def candidate_batches(history: History, fits: Fits, users: np.ndarray, per_user: int,
                       popular_days: int) -> Iterator[pa.RecordBatch]:
     """Each block of the `users` (rows, in id order)' candidates with their features."""
-    popular = history.popular_order(popular_days)
-    popular_rank = np.full(len(history.items), len(popular) + 1, np.float32)
-    popular_rank[popular] = np.arange(1, len(popular) + 1)
-    available = history.items["available"].to_numpy() > 0
-    by_category = category_popularity(history, popular_days, per_user)
-    seen_slots = round(per_user * history.repeat_share)
+    sources = _Sources.of(history, fits, per_user, popular_days)
     for start in range(0, len(users), USERS_PER_BLOCK):
         rows = users[start:start + USERS_PER_BLOCK]
-        seen = history.matrix[rows]
-        als_items, _ = fits.als.recommend(rows, seen, N=per_user, filter_already_liked_items=True,
-                                          filter_items=np.flatnonzero(~available) if not available.all() else None)
-        cooccurring = (history.recent[rows] @ fits.cooccurrence.similarity).multiply(available.astype(np.float32))
-        lists = {"als": als_items, "popular": unseen_popular(history, rows, popular, per_user),
-                 "cooccurrence": top_of_rows(_unseen(cooccurring, seen), per_user),
-                 "category": top_of_rows(_unseen(user_top_categories(history, rows) @ by_category, seen), per_user),
-                 "seen": top_of_rows(seen.multiply(available.astype(np.float32)).tocsr(), seen_slots)}
-        chosen = _union(rows, lists, per_user)
-        chosen["cooccurrence_score"] = np.asarray(cooccurring.tocsr()[np.searchsorted(rows, chosen["row"]),
-                                                                      chosen["item"]]).ravel()
-        yield _with_features(history, fits.als, chosen, popular_rank)
+        cooccurring = (history.recent[rows] @ fits.cooccurrence.similarity).multiply(sources.available).tocsr()
+        chosen = _union(rows, sources.lists(rows, cooccurring), per_user)
+        chosen["cooccurrence_score"] = np.asarray(cooccurring[np.searchsorted(rows, chosen["row"]),
+                                                              chosen["item"]]).ravel()
+        yield _with_features(history, fits.als, chosen, sources.popular_rank)
+
+
+@dataclass(frozen=True)
+class _Sources:
+    """What every block's lists share: the fits, the week's popularity, each category's popular items,
+    and how many places the seen source gets (`round(per_user x repeat share)`)."""
+
+    history: History
+    fits: Fits
+    per_user: int
+    popular: np.ndarray
+    popular_rank: np.ndarray
+    by_category: sparse.csr_matrix
+    available: np.ndarray  # 1.0 for an available item, 0.0 for another
+    seen_places: int
+
+    @classmethod
+    def of(cls, history: History, fits: Fits, per_user: int, popular_days: int) -> _Sources:
+        popular = history.popular_order(popular_days)
+        popular_rank = np.full(len(history.items), len(popular) + 1, np.float32)
+        popular_rank[popular] = np.arange(1, len(popular) + 1)
+        return cls(history, fits, per_user, popular, popular_rank,
+                   category_popularity(history, popular_days, per_user),
+                   (history.items["available"].to_numpy() > 0).astype(np.float32),
+                   round(per_user * history.repeat_share))
+
+    def lists(self, rows: np.ndarray, cooccurring: sparse.csr_matrix) -> dict[str, np.ndarray]:
+        """Each source's items for the users of `rows`, best first, -1 padded."""
+        seen, per_user = self.history.matrix[rows], self.per_user
+        unavailable = np.flatnonzero(self.available == 0)
+        als_items, _ = self.fits.als.recommend(rows, seen, N=per_user, filter_already_liked_items=True,
+                                               filter_items=unavailable if len(unavailable) else None)
+        by_category = user_top_categories(self.history, rows) @ self.by_category
+        return {"als": als_items, "popular": unseen_popular(self.history, rows, self.popular, per_user),
+                "cooccurrence": top_of_rows(_unseen(cooccurring, seen), per_user),
+                "category": top_of_rows(_unseen(by_category, seen), per_user),
+                "seen": top_of_rows(seen.multiply(self.available).tocsr(), self.seen_places)}
 
 
 def unseen_popular(history: History, rows: np.ndarray, popular: np.ndarray, per_user: int) -> np.ndarray:
