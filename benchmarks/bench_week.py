@@ -34,7 +34,7 @@ from pipeline.sample_events import week_end, write_sample_events
 SCALE = float(os.environ.get("BENCH_WEEK_SCALE", "1"))
 USERS_A_WEEK, ITEMS, LIFETIME_WEEKS = round(1_000_000 * SCALE / 104), 50_000, 8
 AGES = {"two years": 104, "six months": 26}
-TRAIN_WEEKS = 8  # [events] train_weeks' default: the outcomes a week learns from
+TRAIN_WEEKS = 12  # [events] train_weeks' default: the outcomes a week learns from
 STEPS = ("CutoffModel", "CandidatesAtCutoff", "Outcomes (the week before)", "TrainFromOutcomes", "CheckInputs",
          "DefaultRecs", "OnlineRecs", "TrainCandidates", "InferenceCandidates", "TrainRanker", "RankCandidates",
          "WeeklyRecs (publish)")

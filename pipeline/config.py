@@ -124,7 +124,7 @@ class events(luigi.Config):  # noqa: N801
     weights = luigi.DictParameter(default={}, description="weight of each event name; 1 for names not listed")
     cutoff = luigi.Parameter(default="21:00", description="HH:MM UTC on the week's Saturday; later events wait")
     label_days = luigi.IntParameter(default=7, description="days after a cutoff whose events label its candidates")
-    train_weeks = luigi.IntParameter(default=8, description="earlier weeks whose outcomes the ranker learns from")
+    train_weeks = luigi.IntParameter(default=12, description="earlier weeks whose outcomes the ranker learns from")
     candidates_per_user = luigi.IntParameter(default=100)
     users_per_shard = luigi.IntParameter(default=50_000, description="active users whose candidates one "
                                          "CandidateShard makes (a task any worker on any host may take)")
