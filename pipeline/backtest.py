@@ -144,16 +144,16 @@ def _popular_unseen(history: candidates.History, users: np.ndarray) -> pd.DataFr
                          "item_id": history.items["item_id"].to_numpy()[frame["item"]]})
 
 
+_MEASURES = [f"{name}_{metric}" for name in ORDERS for metric in ("ndcg", "recall")] + ["pool_recall"] \
+    + [f"pool_recall_{source}" for source in candidates.SOURCES]
+
+
 def pooled(per_user: pd.DataFrame) -> dict[str, float]:
     """Means over user-weeks, and the 95% bootstrap interval of the ranking's NDCG@10 over popularity's."""
     result = per_user[_MEASURES].mean().astype(float).to_dict()
     low, high = metrics.bootstrap_gain(per_user["ranking_ndcg"], per_user["popularity_ndcg"], rounds=2000)
     return {**result, "user_weeks": len(per_user), "ratio": result["ranking_ndcg"] / result["popularity_ndcg"],
             "ratio_low": 1 + low, "ratio_high": 1 + high}
-
-
-_MEASURES = [f"{name}_{metric}" for name in ORDERS for metric in ("ndcg", "recall")] + ["pool_recall"] \
-    + [f"pool_recall_{source}" for source in candidates.SOURCES]
 
 
 def by_week(per_user: pd.DataFrame, scored_from: date) -> pd.DataFrame:
