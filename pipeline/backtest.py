@@ -166,17 +166,16 @@ def by_week(per_user: pd.DataFrame, scored_from: date) -> pd.DataFrame:
     table = per_user.groupby("week")[_MEASURES].mean()
     takers = per_user[per_user["pool_recall"] > 0].groupby("week")["ranking_ndcg"].mean()
     table = table.assign(users=per_user.groupby("week").size(), takers_ndcg=takers).reset_index()
-    table["validation_ndcg"] = [_validation_ndcg(week) for week in table["week"]]
+    table["validation_ndcg"] = table["week"].map(_validation_ndcg(table["week"].min()))
     return table.assign(scored=(table["week"] >= scored_from).astype(int))
 
 
-def _validation_ndcg(week: date) -> float:
-    """The week's validation NDCG@10 (`model_metrics`); NaN for a week the gate refused."""
+def _validation_ndcg(week: date) -> dict[date, float]:
+    """Each week's validation NDCG@10 (`model_metrics`), from one query; a week the gate refused has none."""
     with db.connection() as conn, conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT ndcg_at_10 FROM {} WHERE week = %s").format(
-            sql.Identifier(TrainRanker(week=week).metrics_table)), (week,))
-        found = cur.fetchone()
-    return found[0] if found else float("nan")
+        cur.execute(sql.SQL("SELECT week, ndcg_at_10 FROM {}").format(
+            sql.Identifier(TrainRanker(week=week).metrics_table)))
+        return dict(cur.fetchall())
 
 
 def record(weeks: pd.DataFrame, summary: dict[str, float], start: date, stop: date, scored_from: date) -> str:
@@ -260,13 +259,12 @@ def run(start: date, stop: date, database: str, folder: Path, picture: Path,
         per_user.append(user_weeks(week))
     per_user = pd.concat(per_user, ignore_index=True)
     weeks = by_week(per_user, scored_from)
-    summaries = {group: pooled(part) for group, part in (("chosen on", per_user[per_user["week"] < scored_from]),
-                                                         ("scored", per_user[per_user["week"] >= scored_from]))
-                 if len(part)}
-    for group, scored in (("chosen on", 0), ("scored", 1)):
-        if group in summaries:
-            part = weeks[weeks["scored"] == scored]
-            summaries[group]["validation_error"] = float((part["validation_ndcg"] - part["takers_ndcg"]).abs().mean())
+    summaries = {}
+    for group, scored in (("chosen on", False), ("scored", True)):
+        part, its_weeks = per_user[(per_user["week"] >= scored_from) == scored], weeks[weeks["scored"] == scored]
+        if len(part):
+            miss = (its_weeks["validation_ndcg"] - its_weeks["takers_ndcg"]).abs().mean()
+            summaries[group] = {**pooled(part), "validation_error": float(miss)}
     summary = summaries["scored"]
     run_id = record(weeks, summary, start, stop, scored_from)
     draw(weeks, picture, f"Walk-forward backtest, {start} to {stop}")

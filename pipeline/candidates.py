@@ -263,7 +263,7 @@ class _Sources:
         popular_rank = np.full(len(history.items), len(popular) + 1, np.float32)
         popular_rank[popular] = np.arange(1, len(popular) + 1)
         return cls(history, fits, per_user, popular, popular_rank,
-                   category_popularity(history, popular_days, per_user),
+                   category_popularity(history, popular, history.item_recent[popular_days], per_user),
                    (history.items["available"].to_numpy() > 0).astype(np.float32),
                    round(per_user * history.repeat_share))
 
@@ -299,14 +299,13 @@ def unseen_popular(history: History, rows: np.ndarray, popular: np.ndarray, per_
     return result
 
 
-def category_popularity(history: History, popular_days: int, per_category: int) -> sparse.csr_matrix:
-    """Categories x items: the recent event weight of each category's `2 x per_category` most popular
-    available items, so that a user who had some of them still finds enough."""
-    popular = history.popular_order(popular_days)
+def category_popularity(history: History, popular: np.ndarray, weight: np.ndarray,
+                        per_category: int) -> sparse.csr_matrix:
+    """Categories x items: the recent event `weight` of each category's `2 x per_category` most popular
+    available items (`popular`, in order), so that a user who had some of them still finds enough."""
     category = history.item_category[popular]
     kept = pd.Series(category).groupby(category).cumcount().to_numpy() < 2 * per_category
-    weight = history.item_recent[popular_days][popular[kept]]
-    return sparse.csr_matrix((weight.astype(np.float32), (category[kept], popular[kept])),
+    return sparse.csr_matrix((weight[popular[kept]].astype(np.float32), (category[kept], popular[kept])),
                              shape=(history.user_categories.shape[1], len(history.items)))
 
 
