@@ -14,6 +14,7 @@ import subprocess
 import threading
 import warnings
 from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,6 +225,48 @@ def stream_out(conn, query: sql.Composable, schema: pa.Schema) -> Iterator[pa.Re
             yield batch.cast(schema)
 
 
+READ_STREAMS = min(4, os.cpu_count() or 1)
+
+
+def stream_table(conn, table: str, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """A whole table's `schema` columns as record batches, in no particular order, read by
+    `READ_STREAMS` connections at once: each reads its own range of the table's blocks (a TID range
+    scan).
+
+    One connection's read is bound by the client decoding one stream on one core (about 1.6M rows/s
+    here); parallel ranges read the table about 1.3x faster on two cores. Memory holds a batch or
+    two a stream.
+    """
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_relation_size(%s::regclass) / current_setting('block_size')::int", (f'"{table}"',))
+        (blocks,) = cur.fetchone()
+    starts = sorted({blocks * part // READ_STREAMS for part in range(READ_STREAMS)})
+    ranges = [sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({start},0)")) + (
+        sql.SQL(" AND ctid < {}::tid").format(sql.Literal(f"({end},0)")) if end is not None else sql.SQL(""))
+        for start, end in zip(starts, [*starts[1:], None], strict=True)]
+    columns = sql.SQL(", ").join(map(sql.Identifier, schema.names))
+    yield from _as_they_come([stream_out(conn, sql.SQL("SELECT {} FROM {} WHERE {}").format(
+        columns, sql.Identifier(table), blocks_range), schema) for blocks_range in ranges])
+
+
+def _as_they_come(streams: list[Iterator[pa.RecordBatch]]) -> Iterator[pa.RecordBatch]:
+    """The batches of several streams as each arrives; a thread a stream, one batch ahead each."""
+    with ThreadPoolExecutor(len(streams), thread_name_prefix="read-back") as pool:
+        pending = {pool.submit(next, stream, None): stream for stream in streams}
+        try:
+            while pending:
+                arrived, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in arrived:
+                    stream, batch = pending.pop(future), future.result()
+                    if batch is not None:
+                        pending[pool.submit(next, stream, None)] = stream
+                        yield batch
+        finally:
+            wait(pending)
+            for stream in streams:
+                stream.close()
+
+
 def _as_typed(conn, query: sql.Composable, schema: pa.Schema) -> str:
     """The query with the columns that `schema` reads as strings sent as their text (`conn`, psycopg2,
     renders it)."""
@@ -233,6 +276,7 @@ def _as_typed(conn, query: sql.Composable, schema: pa.Schema) -> str:
 
 
 _arrow_databases: dict[tuple[int, Server], object] = {}
+_arrow_databases_lock = threading.Lock()
 
 
 @atexit.register
@@ -254,11 +298,14 @@ def _arrow_connection():
     current = server()
     key = (os.getpid(), current)
     try:
-        if key not in _arrow_databases:
-            _arrow_databases[key] = adbc_driver_postgresql.dbapi.connect(current.conninfo(), autocommit=True)
-        arrow = _arrow_databases[key].adbc_clone()
+        with _arrow_databases_lock:
+            if key not in _arrow_databases:
+                _arrow_databases[key] = adbc_driver_postgresql.dbapi.connect(current.conninfo(), autocommit=True)
+            database = _arrow_databases[key]
+        arrow = database.adbc_clone()
     except Exception as error:  # the driver's own error types; its text may hold the connection string
-        _arrow_databases.pop(key, None)
+        with _arrow_databases_lock:
+            _arrow_databases.pop(key, None)
         reason = redact(str(error).strip().splitlines()[0], current.password)
         raise ConnectionError(f"cannot connect to {current}: {reason}") from None
     try:

@@ -104,10 +104,9 @@ class TrainRanker(WeekTask):
             grouped = CANDIDATES_TRAIN.group in db.read_schema(cur, table).names
             columns = [*ranker.columns, "target", *([CANDIDATES_TRAIN.group] if grouped else [])]
             schema = _typed(cur, table, columns)
-        query = sample_of_users(table, settings.max_train_rows, settings.random_seed, columns, available)
-        with pa.ipc.new_file(str(path), schema) as writer:
-            for batch in db.stream_out(conn, query, schema):
-                writer.write_batch(batch)
+        batches = db.stream_table(conn, table, schema) if available <= settings.max_train_rows else db.stream_out(
+            conn, sample_of_users(table, settings.max_train_rows, settings.random_seed, columns), schema)
+        written(batches, schema, path)
 
     def store(self, model: bytes, inference_items: pa.Table, validation: dict) -> None:
         """The model row, and a fresh staged ranking for the shards to fill: old shards are void."""
@@ -272,11 +271,9 @@ class RankCandidates(StagingTask):
                     (self.week,))
 
 
-def sample_of_users(table: str, max_rows: int, seed: int, columns: list[str], rows: int) -> sql.Composable:
-    """All rows when they fit in `max_rows`; else whole users, in a seeded order, up to `max_rows` rows."""
+def sample_of_users(table: str, max_rows: int, seed: int, columns: list[str]) -> sql.Composable:
+    """Whole users, in a seeded order, up to `max_rows` rows."""
     selected = sql.SQL(", ").join(sql.Identifier("t", column) for column in columns)
-    if rows <= max_rows:
-        return sql.SQL("SELECT {} FROM {} t").format(selected, sql.Identifier(table))
     return sql.SQL(
         "WITH users AS (SELECT user_id, count(*) AS n FROM {table} GROUP BY user_id),"
         " chosen AS (SELECT user_id FROM (SELECT user_id, sum(n) OVER (ORDER BY hashint8extended(user_id, {seed}),"
@@ -313,9 +310,8 @@ def item_stats(conn, table: str) -> pa.Table:
 def read_week(conn, table: str, week: date, columns: list[str]) -> pa.Table:
     with conn.cursor() as cur:
         source = publish.week_table(cur, table, week)
-        query = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(map(sql.Identifier, columns)),
-                                                     sql.Identifier(source))
-        return db.copy_out(conn, query, _typed(cur, source, columns))
+        schema = _typed(cur, source, columns)
+    return pa.Table.from_batches(db.stream_table(conn, source, schema), schema)
 
 
 def stored_model(cur, table: str, week: date) -> tuple | None:

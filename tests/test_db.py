@@ -99,3 +99,19 @@ def test_read_back_through_the_driver_names_the_server_and_hides_the_password(tc
 
     assert f"127.0.0.1:{tcp_server['port']}" in str(refused.value)
     assert "not-the-password-456" not in str(refused.value)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 50_000])
+def test_a_whole_table_read_by_parallel_block_ranges_holds_each_row_once(conn, rows):
+    cur = conn.cursor()
+    cur.execute("CREATE TABLE src AS SELECT g AS id, g %% 7 AS kind, g::text || 'x' AS label"
+                " FROM generate_series(1, %s) g", (rows,))
+    conn.commit()
+    schema = db.read_schema(cur, "src")
+
+    batches = list(db.stream_table(conn, "src", schema.remove(1)))
+
+    read = pa.Table.from_batches(batches, schema.remove(1)).sort_by("id")
+    assert read.column("id").to_pylist() == list(range(1, rows + 1))
+    assert read.column("label").to_pylist() == [f"{n}x" for n in range(1, rows + 1)]
+    assert len(batches) >= min(rows, db.READ_STREAMS) or rows == 0
