@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import pgcopy
-from pipeline.validation import held_out
+from pipeline.validation import held_out_rows, held_out_week
 
 
 class ContractError(ValueError):
@@ -92,25 +92,32 @@ def check_week(folder: Path, contracts: tuple[Contract, ...]) -> None:
                 _refuse_ids_beyond_int64(path, name, parquet.iter_batches(columns=[name]))
 
 
-def check_positives(path: Path, contract: Contract, seed: int, holdout_share: float) -> None:
+def check_positives(path: Path, contract: Contract, seed: int, holdout_share: float, holdout: str) -> None:
     """Validation and training each need users with a positive; too few is refused with the numbers.
 
-    The users and labels are checked as the load will check them (nulls, NaN, fractions, values
-    other than 0 and 1), since they are read here before any load.
+    The rows are split as the ranker will split them (`validation.held_out_week`); memory holds the
+    positive rows' users and weeks. The users and labels are checked as the load will check them
+    (nulls, NaN, fractions, values other than 0 and 1), since they are read here before any load.
     """
     parquet = open_parquet(path)
-    columns = ["user_id", contract.label]
     schema = output_schema(contract, path, parquet.schema_arrow)
+    grouped = contract.group in schema.names
+    columns = ["user_id", contract.label, *([contract.group] if grouped else [])]
     checker = BatchChecker(contract, path, pa.schema([schema.field(column) for column in columns]))
-    positive_users = np.unique(np.concatenate([
-        batch.column("user_id").to_numpy()[batch.column(contract.label).to_numpy() == 1]
-        for batch in checker.checked(parquet.iter_batches(columns=columns))]))
-    validating = int(held_out(positive_users, seed, holdout_share).sum())
-    training = len(positive_users) - validating
+    positives, weeks = [], set()
+    for batch in checker.checked(parquet.iter_batches(columns=columns)):
+        positives.append(batch.filter(pc.equal(batch.column(contract.label), 1)))
+        weeks.update(pc.unique(batch.column(contract.group)).to_pylist() if grouped else ())
+    week = held_out_week(holdout, min(weeks, default=None), max(weeks, default=None))
+    positive = pa.Table.from_batches(positives, checker.schema)
+    users = positive.column("user_id").to_numpy()
+    held = held_out_rows(users, positive.column(contract.group).to_numpy() if week else None, week, seed,
+                         holdout_share)
+    validating, training = (len(np.unique(users[side])) for side in (held, ~held))
     if min(validating, training) < MIN_USERS_WITH_A_POSITIVE:
-        raise ContractError(path, contract.label, f"{len(positive_users)} users have a positive: {validating} in the "
-                            f"held-out share ({holdout_share}) and {training} to train on; each needs at least "
-                            f"{MIN_USERS_WITH_A_POSITIVE}")
+        split = f"the latest outcome week ({week})" if week else f"the held-out share ({holdout_share})"
+        raise ContractError(path, contract.label, f"{len(np.unique(users))} users have a positive: {validating} in "
+                            f"{split} and {training} to train on; each needs at least {MIN_USERS_WITH_A_POSITIVE}")
 
 
 def _refuse_ids_beyond_int64(path: Path, name: str, batches: Iterator[pa.RecordBatch]) -> None:

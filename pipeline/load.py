@@ -44,7 +44,7 @@ class CheckInputs(WeekTask):
         folder = settings.week_input_dir(self.week)
         contracts.check_week(folder, week_contracts())
         contracts.check_positives(folder / contracts.CANDIDATES_TRAIN.file, contracts.CANDIDATES_TRAIN,
-                                  settings.random_seed, settings.holdout_share)
+                                  settings.random_seed, settings.holdout_share, settings.holdout)
         self.check_live_tables()
         with self.marking_once():
             pass

@@ -13,7 +13,7 @@ from catboost import CatBoostClassifier, CatBoostRanker, Pool
 
 from pipeline import config, contracts, metrics
 from pipeline.features import with_derived_features
-from pipeline.validation import held_out
+from pipeline.validation import held_out_rows, held_out_week
 
 GROUP = "_group"  # the ranker's own column: which ranked list a row belongs to
 GROUP_WEEK = contracts.CANDIDATES_TRAIN.group  # in train files made of several weeks' outcomes
@@ -74,10 +74,9 @@ class Ranker:
     def held_out_split(self, train: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Prepared train rows as (learn, held out): held-out users with all their groups, or the latest
         outcome week (`[pipeline] holdout`), the way the model meets the next week."""
-        if self.holdout == "latest_week" and GROUP_WEEK in train:
-            is_held_out = (train[GROUP_WEEK] == train[GROUP_WEEK].max()).to_numpy()
-        else:
-            is_held_out = held_out(train["user_id"].to_numpy(), self.seed, self.holdout_share)
+        weeks = train[GROUP_WEEK].to_numpy() if GROUP_WEEK in train and len(train) else None
+        week = held_out_week(self.holdout, weeks.min(), weeks.max()) if weeks is not None else None
+        is_held_out = held_out_rows(train["user_id"].to_numpy(), weeks, week, self.seed, self.holdout_share)
         return train[~is_held_out], train[is_held_out]
 
     def loaded(self, blob: bytes) -> CatBoostClassifier | CatBoostRanker:

@@ -7,9 +7,24 @@ agree on it, and a week rerun holds out the same users.
 
 from __future__ import annotations
 
+from datetime import date
+
 import numpy as np
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def held_out_week(holdout: str, first_week: date | None, last_week: date | None) -> date | None:
+    """The outcome week the validation holds out: the latest where asked (`holdout = latest_week`) and
+    the train rows span several weeks; else None, and it holds out users."""
+    return last_week if holdout == "latest_week" and first_week is not None and first_week != last_week else None
+
+
+def held_out_rows(user_ids: np.ndarray, weeks: np.ndarray | None, week: date | None, seed: int,
+                  share: float) -> np.ndarray:
+    """True for the train rows held out: those of `week` (see `held_out_week`), or else all the rows
+    of about `share` of the users."""
+    return weeks == week if week is not None else held_out(user_ids, seed, share)
 
 
 def held_out(user_ids: np.ndarray, seed: int, share: float) -> np.ndarray:

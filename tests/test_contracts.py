@@ -8,6 +8,7 @@ import datetime
 import decimal
 import re
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -243,6 +244,28 @@ def test_the_positives_check_meets_every_value_shape_with_the_file_column_and_ro
     path = input_dir / "candidates_train.parquet"
 
     with pytest.raises(ContractError) as refused:
-        check_positives(path, CANDIDATES_TRAIN, seed=42, holdout_share=0.2)
+        check_positives(path, CANDIDATES_TRAIN, seed=42, holdout_share=0.2, holdout="users")
 
     assert str(refused.value) == f"{path}, column {problem}"
+
+
+def test_the_positives_check_splits_as_the_ranker_does_when_it_holds_out_the_latest_week(input_dir):
+    """Two outcome weeks whose later one has positives of 3 users only: enough users held out at random,
+    too few in the latest week."""
+    path = input_dir / "candidates_train.parquet"
+    table = pq.read_table(path)
+    users = np.unique(table.column("user_id").to_numpy())
+    latest = np.isin(table.column("user_id").to_numpy(), users[:3])
+    weeks = np.where(latest, np.datetime64("2026-11-14"), np.datetime64("2026-11-07"))
+    pq.write_table(table.append_column("outcome_week", pa.array(weeks, pa.date32())), path)
+
+    check_positives(path, CANDIDATES_TRAIN, seed=42, holdout_share=0.2, holdout="users")
+    with pytest.raises(ContractError) as refused:
+        check_positives(path, CANDIDATES_TRAIN, seed=42, holdout_share=0.2, holdout="latest_week")
+
+    positive_users = len(np.unique(table.filter(pc.equal(table.column("target"), 1)).column("user_id")))
+    latest_positive = len(np.unique(table.filter(pc.and_(pc.equal(table.column("target"), 1), pa.array(latest)))
+                                    .column("user_id")))
+    assert str(refused.value) == (f"{path}, column 'target': {positive_users} users have a positive: {latest_positive} "
+                                  f"in the latest outcome week (2026-11-14) and {positive_users - latest_positive} "
+                                  "to train on; each needs at least 5")

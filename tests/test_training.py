@@ -95,3 +95,6 @@ def test_the_validation_holds_out_the_latest_outcome_week_where_asked(ranker):
     assert set(by_users["outcome_week"]) == set(weeks)  # the users' split takes every week of the users it holds out
     assert latest.held_out_split(rows.drop(columns="outcome_week"))[1]["user_id"].tolist() == \
         by_users["user_id"].tolist()  # one week of candidates (source = files): the users' split
+    one_week = rows[rows["outcome_week"] == weeks[0]]
+    assert latest.held_out_split(one_week)[1]["user_id"].tolist() == \
+        ranker.held_out_split(one_week)[1]["user_id"].tolist()  # one outcome week: nothing earlier to learn from
