@@ -1,4 +1,5 @@
-"""Which train users are held out for validation: a seeded hash of each user id.
+"""Which train rows are held out for validation: the latest outcome week's, or those of the users
+a seeded hash of each user id picks.
 
 A user's side depends only on its id and the seed, not on which other users the week has, so
 the week's check (`CheckInputs`, before any load) and the ranker (after a sample of users)
