@@ -13,6 +13,7 @@ factors, and one block of users' candidates.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -200,9 +201,12 @@ def fit_cooccurrence(history: History, neighbours: int):
     """implicit's BM25 item-item neighbours over the last `recent_days`: which items the same users
     took lately, weighed down where an item is everywhere or a user takes everything."""
     from implicit.nearest_neighbours import BM25Recommender
+    from implicit.utils import ParameterWarning
 
     model = BM25Recommender(K=neighbours, num_threads=0)
-    model.fit(history.recent.astype(np.float64), show_progress=False)
+    with warnings.catch_warnings():  # implicit's own BM25 weighting hands its fit a COO matrix, and warns of it
+        warnings.filterwarnings("ignore", "Method expects CSR input", ParameterWarning)
+        model.fit(history.recent.astype(np.float64), show_progress=False)
     return model
 
 
