@@ -288,7 +288,8 @@ def _close_arrow_databases() -> None:
 
 @contextmanager
 def _arrow_connection():
-    """A connection of the ADBC driver, in autocommit (it holds no lock between reads).
+    """A connection of the ADBC driver for one read: closed after it, so it holds no lock or snapshot
+    beyond the read.
 
     The driver learns the server's types once per database object (about 40 ms), so each process
     keeps one per server and opens cheap connections that share it.
