@@ -215,14 +215,23 @@ def copy_out(conn, query: sql.Composable, schema: pa.Schema) -> pa.Table:
 
 def stream_out(conn, query: sql.Composable, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
     """A query's rows as record batches while the server still sends them: memory holds one batch.
+    A table the query names that is not there (any more) is a LookupError.
 
     Read by the ADBC PostgreSQL driver, which runs `COPY (query) TO STDOUT (FORMAT binary)` and
     decodes it straight into Arrow.
     """
     with _arrow_connection() as arrow, arrow.cursor() as cur:
-        cur.execute(_as_typed(conn, query, schema))
+        try:
+            cur.execute(_as_typed(conn, query, schema))
+        except arrow.ProgrammingError as error:
+            if error.sqlstate == _UNDEFINED_TABLE:
+                raise LookupError(str(error).splitlines()[0]) from None
+            raise
         for batch in cur.fetch_record_batch():
             yield batch.cast(schema)
+
+
+_UNDEFINED_TABLE = "42P01"
 
 
 READ_STREAMS = min(4, os.cpu_count() or 1)
@@ -238,8 +247,10 @@ def stream_table(conn, table: str, schema: pa.Schema) -> Iterator[pa.RecordBatch
     two a stream. Each range is a read of its own: the tables read so are week tables, written once.
     """
     with conn.cursor() as cur:
-        cur.execute("SELECT pg_relation_size(%s::regclass) / current_setting('block_size')::int", (f'"{table}"',))
+        cur.execute("SELECT pg_relation_size(to_regclass(%s)) / current_setting('block_size')::int", (f'"{table}"',))
         (blocks,) = cur.fetchone()
+    if blocks is None:
+        raise LookupError(f"no table {table}")
     starts = sorted({blocks * part // READ_STREAMS for part in range(READ_STREAMS)})
     ranges = [sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({start},0)")) + (
         sql.SQL(" AND ctid < {}::tid").format(sql.Literal(f"({end},0)")) if end is not None else sql.SQL(""))

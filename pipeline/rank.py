@@ -308,10 +308,17 @@ def item_stats(conn, table: str) -> pa.Table:
 
 
 def read_week(conn, table: str, week: date, columns: list[str]) -> pa.Table:
-    with conn.cursor() as cur:
-        source = publish.week_table(cur, table, week)
-        schema = _typed(cur, source, columns)
-    return pa.Table.from_batches(db.stream_table(conn, source, schema), schema)
+    """The week's rows of `table`. Its table is looked up once more should it move between the lookup
+    and the read: another run of the same week putting the week live (no lock is held between them)."""
+    for attempt in (1, 2):
+        with conn.cursor() as cur:
+            source = publish.week_table(cur, table, week)
+            schema = _typed(cur, source, columns)
+        try:
+            return pa.Table.from_batches(db.stream_table(conn, source, schema), schema)
+        except LookupError:
+            if attempt == 2:
+                raise
 
 
 def stored_model(cur, table: str, week: date) -> tuple | None:

@@ -115,3 +115,14 @@ def test_a_whole_table_read_by_parallel_block_ranges_holds_each_row_once(conn, r
     assert read.column("id").to_pylist() == list(range(1, rows + 1))
     assert read.column("label").to_pylist() == [f"{n}x" for n in range(1, rows + 1)]
     assert len(batches) >= min(rows, db.READ_STREAMS) or rows == 0
+
+
+def test_a_table_that_is_not_there_when_read_is_a_lookup_error_naming_it(conn):
+    """What a read of a week's table meets when another run of the week put it live in between (`read_week`
+    then looks the week's table up again)."""
+    schema = pa.schema([("id", pa.int64())])
+
+    with pytest.raises(LookupError, match="no table gone"):
+        list(db.stream_table(conn, "gone", schema))
+    with pytest.raises(LookupError, match='relation "gone" does not exist'):
+        list(db.stream_out(conn, sql.SQL("SELECT id FROM gone"), schema))
