@@ -208,9 +208,7 @@ def _write_csv(sink, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> in
 
 def copy_out(conn, query: sql.Composable, schema: pa.Schema) -> pa.Table:
     """A query's rows as one Arrow table, typed by `schema` (see `stream_out`)."""
-    with _arrow_connection() as arrow, arrow.cursor() as cur:
-        cur.execute(_as_typed(conn, query, schema))
-        return cur.fetch_arrow_table().cast(schema)
+    return pa.Table.from_batches(stream_out(conn, query, schema), schema)
 
 
 def stream_out(conn, query: sql.Composable, schema: pa.Schema) -> Iterator[pa.RecordBatch]:

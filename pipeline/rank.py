@@ -17,10 +17,11 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
 from functools import cached_property
 from pathlib import Path
+from typing import TypeVar
 
 import luigi
 import pyarrow as pa
@@ -32,6 +33,8 @@ from pipeline.base import StagingTask, WeekTask, published_table
 from pipeline.contracts import CANDIDATES_TRAIN
 from pipeline.event_stage import AVAILABLE_ROWS
 from pipeline.load import DefaultRecs, InferenceCandidates, LoadTask, TrainCandidates
+
+T = TypeVar("T")
 
 SCORING_ROWS = 200_000  # rows of whole users scored at a time in a shard
 _ITEM_STATS = pa.schema([("item_id", pa.int64()), ("item_frequency", pa.float64()), ("item_mean_als", pa.float64())])
@@ -80,7 +83,8 @@ class TrainRanker(WeekTask):
             self.set_status_message(f"reading a sample of {available:,} train candidates back")
             self.sample_written(conn, train_table, ranker, available, folder / training.SAMPLE)
             train_items = item_stats(conn, train_table)
-            inference_items = item_stats(conn, publish.week_table(cur, inputs["inference"].table, self.week))
+            inference_items = read_of_week(conn, inputs["inference"].table, self.week,
+                                           lambda table: item_stats(conn, table))
             previous = previous_ndcg(conn, self.metrics_table, self.week)
             conn.commit()  # no snapshot held open while the fits run
             processes = training.FreshProcesses()
@@ -308,17 +312,24 @@ def item_stats(conn, table: str) -> pa.Table:
 
 
 def read_week(conn, table: str, week: date, columns: list[str]) -> pa.Table:
-    """The week's rows of `table`. Its table is looked up once more should it move between the lookup
-    and the read: another run of the same week putting the week live (no lock is held between them)."""
-    for attempt in (1, 2):
+    def columns_of(source: str) -> pa.Table:
         with conn.cursor() as cur:
-            source = publish.week_table(cur, table, week)
             schema = _typed(cur, source, columns)
-        try:
-            return pa.Table.from_batches(db.stream_table(conn, source, schema), schema)
-        except LookupError:
-            if attempt == 2:
-                raise
+        return pa.Table.from_batches(db.stream_table(conn, source, schema), schema)
+    return read_of_week(conn, table, week, columns_of)
+
+
+def read_of_week(conn, table: str, week: date, read: Callable[[str], T]) -> T:
+    """`read` of the physical table that holds the week of `table`, looked up once more should it move
+    between the lookup and the read: another run of the same week putting the week live (the reads
+    are the driver's, on connections of their own, so no lock holds the table in between)."""
+    def looked_up() -> str:
+        with conn.cursor() as cur:
+            return publish.week_table(cur, table, week)
+    try:
+        return read(looked_up())
+    except LookupError:
+        return read(looked_up())
 
 
 def stored_model(cur, table: str, week: date) -> tuple | None:
