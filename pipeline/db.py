@@ -211,6 +211,9 @@ def copy_out(conn, query: sql.Composable, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_batches(stream_out(conn, query, schema), schema)
 
 
+_UNDEFINED_TABLE = "42P01"  # the SQLSTATE of a relation that does not exist
+
+
 def stream_out(conn, query: sql.Composable, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
     """A query's rows as record batches while the server still sends them: memory holds one batch.
     A table the query names that is not there (any more) is a LookupError.
@@ -227,9 +230,6 @@ def stream_out(conn, query: sql.Composable, schema: pa.Schema) -> Iterator[pa.Re
             raise
         for batch in cur.fetch_record_batch():
             yield batch.cast(schema)
-
-
-_UNDEFINED_TABLE = "42P01"
 
 
 READ_STREAMS = min(4, os.cpu_count() or 1)
