@@ -11,7 +11,7 @@ peak RSS of the largest process: the fits' own included, from `model_metrics`). 
 
     BENCH_WEEK_SCALE=0.1 make bench-week      a tenth of the shop, to try the script
 
-Writes benchmarks/week_results.md.
+Writes benchmarks/week_results.md (at a fraction: week_results_scale<fraction>.md).
 """
 
 from __future__ import annotations
@@ -132,7 +132,8 @@ def main() -> None:
         bench.server.cleanup()
     text = report(results)
     print(text)
-    (ROOT / "benchmarks" / "week_results.md").write_text(text)
+    name = "week_results.md" if SCALE == 1 else f"week_results_scale{SCALE:g}.md"  # a fraction never hides the whole
+    (ROOT / "benchmarks" / name).write_text(text)
 
 
 if __name__ == "__main__":
