@@ -105,9 +105,10 @@ class TrainRanker(WeekTask):
         """At most `max_train_rows` of whole users, streamed into an Arrow file: never all in memory."""
         settings = config.pipeline()
         with conn.cursor() as cur:
-            grouped = CANDIDATES_TRAIN.group in db.read_schema(cur, table).names
-            columns = [*ranker.columns, "target", *([CANDIDATES_TRAIN.group] if grouped else [])]
-            schema = _typed(cur, table, columns)
+            stored = db.read_schema(cur, table)
+        grouped = CANDIDATES_TRAIN.group in stored.names
+        columns = [*ranker.columns, "target", *([CANDIDATES_TRAIN.group] if grouped else [])]
+        schema = _typed(stored, columns)
         batches = db.stream_table(conn, table, schema) if available <= settings.max_train_rows else db.stream_out(
             conn, sample_of_users(table, settings.max_train_rows, settings.random_seed, columns), schema)
         written(batches, schema, path)
@@ -314,7 +315,7 @@ def item_stats(conn, table: str) -> pa.Table:
 def read_week(conn, table: str, week: date, columns: list[str]) -> pa.Table:
     def columns_of(source: str) -> pa.Table:
         with conn.cursor() as cur:
-            schema = _typed(cur, source, columns)
+            schema = _typed(db.read_schema(cur, source), columns)
         return pa.Table.from_batches(db.stream_table(conn, source, schema), schema)
     return read_of_week(conn, table, week, columns_of)
 
@@ -377,9 +378,8 @@ def writable_model_dir(path: Path) -> Path:
     return path
 
 
-def _typed(cur, table: str, columns: list[str]) -> pa.Schema:
-    schema = db.read_schema(cur, table)
-    return pa.schema([schema.field(column) for column in columns])
+def _typed(stored: pa.Schema, columns: list[str]) -> pa.Schema:
+    return pa.schema([stored.field(column) for column in columns])
 
 
 def _ipc(table: pa.Table) -> bytes:
