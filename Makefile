@@ -40,6 +40,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/bench_events.py
 	$(BIN)/python benchmarks/bench_publish.py
+	$(BIN)/python benchmarks/bench_train_file.py
 
 bench-scale: $(BIN)/.installed
 	test -x /usr/bin/time || (apt-get update -qq && apt-get install -y -qq time)

@@ -132,6 +132,8 @@ def _refuse_ids_beyond_int64(path: Path, name: str, batches: Iterator[pa.RecordB
 
 
 def open_parquet(path: Path, empty_ok: bool = False) -> pq.ParquetFile:
+    """For reading in a stream. pyarrow pre-buffers by default, and then keeps what it read for as long
+    as the file is open: twelve weeks' outcomes open at once held 1.2 GB of their 1.3 GB on disk."""
     if not path.is_file():
         raise ContractError(path, None, "file not found")
     try:

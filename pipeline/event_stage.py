@@ -20,6 +20,7 @@ import math
 import pickle
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import luigi
 import luigi.format
@@ -27,7 +28,7 @@ import pyarrow.parquet as pq
 
 from pipeline import config
 from pipeline.base import week_parameter
-from pipeline.contracts import CANDIDATES_INFERENCE, CANDIDATES_TRAIN, SIMILAR, TOP_POPULAR
+from pipeline.contracts import CANDIDATES_INFERENCE, CANDIDATES_TRAIN, SIMILAR, TOP_POPULAR, open_parquet
 
 AVAILABLE_ROWS = b"weekly_recs.available_rows"  # in the train file's metadata: outcome rows before the cap
 # CutoffModel's fits, for the shards; removed after them
@@ -149,7 +150,7 @@ class CandidatesAtCutoff(EventTask):
         with self.output()[CANDIDATES_INFERENCE.file].temporary_path() as path, \
                 pq.ParquetWriter(path, candidates.CANDIDATES) as writer:
             for shard in shards:
-                for batch in pq.ParquetFile(shard.path).iter_batches():
+                for batch in _streamed(shard).iter_batches():
                     writer.write_batch(batch)
         for shard in shards:
             shard.remove()
@@ -181,7 +182,7 @@ class Outcomes(EventTask):
 
         cutoff = config.events().cutoff_of(self.week)
         taken = events.concatenated(self.events_until(cutoff, cutoff + config.events().label_window()))
-        inference = pq.ParquetFile(self.input()[CANDIDATES_INFERENCE.file].path)
+        inference = _streamed(self.input()[CANDIDATES_INFERENCE.file])
         with self.output().temporary_path() as path, pq.ParquetWriter(path, candidates.OUTCOMES) as writer:
             for batch in candidates.outcome_batches(inference, taken, self.week):
                 writer.write_batch(batch)
@@ -202,10 +203,14 @@ class TrainFromOutcomes(EventTask):
         from pipeline import candidates
 
         settings = config.pipeline()
-        weeks = [pq.ParquetFile(target.path) for target in self.input()]
+        weeks = [_streamed(target) for target in self.input()]
         available = sum(week.metadata.num_rows for week in weeks)
         schema = weeks[0].schema_arrow.with_metadata({AVAILABLE_ROWS: str(available)})
         with self.output().temporary_path() as path, pq.ParquetWriter(path, schema) as writer:
             for batch in candidates.capped_outcomes(weeks, settings.max_train_rows, settings.random_seed):
                 writer.write_batch(batch)
 
+
+def _streamed(target: luigi.LocalTarget) -> pq.ParquetFile:
+    """One of the stage's own files, opened to be read batch by batch."""
+    return open_parquet(Path(target.path), empty_ok=True)
