@@ -49,8 +49,8 @@ def write_week(path: Path, week: date, rng: np.random.Generator) -> None:
                        "outcome_week": pa.repeat(pa.scalar(week, pa.date32()), rows)}
             writer.write_batch(pa.RecordBatch.from_arrays([
                 columns[field.name] if field.name in columns else pa.array(
-                    rng.integers(0, 50_000, rows) if pa.types.is_integer(field.type) else rng.random(rows, np.float32),
-                    field.type) for field in OUTCOMES], schema=OUTCOMES))
+                    rng.integers(0, 1_000, rows), field.type)  # few distinct values: they compress as features do
+                for field in OUTCOMES], schema=OUTCOMES))
 
 
 def read(opening: str, paths: list[Path]) -> tuple[int, float, float]:
