@@ -20,7 +20,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from bench import LUIGI, ROOT, WEEK
+from bench import LUIGI, ROOT, WEEK, record
 
 from pipeline.sample_events import week_end, write_sample_events
 
@@ -80,8 +80,7 @@ def main() -> None:
               f"train file): {sum(rows[name][0] for name in steady):.0f} s; the largest process: "
               f"{max(rows[name][1] for name in steady):.0f} MB."]
     text = "\n".join(lines) + "\n"
-    print(text)
-    (ROOT / "benchmarks" / "events_results.md").write_text(text)
+    record(text, "events_results.md")
 
 
 if __name__ == "__main__":

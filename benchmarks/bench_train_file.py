@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from bench import ROOT, WEEK
+from bench import ROOT, WEEK, record
 
 from pipeline.candidates import OUTCOMES
 
@@ -78,8 +78,7 @@ def main() -> None:
              "", f"open_parquet against the default: peak RSS {ours_mb / default_mb:.2f}x, "
              f"time {ours_s / default_s:.2f}x."]
     text = "\n".join(lines) + "\n"
-    print(text)
-    (ROOT / "benchmarks" / "train_file_results.md").write_text(text)
+    record(text, "train_file_results.md")
 
 
 if __name__ == "__main__":

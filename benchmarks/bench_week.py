@@ -26,7 +26,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from bench import LUIGI, ROOT, WEEK, Bench, fits_peak_mb
+from bench import LUIGI, ROOT, WEEK, Bench, fits_peak_mb, record
 from bench_events import timed_command
 
 from pipeline import db
@@ -131,10 +131,8 @@ def main() -> None:
         bench.configure(base)  # this process talks to the bench's server from the start
         results = {age: shop_week(base, bench, age, weeks) for age, weeks in AGES.items()}
         bench.server.cleanup()
-    text = report(results)
-    print(text)
-    name = "week_results.md" if SCALE == 1 else f"week_results_scale{SCALE:g}.md"  # a fraction never hides the whole
-    (ROOT / "benchmarks" / name).write_text(text)
+    # a fraction of the shop never hides the whole one's results
+    record(report(results), "week_results.md" if SCALE == 1 else f"week_results_scale{SCALE:g}.md")
 
 
 if __name__ == "__main__":
