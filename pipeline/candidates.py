@@ -1,9 +1,10 @@
 """Candidates at a cutoff: what the events before it say each user may take next.
 
-Five sources (`SOURCES`), the first four blind to what the user already had: implicit's ALS on the
+Six sources (`SOURCES`), all but one blind to what the user already had: implicit's ALS on the
 weighted user-item matrix; recent popularity; items that co-occur with the user's recent items in
 other users' recent histories (implicit's BM25 item-item neighbours); popular items of the user's
-own categories; and, as far as the shop's users come back to things, the user's own items. Their
+own categories; as far as the shop's users come back to things, the user's own items; and the
+most popular of the items released lately (the items file's `released`). Their
 union, taken rank by rank, fills `candidates_per_user`; the `sources` bits and each source's rank
 tell the ranker where a candidate came from and how strongly. Every feature describes the
 candidate as it stood at the cutoff, so the training rows of an earlier week (built at its own
@@ -34,7 +35,7 @@ from pipeline.validation import spread
 
 DAY = 86_400
 USERS_PER_BLOCK = 5_000
-SOURCES = ("als", "popular", "cooccurrence", "category", "seen")  # bit k of `sources`: listed by SOURCES[k]
+SOURCES = ("als", "popular", "cooccurrence", "category", "seen", "new")  # bit k of `sources`: listed by SOURCES[k]
 TOP_CATEGORIES = 5  # the category source looks at each user's heaviest ones
 FEATURES = config.SOURCE_FEATURES["events"].features  # what the stage computes for each candidate
 _WHOLE = ("category_id", "parent_id", "available", "sources")
@@ -56,7 +57,7 @@ class History:
     user_categories: sparse.csr_matrix  # users x categories, summed event weights
     item_category: np.ndarray  # each item's column in user_categories
     item_recent: dict[int, np.ndarray]  # days -> item weights in the last `days` days (0: all time)
-    item_first: np.ndarray
+    item_arrival: np.ndarray  # seconds: the item's `released`, or else its first event
     user_last: np.ndarray
     user_events: np.ndarray
     events_read: int = 0  # before the cutoff, listed items or not
@@ -87,8 +88,9 @@ class History:
             users.add(batch.user_id[known], column, category[column], weight, seconds)
         order = np.argsort(users.ids, kind="stable")  # rows in user id order
         recent_matrix, last_week = (matrix[order] for matrix in users.windows)
+        arrival = np.where(np.isnan(items["released"]), first, items["released"]).astype(np.int64)
         return cls(ends, users.ids[order], items, users.matrix[order], recent_matrix, last_week,
-                   users.categories[order], category, recent, first, users.last[order], users.events[order], read,
+                   users.categories[order], category, recent, arrival, users.last[order], users.events[order], read,
                    newest)
 
     def check(self, events_path: Path, items_path: Path, max_lag: timedelta) -> None:
@@ -132,6 +134,11 @@ class History:
         available = np.flatnonzero(self.items["available"].to_numpy() > 0)
         counts = self.item_recent[days][available]
         return available[np.lexsort((self.items["item_id"].to_numpy()[available], -counts))]
+
+    def new_order(self, popular: np.ndarray, days: int) -> np.ndarray:
+        """Of the `popular` positions, in order, those of items released in the `days` days before the cutoff."""
+        released = self.items["released"].to_numpy()[popular]
+        return popular[(released >= self.cutoff - days * DAY) & (released <= self.cutoff)]
 
 
 class _UserRows:
@@ -234,10 +241,10 @@ def shard_rows(rows: np.ndarray, shard: int, shards: int) -> np.ndarray:
     return np.array_split(rows, shards)[shard]
 
 
-def candidate_batches(history: History, fits: Fits, users: np.ndarray, per_user: int,
-                      popular_days: int) -> Iterator[pa.RecordBatch]:
+def candidate_batches(history: History, fits: Fits, users: np.ndarray, per_user: int, popular_days: int,
+                      new_days: int) -> Iterator[pa.RecordBatch]:
     """Each block of the `users` (rows, in id order)' candidates with their features."""
-    sources = _Sources.of(history, fits, per_user, popular_days)
+    sources = _Sources.of(history, fits, per_user, popular_days, new_days)
     for start in range(0, len(users), USERS_PER_BLOCK):
         rows = users[start:start + USERS_PER_BLOCK]
         cooccurring = (history.recent[rows] @ fits.cooccurrence.similarity).multiply(sources.available).tocsr()
@@ -249,24 +256,26 @@ def candidate_batches(history: History, fits: Fits, users: np.ndarray, per_user:
 
 @dataclass(frozen=True)
 class _Sources:
-    """What every block's lists share: the fits, the week's popularity, each category's popular items,
-    and how many places the seen source gets (`round(per_user x repeat share)`)."""
+    """What every block's lists share: the fits, the week's popularity (of all items and of the new
+    ones), each category's popular items, and how many places the seen source gets
+    (`round(per_user x repeat share)`)."""
 
     history: History
     fits: Fits
     per_user: int
     popular: np.ndarray
     popular_rank: np.ndarray
+    new: np.ndarray
     by_category: sparse.csr_matrix
     available: np.ndarray  # 1.0 for an available item, 0.0 for another
     seen_places: int
 
     @classmethod
-    def of(cls, history: History, fits: Fits, per_user: int, popular_days: int) -> _Sources:
+    def of(cls, history: History, fits: Fits, per_user: int, popular_days: int, new_days: int) -> _Sources:
         popular = history.popular_order(popular_days)
         popular_rank = np.full(len(history.items), len(popular) + 1, np.float32)
         popular_rank[popular] = np.arange(1, len(popular) + 1)
-        return cls(history, fits, per_user, popular, popular_rank,
+        return cls(history, fits, per_user, popular, popular_rank, history.new_order(popular, new_days),
                    category_popularity(history, popular, history.item_recent[popular_days], per_user),
                    (history.items["available"].to_numpy() > 0).astype(np.float32),
                    round(per_user * history.repeat_share))
@@ -281,7 +290,8 @@ class _Sources:
         return {"als": als_items, "popular": unseen_popular(self.history, rows, self.popular, per_user),
                 "cooccurrence": top_of_rows(_unseen(cooccurring, seen), per_user),
                 "category": top_of_rows(_unseen(by_category, seen), per_user),
-                "seen": top_of_rows(seen.multiply(self.available).tocsr(), self.seen_places)}
+                "seen": top_of_rows(seen.multiply(self.available).tocsr(), self.seen_places),
+                "new": unseen_popular(self.history, rows, self.new, per_user)}
 
 
 def unseen_popular(history: History, rows: np.ndarray, popular: np.ndarray, per_user: int) -> np.ndarray:
@@ -377,7 +387,8 @@ def _with_features(history: History, als, chosen: pd.DataFrame, popular_rank: np
         "rank_popular": popular_rank[item],
         "user_item_weight": np.asarray(history.matrix[row, item]).ravel(),
         "item_events_7d": history.item_recent[7][item], "item_events_28d": history.item_recent[28][item],
-        "item_events": history.item_recent[0][item], "item_age_days": (history.cutoff - history.item_first[item]) / DAY,
+        "item_events": history.item_recent[0][item],
+        "item_age_days": (history.cutoff - history.item_arrival[item]) / DAY,
         "user_events": history.user_events[row], "user_items": np.diff(history.matrix.indptr)[row],
         "user_recency_days": days,
         "user_category_share": np.asarray(history.user_categories[row, history.item_category[item]]).ravel()

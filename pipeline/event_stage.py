@@ -121,7 +121,8 @@ class CandidateShard(EventTask):
         users = candidates.shard_rows(history.active_rows(settings.active_days), self.shard, self.shards)
         with self.output().temporary_path() as path, pq.ParquetWriter(path, candidates.CANDIDATES) as writer:
             for number, batch in enumerate(candidates.candidate_batches(
-                    history, fits, users, settings.candidates_per_user, settings.popular_days), start=1):
+                    history, fits, users, settings.candidates_per_user, settings.popular_days,
+                    settings.new_days), start=1):
                 writer.write_batch(batch)
                 done = min(number * candidates.USERS_PER_BLOCK, len(users))
                 self.set_status_message(f"candidates of {done:,} of {len(users):,} users")

@@ -23,6 +23,7 @@ from pipeline.contracts import ContractError, open_parquet
 
 BATCH_ROWS = 1_000_000
 ITEM_COLUMNS = ("item_id", "category_id", "parent_id", "available")
+RELEASED = "released"  # the items' optional column: when each came to the shop
 _MICROS = pa.timestamp("us", tz="UTC")
 
 
@@ -151,7 +152,8 @@ def _micros(moment: datetime) -> int:
 
 
 def read_items(path: Path) -> pd.DataFrame:
-    """The items table, ids as int64, one row per item; more columns are kept as they are."""
+    """The items table, ids as int64, one row per item, and `released` in seconds since the epoch
+    (NaN where the file does not say: an item without it is never among the `new` source's)."""
     parquet = open_parquet(path)
     schema = parquet.schema_arrow
     for name in ITEM_COLUMNS:
@@ -159,7 +161,8 @@ def read_items(path: Path) -> pd.DataFrame:
             raise ContractError(path, name, f"required but missing (the file has: {', '.join(schema.names)})")
         if not _is_number(schema.field(name).type) and not pa.types.is_boolean(schema.field(name).type):
             raise ContractError(path, name, f"must be numeric, found {schema.field(name).type}")
-    items = parquet.read(columns=list(ITEM_COLUMNS)).to_pandas()
+    table = parquet.read(columns=[*ITEM_COLUMNS, *([RELEASED] if RELEASED in schema.names else [])])
+    items = table.select(ITEM_COLUMNS).to_pandas()
     for name in ITEM_COLUMNS:
         if items[name].isna().any():
             raise ContractError(path, name, f"null at row {int(np.argmax(items[name].isna().to_numpy()))}")
@@ -167,4 +170,17 @@ def read_items(path: Path) -> pd.DataFrame:
     if repeated.any():
         row = int(np.argmax(repeated.to_numpy()))
         raise ContractError(path, "item_id", f"item {items['item_id'].iloc[row]} appears twice (again at row {row})")
-    return items.astype("int64").sort_values("item_id", ignore_index=True)
+    items = items.astype("int64").assign(**{RELEASED: _released_seconds(path, table)})
+    return items.sort_values("item_id", ignore_index=True)
+
+
+def _released_seconds(path: Path, table: pa.Table) -> np.ndarray:
+    """When each item came to the shop (a date, or a timestamp: UTC when it has no time zone)."""
+    if RELEASED not in table.column_names:
+        return np.full(table.num_rows, np.nan)
+    column = table.column(RELEASED)
+    if not (pa.types.is_timestamp(column.type) or pa.types.is_date(column.type)):
+        raise ContractError(path, RELEASED, f"must be a date or a timestamp, found {column.type}")
+    if pa.types.is_timestamp(column.type) and column.type.tz is None:
+        column = pc.assume_timezone(column, "UTC")
+    return column.cast(_MICROS).cast(pa.int64()).to_numpy(zero_copy_only=False) / 1e6

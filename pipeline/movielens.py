@@ -37,15 +37,24 @@ def read_ratings(dataset: Path) -> pd.DataFrame:
 
 
 def read_items(dataset: Path) -> pd.DataFrame:
-    raw = pd.read_csv(dataset / "u.item", sep="|", header=None, encoding="latin-1")
+    raw = _u_item(dataset)
     genres = raw.iloc[:, 5:24].to_numpy()
-    released = pd.to_datetime(raw[2], format="%d-%b-%Y", errors="coerce")
+    released = release_dates(dataset)
     return pd.DataFrame({
         "item_id": raw[0].astype("int64"),
         "category_id": genres.argmax(axis=1).astype("int64"),
         "parent_id": (released.dt.year.fillna(0) // 10 * 10).astype("int64"),
         "available": released.notna().astype("int64"),
     })
+
+
+def release_dates(dataset: Path) -> pd.Series:
+    """Each film's release date as `u.item` gives it (NaT where it gives none), in the file's order."""
+    return pd.to_datetime(_u_item(dataset)[2], format="%d-%b-%Y", errors="coerce")
+
+
+def _u_item(dataset: Path) -> pd.DataFrame:
+    return pd.read_csv(dataset / "u.item", sep="|", header=None, encoding="latin-1")
 
 
 def split_by_time(ratings: pd.DataFrame) -> pd.Series:
@@ -106,7 +115,8 @@ def make_week(dataset: Path, out: Path) -> None:
 
 
 def write_events(dataset: Path, out: Path) -> None:
-    """The ratings as an event stream (each rating an event at its time) and `u.item` as the items file."""
+    """The ratings as an event stream (each rating an event at its time) and `u.item` as the items
+    file, each film released on its release date."""
     ratings = read_ratings(dataset)
     (out / "events").mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table({"user_id": pa.array(ratings["user_id"], pa.int64()),
@@ -114,7 +124,7 @@ def write_events(dataset: Path, out: Path) -> None:
                              "timestamp": pa.array(ratings["ts"], pa.timestamp("s", "UTC")),
                              "event": pa.array(["rating"] * len(ratings), pa.string())}).sort_by("timestamp"),
                    out / "events" / "ratings.parquet", row_group_size=20_000)
-    _write(read_items(dataset), out / "items.parquet")
+    _write(read_items(dataset).assign(released=release_dates(dataset)), out / "items.parquet")
 
 
 def backtest(dataset: Path, folder: Path, weeks: tuple[date, date, date] = BACKTEST_WEEKS,

@@ -45,9 +45,10 @@ def write_sample_events(folder: Path, end: datetime, users: int = 1_000, items: 
         first_week = rng.integers(0, weeks, users)
         last_week = first_week + rng.geometric(1 / lifetime_weeks, users)
     (folder / "events").mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({name: catalogue[name] for name in ("item_id", "category_id", "parent_id", "available")}),
-                   folder / "items.parquet")
     start = int(end.timestamp()) - weeks * WEEK
+    released = pa.array(start + catalogue["released"] * WEEK, pa.timestamp("s", "UTC"))
+    pq.write_table(pa.table({**{name: catalogue[name] for name in ("item_id", "category_id", "parent_id", "available")},
+                             "released": released}), folder / "items.parquet")
     written = 0
     for chunk in range(0, weeks, 4):
         parts = [_week_events(rng, w, catalogue, preference, activity * events_per_user_week

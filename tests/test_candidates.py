@@ -1,4 +1,4 @@
-"""Candidates at a cutoff: five sources, each accounted for, features as they stood at the cutoff."""
+"""Candidates at a cutoff: six sources, each accounted for, features as they stood at the cutoff."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def fits(history) -> candidates.Fits:
 @pytest.fixture(scope="module")
 def pool(history, fits) -> pd.DataFrame:
     everyone = np.arange(len(history.users))
-    return pa.Table.from_batches(list(candidates.candidate_batches(history, fits, everyone, PER_USER, 28))).to_pandas()
+    batches = candidates.candidate_batches(history, fits, everyone, PER_USER, popular_days=28, new_days=28)
+    return pa.Table.from_batches(list(batches)).to_pandas()
 
 
 def listed_by(pool: pd.DataFrame, source: str) -> pd.Series:
@@ -84,13 +85,14 @@ def test_item_features_count_only_events_before_the_cutoff(history):
     events = Interactions(user_id=np.array([1, 2, 2]), item_id=np.array([7, 7, 14]),
                           seconds=np.array([CUTOFF.timestamp() - 86_400 * d for d in (1, 10, 40)], np.int64),
                           weight=np.ones(3, np.float32))
-    items = pd.DataFrame({"item_id": [7, 14], "category_id": [1, 2], "parent_id": [1, 1], "available": [1, 1]})
+    items = pd.DataFrame({"item_id": [7, 14], "category_id": [1, 2], "parent_id": [1, 1], "available": [1, 1],
+                          "released": [np.nan, CUTOFF.timestamp() - 86_400 * 100]})
     at = candidates.History.at(CUTOFF, [events], items, popular_days=28)
 
     assert at.item_recent[7].tolist() == [1, 0]
     assert at.item_recent[28].tolist() == [2, 0]
     assert at.item_recent[0].tolist() == [2, 1]
-    assert ((at.cutoff - at.item_first) / candidates.DAY).tolist() == [10, 40]
+    assert ((at.cutoff - at.item_arrival) / candidates.DAY).tolist() == [10, 100]  # its first event, its release
 
 
 def test_events_read_in_many_small_batches_make_the_same_history(shop, history):
@@ -163,7 +165,7 @@ def test_only_users_active_in_the_window_get_candidates(history, fits):
     active = history.active_rows(days=3)
     since = history.cutoff - 3 * candidates.DAY
 
-    given = pa.Table.from_batches(list(candidates.candidate_batches(history, fits, active, 5, 28)))
+    given = pa.Table.from_batches(list(candidates.candidate_batches(history, fits, active, 5, 28, 28)))
 
     assert 0 < len(active) < len(history.users)
     assert (history.user_last[active] >= since).all()
@@ -207,8 +209,11 @@ def test_saved_fits_recommend_what_the_fits_did(history, fits, tmp_path):
             again.recommend(rows, history.matrix[rows].astype(np.float64), N=PER_USER), expected, strict=True))
 
 
-HAND_MADE_ITEMS = pd.DataFrame({"item_id": [7, 14, 21, 28, 35], "category_id": [1, 1, 2, 2, 3],
-                                "parent_id": [1, 1, 1, 1, 1], "available": [1, 1, 1, 1, 1]})
+RELEASED_DAYS_AGO = [np.nan, 500, 100, 30, 10, -3]  # 7's release unknown; 42 comes out in 3 days
+HAND_MADE_ITEMS = pd.DataFrame({"item_id": [7, 14, 21, 28, 35, 42], "category_id": [1, 1, 2, 2, 3, 3],
+                                "parent_id": [1, 1, 1, 1, 1, 1], "available": [1, 1, 1, 1, 1, 1],
+                                "released": CUTOFF.timestamp() - 86_400 * np.array(RELEASED_DAYS_AGO)})
+NEW_DAYS = 60
 
 
 def hand_made(*taken: tuple[int, int, float]) -> candidates.History:
@@ -223,7 +228,8 @@ def pool_of(history: candidates.History, per_user: int) -> pd.DataFrame:
     fits = candidates.Fits(candidates.fit_als(history, factors=2, iterations=2, regularization=0.05, alpha=2.0,
                                               seed=1), candidates.fit_cooccurrence(history, neighbours=20))
     everyone = np.arange(len(history.users))
-    pool = pa.Table.from_batches(list(candidates.candidate_batches(history, fits, everyone, per_user, 7))).to_pandas()
+    batches = candidates.candidate_batches(history, fits, everyone, per_user, popular_days=7, new_days=NEW_DAYS)
+    pool = pa.Table.from_batches(list(batches)).to_pandas()
     return pool.set_index(["user_id", "item_id"])
 
 
@@ -260,3 +266,13 @@ def test_seen_items_join_the_pool_as_far_as_the_shops_users_come_back_to_things(
     assert seen.groupby("user_id").size().eq(1).all()  # round(12 x 1/12) = 1 slot, the user's heaviest item
     assert seen.set_index("user_id").loc[12, "item_id"] == 35
     assert (seen["user_item_weight"] > 0).all()
+
+
+def test_new_lists_the_most_popular_items_released_in_the_last_new_days():
+    pool = pool_of(hand_made(*A_WEEK), per_user=5)
+
+    # released 30 (28, taken by three users this week) and 10 days ago (35, by nobody yet) are new;
+    # 100 and 500 days ago (21, 14) are not, nor an item of unknown release (7), nor one out in 3 days (42)
+    assert listed_by(pool, "new")[4].to_dict() == {14: False, 21: False, 28: True, 35: True, 42: False}
+    assert listed_by(pool, "new")[9].to_dict() == {7: False, 14: False, 21: False, 35: True, 42: False}
+    assert pool.loc[(4, 28), "item_age_days"] == 30 and pool.loc[(9, 7), "item_age_days"] == 60  # 7: its first event

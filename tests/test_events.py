@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -88,6 +89,29 @@ def test_an_item_listed_twice_is_refused_with_its_row(tmp_path):
     pq.write_table(pa.table({"item_id": [7, 14, 7], "category_id": [1, 1, 2], "parent_id": [1, 1, 1],
                              "available": [1, 1, 1]}), tmp_path / "items.parquet")
     with pytest.raises(ContractError, match=r"items\.parquet.*column 'item_id'.*item 7 appears twice.*row 2"):
+        read_items(tmp_path / "items.parquet")
+
+
+def test_items_may_say_when_each_was_released_as_a_date_or_a_timestamp_utc_when_it_has_no_zone(tmp_path):
+    items = {"item_id": [7, 14, 21], "category_id": [1, 1, 2], "parent_id": [1, 1, 1], "available": [1, 1, 1]}
+    released = [datetime(2026, 11, 1, 12), None, datetime(2026, 1, 1)]
+    for kind in (pa.timestamp("ms"), pa.timestamp("s", "UTC"), pa.date32()):
+        given = [moment.date() if moment and kind == pa.date32() else moment for moment in released]
+        pq.write_table(pa.table({**items, "released": pa.array(given, kind)}), tmp_path / "items.parquet")
+
+        seconds = read_items(tmp_path / "items.parquet")["released"]
+
+        noon = 12 * 3600 if kind != pa.date32() else 0
+        assert seconds[0] == datetime(2026, 11, 1, tzinfo=UTC).timestamp() + noon
+        assert np.isnan(seconds[1]) and seconds[2] == datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    pq.write_table(pa.table(items), tmp_path / "items.parquet")
+    assert read_items(tmp_path / "items.parquet")["released"].isna().all()
+
+
+def test_a_release_that_is_not_a_date_is_refused_naming_the_file_and_column(tmp_path):
+    pq.write_table(pa.table({"item_id": [7], "category_id": [1], "parent_id": [1], "available": [1],
+                             "released": ["2026-11-01"]}), tmp_path / "items.parquet")
+    with pytest.raises(ContractError, match=r"items\.parquet.*column 'released'.*must be a date or a timestamp"):
         read_items(tmp_path / "items.parquet")
 
 
