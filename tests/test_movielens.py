@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline import WeeklyRecs
-from pipeline.movielens import evaluate_published, make_week
+from pipeline.events import read_items
+from pipeline.movielens import evaluate_published, make_week, write_events
 from tests.conftest import WEEK, apply_settings, query, run_tasks
 
 DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k"
@@ -30,3 +33,13 @@ def test_the_published_ranking_beats_the_als_order_by_ten_percent(settings, tmp_
     assert result["ndcg_gain_low"] > 0
     (validation_gain,) = query(conn, "SELECT ndcg_at_10 > als_ndcg_at_10 FROM model_metrics")[0]
     assert validation_gain
+
+
+def test_as_events_each_film_is_released_on_its_release_date_and_one_without_a_date_is_unavailable(tmp_path):
+    write_events(DATASET, tmp_path)
+
+    items = read_items(tmp_path / "items.parquet").set_index("item_id")
+
+    assert len(items) == 1682
+    assert items.loc[1, "released"] == datetime(1995, 1, 1, tzinfo=UTC).timestamp()  # Toy Story, 01-Jan-1995
+    assert np.isnan(items.loc[267, "released"]) and items.loc[267, "available"] == 0  # "unknown", no date
