@@ -37,24 +37,27 @@ def read_ratings(dataset: Path) -> pd.DataFrame:
 
 
 def read_items(dataset: Path) -> pd.DataFrame:
-    raw = _u_item(dataset)
-    genres = raw.iloc[:, 5:24].to_numpy()
-    released = release_dates(dataset)
+    return _items_of(_u_item(dataset))
+
+
+def _u_item(dataset: Path) -> pd.DataFrame:
+    return pd.read_csv(dataset / "u.item", sep="|", header=None, encoding="latin-1")
+
+
+def _items_of(u_item: pd.DataFrame) -> pd.DataFrame:
+    genres = u_item.iloc[:, 5:24].to_numpy()
+    released = _release_dates(u_item)
     return pd.DataFrame({
-        "item_id": raw[0].astype("int64"),
+        "item_id": u_item[0].astype("int64"),
         "category_id": genres.argmax(axis=1).astype("int64"),
         "parent_id": (released.dt.year.fillna(0) // 10 * 10).astype("int64"),
         "available": released.notna().astype("int64"),
     })
 
 
-def release_dates(dataset: Path) -> pd.Series:
+def _release_dates(u_item: pd.DataFrame) -> pd.Series:
     """Each film's release date as `u.item` gives it (NaT where it gives none), in the file's order."""
-    return pd.to_datetime(_u_item(dataset)[2], format="%d-%b-%Y", errors="coerce")
-
-
-def _u_item(dataset: Path) -> pd.DataFrame:
-    return pd.read_csv(dataset / "u.item", sep="|", header=None, encoding="latin-1")
+    return pd.to_datetime(u_item[2], format="%d-%b-%Y", errors="coerce")
 
 
 def split_by_time(ratings: pd.DataFrame) -> pd.Series:
@@ -124,7 +127,8 @@ def write_events(dataset: Path, out: Path) -> None:
                              "timestamp": pa.array(ratings["ts"], pa.timestamp("s", "UTC")),
                              "event": pa.array(["rating"] * len(ratings), pa.string())}).sort_by("timestamp"),
                    out / "events" / "ratings.parquet", row_group_size=20_000)
-    _write(read_items(dataset).assign(released=release_dates(dataset)), out / "items.parquet")
+    u_item = _u_item(dataset)
+    _write(_items_of(u_item).assign(released=_release_dates(u_item)), out / "items.parquet")
 
 
 def backtest(dataset: Path, folder: Path, weeks: tuple[date, date, date] = BACKTEST_WEEKS,
