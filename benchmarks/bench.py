@@ -38,16 +38,16 @@ from pipeline.sample_data import write_sample_week  # noqa: E402
 
 WEEK = date(2026, 11, 21)
 LUIGI = str(Path(sys.executable).with_name("luigi"))
+SIZES = (1_000_000, 5_000_000)
+WHOLE_COMMAND_ROWS = 3_000_000
+RANK_ROWS = 1_000_000
+REPLACED_ROWS = 100_000
 
 
 def record(text: str, file: str) -> None:
     """A bench's results, printed and kept as benchmarks/<file> for the README to quote."""
     print(text)
     (ROOT / "benchmarks" / file).write_text(text)
-SIZES = (1_000_000, 5_000_000)
-WHOLE_COMMAND_ROWS = 3_000_000
-RANK_ROWS = 1_000_000
-REPLACED_ROWS = 100_000
 
 
 def candidates(rows: int, seed: int, with_target: bool) -> pa.Table:
