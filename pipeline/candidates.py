@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sparse
 
-from pipeline import config
+from pipeline import config, popularity
 from pipeline.contracts import ContractError
 from pipeline.events import Interactions
 from pipeline.validation import spread
@@ -37,6 +37,7 @@ DAY = 86_400
 USERS_PER_BLOCK = 5_000
 SOURCES = ("als", "popular", "cooccurrence", "category", "seen", "new")  # bit k of `sources`: listed by SOURCES[k]
 TOP_CATEGORIES = 5  # the category source looks at each user's heaviest ones
+RANK_FUSION = 5  # an item two sources list at rank 3 comes before one that one lists at rank 2 (README)
 FEATURES = config.SOURCE_FEATURES["events"].features  # what the stage computes for each candidate
 _WHOLE = ("category_id", "parent_id", "available", "sources")
 CANDIDATES = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()),
@@ -58,6 +59,8 @@ class History:
     item_category: np.ndarray  # each item's column in user_categories
     item_recent: dict[int, np.ndarray]  # days -> item weights in the last `days` days (0: all time)
     item_arrival: np.ndarray  # seconds: the item's `released`, or else its first event
+    item_weekly: np.ndarray  # weeks x items: event weights of the last `popularity.WEEKS_COUNTED` weeks, latest first
+    item_takers: np.ndarray  # weeks x items: each of the last `popularity.WEEKS_LEARNED` weeks' first-time takers
     user_last: np.ndarray
     user_events: np.ndarray
     events_read: int = 0  # before the cutoff, listed items or not
@@ -71,8 +74,10 @@ class History:
         ends, ids = int(cutoff.timestamp()), items["item_id"].to_numpy()
         category = pd.factorize(items["category_id"])[0]
         recent = {days: np.zeros(len(items)) for days in {7, 28, popular_days, 0}}
+        weekly = np.zeros((popularity.WEEKS_COUNTED, len(items)))
         first = np.full(len(items), ends, np.int64)
-        windows = (ends - recent_days * DAY, ends - 7 * DAY)  # History.recent, History.last_week
+        week_starts = tuple(ends - 7 * DAY * week for week in range(1, popularity.WEEKS_LEARNED + 1))
+        windows = (ends - recent_days * DAY, *week_starts)  # History.recent, History.last_week, the weeks learned
         users = _UserRows(len(items), category.max() + 1 if len(items) else 1, windows)
         read, newest = 0, None
         for batch in batches:
@@ -84,14 +89,19 @@ class History:
             for days, counts in recent.items():
                 inside = seconds >= ends - days * DAY if days else slice(None)
                 counts += np.bincount(column[inside], weights=weight[inside], minlength=len(items))
+            week = (ends - 1 - seconds) // (7 * DAY)
+            inside = week < len(weekly)
+            weekly += np.bincount(week[inside] * len(items) + column[inside], weights=weight[inside],
+                                  minlength=weekly.size).reshape(weekly.shape)
             np.minimum.at(first, column, seconds)
             users.add(batch.user_id[known], column, category[column], weight, seconds)
         order = np.argsort(users.ids, kind="stable")  # rows in user id order
-        recent_matrix, last_week = (matrix[order] for matrix in users.windows)
+        recent_matrix, last_week = (matrix[order] for matrix in users.windows[:2])
         arrival = np.where(np.isnan(items["released"]), first, items["released"]).astype(np.int64)
+        takers = popularity.first_time_takers(users.matrix, users.windows[1:], users.first, week_starts)
         return cls(ends, users.ids[order], items, users.matrix[order], recent_matrix, last_week,
-                   users.categories[order], category, recent, arrival, users.last[order], users.events[order], read,
-                   newest)
+                   users.categories[order], category, recent, arrival, weekly, takers, users.last[order],
+                   users.events[order], read, newest)
 
     def check(self, events_path: Path, items_path: Path, max_lag: timedelta) -> None:
         """Refuse a week whose events stop too long before its cutoff (a stalled export would publish
@@ -131,9 +141,12 @@ class History:
 
     def popular_order(self, days: int) -> np.ndarray:
         """Positions of available items, most events in the last `days` days first (ties: lower item id)."""
+        return self.available_by(self.item_recent[days])
+
+    def available_by(self, scores: np.ndarray) -> np.ndarray:
+        """Positions of available items, highest of `scores` (one per item) first (ties: lower item id)."""
         available = np.flatnonzero(self.items["available"].to_numpy() > 0)
-        counts = self.item_recent[days][available]
-        return available[np.lexsort((self.items["item_id"].to_numpy()[available], -counts))]
+        return available[np.lexsort((self.items["item_id"].to_numpy()[available], -scores[available]))]
 
     def new_order(self, popular: np.ndarray, days: int) -> np.ndarray:
         """Of the `popular` positions, in order, those of items released in the `days` days before the cutoff."""
@@ -150,7 +163,7 @@ class _UserRows:
         self.window_starts = window_starts
         self.windows = [sparse.csr_matrix((0, items), dtype=np.float32) for _ in window_starts]
         self.categories = sparse.csr_matrix((0, categories), dtype=np.float32)
-        self.last, self.events = np.array([], np.int64), np.array([], np.int64)
+        self.first, self.last, self.events = (np.array([], np.int64) for _ in range(3))
 
     @property
     def ids(self) -> np.ndarray:
@@ -165,6 +178,7 @@ class _UserRows:
             self.windows[number] = self.windows[number] + _summed(row[inside], column[inside], weight[inside],
                                                                   self.matrix.shape)
         self.categories = self.categories + _summed(row, category, weight, self.categories.shape)
+        np.minimum.at(self.first, row, seconds)
         np.maximum.at(self.last, row, seconds)
         self.events += np.bincount(row, minlength=len(self.index))
 
@@ -179,6 +193,7 @@ class _UserRows:
             for matrix in (self.matrix, *self.windows):
                 matrix.resize((users, self.matrix.shape[1]))
             self.categories.resize((users, self.categories.shape[1]))
+            self.first = np.pad(self.first, (0, len(new)), constant_values=np.iinfo(np.int64).max)
             self.last = np.pad(self.last, (0, len(new)))
             self.events = np.pad(self.events, (0, len(new)))
         return row
@@ -272,11 +287,12 @@ class _Sources:
 
     @classmethod
     def of(cls, history: History, fits: Fits, per_user: int, popular_days: int, new_days: int) -> _Sources:
-        popular = history.popular_order(popular_days)
+        expected = popularity.expected_takers(history, new_days, popular_days)
+        popular = history.available_by(expected)
         popular_rank = np.full(len(history.items), len(popular) + 1, np.float32)
         popular_rank[popular] = np.arange(1, len(popular) + 1)
         return cls(history, fits, per_user, popular, popular_rank, history.new_order(popular, new_days),
-                   category_popularity(history, popular, history.item_recent[popular_days], per_user),
+                   category_popularity(history, popular, np.exp(expected), per_user),
                    (history.items["available"].to_numpy() > 0).astype(np.float32),
                    round(per_user * history.repeat_share))
 
@@ -354,22 +370,25 @@ def top_of_rows(scores: sparse.csr_matrix, count: int) -> np.ndarray:
 
 
 def _union(rows: np.ndarray, lists: dict[str, np.ndarray], per_user: int) -> pd.DataFrame:
-    """The sources' lists merged rank by rank (in `SOURCES` order at equal rank), each item once with
-    the bits of every source that listed it and its rank in each list, `per_user` a user."""
+    """The sources' lists fused by reciprocal rank (an item's `1 / (RANK_FUSION + rank)` summed over the
+    lists that hold it; ties: best rank, then `SOURCES` order), each item once with the bits of every
+    source that listed it and its rank in each list, `per_user` a user."""
     frames = []
     for bit, name in enumerate(SOURCES):
         items = lists[name]
         ranks = np.tile(np.arange(1, items.shape[1] + 1, dtype=np.float32), len(rows))
         frames.append(pd.DataFrame({"row": np.repeat(rows, items.shape[1]), "item": items.ravel(),
-                                    "order": ranks * len(SOURCES) + bit, "sources": np.int64(1) << bit,
+                                    "fused": 1 / (RANK_FUSION + ranks), "order": ranks * len(SOURCES) + bit,
+                                    "sources": np.int64(1) << bit,
                                     **{f"rank_{other}": ranks if other == name else np.nan
                                        for other in ("als", "cooccurrence")}}))
     frame = pd.concat(frames, ignore_index=True)
     frame = frame[frame["item"] >= 0]
     frame = frame.groupby(["row", "item"], sort=False).agg(
-        order=("order", "min"), sources=("sources", "sum"), rank_als=("rank_als", "min"),
+        fused=("fused", "sum"), order=("order", "min"), sources=("sources", "sum"), rank_als=("rank_als", "min"),
         rank_cooccurrence=("rank_cooccurrence", "min"))
-    frame = frame.reset_index().sort_values(["row", "order"], kind="stable")
+    frame = frame.reset_index().sort_values(["row", "fused", "order"], ascending=[True, False, True],
+                                            kind="stable")
     frame = frame[frame.groupby("row").cumcount() < per_user]
     frame[["rank_als", "rank_cooccurrence"]] = frame[["rank_als", "rank_cooccurrence"]].fillna(per_user + 1)
     return frame.sort_values(["row", "item"], ignore_index=True)
