@@ -1,15 +1,16 @@
 """Candidates at a cutoff: what the events before it say each user may take next.
 
 Six sources (`SOURCES`), all but one blind to what the user already had: implicit's ALS on the
-weighted user-item matrix; recent popularity; items that co-occur with the user's recent items in
-other users' recent histories (implicit's BM25 item-item neighbours); popular items of the user's
-own categories; as far as the shop's users come back to things, the user's own items; and the
-most popular of the items released lately (the items file's `released`). Their
-union, taken rank by rank, fills `candidates_per_user`; the `sources` bits and each source's rank
-tell the ranker where a candidate came from and how strongly. Every feature describes the
-candidate as it stood at the cutoff, so the training rows of an earlier week (built at its own
-cutoff) and this week's inference rows see the same things. Memory holds the matrices, users x
-factors, and one block of users' candidates.
+weighted user-item matrix; next week's popularity (`pipeline.popularity`: the items returning users
+are expected to take for the first time, learned from the shop's last weeks); items that co-occur
+with the user's recent items in other users' recent histories (implicit's BM25 item-item
+neighbours); the popular items of the user's own categories; as far as the shop's users come back
+to things, the user's own items; and the most popular of the items released lately (the items
+file's `released`). Their lists, fused by reciprocal rank, fill `candidates_per_user`; the `sources`
+bits and each source's rank tell the ranker where a candidate came from and how strongly. Every
+feature describes the candidate as it stood at the cutoff, so the training rows of an earlier week
+(built at its own cutoff) and this week's inference rows see the same things. Memory holds the
+matrices, users x factors, and one block of users' candidates.
 """
 
 from __future__ import annotations
@@ -263,7 +264,7 @@ def candidate_batches(history: History, fits: Fits, users: np.ndarray, per_user:
     for start in range(0, len(users), USERS_PER_BLOCK):
         rows = users[start:start + USERS_PER_BLOCK]
         cooccurring = (history.recent[rows] @ fits.cooccurrence.similarity).multiply(sources.available).tocsr()
-        chosen = _union(rows, sources.lists(rows, cooccurring), per_user)
+        chosen = fused(rows, sources.lists(rows, cooccurring), per_user)
         chosen["cooccurrence_score"] = np.asarray(cooccurring[np.searchsorted(rows, chosen["row"]),
                                                               chosen["item"]]).ravel()
         yield _with_features(history, fits.als, chosen, sources.popular_rank)
@@ -271,7 +272,7 @@ def candidate_batches(history: History, fits: Fits, users: np.ndarray, per_user:
 
 @dataclass(frozen=True)
 class _Sources:
-    """What every block's lists share: the fits, the week's popularity (of all items and of the new
+    """What every block's lists share: the fits, next week's popularity (of all items and of the new
     ones), each category's popular items, and how many places the seen source gets
     (`round(per_user x repeat share)`)."""
 
@@ -369,7 +370,7 @@ def top_of_rows(scores: sparse.csr_matrix, count: int) -> np.ndarray:
     return result
 
 
-def _union(rows: np.ndarray, lists: dict[str, np.ndarray], per_user: int) -> pd.DataFrame:
+def fused(rows: np.ndarray, lists: dict[str, np.ndarray], per_user: int) -> pd.DataFrame:
     """The sources' lists fused by reciprocal rank (an item's `1 / (RANK_FUSION + rank)` summed over the
     lists that hold it; ties: best rank, then `SOURCES` order), each item once with the bits of every
     source that listed it and its rank in each list, `per_user` a user."""

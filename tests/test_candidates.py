@@ -276,3 +276,14 @@ def test_new_lists_the_most_popular_items_released_in_the_last_new_days():
     assert listed_by(pool, "new")[4].to_dict() == {14: False, 21: False, 28: True, 35: True, 42: False}
     assert listed_by(pool, "new")[9].to_dict() == {7: False, 14: False, 21: False, 35: True, 42: False}
     assert pool.loc[(4, 28), "item_age_days"] == 30 and pool.loc[(9, 7), "item_age_days"] == 60  # 7: its first event
+
+
+def test_the_sources_lists_fuse_by_reciprocal_rank_an_item_two_list_third_before_one_listed_second():
+    lists = {name: np.full((1, 3), -1) for name in candidates.SOURCES}
+    lists["als"][0] = [10, 20, 30]
+    lists["popular"][0] = [40, 50, 30]
+
+    fused = candidates.fused(np.array([0]), lists, per_user=3)
+
+    assert fused.sort_values("fused", ascending=False)["item"].tolist() == [30, 10, 40]  # 50 and 20 left out
+    assert fused.set_index("item").loc[30, "sources"] == 0b11
