@@ -176,8 +176,9 @@ class _UserRows:
         self.matrix = self.matrix + _summed(row, column, weight, self.matrix.shape)
         for number, start in enumerate(self.window_starts):
             inside = seconds >= start
-            self.windows[number] = self.windows[number] + _summed(row[inside], column[inside], weight[inside],
-                                                                  self.matrix.shape)
+            if inside.any():  # most batches of a long history end before the windows begin
+                self.windows[number] = self.windows[number] + _summed(row[inside], column[inside], weight[inside],
+                                                                      self.matrix.shape)
         self.categories = self.categories + _summed(row, category, weight, self.categories.shape)
         np.minimum.at(self.first, row, seconds)
         np.maximum.at(self.last, row, seconds)
