@@ -78,8 +78,8 @@ class History:
         weekly = np.zeros((popularity.WEEKS_COUNTED, len(items)))
         first = np.full(len(items), ends, np.int64)
         week_starts = tuple(ends - 7 * DAY * week for week in range(1, popularity.WEEKS_LEARNED + 1))
-        windows = (ends - recent_days * DAY, *week_starts)  # History.recent, History.last_week, the weeks learned
-        users = _UserRows(len(items), category.max() + 1 if len(items) else 1, windows)
+        starts = tuple(dict.fromkeys((ends - recent_days * DAY, *week_starts)))  # each window once
+        users = _UserRows(len(items), category.max() + 1 if len(items) else 1, starts)
         read, newest = 0, None
         for batch in batches:
             read += len(batch)
@@ -97,9 +97,11 @@ class History:
             np.minimum.at(first, column, seconds)
             users.add(batch.user_id[known], column, category[column], weight, seconds)
         order = np.argsort(users.ids, kind="stable")  # rows in user id order
-        recent_matrix, last_week = (matrix[order] for matrix in users.windows[:2])
+        since = dict(zip(starts, users.windows, strict=True))
+        recent_matrix, last_week = since[ends - recent_days * DAY][order], since[week_starts[0]][order]
         arrival = np.where(np.isnan(items["released"]), first, items["released"]).astype(np.int64)
-        takers = popularity.first_time_takers(users.matrix, users.windows[1:], users.first, week_starts)
+        takers = popularity.first_time_takers(users.matrix, [since[start] for start in week_starts], users.first,
+                                              week_starts)
         return cls(ends, users.ids[order], items, users.matrix[order], recent_matrix, last_week,
                    users.categories[order], category, recent, arrival, weekly, takers, users.last[order],
                    users.events[order], read, newest)
