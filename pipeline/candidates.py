@@ -238,21 +238,24 @@ def fit_cooccurrence(history: History, neighbours: int):
 
 @dataclass(frozen=True)
 class Fits:
-    """What the sources learn once a week from the history, for every shard; each saved in implicit's own format."""
+    """What the sources learn once a week from the history, for every shard (so that the shards agree):
+    ALS and the co-occurrence neighbours, each saved in implicit's own format, and next week's popularity."""
 
     als: object
     cooccurrence: object
+    expected_takers: np.ndarray  # each item's log expected first-time takers next week (`pipeline.popularity`)
 
-    def save(self, als: BinaryIO, cooccurrence: BinaryIO) -> None:
+    def save(self, als: BinaryIO, cooccurrence: BinaryIO, expected_takers: BinaryIO) -> None:
         self.als.save(als)
         self.cooccurrence.save(cooccurrence)
+        np.save(expected_takers, self.expected_takers)
 
     @classmethod
-    def load(cls, als: BinaryIO, cooccurrence: BinaryIO) -> Fits:
+    def load(cls, als: BinaryIO, cooccurrence: BinaryIO, expected_takers: BinaryIO) -> Fits:
         from implicit.cpu.als import AlternatingLeastSquares
         from implicit.nearest_neighbours import BM25Recommender
 
-        return cls(AlternatingLeastSquares.load(als), BM25Recommender.load(cooccurrence))
+        return cls(AlternatingLeastSquares.load(als), BM25Recommender.load(cooccurrence), np.load(expected_takers))
 
 
 def shard_rows(rows: np.ndarray, shard: int, shards: int) -> np.ndarray:
@@ -260,10 +263,10 @@ def shard_rows(rows: np.ndarray, shard: int, shards: int) -> np.ndarray:
     return np.array_split(rows, shards)[shard]
 
 
-def candidate_batches(history: History, fits: Fits, users: np.ndarray, per_user: int, popular_days: int,
+def candidate_batches(history: History, fits: Fits, users: np.ndarray, per_user: int,
                       new_days: int) -> Iterator[pa.RecordBatch]:
     """Each block of the `users` (rows, in id order)' candidates with their features."""
-    sources = _Sources.of(history, fits, per_user, popular_days, new_days)
+    sources = _Sources.of(history, fits, per_user, new_days)
     for start in range(0, len(users), USERS_PER_BLOCK):
         rows = users[start:start + USERS_PER_BLOCK]
         cooccurring = (history.recent[rows] @ fits.cooccurrence.similarity).multiply(sources.available).tocsr()
@@ -290,13 +293,12 @@ class _Sources:
     seen_places: int
 
     @classmethod
-    def of(cls, history: History, fits: Fits, per_user: int, popular_days: int, new_days: int) -> _Sources:
-        expected = popularity.expected_takers(history, new_days, popular_days)
-        popular = history.available_by(expected)
+    def of(cls, history: History, fits: Fits, per_user: int, new_days: int) -> _Sources:
+        popular = history.available_by(fits.expected_takers)
         popular_rank = np.full(len(history.items), len(popular) + 1, np.float32)
         popular_rank[popular] = np.arange(1, len(popular) + 1)
         return cls(history, fits, per_user, popular, popular_rank, history.new_order(popular, new_days),
-                   category_popularity(history, popular, np.exp(expected), per_user),
+                   category_popularity(history, popular, np.exp(fits.expected_takers), per_user),
                    (history.items["available"].to_numpy() > 0).astype(np.float32),
                    round(per_user * history.repeat_share))
 

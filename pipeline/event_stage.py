@@ -32,7 +32,8 @@ from pipeline.contracts import CANDIDATES_INFERENCE, CANDIDATES_TRAIN, SIMILAR, 
 
 AVAILABLE_ROWS = b"weekly_recs.available_rows"  # in the train file's metadata: outcome rows before the cap
 # CutoffModel's fits, for the shards; removed after them
-HISTORY, ALS, COOCCURRENCE = "cutoff_history.pickle", "cutoff_als.npz", "cutoff_cooccurrence.npz"
+HISTORY, ALS, COOCCURRENCE, EXPECTED = ("cutoff_history.pickle", "cutoff_als.npz", "cutoff_cooccurrence.npz",
+                                       "cutoff_expected_takers.npy")
 
 
 class EventTask(luigi.Task):
@@ -57,17 +58,17 @@ class EventTask(luigi.Task):
 
 
 class CutoffModel(EventTask):
-    """The sources' fits (ALS, co-occurrence) on the window's events before the cutoff: the week's
-    popularity and neighbours, and what the candidate shards need (the history and the fits, as files
-    beside the week's)."""
+    """The sources' fits (ALS, co-occurrence, next week's popularity) on the window's events before the
+    cutoff, once for every shard: the week's popularity and neighbours, and what the candidate shards
+    need (the history and the fits, as files beside the week's)."""
 
     def output(self) -> dict[str, luigi.LocalTarget]:
         return {TOP_POPULAR.file: self.week_file(TOP_POPULAR.file), SIMILAR.file: self.week_file(SIMILAR.file),
-                **{name: self.week_file(name, luigi.format.Nop) for name in (HISTORY, ALS, COOCCURRENCE)}}
+                **{name: self.week_file(name, luigi.format.Nop) for name in (HISTORY, ALS, COOCCURRENCE, EXPECTED)}}
 
     def run(self) -> None:
         # pandas, scipy and implicit are imported when the stage runs: the load tasks' processes stay small.
-        from pipeline import candidates, events
+        from pipeline import candidates, events, popularity
 
         settings = config.events()
         cutoff = settings.cutoff_of(self.week)
@@ -81,7 +82,8 @@ class CutoffModel(EventTask):
         self.set_status_message(f"fitting ALS on {len(history.users):,} users, {history.matrix.nnz:,} user-items")
         model = candidates.fit_als(history, settings.factors, settings.als_iterations, settings.regularization,
                                    settings.alpha, config.pipeline().random_seed)
-        fits = candidates.Fits(model, candidates.fit_cooccurrence(history, settings.cooccurrence_neighbours))
+        fits = candidates.Fits(model, candidates.fit_cooccurrence(history, settings.cooccurrence_neighbours),
+                               popularity.expected_takers(history, settings.new_days, settings.popular_days))
         outputs = self.output()
         with outputs[TOP_POPULAR.file].temporary_path() as path:
             pq.write_table(candidates.top_popular(history, settings.popular_days, settings.top_popular), path)
@@ -91,12 +93,13 @@ class CutoffModel(EventTask):
             pickle.dump(len(history.active_rows(settings.active_days)), file)
             pickle.dump(history, file, protocol=pickle.HIGHEST_PROTOCOL)
         with outputs[ALS].temporary_path() as als, outputs[COOCCURRENCE].temporary_path() as cooccurrence, \
-                open(als, "wb") as als_file, open(cooccurrence, "wb") as cooccurrence_file:
-            fits.save(als_file, cooccurrence_file)
+                outputs[EXPECTED].temporary_path() as expected, open(als, "wb") as als_file, \
+                open(cooccurrence, "wb") as cooccurrence_file, open(expected, "wb") as expected_file:
+            fits.save(als_file, cooccurrence_file, expected_file)
 
     def remove_fit(self) -> None:
         """The history and the fits are needed only until the week's candidates are made."""
-        for name in (HISTORY, ALS, COOCCURRENCE):
+        for name in (HISTORY, ALS, COOCCURRENCE, EXPECTED):
             self.output()[name].remove()
 
 
@@ -121,8 +124,7 @@ class CandidateShard(EventTask):
         users = candidates.shard_rows(history.active_rows(settings.active_days), self.shard, self.shards)
         with self.output().temporary_path() as path, pq.ParquetWriter(path, candidates.CANDIDATES) as writer:
             for number, batch in enumerate(candidates.candidate_batches(
-                    history, fits, users, settings.candidates_per_user, settings.popular_days,
-                    settings.new_days), start=1):
+                    history, fits, users, settings.candidates_per_user, settings.new_days), start=1):
                 writer.write_batch(batch)
                 done = min(number * candidates.USERS_PER_BLOCK, len(users))
                 self.set_status_message(f"candidates of {done:,} of {len(users):,} users")
@@ -165,8 +167,9 @@ def read_fit(fit: dict[str, luigi.LocalTarget]) -> tuple:
     with fit[HISTORY].open("r") as file:
         pickle.load(file)  # the active users' count
         history = pickle.load(file)
-    with open(fit[ALS].path, "rb") as als, open(fit[COOCCURRENCE].path, "rb") as cooccurrence:
-        return history, candidates.Fits.load(als, cooccurrence)
+    with open(fit[ALS].path, "rb") as als, open(fit[COOCCURRENCE].path, "rb") as cooccurrence, \
+            open(fit[EXPECTED].path, "rb") as expected:
+        return history, candidates.Fits.load(als, cooccurrence, expected)
 
 
 class Outcomes(EventTask):

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import candidates
+from pipeline import candidates, popularity
 from pipeline.contracts import ContractError
 from pipeline.events import Interactions, concatenated, read_items, window_batches
 from pipeline.sample_events import write_sample_events
@@ -29,13 +29,14 @@ def history(shop) -> candidates.History:
 @pytest.fixture(scope="module")
 def fits(history) -> candidates.Fits:
     return candidates.Fits(candidates.fit_als(history, factors=16, iterations=5, regularization=0.05, alpha=2.0,
-                                              seed=1), candidates.fit_cooccurrence(history, neighbours=20))
+                                              seed=1), candidates.fit_cooccurrence(history, neighbours=20),
+                           popularity.expected_takers(history, new_days=28, fallback_days=28))
 
 
 @pytest.fixture(scope="module")
 def pool(history, fits) -> pd.DataFrame:
     everyone = np.arange(len(history.users))
-    batches = candidates.candidate_batches(history, fits, everyone, PER_USER, popular_days=28, new_days=28)
+    batches = candidates.candidate_batches(history, fits, everyone, PER_USER, new_days=28)
     return pa.Table.from_batches(list(batches)).to_pandas()
 
 
@@ -165,7 +166,7 @@ def test_only_users_active_in_the_window_get_candidates(history, fits):
     active = history.active_rows(days=3)
     since = history.cutoff - 3 * candidates.DAY
 
-    given = pa.Table.from_batches(list(candidates.candidate_batches(history, fits, active, 5, 28, 28)))
+    given = pa.Table.from_batches(list(candidates.candidate_batches(history, fits, active, 5, 28)))
 
     assert 0 < len(active) < len(history.users)
     assert (history.user_last[active] >= since).all()
@@ -197,16 +198,20 @@ def test_shards_are_runs_of_the_users_that_together_are_all_of_them_in_order(sha
 
 
 def test_saved_fits_recommend_what_the_fits_did(history, fits, tmp_path):
-    with open(tmp_path / "als.npz", "wb") as als, open(tmp_path / "cooccurrence.npz", "wb") as cooccurrence:
-        fits.save(als, cooccurrence)
-    with open(tmp_path / "als.npz", "rb") as als, open(tmp_path / "cooccurrence.npz", "rb") as cooccurrence:
-        loaded = candidates.Fits.load(als, cooccurrence)
+    names = ("als.npz", "cooccurrence.npz", "expected_takers.npy")
+    with open(tmp_path / names[0], "wb") as als, open(tmp_path / names[1], "wb") as cooccurrence, \
+            open(tmp_path / names[2], "wb") as expected:
+        fits.save(als, cooccurrence, expected)
+    with open(tmp_path / names[0], "rb") as als, open(tmp_path / names[1], "rb") as cooccurrence, \
+            open(tmp_path / names[2], "rb") as expected:
+        loaded = candidates.Fits.load(als, cooccurrence, expected)
 
     rows = np.arange(len(history.users))
     for fit, again in ((fits.als, loaded.als), (fits.cooccurrence, loaded.cooccurrence)):
         expected = fit.recommend(rows, history.matrix[rows].astype(np.float64), N=PER_USER)
         assert all(np.array_equal(a, b) for a, b in zip(
             again.recommend(rows, history.matrix[rows].astype(np.float64), N=PER_USER), expected, strict=True))
+    assert np.array_equal(loaded.expected_takers, fits.expected_takers)
 
 
 RELEASED_DAYS_AGO = [np.nan, 500, 100, 30, 10, -3]  # 7's release unknown; 42 comes out in 3 days
@@ -226,9 +231,10 @@ def hand_made(*taken: tuple[int, int, float]) -> candidates.History:
 
 def pool_of(history: candidates.History, per_user: int) -> pd.DataFrame:
     fits = candidates.Fits(candidates.fit_als(history, factors=2, iterations=2, regularization=0.05, alpha=2.0,
-                                              seed=1), candidates.fit_cooccurrence(history, neighbours=20))
+                                              seed=1), candidates.fit_cooccurrence(history, neighbours=20),
+                           popularity.expected_takers(history, NEW_DAYS, fallback_days=7))
     everyone = np.arange(len(history.users))
-    batches = candidates.candidate_batches(history, fits, everyone, per_user, popular_days=7, new_days=NEW_DAYS)
+    batches = candidates.candidate_batches(history, fits, everyone, per_user, new_days=NEW_DAYS)
     pool = pa.Table.from_batches(list(batches)).to_pandas()
     return pool.set_index(["user_id", "item_id"])
 
