@@ -31,10 +31,9 @@ import scipy.sparse as sparse
 
 from pipeline import config, popularity
 from pipeline.contracts import ContractError
-from pipeline.events import Interactions
+from pipeline.events import DAY, Interactions
 from pipeline.validation import spread
 
-DAY = 86_400
 USERS_PER_BLOCK = 5_000
 SOURCES = ("als", "popular", "cooccurrence", "category", "seen", "new")  # bit k of `sources`: listed by SOURCES[k]
 TOP_CATEGORIES = 5  # the category source looks at each user's heaviest ones

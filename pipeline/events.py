@@ -24,6 +24,7 @@ from pipeline.contracts import ContractError, open_parquet
 BATCH_ROWS = 1_000_000
 ITEM_COLUMNS = ("item_id", "category_id", "parent_id", "available")
 RELEASED = "released"  # the items' optional column: when each came to the shop
+DAY = 86_400  # of `Interactions.seconds`
 _MICROS = pa.timestamp("us", tz="UTC")
 
 

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sparse
 
+from pipeline.events import DAY
+
 if TYPE_CHECKING:
     from pipeline.candidates import History
 
-DAY = 86_400
 WEEKS_LEARNED = 4
 WEEKS_COUNTED = WEEKS_LEARNED + 4  # the oldest week learned needs the 4 weeks before it
 

@@ -22,8 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.events import DAY
+
 CATEGORIES, PARENTS = 20, 6
-WEEK = 7 * 86_400
+WEEK = 7 * DAY
 
 
 def write_sample_events(folder: Path, end: datetime, users: int = 1_000, items: int = 1_500, weeks: int = 16,
