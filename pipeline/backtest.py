@@ -149,11 +149,13 @@ _MEASURES = [f"{name}_{metric}" for name in ORDERS for metric in ("ndcg", "recal
 
 
 def pooled(per_user: pd.DataFrame) -> dict[str, float]:
-    """Means over user-weeks, and the 95% bootstrap interval of the ranking's NDCG@10 over popularity's."""
+    """Means over user-weeks, and 95% bootstrap intervals: of the ranking's NDCG@10 over popularity's,
+    and of pool recall."""
     result = per_user[_MEASURES].mean().astype(float).to_dict()
     low, high = metrics.bootstrap_gain(per_user["ranking_ndcg"], per_user["popularity_ndcg"], rounds=2000)
+    pool_low, pool_high = metrics.bootstrap_mean(per_user["pool_recall"], rounds=2000)
     return {**result, "user_weeks": len(per_user), "ratio": result["ranking_ndcg"] / result["popularity_ndcg"],
-            "ratio_low": 1 + low, "ratio_high": 1 + high}
+            "ratio_low": 1 + low, "ratio_high": 1 + high, "pool_recall_low": pool_low, "pool_recall_high": pool_high}
 
 
 def by_week(per_user: pd.DataFrame, scored_from: date) -> pd.DataFrame:
@@ -235,7 +237,8 @@ def report(weeks: pd.DataFrame, summaries: dict[str, dict[str, float]]) -> str:
         for name in ORDERS:
             lines.append(f"  {name:<11} NDCG@10 {summary[f'{name}_ndcg']:.3f}  "
                          f"Recall@10 {summary[f'{name}_recall']:.3f}")
-        lines.append(f"  candidate pool recall {summary['pool_recall']:.3f}; by source: " + ", ".join(
+        lines.append(f"  candidate pool recall {summary['pool_recall']:.3f} (95% user-week bootstrap "
+                     f"{summary['pool_recall_low']:.3f}-{summary['pool_recall_high']:.3f}); by source: " + ", ".join(
             f"{source} {summary[f'pool_recall_{source}']:.3f}" for source in candidates.SOURCES))
         lines.append(f"  ranking / popularity NDCG@10: {summary['ratio']:.2f} "
                      f"(95% user-week bootstrap {summary['ratio_low']:.2f}-{summary['ratio_high']:.2f})")

@@ -60,9 +60,22 @@ def standard_error(per_user: pd.Series) -> float:
 
 def bootstrap_gain(model: pd.Series, baseline: pd.Series, rounds: int = 1000, seed: int = 0) -> tuple[float, float]:
     """95% interval of the relative gain in mean `model` over mean `baseline`, resampling users."""
+    means = _resampled_means(np.column_stack([model.to_numpy(), baseline.loc[model.index].to_numpy()]), rounds, seed)
+    return _middle_95(means[:, 0] / means[:, 1] - 1)
+
+
+def bootstrap_mean(values: pd.Series, rounds: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of the mean of `values` (one per user), resampling users: how far a figure such as
+    pool recall could move with other users of the same kind."""
+    return _middle_95(_resampled_means(values.to_numpy()[:, None], rounds, seed)[:, 0])
+
+
+def _resampled_means(rows: np.ndarray, rounds: int, seed: int) -> np.ndarray:
+    """Rounds x columns: the column means of `rows` (one per user) drawn again with replacement."""
     rng = np.random.default_rng(seed)
-    pairs = np.column_stack([model.to_numpy(), baseline.loc[model.index].to_numpy()])
-    samples = pairs[rng.integers(0, len(pairs), size=(rounds, len(pairs)))].mean(axis=1)
-    gains = samples[:, 0] / samples[:, 1] - 1
-    low, high = np.percentile(gains, [2.5, 97.5])
+    return rows[rng.integers(0, len(rows), size=(rounds, len(rows)))].mean(axis=1)
+
+
+def _middle_95(samples: np.ndarray) -> tuple[float, float]:
+    low, high = np.percentile(samples, [2.5, 97.5])
     return float(low), float(high)

@@ -1,4 +1,4 @@
-"""Ranking metrics at 10, per user, and the user bootstrap of a relative gain."""
+"""Ranking metrics at 10, per user, and the user bootstrap of a relative gain and of a mean."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.metrics import bootstrap_gain, per_user_metrics, share_found, summary, top_k_against
+from pipeline.metrics import bootstrap_gain, bootstrap_mean, per_user_metrics, share_found, summary, top_k_against
 
 
 def test_a_perfect_order_scores_one_and_a_reversed_order_less():
@@ -43,6 +43,17 @@ def test_the_bootstrap_interval_holds_the_observed_gain():
 
     assert low <= 0.2 + 1e-9 <= high + 1e-9
     assert high - low < 1e-6  # every resample sees the same 20% gain
+
+
+@pytest.mark.parametrize("users", [40, 400])
+def test_the_interval_of_a_mean_is_about_two_standard_errors_either_side(users):
+    found = pd.Series(np.tile([0.0, 1.0], users // 2))  # half of the users found what they took
+
+    low, high = bootstrap_mean(found, rounds=4000)
+
+    half_width = 1.96 * 0.5 / np.sqrt(users)
+    assert low < 0.5 < high
+    assert (high - low) / 2 == pytest.approx(half_width, rel=0.15)
 
 
 def test_top_k_against_scores_every_user_of_the_truth_and_zero_without_a_list():
