@@ -152,8 +152,12 @@ class History:
 
     def new_order(self, popular: np.ndarray, days: int) -> np.ndarray:
         """Of the `popular` positions, in order, those of items released in the `days` days before the cutoff."""
-        released = self.items["released"].to_numpy()[popular]
-        return popular[(released >= self.cutoff - days * DAY) & (released <= self.cutoff)]
+        return popular[self.released_within(days, self.cutoff)[popular]]
+
+    def released_within(self, days: int, at: int) -> np.ndarray:
+        """Per item: whether it came out (the items file's `released`) in the `days` days up to `at` (seconds)."""
+        released = self.items["released"].to_numpy()
+        return (released >= at - days * DAY) & (released <= at)
 
 
 class _UserRows:

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from pipeline.candidates import History
 
 WEEKS_LEARNED = 4
-WEEKS_COUNTED = WEEKS_LEARNED + 4  # the oldest week learned needs the 4 weeks before it
+WEEKS_BEFORE = 4  # an item's features count its events of the week and of this many weeks before it
+WEEKS_COUNTED = WEEKS_LEARNED + WEEKS_BEFORE  # the oldest week learned needs the weeks before it
 
 
 def first_time_takers(matrix: sparse.csr_matrix, since: list[sparse.csr_matrix], user_first: np.ndarray,
@@ -61,12 +62,12 @@ def expected_takers(history: History, new_days: int, fallback_days: int) -> np.n
 
 def item_features(history: History, weeks_back: int, new_days: int) -> np.ndarray:
     """Items x features as they stood `weeks_back` weeks before the cutoff: the events of the week and
-    of the 4 weeks before it, of all time (log 1 + weight), whether the item was new, its age (log 1 + days)."""
+    of the `WEEKS_BEFORE` weeks before it, of all time (log 1 + weight), whether the item was new, its
+    age (log 1 + days)."""
     weekly = history.item_weekly[weeks_back:]
     since_start = history.item_weekly[:weeks_back].sum(axis=0)
     at = history.cutoff - weeks_back * 7 * DAY
-    released = history.items["released"].to_numpy()
-    new = (released >= at - new_days * DAY) & (released <= at)
     age = np.clip(at - history.item_arrival, 0, None) / DAY
-    return np.column_stack([np.log1p(weekly[0]), np.log1p(weekly[:4].sum(axis=0)),
-                            np.log1p(np.clip(history.item_recent[0] - since_start, 0, None)), new, np.log1p(age)])
+    return np.column_stack([np.log1p(weekly[0]), np.log1p(weekly[:WEEKS_BEFORE].sum(axis=0)),
+                            np.log1p(np.clip(history.item_recent[0] - since_start, 0, None)),
+                            history.released_within(new_days, at), np.log1p(age)])

@@ -8,10 +8,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline import candidates, popularity
-from pipeline.events import Interactions
+from pipeline.events import DAY, Interactions
 
 CUTOFF = datetime(2026, 11, 21, 21, 0, tzinfo=UTC)
-DAY = 86_400
 
 
 def history_of(taken: list[tuple[int, int, float]], released_days_ago: dict[int, float]) -> candidates.History:
