@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import pickle
 from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,8 +33,8 @@ from pipeline.contracts import CANDIDATES_INFERENCE, CANDIDATES_TRAIN, SIMILAR, 
 
 AVAILABLE_ROWS = b"weekly_recs.available_rows"  # in the train file's metadata: outcome rows before the cap
 # CutoffModel's fits, for the shards; removed after them
-HISTORY, ALS, COOCCURRENCE, EXPECTED = ("cutoff_history.pickle", "cutoff_als.npz", "cutoff_cooccurrence.npz",
-                                       "cutoff_expected_takers.npy")
+HISTORY = "cutoff_history.pickle"
+FITS = ("cutoff_als.npz", "cutoff_cooccurrence.npz", "cutoff_expected_takers.npy")  # in `candidates.Fits.save`'s order
 
 
 class EventTask(luigi.Task):
@@ -64,7 +65,7 @@ class CutoffModel(EventTask):
 
     def output(self) -> dict[str, luigi.LocalTarget]:
         return {TOP_POPULAR.file: self.week_file(TOP_POPULAR.file), SIMILAR.file: self.week_file(SIMILAR.file),
-                **{name: self.week_file(name, luigi.format.Nop) for name in (HISTORY, ALS, COOCCURRENCE, EXPECTED)}}
+                **{name: self.week_file(name, luigi.format.Nop) for name in (HISTORY, *FITS)}}
 
     def run(self) -> None:
         # pandas, scipy and implicit are imported when the stage runs: the load tasks' processes stay small.
@@ -92,14 +93,13 @@ class CutoffModel(EventTask):
         with outputs[HISTORY].open("w") as file:  # the active users' count first, to read alone
             pickle.dump(len(history.active_rows(settings.active_days)), file)
             pickle.dump(history, file, protocol=pickle.HIGHEST_PROTOCOL)
-        with outputs[ALS].temporary_path() as als, outputs[COOCCURRENCE].temporary_path() as cooccurrence, \
-                outputs[EXPECTED].temporary_path() as expected, open(als, "wb") as als_file, \
-                open(cooccurrence, "wb") as cooccurrence_file, open(expected, "wb") as expected_file:
-            fits.save(als_file, cooccurrence_file, expected_file)
+        with ExitStack() as files:  # each closed before its temporary path moves into place
+            fits.save(*(files.enter_context(open(files.enter_context(outputs[name].temporary_path()), "wb"))
+                        for name in FITS))
 
     def remove_fit(self) -> None:
         """The history and the fits are needed only until the week's candidates are made."""
-        for name in (HISTORY, ALS, COOCCURRENCE, EXPECTED):
+        for name in (HISTORY, *FITS):
             self.output()[name].remove()
 
 
@@ -167,9 +167,8 @@ def read_fit(fit: dict[str, luigi.LocalTarget]) -> tuple:
     with fit[HISTORY].open("r") as file:
         pickle.load(file)  # the active users' count
         history = pickle.load(file)
-    with open(fit[ALS].path, "rb") as als, open(fit[COOCCURRENCE].path, "rb") as cooccurrence, \
-            open(fit[EXPECTED].path, "rb") as expected:
-        return history, candidates.Fits.load(als, cooccurrence, expected)
+    with ExitStack() as files:
+        return history, candidates.Fits.load(*(files.enter_context(open(fit[name].path, "rb")) for name in FITS))
 
 
 class Outcomes(EventTask):
