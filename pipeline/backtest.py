@@ -8,10 +8,12 @@ previous ranking, which is then what users would have seen and what is scored. E
 events before the week's cutoff and in the 7 days after it is a user-week. For each: NDCG@10 and
 Recall@10 of the published ranking, of recent popularity (seen items removed) and of the ALS order,
 and the share of what they took that the candidates held (pool recall), in all and by each source
-that listed them. Weeks before `--scored-from` are the ones settings were chosen on: they are
-replayed (the later weeks train on their outcomes) and reported apart, so that the pooled figure
-of the scored weeks is out of sample. Results go to the tables `backtest_weeks` and
-`backtest_runs`, to a picture, and to standard output.
+that listed them. A newcomer (events in the 7 days after the cutoff only) is a user-week apart:
+NDCG@10 of what the web service serves them, `default_recs`, and of recent popularity. Weeks before
+`--scored-from` are the ones settings were chosen on: they are replayed (the later weeks train on
+their outcomes) and reported apart, so that the pooled figure of the scored weeks is out of
+sample. Results go to the tables `backtest_weeks` and `backtest_runs`, to a picture, and to
+standard output.
 """
 
 from __future__ import annotations
@@ -88,26 +90,47 @@ def replay(week: date) -> bool:
     raise RuntimeError(f"week {week} failed (see the log above); the backtest stops")
 
 
-def user_weeks(week: date) -> pd.DataFrame:
-    """One row per user with history and truth: each order's NDCG@10 and Recall@10, and the pool's recall."""
+def user_weeks(week: date) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The week's user-weeks, one row each: of the users with events before the cutoff, each order's
+    NDCG@10 and Recall@10 and the pool's recall; of the newcomers (events after it only), those of
+    what the web service serves them (`default_recs`) and of recent popularity."""
     settings = config.events()
     cutoff = settings.cutoff_of(week)
     path = settings.resolved_events_path()
     history = candidates.History.at(cutoff, events.window_batches(path, None, cutoff, settings.weights),
-                                    events.read_items(settings.resolved_items_path()), settings.popular_days)
+                                    events.read_items(settings.resolved_items_path()), (settings.popular_days,))
     truth = _pairs(events.read_window(path, cutoff, cutoff + timedelta(days=TRUTH_DAYS), settings.weights))
-    truth = truth[truth["user_id"].isin(history.users)]
+    served = _published_ranking(week, truth["user_id"].unique())
+    returning = truth["user_id"].isin(history.users)
+    return (_returning_users(week, history, truth[returning], served),
+            _newcomers(week, history, truth[~returning], served))
+
+
+def _returning_users(week: date, history: candidates.History, truth: pd.DataFrame,
+                     served: pd.DataFrame) -> pd.DataFrame:
     pool = pd.read_parquet(config.pipeline().week_input_dir(week) / CANDIDATES_INFERENCE.file,
                            columns=["user_id", "item_id", "rank_als", "sources"])
-    users = truth["user_id"].unique()
-    lists = {"ranking": _published_ranking(week, users), "popularity": _popular_unseen(history, users),
+    lists = {"ranking": served, "popularity": _popular_unseen(history, truth["user_id"].unique()),
              "als": pool.assign(rank=pool["rank_als"])[["user_id", "item_id", "rank"]]}
-    scored = [metrics.top_k_against(lists[name], truth).add_prefix(f"{name}_") for name in ORDERS]
-    result = pd.concat(scored, axis=1)
+    result = _scored(lists, truth)
     result["pool_recall"] = metrics.share_found(pool, truth)
     for bit, source in enumerate(candidates.SOURCES):
         result[f"pool_recall_{source}"] = metrics.share_found(pool[pool["sources"].to_numpy() & (1 << bit) > 0], truth)
     return result.rename_axis("user_id").reset_index().assign(week=week)
+
+
+def _newcomers(week: date, history: candidates.History, truth: pd.DataFrame, served: pd.DataFrame) -> pd.DataFrame:
+    """A user the shop has never seen is served `default_recs`, whose window (`default_days`) is its own;
+    recent popularity (`popular_days`) is what it would be otherwise."""
+    popular = history.items["item_id"].to_numpy()[history.popular_order(config.events().popular_days)[:metrics.K]]
+    lists = {"default": served, "popularity": _same_list(truth["user_id"].unique(), popular)}
+    return _scored(lists, truth).rename_axis("user_id").reset_index().assign(week=week)
+
+
+def _scored(lists: dict[str, pd.DataFrame], truth: pd.DataFrame) -> pd.DataFrame:
+    """Per user of `truth`: NDCG@10 and Recall@10 of each of the lists, prefixed by its name."""
+    return pd.concat([metrics.top_k_against(ranked, truth).add_prefix(f"{name}_") for name, ranked in lists.items()],
+                     axis=1)
 
 
 def _pairs(window: events.Interactions) -> pd.DataFrame:
@@ -126,10 +149,14 @@ def _published_ranking(week: date, users: np.ndarray) -> pd.DataFrame:
             sql.Identifier(table), sql.Literal(metrics.K)), _RANKED).to_pandas()
         popular = db.copy_out(conn, sql.SQL("SELECT item_id FROM {} ORDER BY items_cnt DESC, item_id LIMIT {}").format(
             sql.Identifier(DefaultRecs(week=week).table), sql.Literal(metrics.K)), _ITEMS).to_pandas()["item_id"]
-    rest = np.setdiff1d(users, personal["user_id"].to_numpy())
-    fallback = pd.DataFrame({"user_id": np.repeat(rest, len(popular)), "item_id": np.tile(popular, len(rest)),
-                             "rank": np.tile(np.arange(1, len(popular) + 1), len(rest))})
-    return pd.concat([personal, fallback], ignore_index=True)
+    return pd.concat([personal, _same_list(np.setdiff1d(users, personal["user_id"].to_numpy()), popular)],
+                     ignore_index=True)
+
+
+def _same_list(users: np.ndarray, items: np.ndarray) -> pd.DataFrame:
+    """Every one of `users` given `items`, in their order."""
+    return pd.DataFrame({"user_id": np.repeat(users, len(items)), "item_id": np.tile(items, len(users)),
+                         "rank": np.tile(np.arange(1, len(items) + 1), len(users))})
 
 
 def _popular_unseen(history: candidates.History, users: np.ndarray) -> pd.DataFrame:
@@ -152,14 +179,32 @@ def pooled(per_user: pd.DataFrame) -> dict[str, float]:
     """Means over user-weeks, and 95% bootstrap intervals: of the ranking's NDCG@10 over popularity's,
     and of pool recall."""
     result = per_user[_MEASURES].mean().astype(float).to_dict()
-    low, high = metrics.bootstrap_gain(per_user["ranking_ndcg"], per_user["popularity_ndcg"], rounds=2000)
     pool_low, pool_high = metrics.bootstrap_mean(per_user["pool_recall"], rounds=2000)
-    return {**result, "user_weeks": len(per_user), "ratio": result["ranking_ndcg"] / result["popularity_ndcg"],
-            "ratio_low": 1 + low, "ratio_high": 1 + high, "pool_recall_low": pool_low, "pool_recall_high": pool_high}
+    return {**result, "user_weeks": len(per_user), **_ratio("", per_user["ranking_ndcg"], per_user["popularity_ndcg"]),
+            "pool_recall_low": pool_low, "pool_recall_high": pool_high}
 
 
-def by_week(per_user: pd.DataFrame, scored_from: date) -> pd.DataFrame:
-    """Each week's means; `scored` is 0 for the weeks settings were chosen on (before `scored_from`).
+def pooled_newcomers(newcomers: pd.DataFrame) -> dict[str, float]:
+    """Means over the newcomers' weeks of `default_recs`' NDCG@10 and recent popularity's, and the
+    95% bootstrap interval of their ratio (NaN without newcomers)."""
+    if newcomers.empty:
+        return {"newcomer_weeks": 0, **dict.fromkeys(("newcomer_default_ndcg", "newcomer_popularity_ndcg",
+                                                      "newcomer_ratio", "newcomer_ratio_low", "newcomer_ratio_high"),
+                                                     float("nan"))}
+    return {"newcomer_weeks": len(newcomers), "newcomer_default_ndcg": float(newcomers["default_ndcg"].mean()),
+            "newcomer_popularity_ndcg": float(newcomers["popularity_ndcg"].mean()),
+            **_ratio("newcomer_", newcomers["default_ndcg"], newcomers["popularity_ndcg"])}
+
+
+def _ratio(prefix: str, model: pd.Series, baseline: pd.Series) -> dict[str, float]:
+    low, high = metrics.bootstrap_gain(model, baseline, rounds=2000)
+    return {f"{prefix}ratio": float(model.mean() / baseline.mean()), f"{prefix}ratio_low": 1 + low,
+            f"{prefix}ratio_high": 1 + high}
+
+
+def by_week(per_user: pd.DataFrame, newcomers: pd.DataFrame, scored_from: date) -> pd.DataFrame:
+    """Each week's means, of its newcomers apart; `scored` is 0 for the weeks settings were chosen on
+    (before `scored_from`).
 
     `validation_ndcg` is what the week's quality gate measured on its held-out rows, `takers_ndcg`
     what it estimates: the published ranking's NDCG@10 over the users who took one of their
@@ -167,7 +212,11 @@ def by_week(per_user: pd.DataFrame, scored_from: date) -> pd.DataFrame:
     """
     table = per_user.groupby("week")[_MEASURES].mean()
     takers = per_user[per_user["pool_recall"] > 0].groupby("week")["ranking_ndcg"].mean()
-    table = table.assign(users=per_user.groupby("week").size(), takers_ndcg=takers).reset_index()
+    new = newcomers.groupby("week")
+    table = table.assign(users=per_user.groupby("week").size(), takers_ndcg=takers, newcomers=new.size(),
+                         newcomer_default_ndcg=new["default_ndcg"].mean(),
+                         newcomer_popularity_ndcg=new["popularity_ndcg"].mean()).reset_index()
+    table["newcomers"] = table["newcomers"].fillna(0)
     table["validation_ndcg"] = table["week"].map(_validation_ndcg(table["week"].min()))
     return table.assign(scored=(table["week"] >= scored_from).astype(int))
 
@@ -242,6 +291,10 @@ def report(weeks: pd.DataFrame, summaries: dict[str, dict[str, float]]) -> str:
             f"{source} {summary[f'pool_recall_{source}']:.3f}" for source in candidates.SOURCES))
         lines.append(f"  ranking / popularity NDCG@10: {summary['ratio']:.2f} "
                      f"(95% user-week bootstrap {summary['ratio_low']:.2f}-{summary['ratio_high']:.2f})")
+        lines.append(f"  newcomers (no event before the cutoff; {summary['newcomer_weeks']} user-weeks), NDCG@10 of "
+                     f"default_recs {summary['newcomer_default_ndcg']:.3f}, of recent popularity "
+                     f"{summary['newcomer_popularity_ndcg']:.3f}: {summary['newcomer_ratio']:.2f} (95% user-week "
+                     f"bootstrap {summary['newcomer_ratio_low']:.2f}-{summary['newcomer_ratio_high']:.2f})")
         lines.append(f"  the quality gate's validation NDCG@10 missed the next week's (of the users who took a "
                      f"candidate) by {summary['validation_error']:.3f} a week on average")
     return "\n".join(lines)
@@ -255,19 +308,20 @@ def run(start: date, stop: date, database: str, folder: Path, picture: Path,
     if not start <= scored_from <= stop:
         raise ValueError(f"--scored-from {scored_from} must lie from --start {start} to --stop {stop}")
     use_backtest_database(database, folder)
-    per_user = []
+    scored_weeks = []
     for week in weeks_between(start, stop):
         went_live = replay(week)
         print(f"week {week}: {'published' if went_live else 'refused; the previous ranking stays'}", flush=True)
-        per_user.append(user_weeks(week))
-    per_user = pd.concat(per_user, ignore_index=True)
-    weeks = by_week(per_user, scored_from)
+        scored_weeks.append(user_weeks(week))
+    per_user, newcomers = (pd.concat(frames, ignore_index=True) for frames in zip(*scored_weeks, strict=True))
+    weeks = by_week(per_user, newcomers, scored_from)
     summaries = {}
     for group, scored in (("chosen on", False), ("scored", True)):
         part, its_weeks = per_user[(per_user["week"] >= scored_from) == scored], weeks[weeks["scored"] == scored]
+        its_newcomers = newcomers[(newcomers["week"] >= scored_from) == scored]
         if len(part):
             miss = (its_weeks["validation_ndcg"] - its_weeks["takers_ndcg"]).abs().mean()
-            summaries[group] = {**pooled(part), "validation_error": float(miss)}
+            summaries[group] = {**pooled(part), **pooled_newcomers(its_newcomers), "validation_error": float(miss)}
     summary = summaries["scored"]
     run_id = record(weeks, summary, start, stop, scored_from)
     draw(weeks, picture, f"Walk-forward backtest, {start} to {stop}")

@@ -76,8 +76,8 @@ class CutoffModel(EventTask):
         since = cutoff - timedelta(days=settings.history_days)
         self.set_status_message(f"reading events from {since:%Y-%m-%d} to {cutoff:%Y-%m-%d %H:%M} UTC")
         history = candidates.History.at(cutoff, self.events_until(since, cutoff),
-                                        events.read_items(settings.resolved_items_path()), settings.popular_days,
-                                        settings.recent_days)
+                                        events.read_items(settings.resolved_items_path()),
+                                        (settings.popular_days, settings.default_days), settings.recent_days)
         history.check(settings.resolved_events_path(), settings.resolved_items_path(),
                       timedelta(hours=settings.max_lag_hours))
         self.set_status_message(f"fitting ALS on {len(history.users):,} users, {history.matrix.nnz:,} user-items")
@@ -87,7 +87,7 @@ class CutoffModel(EventTask):
                                popularity.expected_takers(history, settings.new_days, settings.popular_days))
         outputs = self.output()
         with outputs[TOP_POPULAR.file].temporary_path() as path:
-            pq.write_table(candidates.top_popular(history, settings.popular_days, settings.top_popular), path)
+            pq.write_table(candidates.top_popular(history, settings.default_days, settings.top_popular), path)
         with outputs[SIMILAR.file].temporary_path() as path:
             pq.write_table(candidates.similar(history, model, settings.similar_per_item), path)
         with outputs[HISTORY].open("w") as file:  # the active users' count first, to read alone

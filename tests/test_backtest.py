@@ -9,12 +9,13 @@ import uuid
 from datetime import date, timedelta
 
 import psycopg2
+import pyarrow as pa
 import pytest
 
 from pipeline import backtest, config, db
 from pipeline.backtest import use_backtest_database
 from tests.conftest import ROOT, WEEK, apply_settings, query
-from tests.test_event_stage import events_settings  # noqa: F401 - a fixture
+from tests.test_event_stage import events_settings, most_weighted_available, with_extra_events  # noqa: F401
 from tests.test_movielens import DATASET, needs_movielens
 
 WEEKS = ("1998-04-04", "1998-04-11", "1998-04-11")  # first, first scored, last
@@ -36,8 +37,27 @@ def test_a_week_the_gate_refuses_is_scored_by_the_ranking_users_still_see(events
 
     with db.connection() as live:
         assert query(live, "SELECT DISTINCT week FROM candidates_ranked") == [(before,)]
-    scored = backtest.user_weeks(WEEK)
-    assert len(scored) > 50 and scored["ranking_ndcg"].mean() > 0  # last week's ranking, as users see it
+    returning, _ = backtest.user_weeks(WEEK)
+    assert len(returning) > 50 and returning["ranking_ndcg"].mean() > 0  # last week's ranking, as users see it
+
+
+def test_a_newcomer_is_scored_by_the_default_recs_the_web_service_serves_them(events_settings, shop,  # noqa: F811
+                                                                              tmp_path, pg_socket_dir):
+    """One newcomer takes the first of the default_recs, the other the eleventh, out of the ten served."""
+    default_order = most_weighted_available(shop, config.events().default_days)["item_id"].tolist()
+    newcomers = [9_000_001, 9_000_004]
+    with_extra_events(shop, tmp_path / "newcomers", events_settings, user_id=pa.array(newcomers, pa.int64()),
+                      item_id=pa.array([default_order[0], default_order[10]], pa.int64()),
+                      timestamp=pa.array([config.events().cutoff_of(WEEK) + timedelta(hours=1)] * 2,
+                                         pa.timestamp("s", "UTC")), event=pa.array(["view"] * 2))
+    use_backtest_database(f"backtest_{uuid.uuid4().hex[:8]}", tmp_path / "backtest")
+    assert backtest.replay(WEEK)
+
+    returning, new = backtest.user_weeks(WEEK)
+
+    assert new["user_id"].tolist() == newcomers and not returning["user_id"].isin(newcomers).any()
+    assert new["default_ndcg"].tolist() == [1.0, 0.0]
+    assert backtest.pooled_newcomers(new)["newcomer_default_ndcg"] == 0.5
 
 
 def test_a_week_that_fails_for_another_reason_stops_the_backtest(events_settings, tmp_path):  # noqa: F811

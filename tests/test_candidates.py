@@ -23,7 +23,7 @@ PER_USER = 30
 @pytest.fixture(scope="module")
 def history(shop) -> candidates.History:
     return candidates.History.at(CUTOFF, window_batches(shop / "events", None, CUTOFF, {"transaction": 5}),
-                                 read_items(shop / "items.parquet"), popular_days=28)
+                                 read_items(shop / "items.parquet"))
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_item_features_count_only_events_before_the_cutoff(history):
                           weight=np.ones(3, np.float32))
     items = pd.DataFrame({"item_id": [7, 14], "category_id": [1, 2], "parent_id": [1, 1], "available": [1, 1],
                           "released": [np.nan, CUTOFF.timestamp() - 86_400 * 100]})
-    at = candidates.History.at(CUTOFF, [events], items, popular_days=28)
+    at = candidates.History.at(CUTOFF, [events], items)
 
     assert at.item_recent[7].tolist() == [1, 0]
     assert at.item_recent[28].tolist() == [2, 0]
@@ -101,7 +101,7 @@ def test_events_read_in_many_small_batches_make_the_same_history(shop, history):
     pieces = [Interactions(*(getattr(whole, name)[start:start + 500] for name in
                              ("user_id", "item_id", "seconds", "weight"))) for start in range(0, len(whole), 500)]
 
-    piecewise = candidates.History.at(CUTOFF, pieces, history.items, popular_days=28)
+    piecewise = candidates.History.at(CUTOFF, pieces, history.items)
 
     assert len(pieces) > 10
     assert (piecewise.users == history.users).all()
@@ -113,7 +113,7 @@ def test_events_read_in_many_small_batches_make_the_same_history(shop, history):
 def test_a_week_whose_events_stop_too_long_before_its_cutoff_is_refused_naming_the_lag(shop, history):
     late = CUTOFF + timedelta(days=6)  # the export stopped six days before this cutoff
     stalled = candidates.History.at(late, window_batches(shop / "events", None, late, {}),
-                                    read_items(shop / "items.parquet"), popular_days=28)
+                                    read_items(shop / "items.parquet"))
 
     history.check(shop / "events", shop / "items.parquet", timedelta(hours=48))  # the week on time passes
     with pytest.raises(ContractError) as refused:
@@ -127,7 +127,7 @@ def test_a_week_whose_events_stop_too_long_before_its_cutoff_is_refused_naming_t
 def test_events_that_name_none_of_the_items_are_refused_naming_the_items_file(shop, tmp_path):
     items = read_items(shop / "items.parquet")
     elsewhere = items.assign(item_id=items["item_id"] + 1_000_000)
-    unknown = candidates.History.at(CUTOFF, window_batches(shop / "events", None, CUTOFF, {}), elsewhere, 28)
+    unknown = candidates.History.at(CUTOFF, window_batches(shop / "events", None, CUTOFF, {}), elsewhere)
 
     with pytest.raises(ContractError) as refused:
         unknown.check(shop / "events", tmp_path / "items.parquet", timedelta(hours=48))
@@ -180,7 +180,7 @@ def test_in_a_shop_that_ages_only_the_users_of_the_last_weeks_are_given_candidat
     end = CUTOFF + timedelta(hours=3)
     write_sample_events(tmp_path, end, users=3_000, items=300, weeks=30, lifetime_weeks=3)
     aged = candidates.History.at(CUTOFF, window_batches(tmp_path / "events", None, CUTOFF, {}),
-                                 read_items(tmp_path / "items.parquet"), popular_days=28)
+                                 read_items(tmp_path / "items.parquet"))
 
     active = aged.active_rows(days=28)
 
@@ -226,7 +226,7 @@ def hand_made(*taken: tuple[int, int, float]) -> candidates.History:
     user, item, days = (np.array(column) for column in zip(*taken, strict=True))
     events = Interactions(user_id=user, item_id=item, seconds=(CUTOFF.timestamp() - days * 86_400).astype(np.int64),
                           weight=np.ones(len(user), np.float32))
-    return candidates.History.at(CUTOFF, [events], HAND_MADE_ITEMS, popular_days=7, recent_days=28)
+    return candidates.History.at(CUTOFF, [events], HAND_MADE_ITEMS, recent_days=28)
 
 
 def pool_of(history: candidates.History, per_user: int) -> pd.DataFrame:

@@ -10,6 +10,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import luigi
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -19,6 +20,7 @@ from pipeline import config
 from pipeline.candidates import FEATURES, SOURCES
 from pipeline.contracts import CANDIDATES_INFERENCE, CANDIDATES_TRAIN, SIMILAR, TOP_POPULAR
 from pipeline.event_stage import CandidatesAtCutoff, TrainFromOutcomes
+from pipeline.events import read_items, read_window
 from pipeline.wrapper import WeeklyRecs
 from tests.conftest import PUBLISHED_TABLES, ROOT, WEEK, apply_settings, live_state, query, run_tasks
 from tests.test_events import CUTOFF, events_file
@@ -50,6 +52,15 @@ def with_extra_events(shop: Path, folder: Path, settings: dict, **columns) -> No
     settings["events"]["events_path"] = str(folder)
     settings["pipeline"]["input_dir"] = str(folder.parent / f"{folder.name}-weeks" / "{week}")
     apply_settings(settings)
+
+
+def most_weighted_available(shop: Path, days: int) -> pd.DataFrame:
+    """The shop's available items by event weight in the `days` days before CUTOFF, heaviest first."""
+    window = read_window(shop / "events", CUTOFF - timedelta(days=days), CUTOFF, config.events().weights)
+    items = read_items(shop / "items.parquet")
+    weight = pd.Series(window.weight).groupby(window.item_id).sum()
+    weight = weight[weight.index.isin(items.loc[items["available"] > 0, "item_id"])].rename_axis("item_id")
+    return weight.reset_index(name="items_cnt").sort_values(["items_cnt", "item_id"], ascending=[False, True])
 
 
 def test_a_bad_events_file_fails_the_week_and_what_is_live_stays(events_settings, shop, tmp_path, conn):
@@ -111,6 +122,19 @@ def test_no_event_of_the_label_window_reaches_the_train_features(events_settings
     assert len(buyers) > 0 and (labelled["target_after"] == 1).all()  # the burst was seen, as labels
     for feature in FEATURES:
         assert both[f"{feature}_before"].equals(both[f"{feature}_after"]), feature
+
+
+def test_the_default_recs_are_the_most_weighted_available_items_of_the_last_default_days(events_settings, shop):
+    """What the web service serves users without candidates: a window of its own, not recent popularity's."""
+    events_settings["events"]["default_days"] = "14"
+    apply_settings(events_settings)
+    assert run_tasks(CandidatesAtCutoff(week=WEEK)).name == "SUCCESS"
+
+    expected = most_weighted_available(shop, days=14)
+    published = week_file(TOP_POPULAR.file).to_pandas()
+    assert len(published) == config.events().top_popular
+    assert published["item_id"].tolist() == expected["item_id"].head(len(published)).tolist()
+    assert published["items_cnt"].tolist() == pytest.approx(expected["items_cnt"].head(len(published)).tolist())
 
 
 def test_a_week_whose_cutoff_has_not_come_is_refused(events_settings):

@@ -22,7 +22,7 @@ def history_of(taken: list[tuple[int, int, float]], released_days_ago: dict[int,
     events = Interactions(user_id=user.astype(np.int64), item_id=item.astype(np.int64),
                           seconds=(CUTOFF.timestamp() - days * DAY).astype(np.int64),
                           weight=np.ones(len(user), np.float32))
-    return candidates.History.at(CUTOFF, [events], items, popular_days=7)
+    return candidates.History.at(CUTOFF, [events], items)
 
 
 def test_each_weeks_takers_are_returning_users_new_to_the_item_each_users_week_weighing_one():
