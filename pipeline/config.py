@@ -54,7 +54,8 @@ class RankerFeatures:
 # What each source provides, for a [pipeline] that lists no features of its own. The files' are the
 # seed's four columns (derived features: the winners on MovieLens, README "Ranking quality"); the
 # events stage's are the eighteen it computes at a cutoff, and the derived features that repeat none
-# of them (als_rank is rank_als, item_popularity follows item_events_28d).
+# of them (als_rank is rank_als; item_popularity is the item's events over `default_days`, as item_events_7d
+# and item_events_28d are over theirs).
 SOURCE_FEATURES = {
     "files": RankerFeatures(
         ("als_score", "category_id", "parent_id", "available"), ("category_id", "parent_id"),
@@ -133,7 +134,7 @@ class events(luigi.Config):  # noqa: N801
     active_days = luigi.IntParameter(default=182, description="users with an event in these days before the cutoff "
                                      "get candidates; the web service serves the others default_recs")
     popular_days = luigi.IntParameter(default=7, description="window of recent popularity")
-    default_days = luigi.IntParameter(default=28, description="window of top_popular.parquet: the default_recs "
+    default_days = luigi.IntParameter(default=14, description="window of top_popular.parquet: the default_recs "
                                       "the web service serves users without candidates, new ones first of all")
     new_days = luigi.IntParameter(default=450, description="items released (the items file's `released`) in "
                                   "these days before the cutoff are the new source's, most popular first")

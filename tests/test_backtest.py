@@ -82,17 +82,21 @@ def test_movielens_weeks_are_replayed_scored_recorded_and_drawn(settings, tmp_pa
         assert f"week {week}: published" in done.stdout
     assert "user-weeks of the weeks chosen on:" in done.stdout and "user-weeks of the weeks scored:" in done.stdout
     assert "95% user-week bootstrap" in done.stdout and "by source: als " in done.stdout
+    assert "newcomers (no event before the cutoff;" in done.stdout
     assert (tmp_path / "backtest" / "ndcg_by_week.png").read_bytes()[:4] == b"\x89PNG"
     assert query(conn, "SELECT to_regclass('candidates_ranked')") == [(None,)]  # production untouched
     with psycopg2.connect(host=pg_socket_dir, dbname="weekly_recs_movielens", user="postgres") as backtest:
         weeks = query(backtest, "SELECT week, scored, users, ranking_ndcg, popularity_ndcg, als_ndcg, pool_recall,"
                                 " greatest(pool_recall_als, pool_recall_popular, pool_recall_cooccurrence,"
                                 " pool_recall_category) FROM backtest_weeks ORDER BY week")
-        (ratio, user_weeks, scored_from, pool_low, pool_high), = query(
-            backtest, "SELECT ratio, user_weeks, scored_from, pool_recall_low, pool_recall_high FROM backtest_runs")
+        (ratio, user_weeks, scored_from, pool_low, pool_high, newcomer_weeks, newcomer_ndcg), = query(
+            backtest, "SELECT ratio, user_weeks, scored_from, pool_recall_low, pool_recall_high, newcomer_weeks,"
+                      " newcomer_default_ndcg FROM backtest_runs")
+        newcomers = query(backtest, "SELECT newcomers FROM backtest_weeks ORDER BY week")
     assert [row[:2] for row in weeks] == [(date(1998, 4, 4), 0), (date(1998, 4, 11), 1)]
     for _, _, users, *scores, pool_recall, best_source in weeks:
         assert users >= 30 and all(0 < score < 1 for score in scores)
         assert pool_recall > 0.3 and 0 < best_source < pool_recall  # the union holds more than any one source
     assert ratio > 0 and user_weeks == weeks[1][2] and scored_from == date(1998, 4, 11)  # the scored week alone
     assert pool_low < weeks[1][6] < pool_high
+    assert newcomer_weeks == newcomers[1][0] > 0 and 0 < newcomer_ndcg < 1  # MovieLens users arrive every week
