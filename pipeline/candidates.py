@@ -68,13 +68,13 @@ class History:
 
     @classmethod
     def at(cls, cutoff: datetime, batches: Iterable[Interactions], items: pd.DataFrame,
-           popular_days: Iterable[int] = (), recent_days: int = 28) -> History:
+           windows: Iterable[int] = (), recent_days: int = 28) -> History:
         """From the events before the cutoff, one batch at a time: memory holds the user-item matrices and
         one batch, never all events. `items` sorted by item_id; events of items it does not list are left out.
-        `item_recent` counts the last 7 and 28 days, all time, and each of `popular_days`."""
+        `item_recent` counts the last 7 and 28 days, all time, and each of the `windows` (days)."""
         ends, ids = int(cutoff.timestamp()), items["item_id"].to_numpy()
         category = pd.factorize(items["category_id"])[0]
-        recent = {days: np.zeros(len(items)) for days in {7, 28, *popular_days, 0}}
+        recent = {days: np.zeros(len(items)) for days in {7, 28, *windows, 0}}
         weekly = np.zeros((popularity.WEEKS_COUNTED, len(items)))
         first = np.full(len(items), ends, np.int64)
         week_starts = tuple(ends - 7 * DAY * week for week in range(1, popularity.WEEKS_LEARNED + 1))
