@@ -101,16 +101,17 @@ def user_weeks(week: date) -> tuple[pd.DataFrame, pd.DataFrame]:
                                     events.read_items(settings.resolved_items_path()), (settings.popular_days,))
     truth = _pairs(events.read_window(path, cutoff, cutoff + timedelta(days=TRUTH_DAYS), settings.weights))
     served = _published_ranking(week, truth["user_id"].unique())
+    popular = history.popular_order(settings.popular_days)  # the baseline of both kinds of user
     returning = truth["user_id"].isin(history.users)
-    return (_returning_users(week, history, truth[returning], served),
-            _newcomers(week, history, truth[~returning], served))
+    return (_returning_users(week, history, popular, truth[returning], served),
+            _newcomers(week, history, popular, truth[~returning], served))
 
 
-def _returning_users(week: date, history: candidates.History, truth: pd.DataFrame,
+def _returning_users(week: date, history: candidates.History, popular: np.ndarray, truth: pd.DataFrame,
                      served: pd.DataFrame) -> pd.DataFrame:
     pool = pd.read_parquet(config.pipeline().week_input_dir(week) / CANDIDATES_INFERENCE.file,
                            columns=["user_id", "item_id", "rank_als", "sources"])
-    lists = {"ranking": served, "popularity": _popular_unseen(history, truth["user_id"].unique()),
+    lists = {"ranking": served, "popularity": _popular_unseen(history, popular, truth["user_id"].unique()),
              "als": pool.assign(rank=pool["rank_als"])[["user_id", "item_id", "rank"]]}
     result = _scored(lists, truth)
     result["pool_recall"] = metrics.share_found(pool, truth)
@@ -119,11 +120,12 @@ def _returning_users(week: date, history: candidates.History, truth: pd.DataFram
     return result.rename_axis("user_id").reset_index().assign(week=week)
 
 
-def _newcomers(week: date, history: candidates.History, truth: pd.DataFrame, served: pd.DataFrame) -> pd.DataFrame:
+def _newcomers(week: date, history: candidates.History, popular: np.ndarray, truth: pd.DataFrame,
+               served: pd.DataFrame) -> pd.DataFrame:
     """A user the shop has never seen is served `default_recs`, whose window (`default_days`) is its own;
-    recent popularity (`popular_days`) is what it would be otherwise."""
-    popular = history.items["item_id"].to_numpy()[history.popular_order(config.events().popular_days)[:metrics.K]]
-    lists = {"default": served, "popularity": _same_list(truth["user_id"].unique(), popular)}
+    recent popularity (`popular`, positions in order) is what it would be otherwise."""
+    top = history.items["item_id"].to_numpy()[popular[:metrics.K]]
+    lists = {"default": served, "popularity": _same_list(truth["user_id"].unique(), top)}
     return _scored(lists, truth).rename_axis("user_id").reset_index().assign(week=week)
 
 
@@ -159,10 +161,10 @@ def _same_list(users: np.ndarray, items: np.ndarray) -> pd.DataFrame:
                          "rank": np.tile(np.arange(1, len(items) + 1), len(users))})
 
 
-def _popular_unseen(history: candidates.History, users: np.ndarray) -> pd.DataFrame:
-    """Each user's 10 most popular items of the last popular_days not yet had."""
+def _popular_unseen(history: candidates.History, popular: np.ndarray, users: np.ndarray) -> pd.DataFrame:
+    """Each user's 10 first of the `popular` positions not yet had."""
     rows = np.searchsorted(history.users, users)
-    top = candidates.unseen_popular(history, rows, history.popular_order(config.events().popular_days), metrics.K)
+    top = candidates.unseen_popular(history, rows, popular, metrics.K)
     frame = pd.DataFrame({"user_id": np.repeat(users, metrics.K), "position": np.tile(np.arange(1, metrics.K + 1),
                                                                                       len(users)),
                           "item": top.ravel()})

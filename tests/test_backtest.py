@@ -37,8 +37,9 @@ def test_a_week_the_gate_refuses_is_scored_by_the_ranking_users_still_see(events
 
     with db.connection() as live:
         assert query(live, "SELECT DISTINCT week FROM candidates_ranked") == [(before,)]
-    returning, _ = backtest.user_weeks(WEEK)
+    returning, newcomers = backtest.user_weeks(WEEK)
     assert len(returning) > 50 and returning["ranking_ndcg"].mean() > 0  # last week's ranking, as users see it
+    assert newcomers.empty and backtest.pooled_newcomers(newcomers)["newcomer_weeks"] == 0  # all arrived early
 
 
 def test_a_newcomer_is_scored_by_the_default_recs_the_web_service_serves_them(events_settings, shop,  # noqa: F811
