@@ -3,7 +3,7 @@
 `TrainFromOutcomes` opens the twelve weeks' outcome files at once and reads them batch by batch,
 keeping `max_train_rows` of whole user-weeks. pyarrow's `ParquetFile` pre-buffers by default and
 keeps what it read while the file is open; `contracts.open_parquet` turns that off. Each way runs
-`candidates.capped_outcomes` over the same files in a process of its own: seconds and peak RSS.
+`outcomes.capped_outcomes` over the same files in a process of its own: seconds and peak RSS.
 The weeks are the size of `make bench-week`'s full-scale shop (60,000 users a week took one of
 their 100 candidates). Writes benchmarks/train_file_results.md.
 """
@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from bench import ROOT, WEEK, record
 
-from pipeline.candidates import OUTCOMES
+from pipeline.outcomes import OUTCOMES
 
 WEEKS, USERS_A_WEEK, PER_USER, MAX_ROWS = 12, 60_000, 100, 250_000
 BLOCK_USERS = 125  # the stage writes outcomes a candidates batch at a time: row groups of about 12,500 rows
@@ -32,7 +32,7 @@ OPENINGS = {"pyarrow's default (pre-buffered)": "pq.ParquetFile(path)",
 READ = """import resource, sys, time
 from pathlib import Path
 import pyarrow.parquet as pq
-from pipeline.candidates import capped_outcomes
+from pipeline.outcomes import capped_outcomes
 from pipeline.contracts import open_parquet
 started = time.perf_counter()
 weeks = [{opening} for path in map(Path, sys.argv[1:])]

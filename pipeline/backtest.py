@@ -37,6 +37,7 @@ from pipeline import candidates, config, db, events, metrics, publish
 from pipeline.backfill import weeks_between
 from pipeline.base import week_parameter
 from pipeline.contracts import CANDIDATES_INFERENCE
+from pipeline.history import History
 from pipeline.load import DefaultRecs
 from pipeline.rank import QualityGateError, RankCandidates, TrainRanker
 from pipeline.wrapper import WeeklyRecs
@@ -97,7 +98,7 @@ def user_weeks(week: date) -> tuple[pd.DataFrame, pd.DataFrame]:
     settings = config.events()
     cutoff = settings.cutoff_of(week)
     path = settings.resolved_events_path()
-    history = candidates.History.at(cutoff, events.window_batches(path, None, cutoff, settings.weights),
+    history = History.at(cutoff, events.window_batches(path, None, cutoff, settings.weights),
                                     events.read_items(settings.resolved_items_path()), (settings.popular_days,))
     truth = _pairs(events.read_window(path, cutoff, cutoff + timedelta(days=TRUTH_DAYS), settings.weights))
     served = _published_ranking(week, truth["user_id"].unique())
@@ -107,7 +108,7 @@ def user_weeks(week: date) -> tuple[pd.DataFrame, pd.DataFrame]:
             _newcomers(week, history, popular, truth[~returning], served))
 
 
-def _returning_users(week: date, history: candidates.History, popular: np.ndarray, truth: pd.DataFrame,
+def _returning_users(week: date, history: History, popular: np.ndarray, truth: pd.DataFrame,
                      served: pd.DataFrame) -> pd.DataFrame:
     pool = pd.read_parquet(config.pipeline().week_input_dir(week) / CANDIDATES_INFERENCE.file,
                            columns=["user_id", "item_id", "rank_als", "sources"])
@@ -120,7 +121,7 @@ def _returning_users(week: date, history: candidates.History, popular: np.ndarra
     return result.rename_axis("user_id").reset_index().assign(week=week)
 
 
-def _newcomers(week: date, history: candidates.History, popular: np.ndarray, truth: pd.DataFrame,
+def _newcomers(week: date, history: History, popular: np.ndarray, truth: pd.DataFrame,
                served: pd.DataFrame) -> pd.DataFrame:
     """A user the shop has never seen is served `default_recs`, whose window (`default_days`) is its own;
     recent popularity (`popular`, positions in order) is what it would be otherwise."""
@@ -161,7 +162,7 @@ def _same_list(users: np.ndarray, items: np.ndarray) -> pd.DataFrame:
                          "rank": np.tile(np.arange(1, len(items) + 1), len(users))})
 
 
-def _popular_unseen(history: candidates.History, popular: np.ndarray, users: np.ndarray) -> pd.DataFrame:
+def _popular_unseen(history: History, popular: np.ndarray, users: np.ndarray) -> pd.DataFrame:
     """Each user's 10 first of the `popular` positions not yet had."""
     rows = np.searchsorted(history.users, users)
     top = candidates.unseen_popular(history, rows, popular, metrics.K)

@@ -10,29 +10,24 @@ file's `released`). Their lists, fused by reciprocal rank, fill `candidates_per_
 bits and each source's rank tell the ranker where a candidate came from and how strongly. Every
 feature describes the candidate as it stood at the cutoff, so the training rows of an earlier week
 (built at its own cutoff) and this week's inference rows see the same things. Memory holds the
-matrices, users x factors, and one block of users' candidates.
+history's matrices (`pipeline.history`), users x factors, and one block of users' candidates.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
-from functools import cached_property
-from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import scipy.sparse as sparse
 
-from pipeline import config, popularity
-from pipeline.contracts import ContractError
-from pipeline.events import DAY, Interactions
-from pipeline.validation import spread
+from pipeline import config
+from pipeline.events import DAY
+from pipeline.history import History
 
 USERS_PER_BLOCK = 5_000
 SOURCES = ("als", "popular", "cooccurrence", "category", "seen", "new")  # bit k of `sources`: listed by SOURCES[k]
@@ -42,173 +37,6 @@ FEATURES = config.SOURCE_FEATURES["events"].features  # what the stage computes 
 _WHOLE = ("category_id", "parent_id", "available", "sources")
 CANDIDATES = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()),
                         *((name, pa.int64() if name in _WHOLE else pa.float32()) for name in FEATURES)])
-OUTCOMES = CANDIDATES.append(pa.field("target", pa.int64())).append(pa.field("outcome_week", pa.date32()))
-
-
-@dataclass(frozen=True)
-class History:
-    """Everything known at the cutoff, by matrix position: users in id order, items as in the items file."""
-
-    cutoff: int  # seconds since the epoch
-    users: np.ndarray
-    items: pd.DataFrame
-    matrix: sparse.csr_matrix  # users x items, summed event weights
-    recent: sparse.csr_matrix  # the same, of the last `recent_days` only
-    last_week: sparse.csr_matrix  # the same, of the last 7 days only
-    user_categories: sparse.csr_matrix  # users x categories, summed event weights
-    item_category: np.ndarray  # each item's column in user_categories
-    item_recent: dict[int, np.ndarray]  # days -> item weights in the last `days` days (0: all time)
-    item_arrival: np.ndarray  # seconds: the item's `released`, or else its first event
-    item_weekly: np.ndarray  # weeks x items: event weights of the last `popularity.WEEKS_COUNTED` weeks, latest first
-    item_takers: np.ndarray  # weeks x items: each of the last `popularity.WEEKS_LEARNED` weeks' first-time takers
-    user_last: np.ndarray
-    user_events: np.ndarray
-    events_read: int = 0  # before the cutoff, listed items or not
-    newest_event: int | None = None  # seconds since the epoch
-
-    @classmethod
-    def at(cls, cutoff: datetime, batches: Iterable[Interactions], items: pd.DataFrame,
-           windows: Iterable[int] = (), recent_days: int = 28) -> History:
-        """From the events before the cutoff, one batch at a time: memory holds the user-item matrices and
-        one batch, never all events. `items` sorted by item_id; events of items it does not list are left out.
-        `item_recent` counts the last 7 and 28 days, all time, and each of the `windows` (days)."""
-        ends, ids = int(cutoff.timestamp()), items["item_id"].to_numpy()
-        category = pd.factorize(items["category_id"])[0]
-        recent = {days: np.zeros(len(items)) for days in {7, 28, *windows, 0}}
-        weekly = np.zeros((popularity.WEEKS_COUNTED, len(items)))
-        first = np.full(len(items), ends, np.int64)
-        week_starts = tuple(ends - 7 * DAY * week for week in range(1, popularity.WEEKS_LEARNED + 1))
-        starts = tuple(dict.fromkeys((ends - recent_days * DAY, *week_starts)))  # each window once
-        users = _UserRows(len(items), category.max() + 1 if len(items) else 1, starts)
-        read, newest = 0, None
-        for batch in batches:
-            read += len(batch)
-            newest = max(newest or 0, int(batch.seconds.max())) if len(batch) else newest
-            column = np.searchsorted(ids, batch.item_id).clip(max=max(len(ids) - 1, 0))
-            known = ids[column] == batch.item_id if len(ids) else np.zeros(len(batch), bool)
-            column, weight, seconds = column[known], batch.weight[known], batch.seconds[known]
-            for days, counts in recent.items():
-                inside = seconds >= ends - days * DAY if days else slice(None)
-                counts += np.bincount(column[inside], weights=weight[inside], minlength=len(items))
-            week = (ends - 1 - seconds) // (7 * DAY)
-            inside = week < len(weekly)
-            weekly += np.bincount(week[inside] * len(items) + column[inside], weights=weight[inside],
-                                  minlength=weekly.size).reshape(weekly.shape)
-            np.minimum.at(first, column, seconds)
-            users.add(batch.user_id[known], column, category[column], weight, seconds)
-        order = np.argsort(users.ids, kind="stable")  # rows in user id order
-        since = dict(zip(starts, users.windows, strict=True))
-        recent_matrix, last_week = since[ends - recent_days * DAY][order], since[week_starts[0]][order]
-        arrival = np.where(np.isnan(items["released"]), first, items["released"]).astype(np.int64)
-        takers = popularity.first_time_takers(users.matrix, [since[start] for start in week_starts], users.first,
-                                              week_starts)
-        return cls(ends, users.ids[order], items, users.matrix[order], recent_matrix, last_week,
-                   users.categories[order], category, recent, arrival, weekly, takers, users.last[order],
-                   users.events[order], read, newest)
-
-    def check(self, events_path: Path, items_path: Path, max_lag: timedelta) -> None:
-        """Refuse a week whose events stop too long before its cutoff (a stalled export would publish
-        last week's world as this week's) or whose events name none of the items."""
-        cutoff = datetime.fromtimestamp(self.cutoff, UTC)
-        if self.newest_event is None:
-            raise ContractError(events_path, "timestamp", f"no event before the cutoff {cutoff:%Y-%m-%d %H:%M} UTC")
-        newest = datetime.fromtimestamp(self.newest_event, UTC)
-        if cutoff - newest > max_lag:
-            raise ContractError(events_path, "timestamp", f"the newest event before the cutoff "
-                                f"{cutoff:%Y-%m-%d %H:%M} UTC is from {newest:%Y-%m-%d %H:%M} UTC, "
-                                f"{(cutoff - newest) / timedelta(hours=1):.0f} hours before it; [events] "
-                                f"max_lag_hours allows {max_lag / timedelta(hours=1):.0f} (is the export late?)")
-        if self.matrix.nnz == 0:
-            raise ContractError(items_path, "item_id", f"none of the items of the {self.events_read:,} events "
-                                f"before the cutoff is in this file")
-
-    @cached_property
-    def user_weight(self) -> np.ndarray:
-        """Each user's summed event weight (at least a tiny positive, to divide by)."""
-        return np.maximum(np.asarray(self.user_categories.sum(axis=1)).ravel(), 1e-9)
-
-    @cached_property
-    def repeat_share(self) -> float:
-        """Share of the user-item pairs of the last 7 days that their user had before them: how much
-        the shop's users come back to things (0 in a shop where nobody does, as MovieLens's ratings)."""
-        week = self.last_week.astype(bool)
-        if not week.nnz:
-            return 0.0
-        before = (self.matrix - self.last_week).multiply(week)
-        return float((before.data > 1e-6).sum() / week.nnz)
-
-    def active_rows(self, days: int) -> np.ndarray:
-        """Rows of the users with an event in the `days` days before the cutoff: the users given
-        candidates (the web service serves the others `default_recs`)."""
-        return np.flatnonzero(self.user_last >= self.cutoff - days * DAY)
-
-    def popular_order(self, days: int) -> np.ndarray:
-        """Positions of available items, most events in the last `days` days first (ties: lower item id)."""
-        return self.available_by(self.item_recent[days])
-
-    def available_by(self, scores: np.ndarray) -> np.ndarray:
-        """Positions of available items, highest of `scores` (one per item) first (ties: lower item id)."""
-        available = np.flatnonzero(self.items["available"].to_numpy() > 0)
-        return available[np.lexsort((self.items["item_id"].to_numpy()[available], -scores[available]))]
-
-    def new_order(self, popular: np.ndarray, days: int) -> np.ndarray:
-        """Of the `popular` positions, in order, those of items released in the `days` days before the cutoff."""
-        return popular[self.released_within(days, self.cutoff)[popular]]
-
-    def released_within(self, days: int, at: int) -> np.ndarray:
-        """Per item: whether it came out (the items file's `released`) in the `days` days up to `at` (seconds)."""
-        released = self.items["released"].to_numpy()
-        return (released >= at - days * DAY) & (released <= at)
-
-
-class _UserRows:
-    """Per-user sums as batches of events arrive; a user's row is its place in order of first appearance."""
-
-    def __init__(self, items: int, categories: int, window_starts: tuple[int, ...]) -> None:
-        self.index = pd.Index(np.array([], np.int64))
-        self.matrix = sparse.csr_matrix((0, items), dtype=np.float32)
-        self.window_starts = window_starts
-        self.windows = [sparse.csr_matrix((0, items), dtype=np.float32) for _ in window_starts]
-        self.categories = sparse.csr_matrix((0, categories), dtype=np.float32)
-        self.first, self.last, self.events = (np.array([], np.int64) for _ in range(3))
-
-    @property
-    def ids(self) -> np.ndarray:
-        return self.index.to_numpy()
-
-    def add(self, user_id: np.ndarray, column: np.ndarray, category: np.ndarray, weight: np.ndarray,
-            seconds: np.ndarray) -> None:
-        row = self.rows_of(user_id)
-        self.matrix = self.matrix + _summed(row, column, weight, self.matrix.shape)
-        for number, start in enumerate(self.window_starts):
-            inside = seconds >= start
-            if inside.any():  # most batches of a long history end before the windows begin
-                self.windows[number] = self.windows[number] + _summed(row[inside], column[inside], weight[inside],
-                                                                      self.matrix.shape)
-        self.categories = self.categories + _summed(row, category, weight, self.categories.shape)
-        np.minimum.at(self.first, row, seconds)
-        np.maximum.at(self.last, row, seconds)
-        self.events += np.bincount(row, minlength=len(self.index))
-
-    def rows_of(self, user_id: np.ndarray) -> np.ndarray:
-        """Rows of the users, new ones appended (and every per-user array grown to match)."""
-        row = self.index.get_indexer(user_id)
-        new = pd.unique(user_id[row < 0])
-        if len(new):
-            self.index = self.index.append(pd.Index(new))
-            row = self.index.get_indexer(user_id)
-            users = len(self.index)
-            for matrix in (self.matrix, *self.windows):
-                matrix.resize((users, self.matrix.shape[1]))
-            self.categories.resize((users, self.categories.shape[1]))
-            self.first = np.pad(self.first, (0, len(new)), constant_values=np.iinfo(np.int64).max)
-            self.last = np.pad(self.last, (0, len(new)))
-            self.events = np.pad(self.events, (0, len(new)))
-        return row
-
-
-def _summed(row: np.ndarray, column: np.ndarray, weight: np.ndarray, shape: tuple[int, int]) -> sparse.csr_matrix:
-    return sparse.csr_matrix((weight, (row, column)), shape=shape, dtype=np.float32)
 
 
 def fit_als(history: History, factors: int, iterations: int, regularization: float, alpha: float, seed: int):
@@ -449,46 +277,3 @@ def similar(history: History, model, per_item: int) -> pa.Table:
     return pa.concat_tables(parts) if parts else pa.table({"itemid_1": pa.array([], pa.int64()),
                                                            "itemid_2": pa.array([], pa.int64()),
                                                            "score": pa.array([], pa.float32())})
-
-
-def outcome_batches(candidates: pq.ParquetFile, positives: Interactions, week: date) -> Iterator[pa.RecordBatch]:
-    """Candidates of the users who took one of theirs in the label window, with `target` and `outcome_week`.
-
-    Users who took none of their candidates teach a ranker nothing and are left out.
-    """
-    taken = pd.MultiIndex.from_arrays([positives.user_id, positives.item_id])
-    takers = np.unique(np.concatenate([
-        batch.column("user_id").to_numpy()[_taken(batch, taken)]
-        for batch in candidates.iter_batches(columns=["user_id", "item_id"])] or [np.array([], np.int64)]))
-    for batch in candidates.iter_batches():
-        kept = batch.filter(pa.array(np.isin(batch.column("user_id").to_numpy(), takers)))
-        yield pa.RecordBatch.from_arrays([*kept.columns, pa.array(_taken(kept, taken).astype(np.int64)),
-                                          pa.repeat(pa.scalar(week, pa.date32()), kept.num_rows)], schema=OUTCOMES)
-
-
-def _taken(batch: pa.RecordBatch, taken: pd.MultiIndex) -> np.ndarray:
-    return pd.MultiIndex.from_arrays([batch.column("user_id").to_numpy(), batch.column("item_id").to_numpy()]) \
-        .isin(taken)
-
-
-def capped_outcomes(weeks: list[pq.ParquetFile], max_rows: int, seed: int) -> Iterator[pa.RecordBatch]:
-    """The weeks' outcome rows, or where there are more than `max_rows`, whole user-weeks in a seeded
-    order up to `max_rows`: the train file holds no more than the ranker can use."""
-    chosen = _chosen_user_weeks(weeks, max_rows, seed)
-    for week, users in zip(weeks, chosen, strict=True):
-        for batch in week.iter_batches():
-            yield batch if users is None else batch.filter(pa.array(np.isin(batch.column("user_id").to_numpy(), users)))
-
-
-def _chosen_user_weeks(weeks: list[pq.ParquetFile], max_rows: int, seed: int) -> list[np.ndarray | None]:
-    """The users kept in each week (None: all of them)."""
-    if sum(week.metadata.num_rows for week in weeks) <= max_rows:
-        return [None] * len(weeks)
-    groups = []
-    for number, week in enumerate(weeks):
-        users, rows = np.unique(week.read(columns=["user_id"]).column("user_id").to_numpy(), return_counts=True)
-        groups.append(pd.DataFrame({"week": number, "user_id": users, "rows": rows,
-                                    "place": spread(users, seed + 7919 * number)}))
-    ordered = pd.concat(groups, ignore_index=True).sort_values(["place", "week", "user_id"], ignore_index=True)
-    kept = ordered[ordered["rows"].cumsum() <= max_rows]
-    return [kept.loc[kept["week"] == number, "user_id"].to_numpy() for number in range(len(weeks))]

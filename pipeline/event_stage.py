@@ -70,14 +70,15 @@ class CutoffModel(EventTask):
     def run(self) -> None:
         # pandas, scipy and implicit are imported when the stage runs: the load tasks' processes stay small.
         from pipeline import candidates, events, popularity
+        from pipeline.history import History
 
         settings = config.events()
         cutoff = settings.cutoff_of(self.week)
         since = cutoff - timedelta(days=settings.history_days)
         self.set_status_message(f"reading events from {since:%Y-%m-%d} to {cutoff:%Y-%m-%d %H:%M} UTC")
-        history = candidates.History.at(cutoff, self.events_until(since, cutoff),
-                                        events.read_items(settings.resolved_items_path()),
-                                        (settings.popular_days, settings.default_days), settings.recent_days)
+        history = History.at(cutoff, self.events_until(since, cutoff),
+                             events.read_items(settings.resolved_items_path()),
+                             (settings.popular_days, settings.default_days), settings.recent_days)
         history.check(settings.resolved_events_path(), settings.resolved_items_path(),
                       timedelta(hours=settings.max_lag_hours))
         self.set_status_message(f"fitting ALS on {len(history.users):,} users, {history.matrix.nnz:,} user-items")
@@ -181,13 +182,13 @@ class Outcomes(EventTask):
         return self.week_file("outcomes.parquet")
 
     def run(self) -> None:
-        from pipeline import candidates, events
+        from pipeline import events, outcomes
 
         cutoff = config.events().cutoff_of(self.week)
         taken = events.concatenated(self.events_until(cutoff, cutoff + config.events().label_window()))
         inference = _streamed(self.input()[CANDIDATES_INFERENCE.file])
-        with self.output().temporary_path() as path, pq.ParquetWriter(path, candidates.OUTCOMES) as writer:
-            for batch in candidates.outcome_batches(inference, taken, self.week):
+        with self.output().temporary_path() as path, pq.ParquetWriter(path, outcomes.OUTCOMES) as writer:
+            for batch in outcomes.outcome_batches(inference, taken, self.week):
                 writer.write_batch(batch)
 
 
@@ -203,14 +204,14 @@ class TrainFromOutcomes(EventTask):
     def run(self) -> None:
         """At most `[pipeline] max_train_rows`, whole user-weeks; the file's metadata keeps how many
         rows there were (`model_metrics.available_rows`)."""
-        from pipeline import candidates
+        from pipeline import outcomes
 
         settings = config.pipeline()
         weeks = [_streamed(target) for target in self.input()]
         available = sum(week.metadata.num_rows for week in weeks)
         schema = weeks[0].schema_arrow.with_metadata({AVAILABLE_ROWS: str(available)})
         with self.output().temporary_path() as path, pq.ParquetWriter(path, schema) as writer:
-            for batch in candidates.capped_outcomes(weeks, settings.max_train_rows, settings.random_seed):
+            for batch in outcomes.capped_outcomes(weeks, settings.max_train_rows, settings.random_seed):
                 writer.write_batch(batch)
 
 

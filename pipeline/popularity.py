@@ -20,7 +20,7 @@ import scipy.sparse as sparse
 from pipeline.events import DAY
 
 if TYPE_CHECKING:
-    from pipeline.candidates import History
+    from pipeline.history import History
 
 WEEKS_LEARNED = 4
 WEEKS_BEFORE = 4  # an item's features count its events of the week and of this many weeks before it

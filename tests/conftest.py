@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import date
+from datetime import UTC, date, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -23,6 +23,8 @@ import pytest
 from luigi.task_register import Register
 
 from pipeline import db, publish
+from pipeline.events import read_items, window_batches
+from pipeline.history import History
 from pipeline.sample_data import write_sample_week
 from pipeline.sample_events import week_end, write_sample_events
 
@@ -81,6 +83,14 @@ def shop(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("shop")
     write_sample_events(folder, week_end(WEEK), users=600, items=400, weeks=6)
     return folder
+
+
+@pytest.fixture(scope="module")
+def history(shop) -> History:
+    """The small shop as it stood at WEEK's 21:00 cutoff, a transaction weighing 5."""
+    cutoff = datetime(WEEK.year, WEEK.month, WEEK.day, 21, tzinfo=UTC)
+    return History.at(cutoff, window_batches(shop / "events", None, cutoff, {"transaction": 5}),
+                      read_items(shop / "items.parquet"))
 
 
 @pytest.fixture

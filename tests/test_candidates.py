@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from pipeline import candidates, popularity
-from pipeline.contracts import ContractError
-from pipeline.events import Interactions, concatenated, read_items, window_batches
-from pipeline.sample_events import write_sample_events
+from pipeline.events import Interactions
+from pipeline.history import History
 
 CUTOFF = datetime(2026, 11, 21, 21, 0, tzinfo=UTC)
 PER_USER = 30
-
-
-@pytest.fixture(scope="module")
-def history(shop) -> candidates.History:
-    return candidates.History.at(CUTOFF, window_batches(shop / "events", None, CUTOFF, {"transaction": 5}),
-                                 read_items(shop / "items.parquet"))
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +36,7 @@ def listed_by(pool: pd.DataFrame, source: str) -> pd.Series:
     return pd.Series(pool["sources"].to_numpy() & (1 << candidates.SOURCES.index(source)) > 0, index=pool.index)
 
 
-def had(history: candidates.History) -> set[tuple[int, int]]:
+def had(history: History) -> set[tuple[int, int]]:
     rows, columns = history.matrix.nonzero()
     return set(zip(history.users[rows].tolist(), history.items["item_id"].to_numpy()[columns].tolist(), strict=True))
 
@@ -82,86 +74,6 @@ def test_a_user_who_had_the_most_popular_items_gets_the_next_ones(history):
     assert top.tolist() == expected
 
 
-def test_item_features_count_only_events_before_the_cutoff(history):
-    events = Interactions(user_id=np.array([1, 2, 2]), item_id=np.array([7, 7, 14]),
-                          seconds=np.array([CUTOFF.timestamp() - 86_400 * d for d in (1, 10, 40)], np.int64),
-                          weight=np.ones(3, np.float32))
-    items = pd.DataFrame({"item_id": [7, 14], "category_id": [1, 2], "parent_id": [1, 1], "available": [1, 1],
-                          "released": [np.nan, CUTOFF.timestamp() - 86_400 * 100]})
-    at = candidates.History.at(CUTOFF, [events], items)
-
-    assert at.item_recent[7].tolist() == [1, 0]
-    assert at.item_recent[28].tolist() == [2, 0]
-    assert at.item_recent[0].tolist() == [2, 1]
-    assert ((at.cutoff - at.item_arrival) / candidates.DAY).tolist() == [10, 100]  # its first event, its release
-
-
-def test_events_read_in_many_small_batches_make_the_same_history(shop, history):
-    whole = concatenated(window_batches(shop / "events", None, CUTOFF, {"transaction": 5}))
-    pieces = [Interactions(*(getattr(whole, name)[start:start + 500] for name in
-                             ("user_id", "item_id", "seconds", "weight"))) for start in range(0, len(whole), 500)]
-
-    piecewise = candidates.History.at(CUTOFF, pieces, history.items)
-
-    assert len(pieces) > 10
-    assert (piecewise.users == history.users).all()
-    assert (piecewise.matrix != history.matrix).nnz == 0
-    assert (piecewise.user_categories != history.user_categories).nnz == 0
-    assert (piecewise.user_last == history.user_last).all() and (piecewise.user_events == history.user_events).all()
-
-
-def test_a_week_whose_events_stop_too_long_before_its_cutoff_is_refused_naming_the_lag(shop, history):
-    late = CUTOFF + timedelta(days=6)  # the export stopped six days before this cutoff
-    stalled = candidates.History.at(late, window_batches(shop / "events", None, late, {}),
-                                    read_items(shop / "items.parquet"))
-
-    history.check(shop / "events", shop / "items.parquet", timedelta(hours=48))  # the week on time passes
-    with pytest.raises(ContractError) as refused:
-        stalled.check(shop / "events", shop / "items.parquet", timedelta(hours=48))
-
-    assert str(refused.value).startswith(f"{shop / 'events'}, column 'timestamp': the newest event before the "
-                                         "cutoff 2026-11-27 21:00 UTC is from 2026-11-2")
-    assert "[events] max_lag_hours allows 48 (is the export late?)" in str(refused.value)
-
-
-def test_events_that_name_none_of_the_items_are_refused_naming_the_items_file(shop, tmp_path):
-    items = read_items(shop / "items.parquet")
-    elsewhere = items.assign(item_id=items["item_id"] + 1_000_000)
-    unknown = candidates.History.at(CUTOFF, window_batches(shop / "events", None, CUTOFF, {}), elsewhere)
-
-    with pytest.raises(ContractError) as refused:
-        unknown.check(shop / "events", tmp_path / "items.parquet", timedelta(hours=48))
-
-    assert str(refused.value) == (f"{tmp_path / 'items.parquet'}, column 'item_id': none of the items of the "
-                                  f"{unknown.events_read:,} events before the cutoff is in this file")
-    assert unknown.events_read > 0
-
-
-def outcome_week(path, number: int, users: dict[int, int]) -> pq.ParquetFile:
-    """Outcomes of week `number`: `rows` candidates for each user, item ids telling the week."""
-    ids = np.repeat(list(users), list(users.values()))
-    pq.write_table(pa.table({"user_id": ids, "item_id": number * 10_000 + np.arange(len(ids))}), path)
-    return pq.ParquetFile(path)
-
-
-def test_outcomes_beyond_the_cap_are_whole_user_weeks_up_to_it_in_a_seeded_order(tmp_path):
-    sizes = {(k, user): 3 + (user + k) % 5 for k in range(3) for user in range(40)}
-    weeks = [outcome_week(tmp_path / f"w{k}.parquet", k, {user: sizes[k, user] for user in range(40)})
-             for k in range(3)]
-    total = sum(sizes.values())
-
-    kept = pa.Table.from_batches(list(candidates.capped_outcomes(weeks, 100, seed=42))).to_pandas()
-    again = pa.Table.from_batches(list(candidates.capped_outcomes(weeks, 100, seed=42))).to_pandas()
-    other_seed = pa.Table.from_batches(list(candidates.capped_outcomes(weeks, 100, seed=7))).to_pandas()
-    everything = pa.Table.from_batches(list(candidates.capped_outcomes(weeks, total, seed=42)))
-
-    assert 90 < len(kept) <= 100 < total
-    assert kept.equals(again) and not kept.equals(other_seed)
-    per_user_week = kept.groupby([kept["item_id"] // 10_000, "user_id"]).size()
-    assert all(rows == sizes[key] for key, rows in per_user_week.items())  # whole user-weeks only
-    assert everything.num_rows == total
-
-
 def test_only_users_active_in_the_window_get_candidates(history, fits):
     active = history.active_rows(days=3)
     since = history.cutoff - 3 * candidates.DAY
@@ -173,20 +85,6 @@ def test_only_users_active_in_the_window_get_candidates(history, fits):
     assert set(given.column("user_id").to_pylist()) == set(history.users[active].tolist())
     inactive = np.setdiff1d(np.arange(len(history.users)), active)
     assert (history.user_last[inactive] < since).all()  # each had events, none in the last 3 days
-
-
-def test_in_a_shop_that_ages_only_the_users_of_the_last_weeks_are_given_candidates(tmp_path):
-    """Users arrive all along and stay about three weeks: most of those ever seen are gone."""
-    end = CUTOFF + timedelta(hours=3)
-    write_sample_events(tmp_path, end, users=3_000, items=300, weeks=30, lifetime_weeks=3)
-    aged = candidates.History.at(CUTOFF, window_batches(tmp_path / "events", None, CUTOFF, {}),
-                                 read_items(tmp_path / "items.parquet"))
-
-    active = aged.active_rows(days=28)
-
-    assert len(aged.users) > 2_000  # ever seen
-    assert 0 < len(active) < 0.3 * len(aged.users)  # still coming
-    assert (aged.user_last[active] >= aged.cutoff - 28 * candidates.DAY).all()
 
 
 @pytest.mark.parametrize("shards", [1, 3, 4, 700])
@@ -221,15 +119,15 @@ HAND_MADE_ITEMS = pd.DataFrame({"item_id": [7, 14, 21, 28, 35, 42], "category_id
 NEW_DAYS = 60
 
 
-def hand_made(*taken: tuple[int, int, float]) -> candidates.History:
+def hand_made(*taken: tuple[int, int, float]) -> History:
     """A history of (user, item, days before the cutoff) events, each weighing 1."""
     user, item, days = (np.array(column) for column in zip(*taken, strict=True))
     events = Interactions(user_id=user, item_id=item, seconds=(CUTOFF.timestamp() - days * 86_400).astype(np.int64),
                           weight=np.ones(len(user), np.float32))
-    return candidates.History.at(CUTOFF, [events], HAND_MADE_ITEMS, recent_days=28)
+    return History.at(CUTOFF, [events], HAND_MADE_ITEMS, recent_days=28)
 
 
-def pool_of(history: candidates.History, per_user: int) -> pd.DataFrame:
+def pool_of(history: History, per_user: int) -> pd.DataFrame:
     fits = candidates.Fits(candidates.fit_als(history, factors=2, iterations=2, regularization=0.05, alpha=2.0,
                                               seed=1), candidates.fit_cooccurrence(history, neighbours=20),
                            popularity.expected_takers(history, NEW_DAYS, fallback_days=7))

@@ -7,13 +7,14 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-from pipeline import candidates, popularity
+from pipeline import popularity
 from pipeline.events import DAY, Interactions
+from pipeline.history import History
 
 CUTOFF = datetime(2026, 11, 21, 21, 0, tzinfo=UTC)
 
 
-def history_of(taken: list[tuple[int, int, float]], released_days_ago: dict[int, float]) -> candidates.History:
+def history_of(taken: list[tuple[int, int, float]], released_days_ago: dict[int, float]) -> History:
     """From (user, item, days before the cutoff) events, each weighing 1; items released so many days ago."""
     user, item, days = (np.array(column, dtype=float) for column in zip(*taken, strict=True))
     ids = sorted(released_days_ago)
@@ -22,7 +23,7 @@ def history_of(taken: list[tuple[int, int, float]], released_days_ago: dict[int,
     events = Interactions(user_id=user.astype(np.int64), item_id=item.astype(np.int64),
                           seconds=(CUTOFF.timestamp() - days * DAY).astype(np.int64),
                           weight=np.ones(len(user), np.float32))
-    return candidates.History.at(CUTOFF, [events], items)
+    return History.at(CUTOFF, [events], items)
 
 
 def test_each_weeks_takers_are_returning_users_new_to_the_item_each_users_week_weighing_one():
@@ -49,7 +50,7 @@ def test_a_shop_with_no_returning_users_yet_keeps_recent_popularity():
     assert np.array_equal(expected, np.log1p(history.item_recent[7]))
 
 
-def shop_where_returning_users_take_new_items(weeks: int = 10) -> candidates.History:
+def shop_where_returning_users_take_new_items(weeks: int = 10) -> History:
     """Each week one item comes out, and the shop's 40 regulars take it that week, and 2 of them the
     one before; 60 newcomers a week crowd the old hit 100, and two of them the newest item."""
     rng = np.random.default_rng(7)

@@ -1,0 +1,65 @@
+"""What users did after a cutoff: a week's candidates labelled, and the train file capped.
+
+A week's outcomes are its candidates (as they stood at its cutoff) with `target` 1 where the user
+took the item in the label window; the train file is the outcomes of the weeks before, whole
+user-weeks, no more than the ranker can use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.candidates import CANDIDATES
+from pipeline.events import Interactions
+from pipeline.validation import spread
+
+OUTCOMES = CANDIDATES.append(pa.field("target", pa.int64())).append(pa.field("outcome_week", pa.date32()))
+
+
+def outcome_batches(candidates: pq.ParquetFile, positives: Interactions, week: date) -> Iterator[pa.RecordBatch]:
+    """Candidates of the users who took one of theirs in the label window, with `target` and `outcome_week`.
+
+    Users who took none of their candidates teach a ranker nothing and are left out.
+    """
+    taken = pd.MultiIndex.from_arrays([positives.user_id, positives.item_id])
+    takers = np.unique(np.concatenate([
+        batch.column("user_id").to_numpy()[_taken(batch, taken)]
+        for batch in candidates.iter_batches(columns=["user_id", "item_id"])] or [np.array([], np.int64)]))
+    for batch in candidates.iter_batches():
+        kept = batch.filter(pa.array(np.isin(batch.column("user_id").to_numpy(), takers)))
+        yield pa.RecordBatch.from_arrays([*kept.columns, pa.array(_taken(kept, taken).astype(np.int64)),
+                                          pa.repeat(pa.scalar(week, pa.date32()), kept.num_rows)], schema=OUTCOMES)
+
+
+def _taken(batch: pa.RecordBatch, taken: pd.MultiIndex) -> np.ndarray:
+    return pd.MultiIndex.from_arrays([batch.column("user_id").to_numpy(), batch.column("item_id").to_numpy()]) \
+        .isin(taken)
+
+
+def capped_outcomes(weeks: list[pq.ParquetFile], max_rows: int, seed: int) -> Iterator[pa.RecordBatch]:
+    """The weeks' outcome rows, or where there are more than `max_rows`, whole user-weeks in a seeded
+    order up to `max_rows`: the train file holds no more than the ranker can use."""
+    chosen = _chosen_user_weeks(weeks, max_rows, seed)
+    for week, users in zip(weeks, chosen, strict=True):
+        for batch in week.iter_batches():
+            yield batch if users is None else batch.filter(pa.array(np.isin(batch.column("user_id").to_numpy(), users)))
+
+
+def _chosen_user_weeks(weeks: list[pq.ParquetFile], max_rows: int, seed: int) -> list[np.ndarray | None]:
+    """The users kept in each week (None: all of them)."""
+    if sum(week.metadata.num_rows for week in weeks) <= max_rows:
+        return [None] * len(weeks)
+    groups = []
+    for number, week in enumerate(weeks):
+        users, rows = np.unique(week.read(columns=["user_id"]).column("user_id").to_numpy(), return_counts=True)
+        groups.append(pd.DataFrame({"week": number, "user_id": users, "rows": rows,
+                                    "place": spread(users, seed + 7919 * number)}))
+    ordered = pd.concat(groups, ignore_index=True).sort_values(["place", "week", "user_id"], ignore_index=True)
+    kept = ordered[ordered["rows"].cumsum() <= max_rows]
+    return [kept.loc[kept["week"] == number, "user_id"].to_numpy() for number in range(len(weeks))]
