@@ -99,7 +99,7 @@ def user_weeks(week: date) -> tuple[pd.DataFrame, pd.DataFrame]:
     cutoff = settings.cutoff_of(week)
     path = settings.resolved_events_path()
     history = History.at(cutoff, events.window_batches(path, None, cutoff, settings.weights),
-                                    events.read_items(settings.resolved_items_path()), (settings.popular_days,))
+                         events.read_items(settings.resolved_items_path()), (settings.popular_days,))
     truth = _pairs(events.read_window(path, cutoff, cutoff + timedelta(days=TRUTH_DAYS), settings.weights))
     served = _published_ranking(week, truth["user_id"].unique())
     popular = history.popular_order(settings.popular_days)  # the baseline of both kinds of user
