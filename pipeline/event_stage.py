@@ -11,11 +11,14 @@
 Each week's candidates are fitted once, at its own cutoff, and reused by the weeks after it; only
 events before a cutoff are read, so a rerun or a backfill reproduces the week whatever arrived since.
 The files are Luigi `LocalTarget`s in the week's input folder, each written atomically; a shard
-needs only that folder, so a worker on any host that shares it can take one.
+needs only that folder, so a worker on any host that shares it can take one. The fit belongs to the
+code that wrote it: a week interrupted before its candidates and resumed after an upgrade fits again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import math
 import pickle
 from collections.abc import Iterator
@@ -32,8 +35,9 @@ from pipeline.base import week_parameter
 from pipeline.contracts import CANDIDATES_INFERENCE, CANDIDATES_TRAIN, SIMILAR, TOP_POPULAR, open_parquet
 
 AVAILABLE_ROWS = b"weekly_recs.available_rows"  # in the train file's metadata: outcome rows before the cap
+SHARD_FILES = "candidates_inference.shard-*.parquet"  # each CandidateShard's, removed once joined in one file
 # CutoffModel's fits, for the shards; removed after them
-HISTORY = "cutoff_history.pickle"
+HISTORY = "cutoff_history.pickle"  # a header ({"active_users", "code"}) to read alone, then the history
 FITS = ("cutoff_als.npz", "cutoff_cooccurrence.npz", "cutoff_expected_takers.npy")  # in `candidates.Fits.save`'s order
 
 
@@ -67,11 +71,16 @@ class CutoffModel(EventTask):
         return {TOP_POPULAR.file: self.week_file(TOP_POPULAR.file), SIMILAR.file: self.week_file(SIMILAR.file),
                 **{name: self.week_file(name, luigi.format.Nop) for name in (HISTORY, *FITS)}}
 
+    def complete(self) -> bool:
+        """A fit that other code wrote is not this code's: its pickled history may not even load."""
+        return super().complete() and fit_header(self.output()).get("code") == code_fingerprint()
+
     def run(self) -> None:
         # pandas, scipy and implicit are imported when the stage runs: the load tasks' processes stay small.
         from pipeline import candidates, events, popularity
         from pipeline.history import History
 
+        self.remove_stale()
         settings = config.events()
         cutoff = settings.cutoff_of(self.week)
         since = cutoff - timedelta(days=settings.history_days)
@@ -91,12 +100,19 @@ class CutoffModel(EventTask):
             pq.write_table(candidates.top_popular(history, settings.default_days, settings.top_popular), path)
         with outputs[SIMILAR.file].temporary_path() as path:
             pq.write_table(candidates.similar(history, model, settings.similar_per_item), path)
-        with outputs[HISTORY].open("w") as file:  # the active users' count first, to read alone
-            pickle.dump(len(history.active_rows(settings.active_days)), file)
+        with outputs[HISTORY].open("w") as file:
+            pickle.dump({"active_users": len(history.active_rows(settings.active_days)), "code": code_fingerprint()},
+                        file)
             pickle.dump(history, file, protocol=pickle.HIGHEST_PROTOCOL)
         with ExitStack() as files:  # each closed before its temporary path moves into place
             fits.save(*(files.enter_context(open(files.enter_context(outputs[name].temporary_path()), "wb"))
                         for name in FITS))
+
+    def remove_stale(self) -> None:
+        """What a fit by other code left (see `complete`), and the shards made from it: made again now."""
+        made = [Path(target.path) for target in self.output().values()]
+        for path in (*made, *config.pipeline().week_input_dir(self.week).glob(SHARD_FILES)):
+            path.unlink(missing_ok=True)
 
     def remove_fit(self) -> None:
         """The history and the fits are needed only until the week's candidates are made."""
@@ -115,7 +131,7 @@ class CandidateShard(EventTask):
         return CutoffModel(week=self.week)
 
     def output(self) -> luigi.LocalTarget:
-        return self.week_file(f"candidates_inference.shard-{self.shard + 1}-of-{self.shards}.parquet")
+        return self.week_file(SHARD_FILES.replace("*", f"{self.shard + 1}-of-{self.shards}"))
 
     def run(self) -> None:
         from pipeline import candidates
@@ -147,8 +163,7 @@ class CandidatesAtCutoff(EventTask):
     def run(self) -> Iterator[list[CandidateShard]]:
         from pipeline import candidates
 
-        with self.input()[HISTORY].open("r") as file:
-            active = pickle.load(file)
+        active = fit_header(self.input())["active_users"]
         count = max(1, math.ceil(active / config.events().users_per_shard))
         shards = yield [CandidateShard(week=self.week, shard=k, shards=count) for k in range(count)]
         with self.output()[CANDIDATES_INFERENCE.file].temporary_path() as path, \
@@ -166,7 +181,7 @@ def read_fit(fit: dict[str, luigi.LocalTarget]) -> tuple:
     from pipeline import candidates
 
     with fit[HISTORY].open("r") as file:
-        pickle.load(file)  # the active users' count
+        pickle.load(file)  # the header
         history = pickle.load(file)
     with ExitStack() as files:
         return history, candidates.Fits.load(*(files.enter_context(open(fit[name].path, "rb")) for name in FITS))
@@ -213,6 +228,24 @@ class TrainFromOutcomes(EventTask):
         with self.output().temporary_path() as path, pq.ParquetWriter(path, schema) as writer:
             for batch in outcomes.capped_outcomes(weeks, settings.max_train_rows, settings.random_seed):
                 writer.write_batch(batch)
+
+
+def fit_header(fit: dict[str, luigi.LocalTarget]) -> dict:
+    """What `CutoffModel` wrote before the history: the week's active users and the code that fitted it."""
+    with fit[HISTORY].open("r") as file:
+        header = pickle.load(file)
+    return header if isinstance(header, dict) else {}  # before the header, the active users' count alone
+
+
+def code_fingerprint() -> str:
+    """The pipeline's modules and the libraries whose objects the fit holds: what, besides the
+    events, decides the candidates a fit makes."""
+    digest = hashlib.sha256()
+    for module in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(module.read_bytes())
+    for library in ("numpy", "scipy", "pandas", "implicit", "scikit-learn"):
+        digest.update(importlib.metadata.version(library).encode())
+    return digest.hexdigest()
 
 
 def _streamed(target: luigi.LocalTarget) -> pq.ParquetFile:

@@ -16,10 +16,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import config
+from pipeline import config, event_stage
 from pipeline.candidates import FEATURES, SOURCES
 from pipeline.contracts import CANDIDATES_INFERENCE, CANDIDATES_TRAIN, SIMILAR, TOP_POPULAR
-from pipeline.event_stage import CandidatesAtCutoff, TrainFromOutcomes
+from pipeline.event_stage import CandidatesAtCutoff, CandidateShard, CutoffModel, TrainFromOutcomes
 from pipeline.events import read_items, read_window
 from pipeline.wrapper import WeeklyRecs
 from tests.conftest import PUBLISHED_TABLES, ROOT, WEEK, apply_settings, live_state, query, run_tasks
@@ -207,3 +207,20 @@ def test_candidates_made_in_one_and_in_four_shards_are_the_same_row_for_row(even
     folder = config.pipeline().week_input_dir(WEEK)
     assert sorted(path.name for path in folder.iterdir()) == sorted(  # the fit and the shards' files are gone
         [CANDIDATES_INFERENCE.file, SIMILAR.file, TOP_POPULAR.file])
+
+
+def test_a_week_resumed_by_other_code_fits_again_and_remakes_its_shards(events_settings, tmp_path, monkeypatch):
+    assert run_tasks(CandidatesAtCutoff(week=WEEK)).name == "SUCCESS"
+    uninterrupted = week_file(CANDIDATES_INFERENCE.file)
+    events_settings["pipeline"]["input_dir"] = str(tmp_path / "interrupted" / "{week}")
+    apply_settings(events_settings)
+    assert run_tasks(CandidateShard(week=WEEK, shard=0, shards=1)).name == "SUCCESS"  # stopped after its shard
+    assert CutoffModel(week=WEEK).complete()  # the same code would go on from the fit
+
+    monkeypatch.setattr(event_stage, "code_fingerprint", lambda: "the code after an upgrade")
+    assert not CutoffModel(week=WEEK).complete()
+    result = luigi.build([CandidatesAtCutoff(week=WEEK)], local_scheduler=True, detailed_summary=True, workers=1)
+
+    ran = result.summary_text.split("ran successfully")[1]
+    assert "CutoffModel(" in ran and "CandidateShard(" in ran, result.summary_text
+    assert week_file(CANDIDATES_INFERENCE.file).equals(uninterrupted)
