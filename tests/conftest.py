@@ -30,6 +30,7 @@ from pipeline.sample_events import week_end, write_sample_events
 
 ROOT = Path(__file__).resolve().parent.parent
 WEEK = date(2026, 11, 21)
+CUTOFF = datetime(WEEK.year, WEEK.month, WEEK.day, 21, tzinfo=UTC)  # WEEK's, at the events stage's default 21:00
 NEXT_WEEK = date(2026, 11, 28)
 LUIGI = str(Path(sys.executable).with_name("luigi"))
 PUBLISHED_TABLES = ("default_recs", "online_recs", "candidates_train", "candidates_inference", "candidates_ranked")
@@ -88,8 +89,7 @@ def shop(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def history(shop) -> History:
     """The small shop as it stood at WEEK's 21:00 cutoff, a transaction weighing 5."""
-    cutoff = datetime(WEEK.year, WEEK.month, WEEK.day, 21, tzinfo=UTC)
-    return History.at(cutoff, window_batches(shop / "events", None, cutoff, {"transaction": 5}),
+    return History.at(CUTOFF, window_batches(shop / "events", None, CUTOFF, {"transaction": 5}),
                       read_items(shop / "items.parquet"))
 
 

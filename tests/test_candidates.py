@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -13,8 +12,8 @@ import pytest
 from pipeline import candidates, popularity
 from pipeline.events import Interactions
 from pipeline.history import History
+from tests.conftest import CUTOFF
 
-CUTOFF = datetime(2026, 11, 21, 21, 0, tzinfo=UTC)
 PER_USER = 30
 
 

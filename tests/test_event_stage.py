@@ -22,8 +22,8 @@ from pipeline.contracts import CANDIDATES_INFERENCE, CANDIDATES_TRAIN, SIMILAR, 
 from pipeline.event_stage import CandidatesAtCutoff, CandidateShard, CutoffModel, TrainFromOutcomes
 from pipeline.events import read_items, read_window
 from pipeline.wrapper import WeeklyRecs
-from tests.conftest import PUBLISHED_TABLES, ROOT, WEEK, apply_settings, live_state, query, run_tasks
-from tests.test_events import CUTOFF, events_file
+from tests.conftest import CUTOFF, PUBLISHED_TABLES, ROOT, WEEK, apply_settings, live_state, query, run_tasks
+from tests.test_events import events_file
 
 
 @pytest.fixture

@@ -13,8 +13,7 @@ import pytest
 
 from pipeline.contracts import ContractError
 from pipeline.events import read_items, read_window
-
-CUTOFF = datetime(2026, 11, 21, 21, 0, tzinfo=UTC)
+from tests.conftest import CUTOFF
 
 
 def events_file(path: Path, **columns) -> Path:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import numpy as np
 import pandas as pd
@@ -12,8 +12,7 @@ from pipeline.contracts import ContractError
 from pipeline.events import DAY, Interactions, concatenated, read_items, window_batches
 from pipeline.history import History
 from pipeline.sample_events import write_sample_events
-
-CUTOFF = datetime(2026, 11, 21, 21, 0, tzinfo=UTC)
+from tests.conftest import CUTOFF
 
 
 def test_item_features_count_only_events_before_the_cutoff(history):

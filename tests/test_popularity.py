@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import numpy as np
 import pandas as pd
 
 from pipeline import popularity
 from pipeline.events import DAY, Interactions
 from pipeline.history import History
-
-CUTOFF = datetime(2026, 11, 21, 21, 0, tzinfo=UTC)
+from tests.conftest import CUTOFF
 
 
 def history_of(taken: list[tuple[int, int, float]], released_days_ago: dict[int, float]) -> History:
