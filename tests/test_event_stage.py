@@ -73,27 +73,24 @@ def test_a_bad_events_file_fails_the_week_and_what_is_live_stays(events_settings
 
 
 def test_events_after_the_cutoff_change_nothing_of_the_week(events_settings, shop, tmp_path):
-    assert run_tasks(CandidatesAtCutoff(week=WEEK)).name == "SUCCESS"
-    before = {name: week_file(name) for name in CandidatesAtCutoff(week=WEEK).output()}
-
     arrived_since = [CUTOFF + timedelta(minutes=m) for m in (0, 1, 2)]
-    with_extra_events(shop, tmp_path / "later", events_settings, user_id=pa.array([1000, 1003, 1006], pa.int64()),
-                      timestamp=pa.array(arrived_since, pa.timestamp("s", "UTC")))
-    assert run_tasks(CandidatesAtCutoff(week=WEEK)).name == "SUCCESS"
-
-    for name, table in before.items():
-        assert week_file(name).equals(table), name
+    assert_the_week_ignores(shop, tmp_path / "later", events_settings, arrived_since)
 
 
 def test_events_older_than_the_history_window_change_nothing_of_the_week(events_settings, shop, tmp_path):
     events_settings["events"]["history_days"] = "21"
     apply_settings(events_settings)
+    long_ago = [CUTOFF - timedelta(days=d) for d in (22, 60, 400)]
+    assert_the_week_ignores(shop, tmp_path / "old", events_settings, long_ago)
+
+
+def assert_the_week_ignores(shop: Path, folder: Path, settings: dict, timestamps: list) -> None:
+    """The week's files made again with three more events at `timestamps` are the same."""
     assert run_tasks(CandidatesAtCutoff(week=WEEK)).name == "SUCCESS"
     before = {name: week_file(name) for name in CandidatesAtCutoff(week=WEEK).output()}
 
-    long_ago = [CUTOFF - timedelta(days=d) for d in (22, 60, 400)]
-    with_extra_events(shop, tmp_path / "old", events_settings, user_id=pa.array([1000, 1003, 1006], pa.int64()),
-                      timestamp=pa.array(long_ago, pa.timestamp("s", "UTC")))
+    with_extra_events(shop, folder, settings, user_id=pa.array([1000, 1003, 1006], pa.int64()),
+                      timestamp=pa.array(timestamps, pa.timestamp("s", "UTC")))
     assert run_tasks(CandidatesAtCutoff(week=WEEK)).name == "SUCCESS"
 
     for name, table in before.items():
