@@ -195,41 +195,68 @@ def _unseen(scores: sparse.spmatrix, seen: sparse.csr_matrix) -> sparse.csr_matr
 
 def top_of_rows(scores: sparse.csr_matrix, count: int) -> np.ndarray:
     """Each row's `count` columns of highest positive score (ties: lower column first), -1 padded."""
-    entries = scores.tocoo()
+    entries = scores.tocsr().sorted_indices().tocoo()  # by row, then column
     positive = entries.data > 0
     row, column, value = entries.row[positive], entries.col[positive], entries.data[positive]
-    order = np.lexsort((column, -value, row))
-    row, column = row[order], column[order]
-    place = np.arange(len(row)) - np.searchsorted(row, row)
-    result = np.full((scores.shape[0], count), -1, np.int64)
-    kept = place < count
-    result[row[kept], place[kept]] = column[kept]
-    return result
+    order = _ordered_within(row, value)
+    return _first_of_rows(row[order], column[order], scores.shape[0], count)
 
 
 def fused(rows: np.ndarray, lists: dict[str, np.ndarray], per_user: int) -> pd.DataFrame:
     """The sources' lists fused by reciprocal rank (an item's `1 / (RANK_FUSION + rank)` summed over the
     lists that hold it; ties: best rank, then `SOURCES` order), each item once with the bits of every
-    source that listed it and its rank in each list, `per_user` a user."""
-    frames = []
-    for bit, name in enumerate(SOURCES):
-        items = lists[name]
-        ranks = np.tile(np.arange(1, items.shape[1] + 1, dtype=np.float32), len(rows))
-        frames.append(pd.DataFrame({"row": np.repeat(rows, items.shape[1]), "item": items.ravel(),
-                                    "fused": 1 / (RANK_FUSION + ranks), "order": ranks * len(SOURCES) + bit,
-                                    "sources": np.int64(1) << bit,
-                                    **{f"rank_{other}": ranks if other == name else np.nan
-                                       for other in ("als", "cooccurrence")}}))
-    frame = pd.concat(frames, ignore_index=True)
-    frame = frame[frame["item"] >= 0]
-    frame = frame.groupby(["row", "item"], sort=False).agg(
-        fused=("fused", "sum"), order=("order", "min"), sources=("sources", "sum"), rank_als=("rank_als", "min"),
-        rank_cooccurrence=("rank_cooccurrence", "min"))
-    frame = frame.reset_index().sort_values(["row", "fused", "order"], ascending=[True, False, True],
-                                            kind="stable")
-    frame = frame[frame.groupby("row").cumcount() < per_user]
-    frame[["rank_als", "rank_cooccurrence"]] = frame[["rank_als", "rank_cooccurrence"]].fillna(per_user + 1)
-    return frame.sort_values(["row", "item"], ignore_index=True)
+    source that listed it and its rank in each list, `per_user` a user.
+
+    A block's lists are millions of entries: numpy groups them with one sort and reduces each group
+    (a pandas group-by of the same took a quarter of the stage's time)."""
+    user, item, rank, bit = _entries(lists)
+    starts = np.flatnonzero(np.diff(user, prepend=-1) | np.diff(item, prepend=-1))  # each (user, item) once
+    score = np.add.reduceat(1 / (RANK_FUSION + rank.astype(np.float32)), starts, dtype=np.float64).astype(np.float32)
+    by_best = np.argsort(np.minimum.reduceat(rank * len(SOURCES) + bit, starts), kind="stable")
+    ranked = by_best[_ordered_within(user[starts][by_best], score[by_best])]
+    chosen = np.sort(ranked[_places(user[starts][ranked]) < per_user])  # back in (user, item) order
+
+    def rank_in(name: str) -> np.ndarray:
+        listed = np.where(bit == SOURCES.index(name), rank, per_user + 1)
+        return np.minimum.reduceat(listed, starts)[chosen].astype(np.float64)
+
+    return pd.DataFrame({"row": rows[user[starts[chosen]]], "item": item[starts[chosen]], "fused": score[chosen],
+                         "sources": np.bitwise_or.reduceat(np.int64(1) << bit, starts)[chosen],
+                         "rank_als": rank_in("als"), "rank_cooccurrence": rank_in("cooccurrence")})
+
+
+def _entries(lists: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+    """Every source's lists as (user, item, rank, bit) entries, padding left out, by user and item,
+    then in `SOURCES` order."""
+    user, item, rank, bit = (np.concatenate(column) for column in zip(*(
+        _listed(lists[name], bit) for bit, name in enumerate(SOURCES)), strict=True))
+    pairs = np.argsort(user * (item.max(initial=0) + 1) + item, kind="stable")
+    return user[pairs], item[pairs], rank[pairs], bit[pairs]
+
+
+def _listed(items: np.ndarray, bit: int) -> tuple[np.ndarray, ...]:
+    user, place = np.nonzero(items >= 0)
+    return user, items[user, place], place + 1, np.full(len(user), bit)
+
+
+def _ordered_within(group: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """The order of entries by group (ascending), then value (descending), then as they came: one
+    stable sort of `group - i x value`, as complex numbers sort by real part, then imaginary."""
+    return np.argsort(group - 1j * value.astype(np.float64), kind="stable")
+
+
+def _places(group: np.ndarray) -> np.ndarray:
+    """Of entries sorted by group: each one's place in its group, from 0."""
+    position = np.arange(len(group))
+    return position - np.maximum.accumulate(np.where(np.diff(group, prepend=-1) != 0, position, 0))
+
+
+def _first_of_rows(row: np.ndarray, column: np.ndarray, rows: int, count: int) -> np.ndarray:
+    place = _places(row)
+    kept = place < count
+    result = np.full((rows, count), -1, np.int64)
+    result[row[kept], place[kept]] = column[kept]
+    return result
 
 
 def _with_features(history: History, als, chosen: pd.DataFrame, popular_rank: np.ndarray) -> pa.RecordBatch:
