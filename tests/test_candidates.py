@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+import scipy.sparse as sparse
 
 from pipeline import candidates, popularity
 from pipeline.events import Interactions
@@ -190,3 +191,22 @@ def test_the_sources_lists_fuse_by_reciprocal_rank_an_item_two_list_third_before
 
     assert fused.sort_values("fused", ascending=False)["item"].tolist() == [30, 10, 40]  # 50 and 20 left out
     assert fused.set_index("item").loc[30, "sources"] == 0b11
+
+
+def test_each_rows_top_is_its_highest_positive_scores_ties_to_the_lower_column():
+    scores = sparse.csr_matrix((np.array([0.5, 0.9, 0.5, -1.0, 0.5, 0.2]), np.array([7, 2, 3, 0, 1, 4]),
+                                np.array([0, 4, 4, 6])), shape=(3, 8))  # row 0's columns given unsorted
+
+    assert candidates.top_of_rows(scores, 3).tolist() == [[2, 3, 7], [-1, -1, -1], [1, 4, -1]]
+
+
+def test_items_fused_to_the_same_score_go_by_their_best_rank_then_by_the_sources_order():
+    lists = {name: np.full((2, 2), -1) for name in candidates.SOURCES}
+    lists["als"][1] = [10, 20]
+    lists["popular"][1] = [30, 10]
+    lists["new"][1] = [20, 30]  # 10, 20 and 30 each listed first once and second once
+
+    fused = candidates.fused(np.array([5, 9]), lists, per_user=2)
+
+    assert fused["row"].tolist() == [9, 9]  # the first user has no lists, and no candidates
+    assert fused["item"].tolist() == [10, 30]  # first in als, then first in popular; 20, first in new, left out
