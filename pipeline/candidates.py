@@ -28,6 +28,7 @@ import scipy.sparse as sparse
 from pipeline import config
 from pipeline.events import DAY
 from pipeline.history import History
+from pipeline.metrics import places
 
 USERS_PER_BLOCK = 5_000
 SOURCES = ("als", "popular", "cooccurrence", "category", "seen", "new")  # bit k of `sources`: listed by SOURCES[k]
@@ -214,7 +215,7 @@ def fused(rows: np.ndarray, lists: dict[str, np.ndarray], per_user: int) -> pd.D
     score = np.add.reduceat(1 / (RANK_FUSION + rank.astype(np.float32)), starts, dtype=np.float64).astype(np.float32)
     by_best = np.argsort(np.minimum.reduceat(rank * len(SOURCES) + bit, starts), kind="stable")
     ranked = by_best[_ordered_within(user[starts][by_best], score[by_best])]
-    chosen = np.sort(ranked[_places(user[starts][ranked]) < per_user])  # back in (user, item) order
+    chosen = np.sort(ranked[places(user[starts][ranked]) < per_user])  # back in (user, item) order
 
     def rank_in(name: str) -> np.ndarray:
         listed = np.where(bit == SOURCES.index(name), rank, per_user + 1)
@@ -245,14 +246,8 @@ def _ordered_within(group: np.ndarray, value: np.ndarray) -> np.ndarray:
     return np.argsort(group - 1j * value.astype(np.float64), kind="stable")
 
 
-def _places(group: np.ndarray) -> np.ndarray:
-    """Of entries sorted by group: each one's place in its group, from 0."""
-    position = np.arange(len(group))
-    return position - np.maximum.accumulate(np.where(np.diff(group, prepend=-1) != 0, position, 0))
-
-
 def _first_of_rows(row: np.ndarray, column: np.ndarray, rows: int, count: int) -> np.ndarray:
-    place = _places(row)
+    place = places(row)
     kept = place < count
     result = np.full((rows, count), -1, np.int64)
     result[row[kept], place[kept]] = column[kept]

@@ -25,6 +25,12 @@ def per_user_metrics(users: np.ndarray, scores: np.ndarray, targets: np.ndarray,
                          "recall": by_user["hits"] / by_user["positives"]})
 
 
+def places(group: np.ndarray) -> np.ndarray:
+    """Of entries sorted by group (a user's ranked list, say): each one's place in its group, from 0."""
+    position = np.arange(len(group))
+    return position - np.maximum.accumulate(np.where(np.diff(group, prepend=-1) != 0, position, 0))
+
+
 def _ideal_dcg(k: int) -> dict[int, float]:
     discounts = 1 / np.log2(np.arange(2, k + 2))
     return {n: float(discounts[:n].sum()) for n in range(1, k + 1)}

@@ -135,8 +135,4 @@ def candidates_ranked(candidates: pa.Table, scores: np.ndarray) -> pa.Table:
     order = pc.sort_indices(scored, sort_keys=[
         ("user_id", "ascending"), ("cb_score", "descending"), ("item_id", "ascending")])
     scored = scored.take(order)
-    users = scored.column("user_id").to_numpy()
-    position = np.arange(len(users))
-    first_of_user = np.r_[True, users[1:] != users[:-1]] if len(users) else np.array([], bool)
-    user_start = np.maximum.accumulate(np.where(first_of_user, position, 0))
-    return scored.append_column("rank", pa.array(position - user_start + 1, pa.int32()))
+    return scored.append_column("rank", pa.array(metrics.places(scored.column("user_id").to_numpy()) + 1, pa.int32()))

@@ -6,7 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.metrics import bootstrap_gain, bootstrap_mean, per_user_metrics, share_found, summary, top_k_against
+from pipeline.metrics import (
+    bootstrap_gain,
+    bootstrap_mean,
+    per_user_metrics,
+    places,
+    share_found,
+    summary,
+    top_k_against,
+)
 
 
 def test_a_perfect_order_scores_one_and_a_reversed_order_less():
@@ -72,3 +80,9 @@ def test_share_found_is_the_share_of_what_each_user_took_that_the_pool_held():
     truth = pd.DataFrame({"user_id": [1, 1, 2, 2], "item_id": [10, 99, 98, 97]})
 
     assert share_found(pool, truth).tolist() == [0.5, 0.0]
+
+
+def test_places_count_each_entry_from_the_start_of_its_group():
+    assert places(np.array([3, 3, 3, 7, 9, 9])).tolist() == [0, 1, 2, 0, 0, 1]
+    assert places(np.array([-1, -1, 0])).tolist() == [0, 1, 0]
+    assert places(np.array([], np.int64)).tolist() == []
