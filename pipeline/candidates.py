@@ -213,15 +213,17 @@ def fused(rows: np.ndarray, lists: dict[str, np.ndarray], per_user: int) -> pd.D
     user, item, rank, bit = _entries(lists)
     starts = np.flatnonzero(np.diff(user, prepend=-1) | np.diff(item, prepend=-1))  # each (user, item) once
     score = np.add.reduceat(1 / (RANK_FUSION + rank.astype(np.float32)), starts, dtype=np.float64).astype(np.float32)
+    pair_user = user[starts]
     by_best = np.argsort(np.minimum.reduceat(rank * len(SOURCES) + bit, starts), kind="stable")
-    ranked = by_best[_ordered_within(user[starts][by_best], score[by_best])]
-    chosen = np.sort(ranked[places(user[starts][ranked]) < per_user])  # back in (user, item) order
+    ranked = by_best[_ordered_within(pair_user[by_best], score[by_best])]
+    chosen = np.sort(ranked[places(pair_user[ranked]) < per_user])  # back in (user, item) order
+    first = starts[chosen]
 
     def rank_in(name: str) -> np.ndarray:
         listed = np.where(bit == SOURCES.index(name), rank, per_user + 1)
         return np.minimum.reduceat(listed, starts)[chosen].astype(np.float64)
 
-    return pd.DataFrame({"row": rows[user[starts[chosen]]], "item": item[starts[chosen]], "fused": score[chosen],
+    return pd.DataFrame({"row": rows[user[first]], "item": item[first], "fused": score[chosen],
                          "sources": np.bitwise_or.reduceat(np.int64(1) << bit, starts)[chosen],
                          "rank_als": rank_in("als"), "rank_cooccurrence": rank_in("cooccurrence")})
 
