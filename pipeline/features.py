@@ -12,7 +12,8 @@ import pandas as pd
 
 DERIVED = {
     "item_popularity": "log(1 + items_cnt) of the item in the week's default_recs, 0 where absent",
-    "popularity_rank": "position of the item in its user's candidates by item_popularity (1 = most popular)",
+    "popularity_rank": "position of the item in its user's candidates by item_popularity (1 = most popular;"
+                       " items tied share the best place)",
     "als_rank": "position of the candidate in its user's als_score order (1 = best)",
     "als_gap": "the user's best als_score minus this one",
     "item_frequency": "share of users who have the item among their candidates (popularity)",
@@ -45,7 +46,7 @@ def with_derived_features(candidates: pd.DataFrame, names: tuple[str, ...], popu
     counts = frame["item_id"].map(popularity.set_index("item_id")["items_cnt"]).fillna(0)
     compute = {
         "item_popularity": lambda: np.log1p(counts),
-        "popularity_rank": lambda: counts.groupby(frame[by]).rank(ascending=False, method="first"),
+        "popularity_rank": lambda: counts.groupby(frame[by]).rank(ascending=False, method="min"),
         "als_rank": lambda: by_user.rank(ascending=False, method="first"),
         "als_gap": lambda: by_user.transform("max") - frame["als_score"],
         "item_frequency": lambda: frame["item_id"].map(items["item_frequency"]),

@@ -27,6 +27,18 @@ def test_popularity_comes_from_default_recs_and_is_zero_for_absent_items():
     assert frame.loc[frame["item_id"] == 10, "item_frequency"].tolist() == [1.0, 1.0]
 
 
+def test_items_absent_from_default_recs_share_one_popularity_rank_whatever_their_order():
+    """Absent items tie at count 0; a rank that broke the tie by row would tell the ranker the file's order."""
+    absent = pd.DataFrame({"user_id": [1, 1, 1, 1], "item_id": [50, 10, 70, 60], "als_score": [0.1] * 4,
+                           "category_id": [5] * 4})
+
+    frame = with_derived_features(absent, ("popularity_rank",), POPULARITY)
+    reordered = with_derived_features(absent.iloc[::-1], ("popularity_rank",), POPULARITY)
+
+    assert frame["popularity_rank"].tolist() == [2, 1, 2, 2]
+    assert reordered.sort_index()["popularity_rank"].tolist() == [2, 1, 2, 2]
+
+
 def test_category_share_is_the_users_share_of_candidates_in_that_category():
     frame = with_derived_features(CANDIDATES, ("category_share",), POPULARITY)
 
