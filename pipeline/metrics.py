@@ -13,9 +13,10 @@ def per_user_metrics(users: np.ndarray, scores: np.ndarray, targets: np.ndarray,
 
     Ties in score are broken by the row order given, which callers keep deterministic.
     """
-    frame = pd.DataFrame({"user": users, "score": scores, "target": targets.astype(float)})
-    frame["position"] = frame.sort_values(["user", "score"], ascending=[True, False], kind="stable") \
-        .groupby("user").cumcount().reindex(frame.index) + 1
+    order = np.lexsort((-scores, users))  # stable: ties keep the row order
+    position = np.empty(len(users), np.int64)
+    position[order] = places(users[order]) + 1
+    frame = pd.DataFrame({"user": users, "position": position, "target": targets.astype(float)})
     frame["gain"] = np.where(frame["position"] <= k, frame["target"] / np.log2(frame["position"] + 1), 0.0)
     frame["hit"] = (frame["position"] <= k) * frame["target"]
     by_user = frame.groupby("user").agg(dcg=("gain", "sum"), hits=("hit", "sum"), positives=("target", "sum"))
