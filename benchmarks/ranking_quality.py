@@ -2,28 +2,29 @@
 
     python benchmarks/ranking_quality.py ../shared/datasets/ml-100k
 
-Uses the task's own `Ranker` on the files `pipeline.movielens` makes; writes benchmarks/ranking_quality.md.
+Uses the task's own `Ranker`, with the settings of `source = files` (the seed's four features, 300
+iterations), on the files `pipeline.movielens` makes; writes benchmarks/ranking_quality.md.
 """
 
 from __future__ import annotations
 
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 
+from pipeline import config
 from pipeline.features import DERIVED
 from pipeline.movielens import evaluate, make_week
 from pipeline.ranker import Ranker, candidates_ranked
 
-BASE = ("als_score", "category_id", "parent_id", "available")
-
 
 def ranking_quality(week: Path, kind: str, derived: tuple[str, ...]) -> dict[str, float]:
-    ranker = Ranker(kind, "YetiRank", BASE, derived, ("category_id", "parent_id"), 300, -1, 42, 0.2,
-                    pd.read_parquet(week / "top_popular.parquet"))
+    defaults = Ranker.from_settings(config.pipeline(), pd.read_parquet(week / "top_popular.parquet"))
+    ranker = replace(defaults, kind=kind, derived=derived)
     train = ranker.prepared(pd.read_parquet(week / "candidates_train.parquet"))
     inference = ranker.prepared(pd.read_parquet(week / "candidates_inference.parquet"))
     model = ranker.fit(ranker.pool(train))
