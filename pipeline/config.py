@@ -134,7 +134,7 @@ class events(luigi.Config):  # noqa: N801
     active_days = luigi.IntParameter(default=182, description="users with an event in these days before the cutoff "
                                      "get candidates; the web service serves the others default_recs")
     popular_days = luigi.IntParameter(default=7, description="window of recent popularity")
-    default_days = luigi.IntParameter(default=14, description="window of top_popular.parquet: the default_recs "
+    default_days = luigi.IntParameter(default=28, description="window of top_popular.parquet: the default_recs "
                                       "the web service serves users without candidates, new ones first of all")
     new_days = luigi.IntParameter(default=450, description="items released (the items file's `released`) in "
                                   "these days before the cutoff are the new source's, most popular first")
