@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from bench import ROOT, WEEK, record
 
-from pipeline.outcomes import OUTCOMES
+from pipeline.events.outcomes import OUTCOMES
 
 WEEKS, USERS_A_WEEK, PER_USER, MAX_ROWS = 12, 60_000, 100, 250_000
 BLOCK_USERS = 125  # the stage writes outcomes a candidates batch at a time: row groups of about 12,500 rows
@@ -32,7 +32,7 @@ OPENINGS = {"pyarrow's default (pre-buffered)": "pq.ParquetFile(path)",
 READ = """import resource, sys, time
 from pathlib import Path
 import pyarrow.parquet as pq
-from pipeline.outcomes import capped_outcomes
+from pipeline.events.outcomes import capped_outcomes
 from pipeline.contracts import open_parquet
 started = time.perf_counter()
 weeks = [{opening} for path in map(Path, sys.argv[1:])]

@@ -59,7 +59,7 @@ def settings_file(work: Path, bench: Bench, database: str) -> Path:
 def weeks_before(settings: Path) -> float:
     """What earlier Saturdays left: the last train_weeks weeks' candidates, and all but the last one's outcomes."""
     earlier = [(WEEK - timedelta(weeks=k)).isoformat() for k in range(1, TRAIN_WEEKS + 1)]
-    script = ("import luigi, pipeline; from datetime import date; from pipeline.event_stage import"
+    script = ("import luigi, pipeline; from datetime import date; from pipeline.events.tasks import"
               " CandidatesAtCutoff, Outcomes; weeks = [date.fromisoformat(w) for w in sys.argv[1:]];"
               " assert luigi.build([CandidatesAtCutoff(week=weeks[0])] + [Outcomes(week=w) for w in weeks[1:]],"
               " local_scheduler=True, workers=1)")

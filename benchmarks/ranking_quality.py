@@ -3,7 +3,7 @@
     python benchmarks/ranking_quality.py ../shared/datasets/ml-100k
 
 Uses the task's own `Ranker`, with the settings of `source = files` (the seed's four features, 300
-iterations), on the files `pipeline.movielens` makes; writes benchmarks/ranking_quality.md.
+iterations), on the files `pipeline.evaluation.movielens` makes; writes benchmarks/ranking_quality.md.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline import config
+from pipeline.evaluation.movielens import evaluate, make_week
 from pipeline.features import DERIVED
-from pipeline.movielens import evaluate, make_week
 from pipeline.ranker import Ranker, candidates_ranked
 
 

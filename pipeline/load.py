@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from pipeline import config, contracts, db, publish
 from pipeline.base import StagingTask, WeekTask, published_table
-from pipeline.event_stage import CandidatesAtCutoff, TrainFromOutcomes
+from pipeline.events.tasks import CandidatesAtCutoff, TrainFromOutcomes
 
 BATCH_ROWS = 64_000
 WEEK_FIELD = pa.field("week", pa.date32())

@@ -31,7 +31,7 @@ from psycopg2 import sql
 from pipeline import config, db, publish
 from pipeline.base import StagingTask, WeekTask, published_table
 from pipeline.contracts import CANDIDATES_TRAIN
-from pipeline.event_stage import AVAILABLE_ROWS
+from pipeline.events.tasks import AVAILABLE_ROWS
 from pipeline.load import DefaultRecs, InferenceCandidates, LoadTask, TrainCandidates
 
 T = TypeVar("T")

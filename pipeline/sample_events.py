@@ -1,7 +1,6 @@
-"""A synthetic shop's events and items, and the walk-forward backtest of one that ages.
+"""A synthetic shop's events and items (`make run-events`; aged, `pipeline.evaluation.ageing_shop`).
 
     python -m pipeline.sample_events data/events [YYYY-MM-DD]
-    python -m pipeline.sample_events backtest [FOLDER]
 
 Users prefer a few categories and come back at their own rate; items are released over time and
 their popularity drifts up or down week by week; a view may lead to a cart and a purchase, and
@@ -22,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.events import DAY
+from pipeline.events.inputs import DAY
 
 CATEGORIES, PARENTS = 20, 6
 WEEK = 7 * DAY
@@ -112,27 +111,10 @@ def week_end(week: date) -> datetime:
     return min(datetime.combine(week + timedelta(days=1), time(), tzinfo=UTC), datetime.now(UTC))
 
 
-# An ageing shop for the backtest: 40 weeks up to the end of the last week's label window, users
-# staying 8 weeks on average; no setting was chosen on it, so all 8 weeks are scored.
-AGEING_SHOP = {"users": 6_000, "items": 2_000, "weeks": 40, "lifetime_weeks": 8}
-AGEING_WEEKS = (date(2026, 10, 3), date(2026, 10, 3), date(2026, 11, 21))  # first, first scored, last
-
-
-def backtest(folder: Path, database: str = "weekly_recs_ageing_shop") -> dict[str, float]:
-    from pipeline import backtest as walk_forward
-
-    write_sample_events(folder / "shop", datetime(2026, 11, 28, 21, tzinfo=UTC), **AGEING_SHOP)
-    return walk_forward.on_shop(folder / "shop", AGEING_WEEKS, database, folder, {})
-
-
 if __name__ == "__main__":
-    from pipeline import config
     from pipeline.base import week_parameter
 
-    if sys.argv[1] == "backtest":
-        backtest(Path(sys.argv[2]) if len(sys.argv) > 2 else config.ROOT / "var" / "ageing-shop-backtest")
-    else:
-        folder = Path(sys.argv[1])
-        week = week_parameter().normalize(date.fromisoformat(sys.argv[2]) if len(sys.argv) > 2 else date.today())
-        count = write_sample_events(folder, week_end(week))
-        print(f"{count:,} events of a synthetic shop up to {week_end(week):%Y-%m-%d %H:%M} UTC written to {folder}/")
+    folder = Path(sys.argv[1])
+    week = week_parameter().normalize(date.fromisoformat(sys.argv[2]) if len(sys.argv) > 2 else date.today())
+    count = write_sample_events(folder, week_end(week))
+    print(f"{count:,} events of a synthetic shop up to {week_end(week):%Y-%m-%d %H:%M} UTC written to {folder}/")

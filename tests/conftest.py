@@ -23,8 +23,8 @@ import pytest
 from luigi.task_register import Register
 
 from pipeline import db, publish
-from pipeline.events import read_items, window_batches
-from pipeline.history import History
+from pipeline.events.history import History
+from pipeline.events.inputs import read_items, window_batches
 from pipeline.sample_data import write_sample_week
 from pipeline.sample_events import week_end, write_sample_events
 

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 import scipy.sparse as sparse
 
-from pipeline import candidates, popularity
-from pipeline.events import Interactions
-from pipeline.history import History
+from pipeline.events import candidates, popularity
+from pipeline.events.history import History
+from pipeline.events.inputs import Interactions
 from tests.conftest import CUTOFF
 
 PER_USER = 30

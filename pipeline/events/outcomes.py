@@ -15,8 +15,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.candidates import CANDIDATES
-from pipeline.events import Interactions
+from pipeline.events.candidates import CANDIDATES
+from pipeline.events.inputs import Interactions
 from pipeline.validation import spread
 
 OUTCOMES = CANDIDATES.append(pa.field("target", pa.int64())).append(pa.field("outcome_week", pa.date32()))

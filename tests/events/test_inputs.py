@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.contracts import ContractError
-from pipeline.events import read_items, read_window
+from pipeline.events.inputs import read_items, read_window
 from tests.conftest import CUTOFF
 
 

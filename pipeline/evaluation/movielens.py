@@ -1,9 +1,9 @@
 """MovieLens 100k as a week of the modelling stage's files, and an evaluation of a published ranking.
 
-    python -m pipeline.movielens make ../shared/datasets/ml-100k OUTDIR
-    python -m pipeline.movielens evaluate OUTDIR      # scores the published candidates_ranked
-    python -m pipeline.movielens events ../shared/datasets/ml-100k OUTDIR   # for source = events
-    python -m pipeline.movielens backtest ../shared/datasets/ml-100k [FOLDER [FIRST SCORED_FROM LAST]]
+    python -m pipeline.evaluation.movielens make ../shared/datasets/ml-100k OUTDIR
+    python -m pipeline.evaluation.movielens evaluate OUTDIR      # scores the published candidates_ranked
+    python -m pipeline.evaluation.movielens events ../shared/datasets/ml-100k OUTDIR   # for source = events
+    python -m pipeline.evaluation.movielens backtest ../shared/datasets/ml-100k [FOLDER [FIRST SCORED_FROM LAST]]
 
 Each user's ratings are split by time into history (60%), label (20%) and test (20%) periods; a
 global time cut would leave too few users with test interactions. A truncated SVD of the history
@@ -134,7 +134,7 @@ def write_events(dataset: Path, out: Path) -> None:
 def backtest(dataset: Path, folder: Path, weeks: tuple[date, date, date] = BACKTEST_WEEKS,
              database: str = "weekly_recs_movielens") -> dict[str, float]:
     """The walk-forward backtest on the ratings as events, each cutoff at 00:00 UTC, every rating weighing 1."""
-    from pipeline import backtest as walk_forward
+    from pipeline.evaluation import backtest as walk_forward
 
     write_events(dataset, folder / "shop")
     return walk_forward.on_shop(folder / "shop", weeks, database, folder, {"cutoff": "00:00", "weights": "{}"})

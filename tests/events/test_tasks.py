@@ -16,14 +16,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import config, event_stage
-from pipeline.candidates import FEATURES, SOURCES
+from pipeline import config
 from pipeline.contracts import CANDIDATES_INFERENCE, CANDIDATES_TRAIN, SIMILAR, TOP_POPULAR
-from pipeline.event_stage import CandidatesAtCutoff, CandidateShard, CutoffModel, TrainFromOutcomes
-from pipeline.events import read_items, read_window
+from pipeline.events import tasks
+from pipeline.events.candidates import FEATURES, SOURCES
+from pipeline.events.inputs import read_items, read_window
+from pipeline.events.tasks import CandidatesAtCutoff, CandidateShard, CutoffModel, TrainFromOutcomes
 from pipeline.wrapper import WeeklyRecs
 from tests.conftest import CUTOFF, PUBLISHED_TABLES, ROOT, WEEK, apply_settings, live_state, query, run_tasks
-from tests.test_events import events_file
+from tests.events.test_inputs import events_file
 
 
 @pytest.fixture
@@ -214,7 +215,7 @@ def test_a_week_resumed_by_other_code_fits_again_and_remakes_its_shards(events_s
     assert run_tasks(CandidateShard(week=WEEK, shard=0, shards=1)).name == "SUCCESS"  # stopped after its shard
     assert CutoffModel(week=WEEK).complete()  # the same code would go on from the fit
 
-    monkeypatch.setattr(event_stage, "code_fingerprint", lambda: "the code after an upgrade")
+    monkeypatch.setattr(tasks, "code_fingerprint", lambda: "the code after an upgrade")
     assert not CutoffModel(week=WEEK).complete()
     result = luigi.build([CandidatesAtCutoff(week=WEEK)], local_scheduler=True, detailed_summary=True, workers=1)
 

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sparse
 
-from pipeline.events import DAY
+from pipeline.events.inputs import DAY
 
 if TYPE_CHECKING:
-    from pipeline.history import History
+    from pipeline.events.history import History
 
 WEEKS_LEARNED = 4
 WEEKS_BEFORE = 4  # an item's features count its events of the week and of this many weeks before it

@@ -1,7 +1,7 @@
 """Candidates at a cutoff: what the events before it say each user may take next.
 
 Six sources (`SOURCES`), all but one blind to what the user already had: implicit's ALS on the
-weighted user-item matrix; next week's popularity (`pipeline.popularity`: the items returning users
+weighted user-item matrix; next week's popularity (`pipeline.events.popularity`: the items returning users
 are expected to take for the first time, learned from the shop's last weeks); items that co-occur
 with the user's recent items in other users' recent histories (implicit's BM25 item-item
 neighbours); the popular items of the user's own categories; as far as the shop's users come back
@@ -10,7 +10,7 @@ file's `released`). Their lists, fused by reciprocal rank, fill `candidates_per_
 bits and each source's rank tell the ranker where a candidate came from and how strongly. Every
 feature describes the candidate as it stood at the cutoff, so the training rows of an earlier week
 (built at its own cutoff) and this week's inference rows see the same things. Memory holds the
-history's matrices (`pipeline.history`), users x factors, and one block of users' candidates.
+history's matrices (`pipeline.events.history`), users x factors, and one block of users' candidates.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import pyarrow as pa
 import scipy.sparse as sparse
 
 from pipeline import config
-from pipeline.events import DAY
-from pipeline.history import History
+from pipeline.events.history import History
+from pipeline.events.inputs import DAY
 from pipeline.metrics import places
 
 USERS_PER_BLOCK = 5_000
@@ -76,7 +76,7 @@ class Fits:
 
     als: object
     cooccurrence: object
-    expected_takers: np.ndarray  # each item's log expected first-time takers next week (`pipeline.popularity`)
+    expected_takers: np.ndarray  # each item's log expected first-time takers next week (`pipeline.events.popularity`)
 
     def save(self, als: BinaryIO, cooccurrence: BinaryIO, expected_takers: BinaryIO) -> None:
         self.als.save(als)

@@ -12,11 +12,12 @@ import psycopg2
 import pyarrow as pa
 import pytest
 
-from pipeline import backtest, config, db
-from pipeline.backtest import use_backtest_database
+from pipeline import config, db
+from pipeline.evaluation import backtest
+from pipeline.evaluation.backtest import use_backtest_database
 from tests.conftest import ROOT, WEEK, apply_settings, query
-from tests.test_event_stage import events_settings, most_weighted_available, with_extra_events  # noqa: F401
-from tests.test_movielens import DATASET, needs_movielens
+from tests.evaluation.test_movielens import DATASET, needs_movielens
+from tests.events.test_tasks import events_settings, most_weighted_available, with_extra_events  # noqa: F401
 
 WEEKS = ("1998-04-04", "1998-04-11", "1998-04-11")  # first, first scored, last
 
@@ -74,7 +75,7 @@ def test_movielens_weeks_are_replayed_scored_recorded_and_drawn(settings, tmp_pa
     settings["events"] = {"train_weeks": "4"}
     apply_settings(settings, tmp_path / "luigi.cfg")
 
-    done = subprocess.run([sys.executable, "-m", "pipeline.movielens", "backtest", str(DATASET),
+    done = subprocess.run([sys.executable, "-m", "pipeline.evaluation.movielens", "backtest", str(DATASET),
                            str(tmp_path / "backtest"), *WEEKS], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "LUIGI_CONFIG_PATH": str(tmp_path / "luigi.cfg")}, timeout=600)
 

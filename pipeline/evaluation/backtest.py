@@ -1,6 +1,6 @@
 """Walk-forward backtest: replay weeks from events, judge each published ranking by the week after it.
 
-    python -m pipeline.backtest --start 2026-09-26 --stop 2026-11-14 [--scored-from 2026-10-24]
+    python -m pipeline.evaluation.backtest --start 2026-09-26 --stop 2026-11-14 [--scored-from 2026-10-24]
 
 Every week of the range runs the whole graph (`[pipeline] source = events`) on a database and a
 folder of the backtest's own, never the production ones; a week its quality gate refuses keeps the
@@ -33,11 +33,12 @@ import psycopg2.extras
 import pyarrow as pa
 from psycopg2 import sql
 
-from pipeline import candidates, config, db, events, metrics, publish
+from pipeline import config, db, metrics, publish
 from pipeline.backfill import weeks_between
 from pipeline.base import week_parameter
 from pipeline.contracts import CANDIDATES_INFERENCE
-from pipeline.history import History
+from pipeline.events import candidates, inputs
+from pipeline.events.history import History
 from pipeline.load import DefaultRecs
 from pipeline.rank import QualityGateError, RankCandidates, TrainRanker
 from pipeline.wrapper import WeeklyRecs
@@ -98,9 +99,9 @@ def user_weeks(week: date) -> tuple[pd.DataFrame, pd.DataFrame]:
     settings = config.events()
     cutoff = settings.cutoff_of(week)
     path = settings.resolved_events_path()
-    history = History.at(cutoff, events.window_batches(path, None, cutoff, settings.weights),
-                         events.read_items(settings.resolved_items_path()), (settings.popular_days,))
-    truth = _pairs(events.read_window(path, cutoff, cutoff + timedelta(days=TRUTH_DAYS), settings.weights))
+    history = History.at(cutoff, inputs.window_batches(path, None, cutoff, settings.weights),
+                         inputs.read_items(settings.resolved_items_path()), (settings.popular_days,))
+    truth = _pairs(inputs.read_window(path, cutoff, cutoff + timedelta(days=TRUTH_DAYS), settings.weights))
     served = _published_ranking(week, truth["user_id"].unique())
     popular = history.popular_order(settings.popular_days)  # the baseline of both kinds of user
     returning = truth["user_id"].isin(history.users)
@@ -136,7 +137,7 @@ def _scored(lists: dict[str, pd.DataFrame], truth: pd.DataFrame) -> pd.DataFrame
                      axis=1)
 
 
-def _pairs(window: events.Interactions) -> pd.DataFrame:
+def _pairs(window: inputs.Interactions) -> pd.DataFrame:
     return pd.DataFrame({"user_id": window.user_id, "item_id": window.item_id}).drop_duplicates()
 
 
@@ -349,7 +350,8 @@ def on_shop(shop: Path, weeks: tuple[date, date, date], database: str, folder: P
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.backtest", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluation.backtest",
+                                     description=__doc__.split("\n\n")[0])
     week = week_parameter()
     parser.add_argument("--start", required=True, type=lambda text: week.normalize(date.fromisoformat(text)))
     parser.add_argument("--stop", required=True, type=lambda text: week.normalize(date.fromisoformat(text)))

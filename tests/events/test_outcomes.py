@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import outcomes
+from pipeline.events import outcomes
 
 
 def outcome_week(path, number: int, users: dict[int, int]) -> pq.ParquetFile:

@@ -52,14 +52,14 @@ class EventTask(luigi.Task):
         return luigi.LocalTarget(str(settings.week_input_dir(self.week) / name), format=format)
 
     def events_until(self, start: datetime | None, stop: datetime) -> Iterator:
-        """Batches of the window's events (`events.Interactions`); refused while the window is still open."""
-        from pipeline import events
+        """Batches of the window's events (`inputs.Interactions`); refused while the window is still open."""
+        from pipeline.events import inputs
 
         if stop > datetime.now(UTC):
             raise ValueError(f"week {self.week}: events up to {stop:%Y-%m-%d %H:%M} UTC are needed, and that time "
                              "has not come yet ([events] cutoff, label_days)")
         settings = config.events()
-        return events.window_batches(settings.resolved_events_path(), start, stop, settings.weights)
+        return inputs.window_batches(settings.resolved_events_path(), start, stop, settings.weights)
 
 
 class CutoffModel(EventTask):
@@ -77,8 +77,8 @@ class CutoffModel(EventTask):
 
     def run(self) -> None:
         # pandas, scipy and implicit are imported when the stage runs: the load tasks' processes stay small.
-        from pipeline import candidates, events, popularity
-        from pipeline.history import History
+        from pipeline.events import candidates, inputs, popularity
+        from pipeline.events.history import History
 
         self.remove_stale()
         settings = config.events()
@@ -86,7 +86,7 @@ class CutoffModel(EventTask):
         since = cutoff - timedelta(days=settings.history_days)
         self.set_status_message(f"reading events from {since:%Y-%m-%d} to {cutoff:%Y-%m-%d %H:%M} UTC")
         history = History.at(cutoff, self.events_until(since, cutoff),
-                             events.read_items(settings.resolved_items_path()),
+                             inputs.read_items(settings.resolved_items_path()),
                              (settings.popular_days, settings.default_days), settings.recent_days)
         history.check(settings.resolved_events_path(), settings.resolved_items_path(),
                       timedelta(hours=settings.max_lag_hours))
@@ -134,7 +134,7 @@ class CandidateShard(EventTask):
         return self.week_file(SHARD_FILES.replace("*", f"{self.shard + 1}-of-{self.shards}"))
 
     def run(self) -> None:
-        from pipeline import candidates
+        from pipeline.events import candidates
 
         settings = config.events()
         history, fits = read_fit(self.input())
@@ -161,7 +161,7 @@ class CandidatesAtCutoff(EventTask):
                 CANDIDATES_INFERENCE.file: self.week_file(CANDIDATES_INFERENCE.file)}
 
     def run(self) -> Iterator[list[CandidateShard]]:
-        from pipeline import candidates
+        from pipeline.events import candidates
 
         active = fit_header(self.input())["active_users"]
         count = max(1, math.ceil(active / config.events().users_per_shard))
@@ -178,7 +178,7 @@ class CandidatesAtCutoff(EventTask):
 
 def read_fit(fit: dict[str, luigi.LocalTarget]) -> tuple:
     """The history and the fits `CutoffModel` left for the shards."""
-    from pipeline import candidates
+    from pipeline.events import candidates
 
     with fit[HISTORY].open("r") as file:
         pickle.load(file)  # the header
@@ -197,10 +197,10 @@ class Outcomes(EventTask):
         return self.week_file("outcomes.parquet")
 
     def run(self) -> None:
-        from pipeline import events, outcomes
+        from pipeline.events import inputs, outcomes
 
         cutoff = config.events().cutoff_of(self.week)
-        taken = events.concatenated(self.events_until(cutoff, cutoff + config.events().label_window()))
+        taken = inputs.concatenated(self.events_until(cutoff, cutoff + config.events().label_window()))
         inference = _streamed(self.input()[CANDIDATES_INFERENCE.file])
         with self.output().temporary_path() as path, pq.ParquetWriter(path, outcomes.OUTCOMES) as writer:
             for batch in outcomes.outcome_batches(inference, taken, self.week):
@@ -219,7 +219,7 @@ class TrainFromOutcomes(EventTask):
     def run(self) -> None:
         """At most `[pipeline] max_train_rows`, whole user-weeks; the file's metadata keeps how many
         rows there were (`model_metrics.available_rows`)."""
-        from pipeline import outcomes
+        from pipeline.events import outcomes
 
         settings = config.pipeline()
         weeks = [_streamed(target) for target in self.input()]
@@ -241,7 +241,7 @@ def code_fingerprint() -> str:
     """The pipeline's modules and the libraries whose objects the fit holds: what, besides the
     events, decides the candidates a fit makes."""
     digest = hashlib.sha256()
-    for module in sorted(Path(__file__).parent.glob("*.py")):
+    for module in sorted(Path(__file__).parents[1].rglob("*.py")):  # the whole package
         digest.update(module.read_bytes())
     for library in ("numpy", "scipy", "pandas", "implicit", "scikit-learn"):
         digest.update(importlib.metadata.version(library).encode())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,11 +10,11 @@ import pytest
 from benchmarks.ranking_quality import ranking_quality
 from pipeline import WeeklyRecs
 from pipeline.config import SOURCE_FEATURES
-from pipeline.events import read_items
-from pipeline.movielens import evaluate_published, make_week, write_events
-from tests.conftest import WEEK, apply_settings, query, run_tasks
+from pipeline.evaluation.movielens import evaluate_published, make_week, write_events
+from pipeline.events.inputs import read_items
+from tests.conftest import ROOT, WEEK, apply_settings, query, run_tasks
 
-DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-100k"
+DATASET = ROOT.parent / "shared" / "datasets" / "ml-100k"
 
 needs_movielens = pytest.mark.skipif(not (DATASET / "u.data").exists(),
                                      reason=f"MovieLens 100k is not at {DATASET} (its licence forbids shipping it)")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline import popularity
-from pipeline.events import DAY, Interactions
-from pipeline.history import History
+from pipeline.events import popularity
+from pipeline.events.history import History
+from pipeline.events.inputs import DAY, Interactions
 from tests.conftest import CUTOFF
 
 

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sparse
 
-from pipeline import popularity
 from pipeline.contracts import ContractError
-from pipeline.events import DAY, Interactions
+from pipeline.events import popularity
+from pipeline.events.inputs import DAY, Interactions
 
 
 @dataclass(frozen=True)

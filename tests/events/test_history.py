@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from pipeline.contracts import ContractError
-from pipeline.events import DAY, Interactions, concatenated, read_items, window_batches
-from pipeline.history import History
+from pipeline.events.history import History
+from pipeline.events.inputs import DAY, Interactions, concatenated, read_items, window_batches
 from pipeline.sample_events import write_sample_events
 from tests.conftest import CUTOFF
 
