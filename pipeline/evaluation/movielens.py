@@ -187,7 +187,10 @@ def _published_query():
 
 
 if __name__ == "__main__":
-    command, *paths = sys.argv[1:]
+    command, *paths = sys.argv[1:] or [""]
+    needed = {"make": 2, "events": 2, "backtest": 1, "evaluate": 1}
+    if len(paths) < needed.get(command, len(paths) + 1):
+        sys.exit(__doc__)  # the usage, and exit code 1
     if command == "make":
         make_week(Path(paths[0]), Path(paths[1]))
         print(f"MovieLens week written to {paths[1]}/")

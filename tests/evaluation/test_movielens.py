@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 import numpy as np
@@ -50,3 +52,12 @@ def test_as_events_each_film_is_released_on_its_release_date_and_one_without_a_d
     assert len(items) == 1682
     assert items.loc[1, "released"] == datetime(1995, 1, 1, tzinfo=UTC).timestamp()  # Toy Story, 01-Jan-1995
     assert np.isnan(items.loc[267, "released"]) and items.loc[267, "available"] == 0  # "unknown", no date
+
+
+@pytest.mark.parametrize("arguments", [[], ["make", str(DATASET)], ["rank", str(DATASET)]])
+def test_a_command_missing_or_unknown_prints_the_usage_and_fails(arguments):
+    done = subprocess.run([sys.executable, "-m", "pipeline.evaluation.movielens", *arguments], cwd=ROOT,
+                          capture_output=True, text=True)
+
+    assert done.returncode == 1
+    assert "python -m pipeline.evaluation.movielens make" in done.stderr and "Traceback" not in done.stderr
