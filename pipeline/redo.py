@@ -8,7 +8,7 @@ name of the week's table, replacing the version it redoes.
 
 from __future__ import annotations
 
-import sys
+import argparse
 from datetime import date
 
 from psycopg2 import sql
@@ -38,5 +38,7 @@ def forget_week(week: date) -> int:
 
 
 if __name__ == "__main__":
-    week = WeeklyRecs(week=date.fromisoformat(sys.argv[1])).week
+    parser = argparse.ArgumentParser(prog="python -m pipeline.redo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("week", type=date.fromisoformat, help="any day of the week, YYYY-MM-DD")
+    week = WeeklyRecs(week=parser.parse_args().week).week
     print(f"week {week}: {forget_week(week)} markers forgotten; the next run redoes it")

@@ -12,7 +12,7 @@ Events go to several parquet files (one per four weeks) in `<folder>/events/`, i
 
 from __future__ import annotations
 
-import sys
+import argparse
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
@@ -114,7 +114,11 @@ def week_end(week: date) -> datetime:
 if __name__ == "__main__":
     from pipeline.base import week_parameter
 
-    folder = Path(sys.argv[1])
-    week = week_parameter().normalize(date.fromisoformat(sys.argv[2]) if len(sys.argv) > 2 else date.today())
+    parser = argparse.ArgumentParser(prog="python -m pipeline.sample_events", description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("week", nargs="?", type=date.fromisoformat, default=date.today(),
+                        help="any day of the last week, YYYY-MM-DD (default: today)")
+    arguments = parser.parse_args()
+    folder, week = arguments.folder, week_parameter().normalize(arguments.week)
     count = write_sample_events(folder, week_end(week))
     print(f"{count:,} events of a synthetic shop up to {week_end(week):%Y-%m-%d %H:%M} UTC written to {folder}/")

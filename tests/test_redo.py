@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from pipeline import WeeklyRecs
-from tests.conftest import PUBLISHED_TABLES, ROOT, WEEK, markers, run_tasks, table_snapshot
+from tests.conftest import PUBLISHED_TABLES, ROOT, WEEK, markers, run_module, run_tasks, table_snapshot
 
 
 def test_redo_forgets_the_weeks_markers_and_keeps_its_tables_until_it_runs_again(settings, config_file, conn):
@@ -23,3 +23,15 @@ def test_redo_forgets_the_weeks_markers_and_keeps_its_tables_until_it_runs_again
     assert {table: table_snapshot(conn, table) for table in PUBLISHED_TABLES} == published
     assert run_tasks(WeeklyRecs(week=WEEK)).name == "SUCCESS"
     assert len(markers(conn)) == 18
+
+
+def test_a_week_that_is_no_date_is_refused_with_the_usage_and_nothing_forgotten(settings, config_file, conn):
+    run_tasks(WeeklyRecs(week=WEEK))
+    before = markers(conn)
+
+    redo = run_module(config_file, "redo", "2026-11-31")
+
+    assert redo.returncode == 2
+    assert "usage: python -m pipeline.redo" in redo.stderr and "'2026-11-31'" in redo.stderr
+    assert "Traceback" not in redo.stderr
+    assert markers(conn) == before
