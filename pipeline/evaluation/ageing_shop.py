@@ -8,7 +8,7 @@ average. No setting was chosen on this shop, so all 8 weeks are scored.
 
 from __future__ import annotations
 
-import sys
+import argparse
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -26,4 +26,8 @@ def backtest(folder: Path, database: str = "weekly_recs_ageing_shop") -> dict[st
 
 
 if __name__ == "__main__":
-    backtest(Path(sys.argv[1]) if len(sys.argv) > 1 else config.ROOT / "var" / "ageing-shop-backtest")
+    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluation.ageing_shop",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", nargs="?", type=Path, default=config.ROOT / "var" / "ageing-shop-backtest",
+                        help="where the shop, the weeks' files and the picture go")
+    backtest(parser.parse_args().folder)
