@@ -14,7 +14,7 @@ genre, `parent_id` the release decade, `available` whether the release date is k
 
 from __future__ import annotations
 
-import sys
+import argparse
 from datetime import date
 from pathlib import Path
 
@@ -186,20 +186,37 @@ def _published_query():
     return sql.SQL("SELECT user_id, item_id, als_score, rank FROM candidates_ranked")
 
 
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluation.movielens",
+                                     description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    writes = {"make": "the modelling stage's files and the test period", "events": "the events and items files"}
+    for name, text in writes.items():
+        command = commands.add_parser(name, help=f"write {text} made from the dataset")
+        command.add_argument("dataset", type=Path)
+        command.add_argument("outdir", type=Path)
+    commands.add_parser("evaluate", help="score the published candidates_ranked").add_argument("outdir", type=Path)
+    walk = commands.add_parser("backtest", help="the walk-forward backtest on the ratings as events")
+    walk.add_argument("dataset", type=Path)
+    walk.add_argument("folder", nargs="?", type=Path, default=config.ROOT / "var" / "movielens-backtest")
+    walk.add_argument("weeks", nargs="*", type=date.fromisoformat, default=list(BACKTEST_WEEKS),
+                      help="FIRST SCORED_FROM LAST (default: the README's 16 weeks)")
+    return parser
+
+
 if __name__ == "__main__":
-    command, *paths = sys.argv[1:] or [""]
-    needed = {"make": 2, "events": 2, "backtest": 1, "evaluate": 1}
-    if len(paths) < needed.get(command, len(paths) + 1):
-        sys.exit(__doc__)  # the usage, and exit code 1
-    if command == "make":
-        make_week(Path(paths[0]), Path(paths[1]))
-        print(f"MovieLens week written to {paths[1]}/")
-    elif command == "events":
-        write_events(Path(paths[0]), Path(paths[1]))
-        print(f"MovieLens events and items written to {paths[1]}/")
-    elif command == "backtest":  # DATASET [FOLDER [FIRST_WEEK FIRST_SCORED_WEEK LAST_WEEK]]
-        backtest(Path(paths[0]), Path(paths[1]) if len(paths) > 1 else config.ROOT / "var" / "movielens-backtest",
-                 tuple(map(date.fromisoformat, paths[2:5])) if len(paths) > 4 else BACKTEST_WEEKS)
+    parser = _parser()
+    options = parser.parse_args()
+    if options.command == "make":
+        make_week(options.dataset, options.outdir)
+        print(f"MovieLens week written to {options.outdir}/")
+    elif options.command == "events":
+        write_events(options.dataset, options.outdir)
+        print(f"MovieLens events and items written to {options.outdir}/")
+    elif options.command == "backtest":
+        if len(options.weeks) != 3:
+            parser.error("backtest takes three weeks: FIRST SCORED_FROM LAST")
+        backtest(options.dataset, options.folder, tuple(options.weeks))
     else:
-        for name, value in evaluate_published(Path(paths[0])).items():
+        for name, value in evaluate_published(options.outdir).items():
             print(f"{name:>22}: {value:.4f}")

@@ -54,10 +54,11 @@ def test_as_events_each_film_is_released_on_its_release_date_and_one_without_a_d
     assert np.isnan(items.loc[267, "released"]) and items.loc[267, "available"] == 0  # "unknown", no date
 
 
-@pytest.mark.parametrize("arguments", [[], ["make", str(DATASET)], ["rank", str(DATASET)]])
+@pytest.mark.parametrize("arguments", [[], ["make", str(DATASET)], ["rank", str(DATASET)],
+                                       ["backtest", str(DATASET), "var/folder", "1998-02-21"]])
 def test_a_command_missing_or_unknown_prints_the_usage_and_fails(arguments):
     done = subprocess.run([sys.executable, "-m", "pipeline.evaluation.movielens", *arguments], cwd=ROOT,
                           capture_output=True, text=True)
 
-    assert done.returncode == 1
-    assert "python -m pipeline.evaluation.movielens make" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: python -m pipeline.evaluation.movielens") and "Traceback" not in done.stderr
