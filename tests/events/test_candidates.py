@@ -45,7 +45,8 @@ def test_every_user_with_history_gets_candidates_per_user_available_items_unseen
                                                                                                         pool):
     assert pool.groupby("user_id").size().eq(PER_USER).all()
     assert set(pool["user_id"]) == set(history.users.tolist())
-    had_before = pd.Series([pair in had(history) for pair in zip(pool["user_id"], pool["item_id"], strict=True)])
+    pairs_had = had(history)
+    had_before = pd.Series([pair in pairs_had for pair in zip(pool["user_id"], pool["item_id"], strict=True)])
     assert (had_before == listed_by(pool, "seen")).all()
     assert (pool["available"] == 1).all()
     assert not pool.duplicated(["user_id", "item_id"]).any()
