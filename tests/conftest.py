@@ -210,10 +210,13 @@ def start_luigi(config_file: Path, *args: str, env: dict[str, str] | None = None
                             start_new_session=True)
 
 
-def run_module(config_file: Path, name: str, *args: str) -> subprocess.CompletedProcess:
-    """`python -m pipeline.<name> ...` (rollback, redo) as a user types it, with a config file."""
+def run_module(config_file: Path | None, name: str, *args: str, timeout: float | None = None
+               ) -> subprocess.CompletedProcess:
+    """`python -m pipeline.<name> ...` (rollback, redo, the evaluation tools) as a user types it, with a
+    config file where one is given."""
+    settings = {"LUIGI_CONFIG_PATH": str(config_file)} if config_file else {}
     return subprocess.run([sys.executable, "-m", f"pipeline.{name}", *args], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "LUIGI_CONFIG_PATH": str(config_file)})
+                          text=True, env={**os.environ, **settings}, timeout=timeout)
 
 
 @pytest.fixture

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from datetime import date, timedelta
 
@@ -15,7 +12,7 @@ import pytest
 from pipeline import config, db
 from pipeline.evaluation import backtest
 from pipeline.evaluation.backtest import use_backtest_database
-from tests.conftest import ROOT, WEEK, apply_settings, query
+from tests.conftest import WEEK, apply_settings, query, run_module
 from tests.evaluation.test_movielens import DATASET, needs_movielens
 from tests.events.test_tasks import events_settings, most_weighted_available, with_extra_events  # noqa: F401
 
@@ -75,9 +72,8 @@ def test_movielens_weeks_are_replayed_scored_recorded_and_drawn(settings, tmp_pa
     settings["events"] = {"train_weeks": "4"}
     apply_settings(settings, tmp_path / "luigi.cfg")
 
-    done = subprocess.run([sys.executable, "-m", "pipeline.evaluation.movielens", "backtest", str(DATASET),
-                           str(tmp_path / "backtest"), *WEEKS], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "LUIGI_CONFIG_PATH": str(tmp_path / "luigi.cfg")}, timeout=600)
+    done = run_module(tmp_path / "luigi.cfg", "evaluation.movielens", "backtest", str(DATASET),
+                      str(tmp_path / "backtest"), *WEEKS, timeout=600)
 
     assert done.returncode == 0, done.stderr[-3000:]
     for week in WEEKS:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import UTC, datetime
 
 import numpy as np
@@ -14,7 +12,7 @@ from pipeline import WeeklyRecs
 from pipeline.config import SOURCE_FEATURES
 from pipeline.evaluation.movielens import evaluate_published, make_week, write_events
 from pipeline.events.inputs import read_items
-from tests.conftest import ROOT, WEEK, apply_settings, query, run_tasks
+from tests.conftest import ROOT, WEEK, apply_settings, query, run_module, run_tasks
 
 DATASET = ROOT.parent / "shared" / "datasets" / "ml-100k"
 
@@ -57,8 +55,7 @@ def test_as_events_each_film_is_released_on_its_release_date_and_one_without_a_d
 @pytest.mark.parametrize("arguments", [[], ["make", str(DATASET)], ["rank", str(DATASET)],
                                        ["backtest", str(DATASET), "var/folder", "1998-02-21"]])
 def test_a_command_missing_or_unknown_prints_the_usage_and_fails(arguments):
-    done = subprocess.run([sys.executable, "-m", "pipeline.evaluation.movielens", *arguments], cwd=ROOT,
-                          capture_output=True, text=True)
+    done = run_module(None, "evaluation.movielens", *arguments)
 
     assert done.returncode == 2
     assert done.stderr.startswith("usage: python -m pipeline.evaluation.movielens") and "Traceback" not in done.stderr
