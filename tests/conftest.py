@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -93,15 +94,43 @@ def history(shop) -> History:
                       read_items(shop / "items.parquet"))
 
 
+@pytest.fixture(scope="session")
+def published_week(pg_socket_dir, sample_week, tmp_path_factory) -> str:
+    """A database in which `luigi` published the sample week, made once for the session: a test marked
+    `published_week` starts from a copy of it (`CREATE DATABASE ... TEMPLATE`), everything the week left
+    in PostgreSQL, byte for byte, instead of publishing the week again."""
+    name = f"published_{uuid.uuid4().hex[:12]}"
+    with admin_connection(pg_socket_dir) as admin:
+        admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    folder = tmp_path_factory.mktemp("published")
+    write_settings(week_settings(pg_socket_dir, name, sample_week, folder / "models"), folder / "luigi.cfg")
+    result = run_luigi(folder / "luigi.cfg", "WeeklyRecs", "--local-scheduler", "--week", WEEK.isoformat())
+    assert result.returncode == 0, result.stderr[-2000:]
+    return name
+
+
 @pytest.fixture
-def database(pg_socket_dir) -> Iterator[str]:
+def database(pg_socket_dir, request) -> Iterator[str]:
+    """A database of the test's own: empty, or for a test marked `published_week` a copy of that one."""
     name = f"test_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(host=pg_socket_dir, dbname="postgres", user="postgres")
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    marked = request.node.get_closest_marker("published_week")
+    template = f' TEMPLATE "{request.getfixturevalue("published_week")}"' if marked else ""
+    with admin_connection(pg_socket_dir) as admin:
+        admin.cursor().execute(f'CREATE DATABASE "{name}"{template}')
     yield name
-    admin.cursor().execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    admin.close()
+    with admin_connection(pg_socket_dir) as admin:
+        admin.cursor().execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def admin_connection(socket_dir: str, database: str = "postgres") -> Iterator[psycopg2.extensions.connection]:
+    """The cluster's superuser, autocommitting: for what the tests set up around the pipeline."""
+    admin = psycopg2.connect(host=socket_dir, dbname=database, user="postgres")
+    admin.autocommit = True
+    try:
+        yield admin
+    finally:
+        admin.close()
 
 
 class Reader:
@@ -126,15 +155,13 @@ class Reader:
 def reader(pg_socket_dir, database, settings, tmp_path) -> Iterator[Reader]:
     """A login role of its own, listed in `[postgres] readers`."""
     role = Reader(pg_socket_dir, database)
-    admin = psycopg2.connect(host=pg_socket_dir, dbname=database, user="postgres")
-    admin.autocommit = True
-    admin.cursor().execute(f"CREATE ROLE {role.name} LOGIN PASSWORD '{role.name}'")
-    settings["postgres"]["readers"] = f'["{role.name}"]'
-    apply_settings(settings, tmp_path / "luigi.cfg")
-    yield role
-    admin.cursor().execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role.name}'")
-    admin.cursor().execute(f"DROP OWNED BY {role.name}; DROP ROLE {role.name}")
-    admin.close()
+    with admin_connection(pg_socket_dir, database) as admin:
+        admin.cursor().execute(f"CREATE ROLE {role.name} LOGIN PASSWORD '{role.name}'")
+        settings["postgres"]["readers"] = f'["{role.name}"]'
+        apply_settings(settings, tmp_path / "luigi.cfg")
+        yield role
+        admin.cursor().execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role.name}'")
+        admin.cursor().execute(f"DROP OWNED BY {role.name}; DROP ROLE {role.name}")
 
 
 @pytest.fixture
@@ -151,11 +178,7 @@ def settings(tmp_path, pg_socket_dir, database, input_dir) -> Iterator[dict[str,
 
     Tests may change a value and call `apply_settings(settings)` again.
     """
-    values = {
-        "postgres": {"host": pg_socket_dir, "database": database, "user": "postgres"},
-        "pipeline": {"input_dir": str(input_dir), "model_dir": str(tmp_path / "models"),
-                     "iterations": "60", "retention": "4"},
-    }
+    values = week_settings(pg_socket_dir, database, input_dir, tmp_path / "models")
     config = luigi.configuration.get_config()
     saved = {section: dict(config.items(section, raw=True)) for section in config.sections()}
     apply_settings(values, tmp_path / "luigi.cfg")
@@ -169,6 +192,14 @@ def settings(tmp_path, pg_socket_dir, database, input_dir) -> Iterator[dict[str,
     Register.clear_instance_cache()
 
 
+def week_settings(socket_dir: str, database: str, input_dir: Path, model_dir: Path) -> dict[str, dict[str, str]]:
+    """The tests' pipeline: the sample week's files into a database of the embedded server, a
+    short fit (30 iterations rank the sample's 300 users well enough for every assertion)."""
+    return {"postgres": {"host": socket_dir, "database": database, "user": "postgres"},
+            "pipeline": {"input_dir": str(input_dir), "model_dir": str(model_dir), "iterations": "30",
+                         "retention": "4"}}
+
+
 def apply_settings(values: dict[str, dict[str, str]], path: Path | None = None) -> None:
     config = luigi.configuration.get_config()
     for section, keys in values.items():
@@ -178,8 +209,12 @@ def apply_settings(values: dict[str, dict[str, str]], path: Path | None = None) 
             config.set(section, key, value)
     Register.clear_instance_cache()
     if path is not None:
-        path.write_text("".join(f"[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
-                                for section, keys in values.items()))
+        write_settings(values, path)
+
+
+def write_settings(values: dict[str, dict[str, str]], path: Path) -> None:
+    path.write_text("".join(f"[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
+                            for section, keys in values.items()))
 
 
 @pytest.fixture

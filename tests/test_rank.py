@@ -41,9 +41,8 @@ def test_ranks_are_one_to_n_per_user_in_score_order(settings, conn):
         assert scores == sorted(scores, reverse=True)
 
 
+@pytest.mark.published_week
 def test_ranked_table_holds_every_inference_candidate_with_its_columns(settings, conn):
-    run_tasks(WeeklyRecs(week=WEEK))
-
     assert query(conn, "SELECT count(*) FROM candidates_ranked") == \
         query(conn, "SELECT count(*) FROM candidates_inference")
     columns = [c for (c,) in query(conn, "SELECT column_name FROM information_schema.columns"
@@ -60,11 +59,11 @@ def test_the_model_is_saved_under_the_weeks_folder_and_in_the_database(settings,
     assert query(conn, "SELECT model FROM ranker_models WHERE week = %s", WEEK)[0][0].tobytes() == saved
 
 
+@pytest.mark.published_week
 def test_the_model_puts_more_of_what_users_take_in_its_top_5_than_the_als_order_or_chance(settings, conn,
                                                                                            sample_week):
     """The sample generator knows what its inference users go on to take (`truth.parquet`): the
     week's ranking is measured against that, not against itself."""
-    run_tasks(WeeklyRecs(week=WEEK))
     truth = pq.read_table(sample_week.parent / "truth.parquet").to_pandas().set_index(["user_id", "item_id"])
     ranked = query(conn, "SELECT user_id, item_id, rank, row_number() OVER (PARTITION BY user_id"
                          " ORDER BY als_score DESC, item_id) FROM candidates_ranked")
@@ -143,9 +142,9 @@ def als_score_that_knows_the_target(input_dir):
                    input_dir / "candidates_train.parquet")
 
 
+@pytest.mark.published_week
 def test_a_week_ranking_worse_than_the_als_order_is_refused_and_nothing_of_it_goes_live(settings, config_file,
                                                                                          input_dir, conn):
-    run_tasks(WeeklyRecs(week=WEEK))
     before = live_state(conn)
     als_score_that_knows_the_target(input_dir)
     settings["pipeline"].update(features='["category_id", "parent_id", "available"]', derived_features="[]")
@@ -169,8 +168,8 @@ def test_a_week_ranking_worse_than_the_als_order_is_refused_and_nothing_of_it_go
         assert query(conn, f"SELECT DISTINCT week FROM {table}") == [(NEXT_WEEK,)]
 
 
+@pytest.mark.published_week
 def test_a_week_worse_than_the_last_published_one_is_refused(settings, input_dir, conn):
-    run_tasks(WeeklyRecs(week=WEEK))
     table = pq.read_table(input_dir / "candidates_train.parquet")
     shuffled = np.random.default_rng(1).permutation(table.column("target").to_numpy())
     pq.write_table(table.set_column(table.schema.get_field_index("target"), "target", pa.array(shuffled)),

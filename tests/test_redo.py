@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from pipeline import WeeklyRecs
 from tests.conftest import PUBLISHED_TABLES, ROOT, WEEK, markers, run_module, run_tasks, table_snapshot
 
@@ -25,8 +27,8 @@ def test_redo_forgets_the_weeks_markers_and_keeps_its_tables_until_it_runs_again
     assert len(markers(conn)) == 18
 
 
+@pytest.mark.published_week
 def test_a_week_that_is_no_date_is_refused_with_the_usage_and_nothing_forgotten(settings, config_file, conn):
-    run_tasks(WeeklyRecs(week=WEEK))
     before = markers(conn)
 
     redo = run_module(config_file, "redo", "2026-11-31")

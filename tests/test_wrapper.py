@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pipeline import WeeklyRecs
 from tests.conftest import (
     NEXT_WEEK,
@@ -39,8 +41,8 @@ def test_a_rerun_of_a_done_week_runs_nothing_and_changes_nothing(config_file, co
     assert ({t: table_snapshot(conn, t) for t in PUBLISHED_TABLES}, markers(conn)) == before
 
 
+@pytest.mark.published_week
 def test_a_second_week_is_published_and_the_first_kept_for_rollback(settings, conn):
-    run_tasks(WeeklyRecs(week=WEEK))
     first = table_snapshot(conn, "candidates_ranked")
 
     assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
@@ -71,8 +73,8 @@ def test_a_backfilled_older_week_goes_to_the_archive_not_the_published_table(set
     assert query(conn, "SELECT DISTINCT week FROM candidates_ranked__20261121") == [(WEEK,)]
 
 
+@pytest.mark.published_week
 def test_a_week_whose_ranking_fails_leaves_every_table_of_the_previous_week_live(settings, conn):
-    run_tasks(WeeklyRecs(week=WEEK))
     before = live_state(conn)
     settings["pipeline"]["cat_features"] = '["als_score"]'  # CatBoost refuses float categories
     apply_settings(settings)
@@ -84,8 +86,8 @@ def test_a_week_whose_ranking_fails_leaves_every_table_of_the_previous_week_live
     assert query(conn, "SELECT DISTINCT week FROM candidates_train__staged_20261128") == [(NEXT_WEEK,)]
 
 
+@pytest.mark.published_week
 def test_stages_of_a_week_that_never_went_live_are_dropped_when_a_later_week_goes_live(settings, conn):
-    run_tasks(WeeklyRecs(week=WEEK))
     settings["pipeline"]["cat_features"] = '["als_score"]'
     apply_settings(settings)
     run_tasks(WeeklyRecs(week=NEXT_WEEK))
