@@ -95,7 +95,7 @@ def history(shop) -> History:
 
 
 @pytest.fixture(scope="session")
-def published_week(pg_socket_dir, sample_week, tmp_path_factory) -> str:
+def published_week(pg_socket_dir, sample_week, tmp_path_factory) -> Iterator[str]:
     """A database in which `luigi` published the sample week, made once for the session: a test marked
     `published_week` starts from a copy of it (`CREATE DATABASE ... TEMPLATE`), everything the week left
     in PostgreSQL, byte for byte, instead of publishing the week again."""
@@ -106,7 +106,9 @@ def published_week(pg_socket_dir, sample_week, tmp_path_factory) -> str:
     write_settings(week_settings(pg_socket_dir, name, sample_week, folder / "models"), folder / "luigi.cfg")
     result = run_luigi(folder / "luigi.cfg", "WeeklyRecs", "--local-scheduler", "--week", WEEK.isoformat())
     assert result.returncode == 0, result.stderr[-2000:]
-    return name
+    yield name
+    with admin_connection(pg_socket_dir) as admin:
+        admin.cursor().execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
