@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psycopg2
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -19,6 +18,7 @@ from pipeline import DefaultRecs, OnlineRecs, WeeklyRecs, db
 from tests.conftest import (
     PUBLISHED_TABLES,
     WEEK,
+    admin_connection,
     apply_settings,
     live_state,
     markers,
@@ -121,11 +121,9 @@ def test_a_database_restart_fails_the_task_cleanly_and_the_rerun_completes(
     settings["postgres"].update(host=socket_dir, database="postgres")
     apply_settings(settings, config_file)
     (input_dir / "candidates_inference.parquet").write_bytes(large_inference_file.read_bytes())
-    watcher = psycopg2.connect(host=socket_dir, dbname="postgres", user="postgres")
-    watcher.autocommit = True
-
     worker = start_luigi(config_file, "InferenceCandidates", "--week", "2026-11-21")
-    wait_for_copy(watcher)
+    with admin_connection(socket_dir) as watcher:
+        wait_for_copy(watcher)
     restart()
     _, errors = worker.communicate(timeout=120)
 
@@ -133,7 +131,7 @@ def test_a_database_restart_fails_the_task_cleanly_and_the_rerun_completes(
     assert "InferenceCandidates" in errors and "failed" in errors
     rerun = run_luigi(config_file, "InferenceCandidates", "--local-scheduler", "--week", "2026-11-21")
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    with psycopg2.connect(host=socket_dir, dbname="postgres", user="postgres") as conn:
+    with admin_connection(socket_dir) as conn:
         assert query(conn, "SELECT count(*) FROM candidates_inference__staged_20261121") == [(LARGE_ROWS,)]
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import uuid
 from datetime import date, timedelta
 
-import psycopg2
 import pyarrow as pa
 import pytest
 
 from pipeline import config, db
 from pipeline.evaluation import backtest
 from pipeline.evaluation.backtest import use_backtest_database
-from tests.conftest import WEEK, apply_settings, query, run_module
+from tests.conftest import WEEK, admin_connection, apply_settings, query, run_module
 from tests.evaluation.test_movielens import DATASET, needs_movielens
 from tests.events.test_tasks import events_settings, most_weighted_available, with_extra_events  # noqa: F401
 
@@ -83,7 +82,7 @@ def test_movielens_weeks_are_replayed_scored_recorded_and_drawn(settings, tmp_pa
     assert "newcomers (no event before the cutoff;" in done.stdout
     assert (tmp_path / "backtest" / "ndcg_by_week.png").read_bytes()[:4] == b"\x89PNG"
     assert query(conn, "SELECT to_regclass('candidates_ranked')") == [(None,)]  # production untouched
-    with psycopg2.connect(host=pg_socket_dir, dbname="weekly_recs_movielens", user="postgres") as backtest:
+    with admin_connection(pg_socket_dir, "weekly_recs_movielens") as backtest:
         weeks = query(backtest, "SELECT week, scored, users, ranking_ndcg, popularity_ndcg, als_ndcg, pool_recall,"
                                 " greatest(pool_recall_als, pool_recall_popular, pool_recall_cooccurrence,"
                                 " pool_recall_category) FROM backtest_weeks ORDER BY week")
