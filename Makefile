@@ -46,7 +46,7 @@ bench-scale: $(BIN)/.installed
 	test -x /usr/bin/time || (apt-get update -qq && apt-get install -y -qq time)
 	$(BIN)/python benchmarks/bench_scale.py
 
-# A real shop's steady-state week from events to live, at two years and at one year (about 2 hours).
+# A real shop's steady-state week from events to live, at two years and at one year (about 2.5 hours).
 bench-week: $(BIN)/.installed
 	test -x /usr/bin/time || (apt-get update -qq && apt-get install -y -qq time)
 	$(BIN)/python benchmarks/bench_week.py
