@@ -73,6 +73,12 @@ _WIRE = {"smallint": ">i2", "integer": ">i4", "bigint": ">i8", "real": ">f4", "d
          "boolean": "?", "date": ">i4"}
 
 
+# Arrow fixed-width type -> the numpy type of its values as Arrow stores them
+_STORED = {pa.int8(): "i1", pa.int16(): "i2", pa.int32(): "i4", pa.int64(): "i8", pa.uint8(): "u1",
+           pa.uint16(): "u2", pa.uint32(): "u4", pa.float16(): "f2", pa.float32(): "f4", pa.float64(): "f8",
+           pa.date32(): "i4", pa.date64(): "i8"}
+
+
 def encodable(pg_types: list[str]) -> bool:
     return all(kind in _WIRE for kind in pg_types)
 
@@ -82,15 +88,32 @@ def encode(batch: pa.RecordBatch, pg_types: list[str]) -> bytes:
     values = [_values(column, kind) for column, kind in zip(batch.columns, pg_types, strict=True)]
     if not any(column.null_count for column in batch.columns):
         return _fixed_rows(values, batch.num_rows)
-    return _rows_with_nulls(values, [column.is_valid().to_numpy(zero_copy_only=False) for column in batch.columns])
+    return _rows_with_nulls(values, [_validity(column) for column in batch.columns])
 
 
 def _values(column: pa.Array, kind: str) -> np.ndarray:
+    """The column's values as PostgreSQL's binary format has them (a null's slot holds anything).
+
+    Read from the Arrow buffers themselves: pyarrow's own `to_numpy` imports pandas, which took a
+    load's peak RSS from 165 MB to 207 (1M rows)."""
+    if kind == "boolean":
+        return _bits(column.buffers()[1], column.offset, len(column))
+    values = np.frombuffer(column.buffers()[1], _STORED[column.type], len(column),
+                           column.offset * column.type.bit_width // 8)
     if kind == "date":
-        days = column.cast(pa.date32()).cast(pa.int32()).fill_null(0).to_numpy()
+        days = values // 86_400_000 if column.type == pa.date64() else values  # date64 counts milliseconds
         return (days - _POSTGRES_EPOCH_DAYS).astype(_WIRE[kind])
-    filled = column.fill_null(False if kind == "boolean" else 0) if column.null_count else column
-    return filled.to_numpy(zero_copy_only=False).astype(_WIRE[kind])
+    return values.astype(_WIRE[kind])
+
+
+def _validity(column: pa.Array) -> np.ndarray:
+    bitmap = column.buffers()[0]
+    return np.ones(len(column), bool) if bitmap is None else _bits(bitmap, column.offset, len(column))
+
+
+def _bits(bitmap: pa.Buffer, offset: int, count: int) -> np.ndarray:
+    """Arrow's bit-packed booleans (least significant bit first) as one numpy bool each."""
+    return np.unpackbits(np.frombuffer(bitmap, np.uint8), bitorder="little")[offset:offset + count].view(bool)
 
 
 def _fixed_rows(values: list[np.ndarray], rows: int) -> bytes:

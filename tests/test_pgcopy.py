@@ -14,10 +14,12 @@ from pipeline import db, pgcopy
 from tests.conftest import query
 
 SCHEMA = pa.schema([("id", pa.int64()), ("small", pa.int16()), ("medium", pa.int32()), ("score", pa.float32()),
-                    ("precise", pa.float64()), ("flag", pa.bool_()), ("day", pa.date32())])
-ROWS = [(1, -2, 70_000, 0.5, 1 / 3, True, datetime.date(1999, 12, 31)),
-        (2, None, None, None, None, None, None),
-        (-(2**62), 32_767, -(2**31), float("inf"), -0.0, False, datetime.date(2026, 11, 21))]
+                    ("precise", pa.float64()), ("flag", pa.bool_()), ("day", pa.date32()), ("day64", pa.date64()),
+                    ("count", pa.uint32())])
+ROWS = [(1, -2, 70_000, 0.5, 1 / 3, True, datetime.date(1999, 12, 31), datetime.date(1970, 1, 1), 2**32 - 1),
+        (2, None, None, None, None, None, None, None, None),
+        (-(2**62), 32_767, -(2**31), float("inf"), -0.0, False, datetime.date(2026, 11, 21),
+         datetime.date(1969, 7, 20), 0)]
 
 
 def load(conn, rows: list[tuple], batches: int = 1) -> None:
@@ -43,7 +45,9 @@ def test_a_failure_while_encoding_is_the_error_raised(conn):
     def failing():
         yield pa.record_batch([pa.array([1]), pa.array([1], pa.int16()), pa.array([1], pa.int32()),
                                pa.array([1.0], pa.float32()), pa.array([1.0]), pa.array([True]),
-                               pa.array([datetime.date(2026, 1, 3)])], schema=SCHEMA)
+                               pa.array([datetime.date(2026, 1, 3)]),
+                               pa.array([datetime.date(2026, 1, 3)], pa.date64()), pa.array([1], pa.uint32())],
+                              schema=SCHEMA)
         raise ValueError("the file broke here")
 
     with conn.cursor() as cur, pytest.raises(ValueError, match="the file broke here"):
