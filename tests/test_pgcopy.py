@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import random
 
 import pyarrow as pa
 import pytest
@@ -39,6 +40,26 @@ def test_values_and_nulls_survive_binary_copy(conn, batches):
 
     assert query(conn, "SELECT * FROM typed ORDER BY id DESC NULLS LAST") == \
         sorted(ROWS, key=lambda row: -row[0])
+
+
+def test_batches_cut_at_any_row_keep_every_value_and_null(conn):
+    """The encoder reads Arrow's buffers itself: a batch that starts mid-byte of a null bitmap or of
+    the booleans' bits must still give each row its own values."""
+    rng = random.Random(7)
+
+    def day(since: datetime.date) -> datetime.date:
+        return since + datetime.timedelta(days=rng.randint(-90_000, 90_000))
+
+    def row(number: int) -> tuple:
+        values = (rng.randint(-32_768, 32_767), rng.randint(-(2**31), 2**31 - 1), rng.randint(-99, 99) / 4,
+                  rng.random(), rng.random() < 0.5, day(datetime.date(2000, 1, 1)), day(datetime.date(1970, 1, 1)),
+                  rng.randint(0, 2**32 - 1))
+        return (number, *(None if rng.random() < 0.2 else value for value in values))
+    rows = [row(number) for number in range(1, 300)]
+
+    load(conn, rows, batches=23)  # batches of 13 rows: every offset into a byte, with and without nulls
+
+    assert query(conn, "SELECT * FROM typed ORDER BY id") == rows
 
 
 def test_a_failure_while_encoding_is_the_error_raised(conn):
