@@ -112,8 +112,11 @@ def _validity(column: pa.Array) -> np.ndarray:
 
 
 def _bits(bitmap: pa.Buffer, offset: int, count: int) -> np.ndarray:
-    """Arrow's bit-packed booleans (least significant bit first) as one numpy bool each."""
-    return np.unpackbits(np.frombuffer(bitmap, np.uint8), bitorder="little")[offset:offset + count].view(bool)
+    """Arrow's bit-packed booleans (least significant bit first) as one numpy bool each; only the
+    bytes of the `count` from `offset`, as a slice of a long array shares its whole buffer."""
+    skipped = offset % 8
+    packed = np.frombuffer(bitmap, np.uint8, (skipped + count + 7) // 8, offset // 8)
+    return np.unpackbits(packed, bitorder="little")[skipped:skipped + count].view(bool)
 
 
 def _fixed_rows(values: list[np.ndarray], rows: int) -> bytes:
