@@ -94,8 +94,8 @@ def encode(batch: pa.RecordBatch, pg_types: list[str]) -> bytes:
 def _values(column: pa.Array, kind: str) -> np.ndarray:
     """The column's values as PostgreSQL's binary format has them (a null's slot holds anything).
 
-    Read from the Arrow buffers themselves: pyarrow's own `to_numpy` imports pandas, which took a
-    load's peak RSS from 165 MB to 207 (1M rows)."""
+    Read from the Arrow buffers themselves: pyarrow's own `to_numpy` imports pandas, which a load
+    has no other use for (its peak RSS at 1M rows: 207 MB with pandas, 165 MB without)."""
     if kind == "boolean":
         return _bits(column.buffers()[1], column.offset, len(column))
     values = np.frombuffer(column.buffers()[1], _STORED[column.type], len(column),
