@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline import DefaultRecs, InferenceCandidates, OnlineRecs, TrainCandidates
-from tests.conftest import NEXT_WEEK, WEEK, query, run_tasks, staged
+from pipeline.load import CheckInputs
+from tests.conftest import NEXT_WEEK, ROOT, WEEK, query, run_tasks, staged
 
 LOADS = [(DefaultRecs, "top_popular.parquet", "default_recs"),
          (OnlineRecs, "similar.parquet", "online_recs"),
@@ -35,6 +40,22 @@ def test_load_publishes_exactly_the_files_rows(task, file, table, settings, inpu
     assert rounded(published) == rounded(rows)
     assert query(conn, f'SELECT DISTINCT week FROM "{staged(table)}"') == [(WEEK,)]
     assert query(conn, f"SELECT to_regclass('{table}')") == [(None,)]  # live only with the whole week
+
+
+def test_a_load_never_imports_pandas(config_file, conn):
+    """pandas would be a fifth of a load's memory (README, Performance), and pyarrow imports it the
+    moment a Python value becomes Arrow or Arrow becomes numpy."""
+    assert run_tasks(CheckInputs(week=WEEK)).name == "SUCCESS"  # a step of its own, which reads with pandas
+    load = ("import datetime, sys, luigi; from pipeline import InferenceCandidates; "
+            f"week = datetime.date.fromisoformat('{WEEK}'); "
+            "assert luigi.build([InferenceCandidates(week=week)], local_scheduler=True); "
+            "print([name for name in sys.modules if name.startswith('pandas')])")
+    result = subprocess.run([sys.executable, "-c", load], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "LUIGI_CONFIG_PATH": str(config_file)})
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == "[]"
+    assert query(conn, f"SELECT count(*) FROM \"{staged('candidates_inference')}\"")[0][0] > 0
 
 
 def test_column_types_follow_the_arrow_schema(settings, conn):
