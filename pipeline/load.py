@@ -28,7 +28,7 @@ def week_contracts() -> tuple[contracts.Contract, ...]:
 
 def week_column(week: date, rows: int) -> pa.Array:
     """The week as a date32 column, made from its buffer: pyarrow converting any Python value
-    imports pandas, which a load has no other use for (about 35 MB of its peak RSS; see `pgcopy`)."""
+    imports pandas, which a load has no other use for (its cost in memory: `pgcopy._values`)."""
     days = np.full(rows, (week - EPOCH).days, np.int32)
     return pa.Array.from_buffers(WEEK_FIELD.type, rows, [None, pa.py_buffer(days)])
 
