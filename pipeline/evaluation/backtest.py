@@ -234,17 +234,20 @@ def _validation_ndcg(week: date) -> dict[date, float]:
 
 
 def record(weeks: pd.DataFrame, summary: dict[str, float], start: date, stop: date, scored_from: date) -> str:
-    """The run (`summary`: of the scored weeks) and its weeks in the backtest database; returns the run's id."""
+    """The run (`summary`: of the scored weeks, and the settings it ran with) and its weeks in the backtest
+    database; returns the run's id."""
     run_id = uuid.uuid4().hex[:12]
     with db.connection() as conn, conn.cursor() as cur:
         numbers = ", ".join(f"{name} double precision" for name in summary)
         cur.execute(f"CREATE TABLE IF NOT EXISTS backtest_runs (run_id text PRIMARY KEY, start_week date,"
-                    f" stop_week date, scored_from date, {numbers}, run_at timestamptz DEFAULT now())")
-        cur.execute(sql.SQL("INSERT INTO backtest_runs (run_id, start_week, stop_week, scored_from, {})"
-                            " VALUES (%s, %s, %s, %s, {})")
+                    f" stop_week date, scored_from date, settings jsonb, {numbers},"
+                    f" run_at timestamptz DEFAULT now())")
+        cur.execute(sql.SQL("INSERT INTO backtest_runs (run_id, start_week, stop_week, scored_from, settings, {})"
+                            " VALUES (%s, %s, %s, %s, %s, {})")
                     .format(sql.SQL(", ").join(map(sql.Identifier, summary)),
                             sql.SQL(", ").join(sql.Placeholder() * len(summary))),
-                    (run_id, start, stop, scored_from, *summary.values()))
+                    (run_id, start, stop, scored_from, psycopg2.extras.Json(settings_in_force()),
+                     *summary.values()))
         columns = [c for c in weeks.columns if c != "week"]
         cur.execute("CREATE TABLE IF NOT EXISTS backtest_weeks (run_id text, week date, "
                     + ", ".join(f"{c} double precision" for c in columns) + ", PRIMARY KEY (run_id, week))")
@@ -253,6 +256,12 @@ def record(weeks: pd.DataFrame, summary: dict[str, float], start: date, stop: da
             [(run_id, row.week, *(float(getattr(row, c)) for c in columns)) for row in weeks.itertuples()])
         conn.commit()
     return run_id
+
+
+def settings_in_force() -> dict[str, dict[str, str]]:
+    """The `[pipeline]` and `[events]` settings the weeks ran with (neither holds a secret): a run's
+    figures move with them, its seed alone by as much as some changes (README)."""
+    return {"pipeline": config.pipeline().to_str_params(), "events": config.events().to_str_params()}
 
 
 def draw(weeks: pd.DataFrame, path: Path, title: str) -> None:
