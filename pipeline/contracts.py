@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,15 @@ import pyarrow.parquet as pq
 
 from pipeline import pgcopy
 from pipeline.validation import held_out_rows, held_out_week
+
+EPOCH = date(1970, 1, 1)  # day 0 of a date32
+
+
+def date_column(day: date, rows: int) -> pa.Array:
+    """`day` repeated as a date32 column, made from its buffer: pyarrow converting any Python value
+    imports pandas, which a load has no other use for (its cost in memory: `pgcopy._values`)."""
+    days = np.full(rows, (day - EPOCH).days, np.int32)
+    return pa.Array.from_buffers(pa.date32(), rows, [None, pa.py_buffer(days)])
 
 
 class ContractError(ValueError):

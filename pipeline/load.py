@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import date
 from pathlib import Path
 
 import luigi
-import numpy as np
 import psycopg2.errors
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,20 +15,12 @@ from pipeline.events.tasks import CandidatesAtCutoff, TrainFromOutcomes
 
 BATCH_ROWS = 64_000
 WEEK_FIELD = pa.field("week", pa.date32())
-EPOCH = date(1970, 1, 1)  # day 0 of a date32
 
 
 def week_contracts() -> tuple[contracts.Contract, ...]:
     """The week's four contracts, the candidates carrying the configured (and derived) features."""
     chosen = config.pipeline().ranker_features()
     return contracts.week_contracts(chosen.features, chosen.derived_features)
-
-
-def week_column(week: date, rows: int) -> pa.Array:
-    """The week as a date32 column, made from its buffer: pyarrow converting any Python value
-    imports pandas, which a load has no other use for (its cost in memory: `pgcopy._values`)."""
-    days = np.full(rows, (week - EPOCH).days, np.int32)
-    return pa.Array.from_buffers(WEEK_FIELD.type, rows, [None, pa.py_buffer(days)])
 
 
 class CheckInputs(WeekTask):
@@ -83,7 +73,7 @@ class LoadTask(StagingTask):
         path, parquet = self.input_file()
         schema = contracts.output_schema(contract, path, parquet.schema_arrow)
         checker = contracts.BatchChecker(contract, path, schema)
-        batches = (batch.append_column("week", week_column(self.week, batch.num_rows))
+        batches = (batch.append_column("week", contracts.date_column(self.week, batch.num_rows))
                    for batch in checker.checked(parquet.iter_batches(batch_size=BATCH_ROWS)))
         try:
             self.stage(self.reporting(batches, parquet.metadata.num_rows,

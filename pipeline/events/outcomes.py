@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.contracts import date_column
 from pipeline.events.candidates import CANDIDATES
 from pipeline.events.inputs import Interactions
 from pipeline.validation import spread
@@ -34,7 +35,7 @@ def outcome_batches(candidates: pq.ParquetFile, positives: Interactions, week: d
     for batch in candidates.iter_batches():
         kept = batch.filter(pa.array(np.isin(batch.column("user_id").to_numpy(), takers)))
         yield pa.RecordBatch.from_arrays([*kept.columns, pa.array(_taken(kept, taken).astype(np.int64)),
-                                          pa.repeat(pa.scalar(week, pa.date32()), kept.num_rows)], schema=OUTCOMES)
+                                          date_column(week, kept.num_rows)], schema=OUTCOMES)
 
 
 def _taken(batch: pa.RecordBatch, taken: pd.MultiIndex) -> np.ndarray:

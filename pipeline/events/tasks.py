@@ -17,6 +17,7 @@ code that wrote it: a week interrupted before its candidates and resumed after a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import math
@@ -237,9 +238,11 @@ def fit_header(fit: dict[str, luigi.LocalTarget]) -> dict:
     return header if isinstance(header, dict) else {}  # before the header, the active users' count alone
 
 
+@functools.cache
 def code_fingerprint() -> str:
     """The pipeline's modules and the libraries whose objects the fit holds: what, besides the
-    events, decides the candidates a fit makes."""
+    events, decides the candidates a fit makes. Read once a process, as it started: a deploy while a
+    week runs is the next run's code, and does not disown the running week's fit halfway through it."""
     digest = hashlib.sha256()
     for module in sorted(Path(__file__).parents[1].rglob("*.py")):  # the whole package
         digest.update(module.read_bytes())

@@ -4,6 +4,7 @@ and a whole week from events to the five tables."""
 from __future__ import annotations
 
 import configparser
+import importlib.metadata
 import math
 import re
 from datetime import date, timedelta
@@ -205,6 +206,17 @@ def test_candidates_made_in_one_and_in_four_shards_are_the_same_row_for_row(even
     folder = config.pipeline().week_input_dir(WEEK)
     assert sorted(path.name for path in folder.iterdir()) == sorted(  # the fit and the shards' files are gone
         [CANDIDATES_INFERENCE.file, SIMILAR.file, TOP_POPULAR.file])
+
+
+def test_an_upgrade_installed_while_a_week_runs_leaves_the_running_week_its_fit(events_settings, monkeypatch):
+    assert run_tasks(CutoffModel(week=WEEK)).name == "SUCCESS"
+    monkeypatch.setattr(importlib.metadata, "version", lambda library: "installed while the week ran")
+    assert CutoffModel(week=WEEK).complete()  # the running code wrote it: its shards go on from it
+
+    tasks.code_fingerprint.cache_clear()  # the next run's process, which runs the upgrade
+    assert not CutoffModel(week=WEEK).complete()
+    monkeypatch.undo()
+    tasks.code_fingerprint.cache_clear()
 
 
 def test_a_week_resumed_by_other_code_fits_again_and_remakes_its_shards(events_settings, tmp_path, monkeypatch):
