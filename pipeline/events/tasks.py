@@ -241,7 +241,7 @@ def fit_header(fit: dict[str, luigi.LocalTarget]) -> dict:
 @functools.cache
 def code_fingerprint() -> str:
     """The pipeline's modules and the libraries whose objects the fit holds: what, besides the
-    events, decides the candidates a fit makes. Read once a process, as it started: a deploy while a
+    events, decides the candidates a fit makes. Read once a process, as the week is scheduled: a deploy while a
     week runs is the next run's code, and does not disown the running week's fit halfway through it."""
     digest = hashlib.sha256()
     for module in sorted(Path(__file__).parents[1].rglob("*.py")):  # the whole package
