@@ -226,6 +226,17 @@ def config_file(settings, tmp_path) -> Path:
     return tmp_path / "luigi.cfg"
 
 
+def installed_program(name: str, package: str) -> str:
+    """The program's path. Without it a test is skipped on a developer's machine and fails on CI,
+    where `.ci/run` installs it: a test that skipped itself there would pass unseen."""
+    __tracebackhide__ = True  # the skip is reported at the test's line
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (apt-get install {package}; .ci/run installs it)"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    return path
+
+
 def run_tasks(*tasks: luigi.Task) -> luigi.LuigiStatusCode:
     result = luigi.build(list(tasks), local_scheduler=True, detailed_summary=True, workers=1)
     return result.status

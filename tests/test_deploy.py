@@ -4,8 +4,6 @@ itself, and docker-compose's services agree with what the pipeline reads."""
 from __future__ import annotations
 
 import configparser
-import os
-import shutil
 import subprocess
 from datetime import datetime
 
@@ -13,7 +11,7 @@ import pytest
 import yaml
 from croniter import croniter
 
-from tests.conftest import ROOT, apply_settings, query
+from tests.conftest import ROOT, apply_settings, installed_program, query
 
 CRONTAB = ROOT / "deploy" / "crontab"
 
@@ -104,9 +102,7 @@ def test_the_worker_image_hands_crons_jobs_every_variable_compose_sets():
 
 
 def test_docker_compose_accepts_the_file():
-    if shutil.which("docker-compose") is None:
-        message = "docker-compose is not installed (apt-get install docker-compose; .ci/run installs it)"
-        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
-    result = subprocess.run(["docker-compose", "--env-file", ".env.example", "config", "--quiet"], cwd=ROOT,
+    compose_program = installed_program("docker-compose", "docker-compose")
+    result = subprocess.run([compose_program, "--env-file", ".env.example", "config", "--quiet"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

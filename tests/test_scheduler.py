@@ -18,7 +18,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import ScoreShard, TrainCandidates, WeeklyRecs
-from tests.conftest import NEXT_WEEK, PUBLISHED_TABLES, ROOT, WEEK, apply_settings, markers, query, run_luigi, run_tasks
+from tests.conftest import (
+    NEXT_WEEK,
+    PUBLISHED_TABLES,
+    ROOT,
+    WEEK,
+    apply_settings,
+    installed_program,
+    markers,
+    query,
+    run_luigi,
+    run_tasks,
+)
 
 ARTIFACTS = ROOT / "var" / "test-artifacts"  # git-ignored; docs/visualizer.png is one such screenshot
 
@@ -126,10 +137,7 @@ def test_a_failing_run_ends_promptly_with_a_non_zero_exit(luigid, config_file, i
 
 
 def test_the_visualizer_shows_the_finished_week_in_a_browser(luigid, config_file, tmp_path):
-    browser = shutil.which("chromium")
-    if browser is None:
-        message = "Chromium is not installed (apt-get install chromium; .ci/run installs it)"
-        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    browser = installed_program("chromium", "chromium")
     assert run_luigi(config_file, "WeeklyRecs", "--week", "2026-11-21", *luigid.args).returncode == 0
     page = (f"http://127.0.0.1:{luigid.port}/static/visualiser/index.html"
             f"#tab=graph&taskId={WeeklyRecs(week=WEEK).task_id}")
