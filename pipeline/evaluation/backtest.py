@@ -1,6 +1,7 @@
 """Walk-forward backtest: replay weeks from events, judge each published ranking by the week after it.
 
     python -m pipeline.evaluation.backtest --start 2026-09-26 --stop 2026-11-14 [--scored-from 2026-10-24]
+        [--seeds 42 7 1]
 
 Every week of the range runs the whole graph (`[pipeline] source = events`) on a database and a
 folder of the backtest's own, never the production ones; a week its quality gate refuses keeps the
@@ -314,9 +315,9 @@ def report(weeks: pd.DataFrame, summaries: dict[str, dict[str, float]]) -> str:
 
 
 def run(start: date, stop: date, database: str, folder: Path, picture: Path,
-        scored_from: date | None = None) -> dict[str, float]:
-    """Replays the weeks from `start` to `stop`; returns the pooled figures of those from `scored_from`
-    (default: all of them)."""
+        scored_from: date | None = None) -> dict[str, dict[str, float]]:
+    """Replays the weeks from `start` to `stop`; returns the pooled figures of each group of them
+    ("chosen on": before `scored_from`, if any; "scored": from it, by default all of them)."""
     scored_from = scored_from or start
     if not start <= scored_from <= stop:
         raise ValueError(f"--scored-from {scored_from} must lie from --start {start} to --stop {stop}")
@@ -335,27 +336,78 @@ def run(start: date, stop: date, database: str, folder: Path, picture: Path,
         if len(part):
             miss = (its_weeks["validation_ndcg"] - its_weeks["takers_ndcg"]).abs().mean()
             summaries[group] = {**pooled(part), **pooled_newcomers(its_newcomers), "validation_error": float(miss)}
-    summary = summaries["scored"]
-    run_id = record(weeks, summary, start, stop, scored_from)
+    run_id = record(weeks, summaries["scored"], start, stop, scored_from)
     draw(weeks, picture, f"Walk-forward backtest, {start} to {stop}")
     print(report(weeks, summaries))
     print(f"run {run_id} recorded in {db.server()}, tables backtest_runs and backtest_weeks; picture: {picture}")
-    return summary
+    return summaries
+
+
+def run_over_seeds(seeds: list[int], start: date, stop: date, database: str, folder: Path,
+                   scored_from: date | None = None) -> dict[int, dict[str, dict[str, float]]]:
+    """The backtest once for each seed (`[pipeline] random_seed`, which seeds ALS, CatBoost and the
+    users held out for validation), each in a database (`DATABASE_seedN`) and a folder (`FOLDER/seedN`)
+    of its own; then each seed's figures and their range.
+
+    The seed alone moves the figures by as much as some changes to the settings do (README): a change
+    has shown something only where it moves them by more than their range over seeds.
+    """
+    production = config.postgres().database
+    results = {}
+    for seed in seeds:
+        config.override("postgres", {"database": production})  # what each seed's database is checked against
+        config.override("pipeline", {"random_seed": str(seed)})
+        print(f"seed {seed}:", flush=True)
+        results[seed] = run(start, stop, f"{database}_seed{seed}", folder / f"seed{seed}",
+                            folder / f"seed{seed}" / "ndcg_by_week.png", scored_from)
+    print(seeds_report(results))
+    return results
+
+
+def run_once_or_over_seeds(seeds: list[int] | None, start: date, stop: date, database: str, folder: Path,
+                           scored_from: date | None, picture: Path | None = None) -> None:
+    """Once with `[pipeline] random_seed`, drawing `picture` (default: in `folder`), or once for each of `seeds`."""
+    if seeds:
+        run_over_seeds(seeds, start, stop, database, folder, scored_from)
+    else:
+        run(start, stop, database, folder, picture or folder / "ndcg_by_week.png", scored_from)
+
+
+def seeds_report(results: dict[int, dict[str, dict[str, float]]]) -> str:
+    """For each group of weeks, each seed's ranking / popularity and pool recall, then their range."""
+    lines = []
+    for group in ("chosen on", "scored"):
+        runs = {seed: summaries[group] for seed, summaries in results.items() if group in summaries}
+        if not runs:
+            continue
+        lines.append(f"over {len(runs)} seeds, the weeks {group}: ranking / popularity NDCG@10 [95%], pool recall")
+        lines += [f"  seed {seed:<6} {run['ratio']:.2f} [{run['ratio_low']:.2f}, {run['ratio_high']:.2f}]"
+                  f"  {run['pool_recall']:.3f}" for seed, run in runs.items()]
+        ratios, pools = ([run[name] for run in runs.values()] for name in ("ratio", "pool_recall"))
+        lines.append(f"  range {min(ratios):.2f} to {max(ratios):.2f} (mean {np.mean(ratios):.2f}),"
+                     f" pool recall {min(pools):.3f} to {max(pools):.3f} (mean {np.mean(pools):.3f})")
+    return "\n".join(lines)
+
+
+def add_seeds_argument(parser: argparse.ArgumentParser) -> None:
+    """`--seeds`, as every backtest command takes it."""
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
+                        help="run once for each seed, each in a database and folder of its own, and report "
+                             "the figures' range over them (default: once, with [pipeline] random_seed)")
 
 
 def on_shop(shop: Path, weeks: tuple[date, date, date], database: str, folder: Path,
-            events_settings: dict[str, str]) -> dict[str, float]:
+            events_settings: dict[str, str], seeds: list[int] | None = None) -> None:
     """The walk-forward backtest of a shop's `events/` and `items.parquet`: events.cfg's stage, then
     LUIGI_CONFIG_PATH's settings (if any), then `events_settings`; `weeks` are the first, the first
-    scored and the last."""
+    scored and the last; once, or once for each of `seeds`."""
     for path in (config.ROOT / "events.cfg", os.environ.get("LUIGI_CONFIG_PATH")):
         if path:
             luigi.configuration.add_config_path(str(path))
     config.override("events", {"events_path": str(shop / "events"), "items_path": str(shop / "items.parquet"),
                                **events_settings})
     first, scored_from, last = weeks
-    return run(first, last, database=database, folder=folder, picture=folder / "ndcg_by_week.png",
-               scored_from=scored_from)
+    run_once_or_over_seeds(seeds, first, last, database, folder, scored_from)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -370,10 +422,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--database", default="weekly_recs_backtest", help="the backtest's own database")
     parser.add_argument("--folder", type=Path, default=config.ROOT / "var" / "backtest",
                         help="where the weeks' files and models go")
-    parser.add_argument("--picture", type=Path, default=None, help="PNG of NDCG@10 per week (default: in --folder)")
+    parser.add_argument("--picture", type=Path, default=None,
+                        help="PNG of NDCG@10 per week (default: in --folder; with --seeds, in each seed's)")
+    add_seeds_argument(parser)
     options = parser.parse_args(argv)
-    run(options.start, options.stop, options.database, options.folder.resolve(),
-        options.picture or options.folder / "ndcg_by_week.png", options.scored_from)
+    if options.seeds and options.picture:
+        parser.error("--picture names one picture; with --seeds each seed draws its own in FOLDER/seedN")
+    run_once_or_over_seeds(options.seeds, options.start, options.stop, options.database, options.folder.resolve(),
+                           options.scored_from, options.picture)
 
 
 if __name__ == "__main__":

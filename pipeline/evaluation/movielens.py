@@ -4,6 +4,7 @@
     python -m pipeline.evaluation.movielens evaluate OUTDIR      # scores the published candidates_ranked
     python -m pipeline.evaluation.movielens events ../shared/datasets/ml-100k OUTDIR   # for source = events
     python -m pipeline.evaluation.movielens backtest ../shared/datasets/ml-100k [FOLDER [FIRST SCORED_FROM LAST]]
+        [--seeds 42 7 1]
 
 Each user's ratings are split by time into history (60%), label (20%) and test (20%) periods; a
 global time cut would leave too few users with test interactions. A truncated SVD of the history
@@ -132,12 +133,12 @@ def write_events(dataset: Path, out: Path) -> None:
 
 
 def backtest(dataset: Path, folder: Path, weeks: tuple[date, date, date] = BACKTEST_WEEKS,
-             database: str = "weekly_recs_movielens") -> dict[str, float]:
+             database: str = "weekly_recs_movielens", seeds: list[int] | None = None) -> None:
     """The walk-forward backtest on the ratings as events, each cutoff at 00:00 UTC, every rating weighing 1."""
     from pipeline.evaluation import backtest as walk_forward
 
     write_events(dataset, folder / "shop")
-    return walk_forward.on_shop(folder / "shop", weeks, database, folder, {"cutoff": "00:00", "weights": "{}"})
+    walk_forward.on_shop(folder / "shop", weeks, database, folder, {"cutoff": "00:00", "weights": "{}"}, seeds)
 
 
 def _similar(item_factors: np.ndarray, per_item: int = 10) -> pd.DataFrame:
@@ -201,6 +202,9 @@ def _parser() -> argparse.ArgumentParser:
     walk.add_argument("folder", nargs="?", type=Path, default=config.ROOT / "var" / "movielens-backtest")
     walk.add_argument("weeks", nargs="*", type=date.fromisoformat, default=list(BACKTEST_WEEKS),
                       help="FIRST SCORED_FROM LAST (default: the README's 16 weeks)")
+    from pipeline.evaluation.backtest import add_seeds_argument
+
+    add_seeds_argument(walk)
     return parser
 
 
@@ -216,7 +220,7 @@ if __name__ == "__main__":
     elif options.command == "backtest":
         if len(options.weeks) != 3:
             parser.error("backtest takes three weeks: FIRST SCORED_FROM LAST")
-        backtest(options.dataset, options.folder, tuple(options.weeks))
+        backtest(options.dataset, options.folder, tuple(options.weeks), seeds=options.seeds)
     else:
         for name, value in evaluate_published(options.outdir).items():
             print(f"{name:>22}: {value:.4f}")

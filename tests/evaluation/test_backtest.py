@@ -66,6 +66,25 @@ def test_a_week_that_fails_for_another_reason_stops_the_backtest(events_settings
         backtest.replay(WEEK)
 
 
+def test_over_seeds_each_seed_runs_in_a_database_of_its_own_and_the_report_gives_their_range(
+        events_settings, tmp_path, pg_socket_dir, capsys):  # noqa: F811
+    before, base = WEEK - timedelta(weeks=1), f"backtest_{uuid.uuid4().hex[:8]}"
+
+    results = backtest.run_over_seeds([1, 2], before, WEEK, base, tmp_path / "backtest", scored_from=WEEK)
+
+    report = capsys.readouterr().out.split("over 2 seeds, the weeks chosen on:")[1]
+    scored = {seed: result["scored"] for seed, result in results.items()}
+    assert scored[1]["pool_recall"] != scored[2]["pool_recall"]  # the seed reached ALS
+    for seed, figures in scored.items():
+        with admin_connection(pg_socket_dir, f"{base}_seed{seed}") as its_database:
+            (settings, pool_recall), = query(its_database, "SELECT settings, pool_recall FROM backtest_runs")
+        assert settings["pipeline"]["random_seed"] == str(seed) and pool_recall == figures["pool_recall"]
+        assert f"seed {seed:<6} {figures['ratio']:.2f} [" in report and f"{figures['pool_recall']:.3f}" in report
+        assert (tmp_path / "backtest" / f"seed{seed}" / "ndcg_by_week.png").exists()
+    pools = sorted(figures["pool_recall"] for figures in scored.values())
+    assert f"pool recall {pools[0]:.3f} to {pools[1]:.3f}" in report.split("the weeks scored:")[1]
+
+
 @needs_movielens
 def test_movielens_weeks_are_replayed_scored_recorded_and_drawn(settings, tmp_path, conn, pg_socket_dir):
     settings["events"] = {"train_weeks": "4"}
