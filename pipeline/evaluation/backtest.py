@@ -354,7 +354,7 @@ def run_over_seeds(seeds: list[int], start: date, stop: date, database: str, fol
     """
     production = config.postgres().database
     results = {}
-    for seed in seeds:
+    for seed in dict.fromkeys(seeds):  # each once, in the order given
         config.override("postgres", {"database": production})  # what each seed's database is checked against
         config.override("pipeline", {"random_seed": str(seed)})
         print(f"seed {seed}:", flush=True)
@@ -381,9 +381,9 @@ def seeds_report(results: dict[int, dict[str, dict[str, float]]]) -> str:
         if not runs:
             continue
         lines.append(f"over {len(runs)} seeds, the weeks {group}: ranking / popularity NDCG@10 [95%], pool recall")
-        lines += [f"  seed {seed:<6} {run['ratio']:.2f} [{run['ratio_low']:.2f}, {run['ratio_high']:.2f}]"
-                  f"  {run['pool_recall']:.3f}" for seed, run in runs.items()]
-        ratios, pools = ([run[name] for run in runs.values()] for name in ("ratio", "pool_recall"))
+        lines += [f"  seed {seed:<6} {figures['ratio']:.2f} [{figures['ratio_low']:.2f}, {figures['ratio_high']:.2f}]"
+                  f"  {figures['pool_recall']:.3f}" for seed, figures in runs.items()]
+        ratios, pools = ([figures[name] for figures in runs.values()] for name in ("ratio", "pool_recall"))
         lines.append(f"  range {min(ratios):.2f} to {max(ratios):.2f} (mean {np.mean(ratios):.2f}),"
                      f" pool recall {min(pools):.3f} to {max(pools):.3f} (mean {np.mean(pools):.3f})")
     return "\n".join(lines)
