@@ -380,7 +380,8 @@ def seeds_report(results: dict[int, dict[str, dict[str, float]]]) -> str:
         runs = {seed: summaries[group] for seed, summaries in results.items() if group in summaries}
         if not runs:
             continue
-        lines.append(f"over {len(runs)} seeds, the weeks {group}: ranking / popularity NDCG@10 [95%], pool recall")
+        seeds = f"{len(runs)} seeds" if len(runs) > 1 else "1 seed"
+        lines.append(f"over {seeds}, the weeks {group}: ranking / popularity NDCG@10 [95%], pool recall")
         lines += [f"  seed {seed:<6} {figures['ratio']:.2f} [{figures['ratio_low']:.2f}, {figures['ratio_high']:.2f}]"
                   f"  {figures['pool_recall']:.3f}" for seed, figures in runs.items()]
         ratios, pools = ([figures[name] for figures in runs.values()] for name in ("ratio", "pool_recall"))
