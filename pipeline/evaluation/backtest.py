@@ -314,11 +314,13 @@ def report(weeks: pd.DataFrame, summaries: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def run(start: date, stop: date, database: str, folder: Path, picture: Path,
-        scored_from: date | None = None) -> dict[str, dict[str, float]]:
-    """Replays the weeks from `start` to `stop`; returns the pooled figures of each group of them
-    ("chosen on": before `scored_from`, if any; "scored": from it, by default all of them)."""
+def run(start: date, stop: date, database: str, folder: Path, scored_from: date | None = None,
+        picture: Path | None = None) -> dict[str, dict[str, float]]:
+    """Replays the weeks from `start` to `stop`, drawing `picture` (default: in `folder`); returns the
+    pooled figures of each group of them ("chosen on": before `scored_from`, if any; "scored": from
+    it, by default all of them)."""
     scored_from = scored_from or start
+    picture = picture or folder / "ndcg_by_week.png"
     if not start <= scored_from <= stop:
         raise ValueError(f"--scored-from {scored_from} must lie from --start {start} to --stop {stop}")
     use_backtest_database(database, folder)
@@ -358,8 +360,7 @@ def run_over_seeds(seeds: list[int], start: date, stop: date, database: str, fol
         config.override("postgres", {"database": production})  # what each seed's database is checked against
         config.override("pipeline", {"random_seed": str(seed)})
         print(f"seed {seed}:", flush=True)
-        results[seed] = run(start, stop, f"{database}_seed{seed}", folder / f"seed{seed}",
-                            folder / f"seed{seed}" / "ndcg_by_week.png", scored_from)
+        results[seed] = run(start, stop, f"{database}_seed{seed}", folder / f"seed{seed}", scored_from)
     print(seeds_report(results))
     return results
 
@@ -370,7 +371,7 @@ def run_once_or_over_seeds(seeds: list[int] | None, start: date, stop: date, dat
     if seeds:
         run_over_seeds(seeds, start, stop, database, folder, scored_from)
     else:
-        run(start, stop, database, folder, picture or folder / "ndcg_by_week.png", scored_from)
+        run(start, stop, database, folder, scored_from, picture)
 
 
 def seeds_report(results: dict[int, dict[str, dict[str, float]]]) -> str:
