@@ -202,6 +202,9 @@ def pooled_newcomers(newcomers: pd.DataFrame) -> dict[str, float]:
 
 
 def _ratio(prefix: str, model: pd.Series, baseline: pd.Series) -> dict[str, float]:
+    """NaN where the baseline found nothing: no ratio to it exists (a week's few newcomers, say)."""
+    if baseline.mean() == 0:
+        return dict.fromkeys((f"{prefix}ratio", f"{prefix}ratio_low", f"{prefix}ratio_high"), float("nan"))
     low, high = metrics.bootstrap_gain(model, baseline, rounds=2000)
     return {f"{prefix}ratio": float(model.mean() / baseline.mean()), f"{prefix}ratio_low": 1 + low,
             f"{prefix}ratio_high": 1 + high}

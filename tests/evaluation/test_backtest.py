@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import uuid
+import warnings
 from datetime import date, timedelta
 
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -57,6 +60,14 @@ def test_a_newcomer_is_scored_by_the_default_recs_the_web_service_serves_them(ev
     assert new["default_ndcg"].tolist() == [1.0, 0.0]
     assert backtest.pooled_newcomers(new)["newcomer_default_ndcg"] == 0.5
 
+
+def test_newcomers_whom_popularity_served_nothing_have_no_ratio_and_no_warning():
+    newcomers = pd.DataFrame({"default_ndcg": [1.0, 0.0], "popularity_ndcg": [0.0, 0.0]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figures = backtest.pooled_newcomers(newcomers)
+    assert figures["newcomer_default_ndcg"] == 0.5
+    assert all(math.isnan(figures[name]) for name in ("newcomer_ratio", "newcomer_ratio_low", "newcomer_ratio_high"))
 
 def test_a_week_that_fails_for_another_reason_stops_the_backtest(events_settings, tmp_path):  # noqa: F811
     use_backtest_database(f"backtest_{uuid.uuid4().hex[:8]}", tmp_path / "backtest")
