@@ -66,9 +66,12 @@ def standard_error(per_user: pd.Series) -> float:
 
 
 def bootstrap_gain(model: pd.Series, baseline: pd.Series, rounds: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% interval of the relative gain in mean `model` over mean `baseline`, resampling users."""
+    """95% interval of the relative gain in mean `model` over mean `baseline`, resampling users. Among a
+    few users, some draws hold only users whom the baseline served nothing: their gain is unbounded
+    (inf, or NaN where the model served nothing either), and so is the interval."""
     means = _resampled_means(np.column_stack([model.to_numpy(), baseline.loc[model.index].to_numpy()]), rounds, seed)
-    return _middle_95(means[:, 0] / means[:, 1] - 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _middle_95(means[:, 0] / means[:, 1] - 1)
 
 
 def bootstrap_mean(values: pd.Series, rounds: int = 1000, seed: int = 0) -> tuple[float, float]:

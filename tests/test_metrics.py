@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -52,6 +54,13 @@ def test_the_bootstrap_interval_holds_the_observed_gain():
     assert low <= 0.2 + 1e-9 <= high + 1e-9
     assert high - low < 1e-6  # every resample sees the same 20% gain
 
+
+def test_an_interval_over_users_whom_the_baseline_may_serve_nothing_is_unbounded_without_a_warning():
+    model, baseline = pd.Series([1.0, 1.0]), pd.Series([1.0, 0.0])  # a quarter of the draws: the second user twice
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        low, high = bootstrap_gain(model, baseline)
+    assert low == 0.0 and not np.isfinite(high)
 
 @pytest.mark.parametrize("users", [40, 400])
 def test_the_interval_of_a_mean_is_about_two_standard_errors_either_side(users):
