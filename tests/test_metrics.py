@@ -62,6 +62,7 @@ def test_an_interval_over_users_whom_the_baseline_may_serve_nothing_is_unbounded
         low, high = bootstrap_gain(model, baseline)
     assert low == 0.0 and not np.isfinite(high)
 
+
 @pytest.mark.parametrize("users", [40, 400])
 def test_the_interval_of_a_mean_is_about_two_standard_errors_either_side(users):
     found = pd.Series(np.tile([0.0, 1.0], users // 2))  # half of the users found what they took

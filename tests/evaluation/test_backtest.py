@@ -69,6 +69,7 @@ def test_newcomers_whom_popularity_served_nothing_have_no_ratio_and_no_warning()
     assert figures["newcomer_default_ndcg"] == 0.5
     assert all(math.isnan(figures[name]) for name in ("newcomer_ratio", "newcomer_ratio_low", "newcomer_ratio_high"))
 
+
 def test_a_week_that_fails_for_another_reason_stops_the_backtest(events_settings, tmp_path):  # noqa: F811
     use_backtest_database(f"backtest_{uuid.uuid4().hex[:8]}", tmp_path / "backtest")
     config.override("events", {"items_path": str(tmp_path / "missing.parquet")})
