@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -55,11 +53,10 @@ def test_the_bootstrap_interval_holds_the_observed_gain():
     assert high - low < 1e-6  # every resample sees the same 20% gain
 
 
+@pytest.mark.filterwarnings("error")
 def test_an_interval_over_users_whom_the_baseline_may_serve_nothing_is_unbounded_without_a_warning():
     model, baseline = pd.Series([1.0, 1.0]), pd.Series([1.0, 0.0])  # a quarter of the draws: the second user twice
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        low, high = bootstrap_gain(model, baseline)
+    low, high = bootstrap_gain(model, baseline)
     assert low == 0.0 and not np.isfinite(high)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import uuid
-import warnings
 from datetime import date, timedelta
 
 import pandas as pd
@@ -61,11 +60,10 @@ def test_a_newcomer_is_scored_by_the_default_recs_the_web_service_serves_them(ev
     assert backtest.pooled_newcomers(new)["newcomer_default_ndcg"] == 0.5
 
 
+@pytest.mark.filterwarnings("error")
 def test_newcomers_whom_popularity_served_nothing_have_no_ratio_and_no_warning():
     newcomers = pd.DataFrame({"default_ndcg": [1.0, 0.0], "popularity_ndcg": [0.0, 0.0]})
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        figures = backtest.pooled_newcomers(newcomers)
+    figures = backtest.pooled_newcomers(newcomers)
     assert figures["newcomer_default_ndcg"] == 0.5
     assert all(math.isnan(figures[name]) for name in ("newcomer_ratio", "newcomer_ratio_low", "newcomer_ratio_high"))
 
