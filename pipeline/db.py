@@ -301,7 +301,11 @@ def _arrow_connection():
     beyond the read.
 
     The driver learns the server's types once per database object (about 40 ms), so each process
-    keeps one per server and opens cheap connections that share it.
+    keeps one per server and opens cheap connections that share it. The object counts its open
+    connections in a plain integer, outside the GIL: the parallel reads of `stream_table` opening
+    and closing theirs at the same moment lost counts, and a read then failed as it closed ("Open
+    connection count underflowed", about once in a thousand whole-table reads). So connections are
+    opened and closed one at a time; the reads between run in parallel.
     """
     import adbc_driver_postgresql.dbapi
 
@@ -311,8 +315,7 @@ def _arrow_connection():
         with _arrow_databases_lock:
             if key not in _arrow_databases:
                 _arrow_databases[key] = adbc_driver_postgresql.dbapi.connect(current.conninfo(), autocommit=True)
-            database = _arrow_databases[key]
-        arrow = database.adbc_clone()
+            arrow = _arrow_databases[key].adbc_clone()
     except Exception as error:  # the driver's own error types; its text may hold the connection string
         with _arrow_databases_lock:
             _arrow_databases.pop(key, None)
@@ -321,7 +324,8 @@ def _arrow_connection():
     try:
         yield arrow
     finally:
-        arrow.close()
+        with _arrow_databases_lock:
+            arrow.close()
 
 
 _PG_NUMBERS = {"smallint": pa.int16(), "integer": pa.int32(), "bigint": pa.int64(), "real": pa.float32(),

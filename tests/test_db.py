@@ -126,3 +126,17 @@ def test_a_table_that_is_not_there_when_read_is_a_lookup_error_naming_it(conn):
         list(db.stream_table(conn, "gone", schema))
     with pytest.raises(LookupError, match='relation "gone" does not exist'):
         list(db.stream_out(conn, sql.SQL("SELECT id FROM gone"), schema))
+
+
+def test_thousands_of_whole_table_reads_in_a_row_never_miscount_the_drivers_connections(conn):
+    """The ADBC driver counts a database object's open connections in a plain integer. When
+    `stream_table`'s parallel reads opened and closed theirs at the same moment, counts were lost,
+    and about one read in a thousand failed as it closed ("Open connection count underflowed"): a
+    week failed at random. Before the fix this failed within 470 to 1,200 reads in 4 runs out of 4."""
+    conn.cursor().execute("CREATE TABLE src AS SELECT g AS id FROM generate_series(1, 2000) g")
+    conn.commit()
+    schema = pa.schema([("id", pa.int64())])
+
+    rows = [sum(batch.num_rows for batch in db.stream_table(conn, "src", schema)) for _ in range(3000)]
+
+    assert rows == [2000] * 3000
