@@ -18,7 +18,7 @@ from typing import TypeVar
 import psycopg2.errors
 import tenacity
 
-from pipeline import config, db
+from pipeline import config, db, publish
 
 log = logging.getLogger("luigi-interface")
 T = TypeVar("T")
@@ -74,6 +74,27 @@ def when_unblocked(work: Callable[[], T], tables: Iterable[str], what: str,
         holders = "; ".join(map(str, blockers(tables))) or "sessions that have just ended"
         raise LiveTablesBusy(f"{what}: the live tables were held for more than {settings.publish_wait:.0f} s "
                              f"([pipeline] publish_wait) by {holders}; nothing was changed, rerun to publish") from None
+
+
+def drop_expired_archives(lock_names: Iterable[str], tables: Iterable[str], retention: int) -> None:
+    """Archives past `retention` go once the week is live, not in the transaction that puts it live.
+
+    An analyst may be reading an old archive: dropping it then would hold up the week, and every
+    attempt would keep the live names locked while it waited. So an archive someone holds stays,
+    with a warning naming them, and a later publish drops it.
+    """
+    with db.connection() as conn, conn.cursor() as cur:
+        publish.lock(cur, *lock_names)  # no rollback puts an archive live while it is being dropped
+        bounded(cur)
+        for archive in [name for table in tables for name in publish.expired_archives(cur, table, retention)]:
+            cur.execute("SAVEPOINT expiring")
+            try:
+                publish.drop_archive(cur, archive)
+            except psycopg2.errors.LockNotAvailable:
+                cur.execute("ROLLBACK TO SAVEPOINT expiring")
+                log.warning("%s is past [pipeline] retention but kept until a later publish: %s", archive,
+                            "; ".join(map(str, blockers([archive]))) or "its holder has just ended")
+        conn.commit()
 
 
 def blockers(tables: list[str]) -> list[Blocker]:

@@ -93,7 +93,7 @@ def stage(cur, table: str, week: date, columns: sql.Composable) -> str:
     return staged
 
 
-def go_live(cur, tables: Iterable[str], week: date, retention: int) -> None:
+def go_live(cur, tables: Iterable[str], week: date) -> None:
     """Swap the week's staged tables in together; a week older than the live one goes to its archive.
 
     The caller holds the tables' advisory locks and has set a `lock_timeout`: the live names are
@@ -111,9 +111,6 @@ def go_live(cur, tables: Iterable[str], week: date, retention: int) -> None:
             continue
         _put_live(cur, table, week, staged_name(table, week))
         _drop_stale_stages(cur, table, week)
-    for table in tables:
-        for expired in archived_weeks(cur, table)[retention:]:
-            _drop_archive(cur, week_name(table, expired))
 
 
 def roll_back(cur, tables: Iterable[str], week: date) -> None:
@@ -202,6 +199,20 @@ def archived_weeks(cur, table: str) -> list[date]:
     """Newest first; neither the live week nor staged weeks are archives."""
     live = live_week(cur, table)
     return sorted((w for w in map(_week, _matches(cur, table, _WEEK)) if w != live), reverse=True)
+
+
+def expired_archives(cur, table: str, retention: int) -> list[str]:
+    """The archives past the newest `retention`."""
+    return [week_name(table, week) for week in archived_weeks(cur, table)[retention:]]
+
+
+def drop_archive(cur, archive: str) -> None:
+    """An expired archive goes, unless someone built on it: a publish never fails for that."""
+    users = sorted({user for found in dependents(cur, archive).values() for user in found})
+    if users:
+        log.warning("%s is past [pipeline] retention but kept: %s depends on it", archive, ", ".join(users))
+        return
+    cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(archive)))
 
 
 def staged_weeks(cur, table: str) -> list[date]:
@@ -328,15 +339,6 @@ def _matches(cur, table: str, pattern: re.Pattern) -> list[re.Match]:
 
 def _week(match: re.Match) -> date:
     return datetime.strptime(match.group(1), "%Y%m%d").date()
-
-
-def _drop_archive(cur, archive: str) -> None:
-    """An expired archive goes, unless someone built on it: a publish never fails for that."""
-    users = sorted({user for found in dependents(cur, archive).values() for user in found})
-    if users:
-        log.warning("%s is past [pipeline] retention but kept: %s depends on it", archive, ", ".join(users))
-        return
-    cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(archive)))
 
 
 def _drop_stale_stages(cur, table: str, live: date) -> None:

@@ -37,6 +37,7 @@ class WeeklyRecs(WeekTask):
     def run(self) -> None:
         tables = [task.table for task in self.published()]
         live_locks.when_unblocked(self.put_live, tables, f"week {self.week} not published", self.set_status_message)
+        live_locks.drop_expired_archives(self.lock_names(), tables, config.pipeline().retention)
         with db.connection() as conn:
             counts = self.row_counts(conn)
         print(week_summary(self.week, counts, str(db.server())))
@@ -48,7 +49,7 @@ class WeeklyRecs(WeekTask):
             _, cur = transaction
             live_locks.bounded(cur)
             tasks = self.published()
-            publish.go_live(cur, [task.table for task in tasks], self.week, config.pipeline().retention)
+            publish.go_live(cur, [task.table for task in tasks], self.week)
             for task in tasks:
                 task.go_live_alongside(cur)
             publish.grant_readers(cur, self.served_tables(), config.postgres().readers)

@@ -1,10 +1,12 @@
 """A publish never stalls the web service: it waits for a reader that holds a live table without
 queueing anyone behind it, goes live once the reader ends, and past its wait fails naming the
-reader, with every live table unchanged. Rollback takes the same path."""
+reader, with every live table unchanged. Rollback takes the same path. A reader of an old archive
+holds up nothing: the archive outlives its retention until a later publish."""
 
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import psycopg2
 import pytest
@@ -16,6 +18,7 @@ from tests.conftest import (
     WEEK,
     apply_settings,
     live_state,
+    run_luigi,
     run_module,
     run_tasks,
     start_luigi,
@@ -125,3 +128,31 @@ def test_a_rollback_waits_for_readers_the_same_way(next_week_staged, settings, c
     assert (f"rollback refused: rollback to week {WEEK} not done: the live tables were held for more than 1 s "
             f"([pipeline] publish_wait) by pid {long_report.get_backend_pid()} (long-report") in refused.stderr
     assert live_week(conn) == NEXT_WEEK
+
+
+def test_an_archive_an_analyst_is_reading_outlives_its_retention_without_holding_up_the_week(
+        settings, config_file, conn, pg_socket_dir, database):
+    settings["pipeline"].update(retention="1", publish_wait="5")
+    apply_settings(settings, config_file)
+    weeks = [WEEK - timedelta(weeks=1), WEEK, NEXT_WEEK, NEXT_WEEK + timedelta(weeks=1)]
+    run_tasks(WeeklyRecs(week=weeks[0]))
+    run_tasks(WeeklyRecs(week=weeks[1]))
+    expired = publish.week_name("candidates_ranked", weeks[0])
+    analyst = psycopg2.connect(host=pg_socket_dir, dbname=database, user="postgres",
+                               application_name="quarterly-report")
+    with analyst.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {expired}")
+        (rows,) = cur.fetchone()
+
+    published = run_luigi(config_file, "WeeklyRecs", "--week", str(weeks[2]), "--local-scheduler", "--no-lock")
+
+    assert published.returncode == 0, published.stderr[-2000:]
+    assert live_week(conn) == weeks[2]
+    assert (f"{expired} is past [pipeline] retention but kept until a later publish: pid {analyst.get_backend_pid()}"
+            " (quarterly-report, idle in transaction") in published.stderr
+    with analyst.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {expired}")
+        assert cur.fetchone() == (rows,)
+    analyst.close()
+    assert run_tasks(WeeklyRecs(week=weeks[3])).name == "SUCCESS"
+    assert publish.archived_weeks(conn.cursor(), "candidates_ranked") == [weeks[2]]
