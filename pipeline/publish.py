@@ -51,6 +51,13 @@ def staged_name(table: str, week: date) -> str:
     return f"{table}__staged_{week:%Y%m%d}"
 
 
+def swapped(tables: Iterable[str], week: date) -> list[str]:
+    """What putting `week` live locks: the live names and the week's own tables (staged, archived,
+    or the live one a redo replaces). Whoever holds any of them holds up the swap."""
+    tables = list(tables)
+    return tables + [name for table in tables for name in (staged_name(table, week), week_name(table, week))]
+
+
 def exists(cur, table: str) -> bool:
     return _kind(cur, table) is not None
 

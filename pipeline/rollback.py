@@ -28,7 +28,7 @@ def this_week() -> WeeklyRecs:
 
 
 def published_tables() -> list[str]:
-    return [task.table for task in this_week().published()]
+    return this_week().live_names()
 
 
 def available_weeks(cur, tables: list[str]) -> dict[date, dict[str, int | None]]:
@@ -46,7 +46,8 @@ def roll_back(week: date | None = None) -> date:
         for table in tables:
             publish.prepare_archive(cur, table, target)
         conn.commit()
-    live_locks.when_unblocked(lambda: _put_live(tables, target), tables, f"rollback to week {target} not done")
+    live_locks.when_unblocked(lambda: _put_live(tables, target), publish.swapped(tables, target),
+                              f"rollback to week {target} not done")
     return target
 
 

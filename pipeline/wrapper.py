@@ -26,8 +26,12 @@ class WeeklyRecs(WeekTask):
         default_recs, online_recs, ranker = self.requires()
         return [default_recs, online_recs, *ranker.inputs().values(), ranker]
 
+    def live_names(self) -> list[str]:
+        """The published tables' names, which the web service and the analysts read."""
+        return [task.table for task in self.published()]
+
     def lock_names(self) -> tuple[str, ...]:
-        return (self.table, *(task.table for task in self.published()))
+        return (self.table, *self.live_names())
 
     def row_counts(self, conn) -> dict[str, int]:
         with conn.cursor() as cur:
@@ -35,9 +39,9 @@ class WeeklyRecs(WeekTask):
                     for task in self.published()}
 
     def run(self) -> None:
-        tables = [task.table for task in self.published()]
-        live_locks.when_unblocked(self.put_live, tables, f"week {self.week} not published", self.set_status_message)
-        live_locks.drop_expired_archives(self.lock_names(), tables, config.pipeline().retention)
+        live_locks.when_unblocked(self.put_live, publish.swapped(self.live_names(), self.week),
+                                  f"week {self.week} not published", self.set_status_message)
+        live_locks.drop_expired_archives(self.lock_names(), self.live_names(), config.pipeline().retention)
         with db.connection() as conn:
             counts = self.row_counts(conn)
         print(week_summary(self.week, counts, str(db.server())))
@@ -48,9 +52,8 @@ class WeeklyRecs(WeekTask):
                 return
             _, cur = transaction
             live_locks.bounded(cur)
-            tasks = self.published()
-            publish.go_live(cur, [task.table for task in tasks], self.week)
-            for task in tasks:
+            publish.go_live(cur, self.live_names(), self.week)
+            for task in self.published():
                 task.go_live_alongside(cur)
             publish.grant_readers(cur, self.served_tables(), config.postgres().readers)
 

@@ -156,3 +156,20 @@ def test_an_archive_an_analyst_is_reading_outlives_its_retention_without_holding
     analyst.close()
     assert run_tasks(WeeklyRecs(week=weeks[3])).name == "SUCCESS"
     assert publish.archived_weeks(conn.cursor(), "candidates_ranked") == [weeks[2]]
+
+
+def test_a_publish_held_up_by_a_reader_of_the_staged_week_names_that_reader(
+        next_week_staged, settings, config_file, conn, pg_socket_dir, database):
+    settings["pipeline"]["publish_wait"] = "2"
+    apply_settings(settings, config_file)
+    preview = psycopg2.connect(host=pg_socket_dir, dbname=database, user="postgres", application_name="preview")
+    preview.cursor().execute(f"SELECT count(*) FROM {publish.staged_name('candidates_ranked', NEXT_WEEK)}")
+
+    refused = run_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK), "--local-scheduler", "--no-lock")
+
+    assert refused.returncode == 30
+    assert (f"by pid {preview.get_backend_pid()} (preview, idle in transaction, transaction open "
+            in refused.stderr) and "holding candidates_ranked__staged_20261128" in refused.stderr
+    assert live_week(conn) == WEEK
+    preview.close()
+    assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
