@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import date
 from typing import TypeVar
 
 import psycopg2.errors
@@ -76,24 +77,24 @@ def when_unblocked(work: Callable[[], T], tables: Iterable[str], what: str,
                              f"([pipeline] publish_wait) by {holders}; nothing was changed, rerun to publish") from None
 
 
-def drop_expired_archives(lock_names: Iterable[str], tables: Iterable[str], retention: int) -> None:
-    """Archives past `retention` go once the week is live, not in the transaction that puts it live.
+def drop_obsolete(lock_names: Iterable[str], tables: Iterable[str], week: date, retention: int) -> None:
+    """What `week` going live left behind (`publish.obsolete`) goes after the swap, not in it.
 
-    An analyst may be reading an old archive: dropping it then would hold up the week, and every
-    attempt would keep the live names locked while it waited. So an archive someone holds stays,
-    with a warning naming them, and a later publish drops it.
+    An analyst may be reading an old archive or a stage: dropping it in the swap would hold up the
+    week, and every attempt would keep the live names locked while it waited. So a table someone
+    holds stays, with a warning naming them, and a later publish drops it.
     """
     with db.connection() as conn, conn.cursor() as cur:
         publish.lock(cur, *lock_names)  # no rollback puts an archive live while it is being dropped
         bounded(cur)
-        for archive in [name for table in tables for name in publish.expired_archives(cur, table, retention)]:
-            cur.execute("SAVEPOINT expiring")
+        for name in [name for table in tables for name in publish.obsolete(cur, table, week, retention)]:
+            cur.execute("SAVEPOINT obsolete")
             try:
-                publish.drop_archive(cur, archive)
+                publish.drop_obsolete(cur, name)
             except psycopg2.errors.LockNotAvailable:
-                cur.execute("ROLLBACK TO SAVEPOINT expiring")
-                log.warning("%s is past [pipeline] retention but kept until a later publish: %s", archive,
-                            "; ".join(map(str, blockers([archive]))) or "its holder has just ended")
+                cur.execute("ROLLBACK TO SAVEPOINT obsolete")
+                log.warning("%s is no longer needed but kept until a later publish: %s", name,
+                            "; ".join(map(str, blockers([name]))) or "its holder has just ended")
         conn.commit()
 
 

@@ -14,7 +14,8 @@ A week goes live by detaching the live partition and attaching the week's table:
 changes, whatever the table's size. Every staged table carries `CHECK (week = ...)`, so attaching
 it scans nothing. The parent takes the week's columns (added, dropped or retyped) while nothing is
 attached; a change that an object depending on the live name would not survive is refused before
-anything is staged (`refused_changes`).
+anything is staged (`refused_changes`). What a week leaves behind, archives past `retention` and
+stages that will never go live, is dropped after the swap (`obsolete`), never holding it up.
 
 Every function here runs inside the caller's transaction, so a failure or a `kill -9` at any
 point leaves the live tables, their comments and the archives exactly as they were.
@@ -115,9 +116,8 @@ def go_live(cur, tables: Iterable[str], week: date) -> None:
         current = live_week(cur, table)
         if current is not None and week < current:
             _rename(cur, staged_name(table, week), week_name(table, week))
-            continue
-        _put_live(cur, table, week, staged_name(table, week))
-        _drop_stale_stages(cur, table, week)
+        else:
+            _put_live(cur, table, week, staged_name(table, week))
 
 
 def roll_back(cur, tables: Iterable[str], week: date) -> None:
@@ -208,18 +208,22 @@ def archived_weeks(cur, table: str) -> list[date]:
     return sorted((w for w in map(_week, _matches(cur, table, _WEEK)) if w != live), reverse=True)
 
 
-def expired_archives(cur, table: str, retention: int) -> list[str]:
-    """The archives past the newest `retention`."""
-    return [week_name(table, week) for week in archived_weeks(cur, table)[retention:]]
+def obsolete(cur, table: str, week: date, retention: int) -> list[str]:
+    """What `week` going live left behind: archives past the newest `retention` and, unless the week
+    was a backfill, weeks staged before it, which will never go live (a rerun stages them again)."""
+    expired = [week_name(table, w) for w in archived_weeks(cur, table)[retention:]]
+    if live_week(cur, table) != week:
+        return expired
+    return [staged_name(table, w) for w in staged_weeks(cur, table) if w < week] + expired
 
 
-def drop_archive(cur, archive: str) -> None:
-    """An expired archive goes, unless someone built on it: a publish never fails for that."""
-    users = sorted({user for found in dependents(cur, archive).values() for user in found})
+def drop_obsolete(cur, name: str) -> None:
+    """An obsolete table goes, unless someone built on it: a publish never fails for that."""
+    users = sorted({user for found in dependents(cur, name).values() for user in found})
     if users:
-        log.warning("%s is past [pipeline] retention but kept: %s depends on it", archive, ", ".join(users))
+        log.warning("%s is no longer needed but kept: %s depends on it", name, ", ".join(users))
         return
-    cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(archive)))
+    cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
 
 
 def staged_weeks(cur, table: str) -> list[date]:
@@ -346,13 +350,6 @@ def _matches(cur, table: str, pattern: re.Pattern) -> list[re.Match]:
 
 def _week(match: re.Match) -> date:
     return datetime.strptime(match.group(1), "%Y%m%d").date()
-
-
-def _drop_stale_stages(cur, table: str, live: date) -> None:
-    """Weeks staged before the one that just went live will never go live: they are not archives."""
-    for week in staged_weeks(cur, table):
-        if week < live:
-            cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(staged_name(table, week))))
 
 
 def _rename(cur, table: str, new_name: str) -> None:

@@ -41,7 +41,7 @@ class WeeklyRecs(WeekTask):
     def run(self) -> None:
         live_locks.when_unblocked(self.put_live, publish.swapped(self.live_names(), self.week),
                                   f"week {self.week} not published", self.set_status_message)
-        live_locks.drop_expired_archives(self.lock_names(), self.live_names(), config.pipeline().retention)
+        live_locks.drop_obsolete(self.lock_names(), self.live_names(), self.week, config.pipeline().retention)
         with db.connection() as conn:
             counts = self.row_counts(conn)
         print(week_summary(self.week, counts, str(db.server())))

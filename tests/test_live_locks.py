@@ -1,7 +1,7 @@
 """A publish never stalls the web service: it waits for a reader that holds a live table without
 queueing anyone behind it, goes live once the reader ends, and past its wait fails naming the
 reader, with every live table unchanged. Rollback takes the same path. A reader of an old archive
-holds up nothing: the archive outlives its retention until a later publish."""
+or an abandoned stage holds up nothing: the table outlives its week until a later publish."""
 
 from __future__ import annotations
 
@@ -130,32 +130,35 @@ def test_a_rollback_waits_for_readers_the_same_way(next_week_staged, settings, c
     assert live_week(conn) == NEXT_WEEK
 
 
-def test_an_archive_an_analyst_is_reading_outlives_its_retention_without_holding_up_the_week(
+def test_an_archive_or_a_stage_an_analyst_is_reading_outlives_its_week_without_holding_up_the_next(
         settings, config_file, conn, pg_socket_dir, database):
     settings["pipeline"].update(retention="1", publish_wait="5")
     apply_settings(settings, config_file)
     weeks = [WEEK - timedelta(weeks=1), WEEK, NEXT_WEEK, NEXT_WEEK + timedelta(weeks=1)]
     run_tasks(WeeklyRecs(week=weeks[0]))
-    run_tasks(WeeklyRecs(week=weeks[1]))
-    expired = publish.week_name("candidates_ranked", weeks[0])
+    run_tasks(WeeklyRecs(week=weeks[1]), DefaultRecs(week=weeks[0] - timedelta(weeks=1)))  # never goes live
+    expired = [publish.week_name("candidates_ranked", weeks[0]),
+               publish.staged_name("default_recs", weeks[0] - timedelta(weeks=1))]
     analyst = psycopg2.connect(host=pg_socket_dir, dbname=database, user="postgres",
                                application_name="quarterly-report")
     with analyst.cursor() as cur:
-        cur.execute(f"SELECT count(*) FROM {expired}")
-        (rows,) = cur.fetchone()
+        cur.execute(f"SELECT (SELECT count(*) FROM {expired[0]}), (SELECT count(*) FROM {expired[1]})")
+        counts = cur.fetchone()
 
     published = run_luigi(config_file, "WeeklyRecs", "--week", str(weeks[2]), "--local-scheduler", "--no-lock")
 
     assert published.returncode == 0, published.stderr[-2000:]
     assert live_week(conn) == weeks[2]
-    assert (f"{expired} is past [pipeline] retention but kept until a later publish: pid {analyst.get_backend_pid()}"
-            " (quarterly-report, idle in transaction") in published.stderr
+    for name in expired:
+        assert (f"{name} is no longer needed but kept until a later publish: pid {analyst.get_backend_pid()}"
+                " (quarterly-report, idle in transaction") in published.stderr
     with analyst.cursor() as cur:
-        cur.execute(f"SELECT count(*) FROM {expired}")
-        assert cur.fetchone() == (rows,)
+        cur.execute(f"SELECT (SELECT count(*) FROM {expired[0]}), (SELECT count(*) FROM {expired[1]})")
+        assert cur.fetchone() == counts
     analyst.close()
     assert run_tasks(WeeklyRecs(week=weeks[3])).name == "SUCCESS"
     assert publish.archived_weeks(conn.cursor(), "candidates_ranked") == [weeks[2]]
+    assert publish.staged_weeks(conn.cursor(), "default_recs") == []
 
 
 def test_a_publish_held_up_by_a_reader_of_the_staged_week_names_that_reader(
