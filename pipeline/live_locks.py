@@ -90,7 +90,7 @@ def drop_obsolete(lock_names: Iterable[str], tables: Iterable[str], week: date, 
         for name in [name for table in tables for name in publish.obsolete(cur, table, week, retention)]:
             cur.execute("SAVEPOINT obsolete")
             try:
-                publish.drop_obsolete(cur, name)
+                publish.drop_unless_built_on(cur, name)
             except psycopg2.errors.LockNotAvailable:
                 cur.execute("ROLLBACK TO SAVEPOINT obsolete")
                 log.warning("%s is no longer needed but kept until a later publish: %s", name,

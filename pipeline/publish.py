@@ -217,7 +217,7 @@ def obsolete(cur, table: str, week: date, retention: int) -> list[str]:
     return [staged_name(table, w) for w in staged_weeks(cur, table) if w < week] + expired
 
 
-def drop_obsolete(cur, name: str) -> None:
+def drop_unless_built_on(cur, name: str) -> None:
     """An obsolete table goes, unless someone built on it: a publish never fails for that."""
     users = sorted({user for found in dependents(cur, name).values() for user in found})
     if users:
