@@ -82,7 +82,8 @@ def drop_obsolete(lock_names: Iterable[str], tables: Iterable[str], week: date, 
 
     An analyst may be reading an old archive or a stage: dropping it in the swap would hold up the
     week, and every attempt would keep the live names locked while it waited. So a table someone
-    holds stays, with a warning naming them, and a later publish drops it.
+    holds stays, with a warning naming them, and a later publish drops it; so does one the pipeline
+    may no longer drop (a DBA made it another role's), which would otherwise fail every week.
     """
     with db.connection() as conn, conn.cursor() as cur:
         publish.lock(cur, *lock_names)  # no rollback puts an archive live while it is being dropped
@@ -91,11 +92,16 @@ def drop_obsolete(lock_names: Iterable[str], tables: Iterable[str], week: date, 
             cur.execute("SAVEPOINT obsolete")
             try:
                 publish.drop_unless_built_on(cur, name)
-            except psycopg2.errors.LockNotAvailable:
+            except psycopg2.Error as refused:  # held by a reader, or no longer the pipeline's to drop
                 cur.execute("ROLLBACK TO SAVEPOINT obsolete")
-                log.warning("%s is no longer needed but kept until a later publish: %s", name,
-                            "; ".join(map(str, blockers([name]))) or "its holder has just ended")
+                log.warning("%s is no longer needed but kept until a later publish: %s", name, _why_kept(name, refused))
         conn.commit()
+
+
+def _why_kept(name: str, refused: psycopg2.Error) -> str:
+    if isinstance(refused, psycopg2.errors.LockNotAvailable):
+        return "; ".join(map(str, blockers([name]))) or "its holder has just ended"
+    return str(refused).strip().splitlines()[0]
 
 
 def blockers(tables: list[str]) -> list[Blocker]:

@@ -6,6 +6,8 @@ Read as the web service reads: as a login role of its own (`[postgres] readers`)
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 
 import psycopg2
@@ -20,6 +22,7 @@ from tests.conftest import (
     NEXT_WEEK,
     PUBLISHED_TABLES,
     WEEK,
+    admin_connection,
     apply_settings,
     live_state,
     query,
@@ -199,3 +202,40 @@ def test_an_archive_someone_built_on_outlives_the_retention_and_the_publish_goes
     assert publish.archived_weeks(conn.cursor(), "default_recs") == weeks[1::-1]  # kept past retention 1
     assert publish.archived_weeks(conn.cursor(), "online_recs") == [weeks[1]]
     assert query(conn, "SELECT DISTINCT week FROM audit_first_week") == [(weeks[0],)]
+
+
+@pytest.fixture
+def pipeline_role(settings, config_file, pg_socket_dir, database) -> Iterator[str]:
+    """The pipeline as a shop runs it: a login role that owns its tables and is no superuser."""
+    role = f"recs_{uuid.uuid4().hex[:8]}"
+    with admin_connection(pg_socket_dir, database) as admin:
+        admin.cursor().execute(f"CREATE ROLE {role} LOGIN; GRANT CREATE ON SCHEMA public TO {role}")
+        settings["postgres"]["user"] = role
+        apply_settings(settings, config_file)
+        yield role
+        admin.cursor().execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
+        admin.cursor().execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+def test_an_archive_the_pipeline_may_no_longer_drop_outlives_the_retention_and_the_week_goes_live(
+        settings, config_file, pipeline_role, pg_socket_dir, database):
+    settings["pipeline"]["retention"] = "1"
+    apply_settings(settings, config_file)
+    weeks = [WEEK - timedelta(weeks=2), WEEK - timedelta(weeks=1), WEEK]
+    assert run_tasks(WeeklyRecs(week=weeks[0]), WeeklyRecs(week=weeks[1])).name == "SUCCESS"
+    audited = publish.week_name("default_recs", weeks[0])
+    with admin_connection(pg_socket_dir, database) as admin:  # an auditor's DBA takes the first week over
+        admin.cursor().execute(f"CREATE ROLE audit_{pipeline_role};"
+                               f" ALTER TABLE {audited} OWNER TO audit_{pipeline_role}")
+
+        published = run_luigi(config_file, "WeeklyRecs", "--week", str(weeks[2]), "--local-scheduler")
+
+        assert published.returncode == 0, published.stderr[-2000:]
+        assert f"{audited} is no longer needed but kept until a later publish: must be owner of table {audited}" \
+            in published.stderr
+        with admin.cursor() as cur:
+            cur.execute("SELECT DISTINCT week FROM default_recs")
+            assert cur.fetchall() == [(weeks[2],)]
+            cur.execute(f"SELECT DISTINCT week FROM {audited}")
+            assert cur.fetchall() == [(weeks[0],)]
+            cur.execute(f"DROP TABLE {audited}; DROP ROLE audit_{pipeline_role}")
