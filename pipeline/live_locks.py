@@ -57,11 +57,12 @@ def when_unblocked(work: Callable[[], T], tables: Iterable[str], what: str,
     `report` is told, between attempts, who holds the tables; `what` names the change for errors.
     """
     settings, tables = config.pipeline(), list(tables)
+    not_ours_to_end: set[int] = set()
 
     def waiting(state: tenacity.RetryCallState) -> None:
         holders = blockers(tables)
         if settings.terminate_idle_blockers:
-            holders = [holder for holder in holders if not _terminated_if_idle(holder)]
+            holders = [holder for holder in holders if not _terminated_if_idle(holder, not_ours_to_end)]
         report(f"waiting {state.seconds_since_start:.0f} s of {settings.publish_wait:.0f} s for the live tables: "
                + ("; ".join(map(str, holders)) or "their holder has just ended"))
 
@@ -118,12 +119,22 @@ def blockers(tables: list[str]) -> list[Blocker]:
         return [Blocker(*row) for row in cur.fetchall()]
 
 
-def _terminated_if_idle(holder: Blocker) -> bool:
-    """`[pipeline] terminate_idle_blockers`: a session idle in its transaction holds its locks and does nothing."""
-    if not (holder.state or "").startswith("idle in transaction"):
+def _terminated_if_idle(holder: Blocker, not_ours_to_end: set[int]) -> bool:
+    """`[pipeline] terminate_idle_blockers`: a session idle in its transaction holds its locks and does nothing.
+
+    A session of another role the pipeline's role may not end (no `pg_signal_backend`) is waited
+    for as without the setting, and said so once: the week may still go live when it ends.
+    """
+    if not (holder.state or "").startswith("idle in transaction") or holder.pid in not_ours_to_end:
         return False
-    with db.connection() as conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(%s)", (holder.pid,))
-        (done,) = cur.fetchone()
+    try:
+        with db.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (holder.pid,))
+            (done,) = cur.fetchone()
+    except psycopg2.errors.InsufficientPrivilege as denied:
+        not_ours_to_end.add(holder.pid)
+        log.warning("[pipeline] terminate_idle_blockers: cannot end %s (%s: grant the pipeline's role "
+                    "pg_signal_backend); waiting for it instead", holder, str(denied).strip().splitlines()[0])
+        return False
     log.warning("terminated %s: idle in its transaction ([pipeline] terminate_idle_blockers)", holder)
     return done

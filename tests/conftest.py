@@ -167,6 +167,19 @@ def reader(pg_socket_dir, database, settings, tmp_path) -> Iterator[Reader]:
 
 
 @pytest.fixture
+def pipeline_role(settings, config_file, pg_socket_dir, database) -> Iterator[str]:
+    """The pipeline as a shop runs it: a login role that owns its tables and is no superuser."""
+    role = f"recs_{uuid.uuid4().hex[:8]}"
+    with admin_connection(pg_socket_dir, database) as admin:
+        admin.cursor().execute(f"CREATE ROLE {role} LOGIN; GRANT CREATE ON SCHEMA public TO {role}")
+        settings["postgres"]["user"] = role
+        apply_settings(settings, config_file)
+        yield role
+        admin.cursor().execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
+        admin.cursor().execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+@pytest.fixture
 def input_dir(tmp_path, sample_week) -> Path:
     """A writable copy of the sample week, for tests that break or change a file."""
     folder = tmp_path / "input"

@@ -16,6 +16,7 @@ from tests.conftest import (
     NEXT_WEEK,
     TELEGRAM_ENV,
     WEEK,
+    admin_connection,
     apply_settings,
     live_state,
     run_luigi,
@@ -175,4 +176,23 @@ def test_a_publish_held_up_by_a_reader_of_the_staged_week_names_that_reader(
             in refused.stderr) and "holding candidates_ranked__staged_20261128" in refused.stderr
     assert live_week(conn) == WEEK
     preview.close()
+    assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+
+
+def test_an_idle_blocker_the_pipelines_role_may_not_end_is_waited_for_and_named_once(
+        pipeline_role, next_week_staged, settings, config_file, conn, long_report, pg_socket_dir, database):
+    with admin_connection(pg_socket_dir, database) as admin:  # it sees others' sessions, may not end them
+        admin.cursor().execute(f"GRANT pg_read_all_stats TO {pipeline_role}")
+    settings["pipeline"].update(terminate_idle_blockers="true", publish_wait="3")
+    apply_settings(settings, config_file)
+
+    refused = run_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK), "--local-scheduler", "--no-lock")
+
+    blocker = f"pid {long_report.get_backend_pid()} (long-report, idle in transaction, transaction open "
+    assert refused.returncode == 30
+    assert refused.stderr.count(f"[pipeline] terminate_idle_blockers: cannot end {blocker}") == 1
+    assert "permission denied to terminate process: grant the pipeline's role pg_signal_backend" in refused.stderr
+    assert f"held for more than 3 s ([pipeline] publish_wait) by {blocker}" in refused.stderr
+    long_report.cursor().execute("SELECT 1")  # still there
+    long_report.rollback()
     assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"

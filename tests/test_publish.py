@@ -6,8 +6,6 @@ Read as the web service reads: as a login role of its own (`[postgres] readers`)
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 
 import psycopg2
@@ -202,19 +200,6 @@ def test_an_archive_someone_built_on_outlives_the_retention_and_the_publish_goes
     assert publish.archived_weeks(conn.cursor(), "default_recs") == weeks[1::-1]  # kept past retention 1
     assert publish.archived_weeks(conn.cursor(), "online_recs") == [weeks[1]]
     assert query(conn, "SELECT DISTINCT week FROM audit_first_week") == [(weeks[0],)]
-
-
-@pytest.fixture
-def pipeline_role(settings, config_file, pg_socket_dir, database) -> Iterator[str]:
-    """The pipeline as a shop runs it: a login role that owns its tables and is no superuser."""
-    role = f"recs_{uuid.uuid4().hex[:8]}"
-    with admin_connection(pg_socket_dir, database) as admin:
-        admin.cursor().execute(f"CREATE ROLE {role} LOGIN; GRANT CREATE ON SCHEMA public TO {role}")
-        settings["postgres"]["user"] = role
-        apply_settings(settings, config_file)
-        yield role
-        admin.cursor().execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
-        admin.cursor().execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
 
 
 def test_an_archive_the_pipeline_may_no_longer_drop_outlives_the_retention_and_the_week_goes_live(
