@@ -58,8 +58,13 @@ class Server:
                 user=self.user, password=self.password, connect_timeout=10,
             )
         except psycopg2.OperationalError as error:
-            reason = redact(str(error).strip().splitlines()[0], self.password)
+            reason = redact(first_line(error), self.password)
             raise ConnectionError(f"cannot connect to {self}: {reason}") from None
+
+
+def first_line(error: BaseException) -> str:
+    """An error's own words without the driver's context lines: for one-line messages and alerts."""
+    return (str(error).strip().splitlines() or [""])[0]
 
 
 def redact(text: str, *secrets: str) -> str:
@@ -226,7 +231,7 @@ def stream_out(conn, query: sql.Composable, schema: pa.Schema) -> Iterator[pa.Re
             cur.execute(_as_typed(conn, query, schema))
         except arrow.ProgrammingError as error:
             if error.sqlstate == _UNDEFINED_TABLE:
-                raise LookupError(str(error).splitlines()[0]) from None
+                raise LookupError(first_line(error)) from None
             raise
         for batch in cur.fetch_record_batch():
             yield batch.cast(schema)
@@ -319,7 +324,7 @@ def _arrow_connection():
     except Exception as error:  # the driver's own error types; its text may hold the connection string
         with _arrow_databases_lock:
             _arrow_databases.pop(key, None)
-        reason = redact(str(error).strip().splitlines()[0], current.password)
+        reason = redact(first_line(error), current.password)
         raise ConnectionError(f"cannot connect to {current}: {reason}") from None
     try:
         yield arrow

@@ -102,7 +102,7 @@ def drop_obsolete(lock_names: Iterable[str], tables: Iterable[str], week: date, 
 def _why_kept(name: str, refused: psycopg2.Error) -> str:
     if isinstance(refused, psycopg2.errors.LockNotAvailable):
         return "; ".join(map(str, blockers([name]))) or "its holder has just ended"
-    return str(refused).strip().splitlines()[0]
+    return db.first_line(refused)
 
 
 def blockers(tables: list[str]) -> list[Blocker]:
@@ -134,7 +134,7 @@ def _terminated_if_idle(holder: Blocker, not_ours_to_end: set[int]) -> bool:
     except psycopg2.errors.InsufficientPrivilege as denied:
         not_ours_to_end.add(holder.pid)
         log.warning("[pipeline] terminate_idle_blockers: cannot end %s (%s: grant the pipeline's role "
-                    "pg_signal_backend); waiting for it instead", holder, str(denied).strip().splitlines()[0])
+                    "pg_signal_backend); waiting for it instead", holder, db.first_line(denied))
         return False
     log.warning("terminated %s: idle in its transaction ([pipeline] terminate_idle_blockers)", holder)
     return done

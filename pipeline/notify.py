@@ -77,8 +77,7 @@ def validation_lines(conn, week: date) -> list[str]:
 def failure_message(task: luigi.Task, problem: BaseException | str) -> str:
     settings = config.telegram()
     if isinstance(problem, BaseException):
-        first_line = (str(problem).strip().splitlines() or [""])[0]
-        problem = f"{type(problem).__name__}: {first_line}"
+        problem = f"{type(problem).__name__}: {db.first_line(problem)}"
     week = getattr(task, "week", "?")
     text = (f"weekly-recs FAILED: {task.get_task_family()} for week {week}\n"
             f"{db.redact(problem, settings.token(), config.postgres().resolved_password())}\n"
