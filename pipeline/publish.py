@@ -128,15 +128,21 @@ def roll_back(cur, tables: Iterable[str], week: date) -> None:
         _put_live(cur, table, week, week_name(table, week))
 
 
-def prepare_archive(cur, table: str, week: date) -> None:
-    """Give an archive of the layout before partitions its week check, so that attaching it scans
-    nothing: run in a transaction of its own, since the check reads the whole archive once."""
-    name = week_name(table, week)
+def prepare_to_attach(cur, table: str, name: str, week: date) -> None:
+    """Do before the swap, in a transaction of its own, what attaching `name` to the live `table`
+    would otherwise do inside it, while the web service waits on the live names: check the week
+    over the whole table (an archive of the layout before partitions has no week check), and build
+    the indexes a DBA made on the live name (attaching builds every one the table lacks)."""
     cur.execute("SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass(%s) AND conname = %s",
                 (f'"{name}"', WEEK_CHECK))
     if cur.fetchone() is None:
         cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
             sql.Identifier(name), sql.Identifier(WEEK_CHECK), _week_check(week)))
+    present = set(_index_shapes(cur, name))
+    for unique, shape in _index_shapes(cur, table):
+        if (unique, shape) not in present:
+            cur.execute(sql.SQL("CREATE {}INDEX ON {} {}").format(
+                sql.SQL("UNIQUE " if unique else ""), sql.Identifier(name), sql.SQL(shape)))
 
 
 def grant_readers(cur, tables: Iterable[str], readers: Iterable[str]) -> None:
@@ -180,15 +186,18 @@ def dependents(cur, table: str) -> dict[str, list[str]]:
 
 
 def _dependent_objects(cur, table: str) -> list[tuple[str, str, int, str]]:
-    """(column, catalog, object, description) of every object bound to `table` by a normal dependency:
-    a view through its rewrite rule, a SQL function with a `BEGIN ATOMIC` body, a constraint."""
+    """(column, catalog, object, description) of every object bound to `table` by a normal dependency
+    (a view through its rewrite rule, a SQL function with a `BEGIN ATOMIC` body, a constraint) and
+    of every index a DBA made on the live name, which dropping its column would drop with it."""
     cur.execute(
         "SELECT DISTINCT coalesce(a.attname, ''), o.catalog::text, o.object, pg_describe_object(o.catalog, o.object, 0)"
         " FROM pg_depend d LEFT JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid"
         " LEFT JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid,"
         " LATERAL (SELECT CASE WHEN r.oid IS NULL THEN d.classid ELSE 'pg_class'::regclass END AS catalog,"
         "          coalesce(r.ev_class, d.objid) AS object) o"
-        " WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = to_regclass(%s) AND d.deptype = 'n'"
+        " WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = to_regclass(%s) AND (d.deptype = 'n'"
+        "  OR d.deptype = 'a' AND d.classid = 'pg_class'::regclass"
+        "  AND (SELECT relkind FROM pg_class WHERE oid = d.objid) = 'I')"
         " AND o.object <> d.refobjid AND NOT EXISTS (SELECT FROM pg_constraint k WHERE d.classid ="
         "  'pg_constraint'::regclass AND k.oid = d.objid AND k.conrelid = d.refobjid)"  # the table's own checks
         " ORDER BY 1, 4", (f'"{table}"',))
@@ -319,6 +328,15 @@ def _reshape(cur, table: str, columns: dict[str, str]) -> None:
         if live.get(name) != kind:
             cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
                 sql.Identifier(table), sql.Identifier(name), sql.SQL(kind)))
+
+
+def _index_shapes(cur, table: str) -> list[tuple[bool, str]]:
+    """Each index of `table` as (unique, its definition from `USING` on), which two indexes share
+    when attaching may take one for the other."""
+    cur.execute("SELECT i.indisunique, pg_get_indexdef(i.indexrelid), format('%%I.%%I', n.nspname, c.relname)"
+                " FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE i.indrelid = to_regclass(%s)", (f'"{table}"',))
+    return [(unique, definition.split(f" {qualified} ", 1)[1]) for unique, definition, qualified in cur.fetchall()]
 
 
 def _attached(cur, table: str) -> list[str]:

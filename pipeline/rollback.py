@@ -44,7 +44,7 @@ def roll_back(week: date | None = None) -> date:
     with db.connection() as conn, conn.cursor() as cur:
         target = _target(cur, tables, week)
         for table in tables:
-            publish.prepare_archive(cur, table, target)
+            publish.prepare_to_attach(cur, table, publish.week_name(table, target), target)
         conn.commit()
     live_locks.when_unblocked(lambda: _put_live(tables, target), publish.swapped(tables, target),
                               f"rollback to week {target} not done")

@@ -224,3 +224,35 @@ def test_an_archive_the_pipeline_may_no_longer_drop_outlives_the_retention_and_t
             cur.execute(f"SELECT DISTINCT week FROM {audited}")
             assert cur.fetchall() == [(weeks[0],)]
             cur.execute(f"DROP TABLE {audited}; DROP ROLE audit_{pipeline_role}")
+
+
+def test_an_index_the_dba_made_on_a_live_name_is_built_before_the_swap_never_in_it(settings, conn, reader):
+    run_tasks(WeeklyRecs(week=WEEK))
+    conn.cursor().execute("CREATE INDEX items_ranked ON candidates_ranked (item_id, rank)")
+
+    assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+
+    [(index, table)] = query(conn, "SELECT c.relname, i.indrelid::regclass::text FROM pg_inherits h JOIN pg_class c"
+                                   " ON c.oid = h.inhrelid JOIN pg_index i ON i.indexrelid = c.oid WHERE h.inhparent ="
+                                   " 'items_ranked'::regclass AND i.indrelid = %s::regclass",
+                             publish.week_name("candidates_ranked", NEXT_WEEK))
+    # built on the staged table, before the swap renamed it: the swap, which locks what the web
+    # service reads, only attached it (attaching builds a missing index under the name of the week)
+    assert index.startswith(publish.staged_name("candidates_ranked", NEXT_WEEK)), index
+    [(item,)] = query(conn, "SELECT min(item_id) FROM candidates_ranked")
+    assert reader.read("SELECT DISTINCT week FROM candidates_ranked WHERE item_id = %s", item) == [(NEXT_WEEK,)]
+
+
+def test_a_week_may_not_drop_a_column_that_an_index_the_dba_made_uses(settings, config_file, input_dir, conn):
+    rewrite_top_popular(input_dir, price=9.5)
+    run_tasks(WeeklyRecs(week=WEEK))
+    conn.cursor().execute("CREATE INDEX shop_prices ON default_recs (price)")
+    before = live_state(conn)
+    rewrite_top_popular(input_dir, price=None)
+
+    refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK))
+
+    assert refused.returncode == 30
+    assert (f"ContractError: {input_dir / 'top_popular.parquet'}, column 'price': the week has no column 'price', "
+            "which index shop_prices uses in default_recs") in refused.stderr
+    assert live_state(conn) == before
