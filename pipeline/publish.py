@@ -130,14 +130,22 @@ def roll_back(cur, tables: Iterable[str], week: date) -> None:
 
 def prepare_to_attach(cur, table: str, name: str, week: date) -> None:
     """Do before the swap, in a transaction of its own, what attaching `name` to the live `table`
-    would otherwise do inside it, while the web service waits on the live names: check the week
-    over the whole table (an archive of the layout before partitions has no week check), and build
-    the indexes a DBA made on the live name (attaching builds every one the table lacks)."""
-    cur.execute("SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass(%s) AND conname = %s",
-                (f'"{name}"', WEEK_CHECK))
-    if cur.fetchone() is None:
+    would otherwise do inside it, while the web service waits on the live names, or refuse: check
+    the week over the whole table (an archive of the layout before partitions has no week check),
+    give it the `NOT NULL` and `CHECK` constraints a DBA put on the live name (attaching refuses a
+    table without them), and build the DBA's indexes (attaching builds every one the table lacks).
+    A week whose rows break a DBA's constraint fails here, naming it, with the live week whole."""
+    checks = dict(_checks(cur, name))
+    if WEEK_CHECK not in checks:
         cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
             sql.Identifier(name), sql.Identifier(WEEK_CHECK), _week_check(week)))
+    for constraint, definition in _checks(cur, table):
+        if checks.get(constraint) != definition:
+            cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                sql.Identifier(name), sql.Identifier(constraint), sql.SQL(definition)))
+    for column in (_not_null(cur, table) & set(table_columns(cur, name))) - _not_null(cur, name):
+        cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL").format(
+            sql.Identifier(name), sql.Identifier(column)))
     present = set(_index_shapes(cur, name))
     for unique, shape in _index_shapes(cur, table):
         if (unique, shape) not in present:
@@ -328,6 +336,18 @@ def _reshape(cur, table: str, columns: dict[str, str]) -> None:
         if live.get(name) != kind:
             cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
                 sql.Identifier(table), sql.Identifier(name), sql.SQL(kind)))
+
+
+def _checks(cur, table: str) -> list[tuple[str, str]]:
+    cur.execute("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = to_regclass(%s)"
+                " AND contype = 'c'", (f'"{table}"',))
+    return cur.fetchall()
+
+
+def _not_null(cur, table: str) -> set[str]:
+    cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0"
+                " AND NOT attisdropped AND attnotnull", (f'"{table}"',))
+    return {column for (column,) in cur.fetchall()}
 
 
 def _index_shapes(cur, table: str) -> list[tuple[bool, str]]:

@@ -256,3 +256,24 @@ def test_a_week_may_not_drop_a_column_that_an_index_the_dba_made_uses(settings, 
     assert (f"ContractError: {input_dir / 'top_popular.parquet'}, column 'price': the week has no column 'price', "
             "which index shop_prices uses in default_recs") in refused.stderr
     assert live_state(conn) == before
+
+
+def test_constraints_the_dba_put_on_a_live_name_hold_for_every_later_week_or_refuse_it(settings, config_file,
+                                                                                       conn, reader):
+    run_tasks(WeeklyRecs(week=WEEK))
+    conn.cursor().execute("ALTER TABLE candidates_ranked ALTER COLUMN user_id SET NOT NULL;"
+                          " ALTER TABLE candidates_ranked ADD CONSTRAINT ranked_from_one CHECK (rank >= 1)")
+
+    assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+    assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(NEXT_WEEK,)]
+    assert run_module(config_file, "rollback").returncode == 0  # the archive the DBA's change reached, too
+    assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]
+
+    conn.cursor().execute("ALTER TABLE candidates_ranked ADD CONSTRAINT until_december CHECK (week < '2026-12-01')")
+    before = live_state(conn)
+    refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK + timedelta(weeks=1)))
+
+    assert refused.returncode == 30
+    assert ('check constraint "until_december" of relation "candidates_ranked__staged_20261205" is violated'
+            in refused.stderr)
+    assert live_state(conn) == before
