@@ -161,7 +161,7 @@ def main() -> None:
             conn.cursor().execute(f"CREATE ROLE {ROLE} LOGIN")
         luigi.build([WeeklyRecs(week=FIRST_WEEK)], local_scheduler=True, log_level="WARNING")
         queued = publish_while_read(socket, "postgres", cfg, FIRST_WEEK + timedelta(weeks=1),
-                                             "--pipeline-lock-timeout", "0")
+                                    "--pipeline-lock-timeout", "0")
         ours = publish_while_read(socket, "postgres", cfg, FIRST_WEEK + timedelta(weeks=2))
         indexed = publish_with_a_dba_index(socket, cfg, FIRST_WEEK + timedelta(weeks=3))
         server.cleanup()

@@ -139,6 +139,8 @@ def prepare_to_attach(cur, table: str, name: str, week: date) -> None:
     if WEEK_CHECK not in checks:
         cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
             sql.Identifier(name), sql.Identifier(WEEK_CHECK), _week_check(week)))
+    if _kind(cur, table) != "p":  # none yet, or a live table of the layout before partitions: nothing to match
+        return
     for constraint, definition in _checks(cur, table):
         if checks.get(constraint) != definition:
             cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(

@@ -39,10 +39,11 @@ class WeeklyRecs(WeekTask):
                     for task in self.published()}
 
     def run(self) -> None:
+        tables = self.live_names()
         self.prepare_to_attach()
-        live_locks.when_unblocked(self.put_live, publish.swapped(self.live_names(), self.week),
+        live_locks.when_unblocked(self.put_live, publish.swapped(tables, self.week),
                                   f"week {self.week} not published", self.set_status_message)
-        live_locks.drop_obsolete(self.lock_names(), self.live_names(), self.week, config.pipeline().retention)
+        live_locks.drop_obsolete(self.lock_names(), tables, self.week, config.pipeline().retention)
         with db.connection() as conn:
             counts = self.row_counts(conn)
         print(week_summary(self.week, counts, str(db.server())))
