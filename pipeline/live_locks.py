@@ -78,6 +78,20 @@ def when_unblocked(work: Callable[[], T], tables: Iterable[str], what: str,
                              f"([pipeline] publish_wait) by {holders}; nothing was changed, rerun to publish") from None
 
 
+def prepare_to_attach(attaching: dict[str, str], week: date) -> None:
+    """Each table to attach (live name: table) made ready before the swap, so that the swap only
+    changes the catalog (`publish.prepare_to_attach`): each in a transaction of its own, and a DBA's
+    foreign keys checked in one more, so that the table they reference is kept from its writers for
+    the moment of adding them, never for the scan."""
+    with db.connection() as conn, conn.cursor() as cur:
+        for table, name in attaching.items():
+            if publish.exists(cur, name):  # not when another run has put the week live meanwhile
+                publish.prepare_to_attach(cur, table, name, week)
+                conn.commit()
+                publish.validate(cur, name)
+                conn.commit()
+
+
 def drop_obsolete(lock_names: Iterable[str], tables: Iterable[str], week: date, retention: int) -> None:
     """What `week` going live left behind (`publish.obsolete`) goes after the swap, not in it.
 
@@ -106,15 +120,18 @@ def _why_kept(name: str, refused: psycopg2.Error) -> str:
 
 
 def blockers(tables: list[str]) -> list[Blocker]:
-    """Other sessions holding a lock on the tables or on what is attached to them."""
+    """Other sessions holding a lock on the tables, on what is attached to them, or on a table a
+    foreign key of theirs references (a DBA's: attaching and detaching lock that table too)."""
     with db.connection() as conn, conn.cursor() as cur:
         cur.execute(
-            "WITH held AS (SELECT to_regclass(quote_ident(name)) AS oid FROM unnest(%s::text[]) name)"
+            "WITH named AS (SELECT to_regclass(quote_ident(name)) AS oid FROM unnest(%s::text[]) name),"
+            " held AS (SELECT oid FROM named"
+            "  UNION SELECT inhrelid FROM pg_inherits WHERE inhparent IN (SELECT oid FROM named))"
             " SELECT DISTINCT ON (l.pid) l.pid, coalesce(a.application_name, ''), a.state,"
             "  extract(epoch FROM now() - a.xact_start)::float8, l.relation::regclass::text"
             " FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE l.granted AND l.pid <> pg_backend_pid() AND l.relation IN"
-            "  (SELECT oid FROM held UNION SELECT inhrelid FROM pg_inherits WHERE inhparent IN (SELECT oid FROM held))"
+            " WHERE l.granted AND l.pid <> pg_backend_pid() AND l.relation IN (SELECT oid FROM held"
+            "  UNION SELECT confrelid FROM pg_constraint WHERE contype = 'f' AND conrelid IN (SELECT oid FROM held))"
             " ORDER BY l.pid, l.relation::regclass::text", (tables,))
         return [Blocker(*row) for row in cur.fetchall()]
 

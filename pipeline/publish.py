@@ -28,6 +28,7 @@ import re
 import zlib
 from collections.abc import Iterable
 from datetime import date, datetime
+from typing import NamedTuple
 
 from psycopg2 import sql
 
@@ -132,27 +133,37 @@ def prepare_to_attach(cur, table: str, name: str, week: date) -> None:
     """Do before the swap, in a transaction of its own, what attaching `name` to the live `table`
     would otherwise do inside it, while the web service waits on the live names, or refuse: check
     the week over the whole table (an archive of the layout before partitions has no week check),
-    give it the `NOT NULL` and `CHECK` constraints a DBA put on the live name (attaching refuses a
-    table without them), and build the DBA's indexes (attaching builds every one the table lacks).
-    A week whose rows break a DBA's constraint fails here, naming it, with the live week whole."""
-    checks = dict(_checks(cur, name))
-    if WEEK_CHECK not in checks:
+    give it the `NOT NULL`, `CHECK`, key and foreign-key constraints a DBA put on the live name
+    (attaching refuses a table without the first two, and makes the others itself, building their
+    indexes or checking every row), and build the DBA's other indexes. A foreign key is added
+    unchecked, for `validate` to check in a transaction of its own. A week whose rows break a DBA's
+    constraint fails here, naming it, with the live week whole."""
+    present = _constraints(cur, name)
+    if not any(constraint.name == WEEK_CHECK for constraint in present):
         cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
             sql.Identifier(name), sql.Identifier(WEEK_CHECK), _week_check(week)))
     if _kind(cur, table) != "p":  # none yet, or a live table of the layout before partitions: nothing to match
         return
-    for constraint, definition in _checks(cur, table):
-        if checks.get(constraint) != definition:
-            cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-                sql.Identifier(name), sql.Identifier(constraint), sql.SQL(definition)))
     for column in (_not_null(cur, table) & set(table_columns(cur, name))) - _not_null(cur, name):
         cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL").format(
             sql.Identifier(name), sql.Identifier(column)))
-    present = set(_index_shapes(cur, name))
-    for unique, shape in _index_shapes(cur, table):
-        if (unique, shape) not in present:
+    for constraint in _constraints(cur, table):
+        if not any(constraint.matches(other) for other in present):
+            cur.execute(constraint.added_to(name))
+    built = set(_index_shapes(cur, name))
+    for unique, shape in _index_shapes(cur, table, without_constraints=True):
+        if (unique, shape) not in built:
             cur.execute(sql.SQL("CREATE {}INDEX ON {} {}").format(
                 sql.SQL("UNIQUE " if unique else ""), sql.Identifier(name), sql.SQL(shape)))
+
+
+def validate(cur, name: str) -> None:
+    """Check the rows of `name` against the constraints it was given unchecked: scanning it holds
+    no lock that keeps the tables they reference from their writers."""
+    for constraint in _constraints(cur, name):
+        if not constraint.validated:
+            cur.execute(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+                sql.Identifier(name), sql.Identifier(constraint.name)))
 
 
 def grant_readers(cur, tables: Iterable[str], readers: Iterable[str]) -> None:
@@ -176,6 +187,8 @@ def refused_changes(cur, table: str, columns: dict[str, str]) -> list[tuple[str,
     `table` would not survive: a column they use that the week drops or retypes."""
     live = table_columns(cur, table)
     used = dependents(cur, table)
+    for column, described in _constraint_columns(cur, table):
+        used.setdefault(column, []).append(described)
     problems = []
     for column, kind in live.items():
         users = ", ".join(used.get(column, []))
@@ -211,6 +224,16 @@ def _dependent_objects(cur, table: str) -> list[tuple[str, str, int, str]]:
         " AND o.object <> d.refobjid AND NOT EXISTS (SELECT FROM pg_constraint k WHERE d.classid ="
         "  'pg_constraint'::regclass AND k.oid = d.objid AND k.conrelid = d.refobjid)"  # the table's own checks
         " ORDER BY 1, 4", (f'"{table}"',))
+    return cur.fetchall()
+
+
+def _constraint_columns(cur, table: str) -> list[tuple[str, str]]:
+    """(column, description) of the constraints a DBA put on the live `table`, which dropping or
+    retyping their columns would drop with them (`NOT NULL` goes with its column, and is not one)."""
+    cur.execute("SELECT a.attname, format('constraint %%I', k.conname) FROM pg_constraint k JOIN pg_attribute a"
+                " ON a.attrelid = k.conrelid AND a.attnum = ANY(k.conkey) WHERE k.conrelid = to_regclass(%s)"
+                " AND k.contype IN ('c', 'p', 'u', 'f', 'x') AND k.conname <> %s ORDER BY 1, 2",
+                (f'"{table}"', WEEK_CHECK))
     return cur.fetchall()
 
 
@@ -340,10 +363,33 @@ def _reshape(cur, table: str, columns: dict[str, str]) -> None:
                 sql.Identifier(table), sql.Identifier(name), sql.SQL(kind)))
 
 
-def _checks(cur, table: str) -> list[tuple[str, str]]:
-    cur.execute("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = to_regclass(%s)"
-                " AND contype = 'c'", (f'"{table}"',))
-    return cur.fetchall()
+class _Constraint(NamedTuple):
+    """A table's constraint of a kind that attaching matches or makes (`NOT NULL` apart)."""
+
+    name: str
+    kind: str  # c(heck), p(rimary key), u(nique), f(oreign key), (e)x(clusion)
+    definition: str  # without `NOT VALID`
+    validated: bool
+
+    def matches(self, other: _Constraint) -> bool:
+        """Whether attaching takes `other`, on the partition, for this one: checks by name as well."""
+        return (self.kind, self.definition) == (other.kind, other.definition) and (
+            self.kind != "c" or self.name == other.name)
+
+    def added_to(self, table: str) -> sql.Composable:
+        """A check keeps its name (attaching matches it by name); a key's index is named after the
+        table (index names are the schema's); a foreign key is added unchecked (see `validate`)."""
+        named = sql.SQL("" if self.kind in "pux" else "CONSTRAINT {} ").format(sql.Identifier(self.name))
+        unchecked = sql.SQL(" NOT VALID" if self.kind == "f" else "")
+        return sql.SQL("ALTER TABLE {} ADD {}{}{}").format(
+            sql.Identifier(table), named, sql.SQL(self.definition), unchecked)
+
+
+def _constraints(cur, table: str) -> list[_Constraint]:
+    cur.execute("SELECT conname, contype, regexp_replace(pg_get_constraintdef(oid), ' NOT VALID$', ''), convalidated"
+                " FROM pg_constraint WHERE conrelid = to_regclass(%s) AND contype IN ('c', 'p', 'u', 'f', 'x')"
+                " ORDER BY conname", (f'"{table}"',))
+    return [_Constraint(*row) for row in cur.fetchall()]
 
 
 def _not_null(cur, table: str) -> set[str]:
@@ -352,12 +398,13 @@ def _not_null(cur, table: str) -> set[str]:
     return {column for (column,) in cur.fetchall()}
 
 
-def _index_shapes(cur, table: str) -> list[tuple[bool, str]]:
+def _index_shapes(cur, table: str, without_constraints: bool = False) -> list[tuple[bool, str]]:
     """Each index of `table` as (unique, its definition from `USING` on), which two indexes share
-    when attaching may take one for the other."""
+    when attaching may take one for the other; `without_constraints`: not those of its keys."""
     cur.execute("SELECT i.indisunique, pg_get_indexdef(i.indexrelid), format('%%I.%%I', n.nspname, c.relname)"
                 " FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE i.indrelid = to_regclass(%s)", (f'"{table}"',))
+                " WHERE i.indrelid = to_regclass(%s) AND NOT (%s AND EXISTS (SELECT FROM pg_constraint k"
+                "  WHERE k.conrelid = i.indrelid AND k.conindid = i.indexrelid))", (f'"{table}"', without_constraints))
     return [(unique, definition.split(f" {qualified} ", 1)[1]) for unique, definition, qualified in cur.fetchall()]
 
 

@@ -43,9 +43,7 @@ def roll_back(week: date | None = None) -> date:
     tables = published_tables()
     with db.connection() as conn, conn.cursor() as cur:
         target = _target(cur, tables, week)
-        for table in tables:
-            publish.prepare_to_attach(cur, table, publish.week_name(table, target), target)
-        conn.commit()
+    live_locks.prepare_to_attach({table: publish.week_name(table, target) for table in tables}, target)
     live_locks.when_unblocked(lambda: _put_live(tables, target), publish.swapped(tables, target),
                               f"rollback to week {target} not done")
     return target

@@ -40,22 +40,13 @@ class WeeklyRecs(WeekTask):
 
     def run(self) -> None:
         tables = self.live_names()
-        self.prepare_to_attach()
+        live_locks.prepare_to_attach({table: publish.staged_name(table, self.week) for table in tables}, self.week)
         live_locks.when_unblocked(self.put_live, publish.swapped(tables, self.week),
                                   f"week {self.week} not published", self.set_status_message)
         live_locks.drop_obsolete(self.lock_names(), tables, self.week, config.pipeline().retention)
         with db.connection() as conn:
             counts = self.row_counts(conn)
         print(week_summary(self.week, counts, str(db.server())))
-
-    def prepare_to_attach(self) -> None:
-        """The week's tables made ready before the swap, so that the swap only changes the catalog."""
-        with db.connection() as conn, conn.cursor() as cur:
-            for table in self.live_names():
-                staged = publish.staged_name(table, self.week)
-                if publish.exists(cur, staged):  # not when another run has put the week live meanwhile
-                    publish.prepare_to_attach(cur, table, staged, self.week)
-            conn.commit()
 
     def put_live(self) -> None:
         with self.marking_once() as transaction:

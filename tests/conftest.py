@@ -307,6 +307,14 @@ def table_snapshot(conn, table: str) -> list[tuple]:
     return query(conn, f'SELECT * FROM "{table}" ORDER BY 1, 2')
 
 
+def dba_keys_the_popular_items_to_a_catalogue(conn) -> None:
+    """A DBA's primary key on a served table, and a foreign key to the shop's catalogue of items."""
+    conn.cursor().execute("CREATE TABLE catalogue AS SELECT DISTINCT item_id, 'an item' AS title FROM default_recs;"
+                          " ALTER TABLE catalogue ADD PRIMARY KEY (item_id);"
+                          " ALTER TABLE default_recs ADD PRIMARY KEY (week, item_id),"
+                          "  ADD CONSTRAINT catalogued FOREIGN KEY (item_id) REFERENCES catalogue")
+
+
 def live_state(conn) -> tuple:
     """What the web service reads, byte for byte: the five live tables, their week comments, the
     archives, the metrics and the weeks marked whole. A failed week may leave staged tables only."""

@@ -18,6 +18,7 @@ from tests.conftest import (
     WEEK,
     admin_connection,
     apply_settings,
+    dba_keys_the_popular_items_to_a_catalogue,
     live_state,
     run_luigi,
     run_module,
@@ -177,6 +178,28 @@ def test_a_publish_held_up_by_a_reader_of_the_staged_week_names_that_reader(
     assert live_week(conn) == WEEK
     preview.close()
     assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+
+
+def test_a_publish_held_up_by_a_reader_of_the_table_a_dba_foreign_key_references_names_that_reader(
+        settings, config_file, conn, reader):
+    run_tasks(WeeklyRecs(week=WEEK))
+    dba_keys_the_popular_items_to_a_catalogue(conn)
+    settings["pipeline"]["publish_wait"] = "2"
+    apply_settings(settings, config_file)
+    shop = conn.cursor()
+    shop.execute(f"GRANT SELECT ON catalogue TO {reader.name}")
+    browsing = reader.connect("catalogue-report")
+    browsing.cursor().execute("SELECT count(*) FROM catalogue")
+
+    refused = run_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK), "--local-scheduler")
+
+    assert refused.returncode == 30  # attaching the week's key to the catalogue locks the catalogue for a moment
+    assert (f"by pid {browsing.get_backend_pid()} (catalogue-report, idle in transaction, transaction open "
+            in refused.stderr) and "holding catalogue" in refused.stderr
+    assert live_week(conn) == WEEK
+    browsing.close()
+    assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+    assert live_week(conn) == NEXT_WEEK
 
 
 def test_an_idle_blocker_the_pipelines_role_may_not_end_is_waited_for_and_named_once(

@@ -6,11 +6,13 @@ Read as the web service reads: as a login role of its own (`[postgres] readers`)
 
 from __future__ import annotations
 
+import unittest.mock
 from datetime import timedelta
 
 import psycopg2
 import psycopg2.errors
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -22,6 +24,7 @@ from tests.conftest import (
     WEEK,
     admin_connection,
     apply_settings,
+    dba_keys_the_popular_items_to_a_catalogue,
     live_state,
     query,
     run_luigi,
@@ -243,10 +246,15 @@ def test_an_index_the_dba_made_on_a_live_name_is_built_before_the_swap_never_in_
     assert reader.read("SELECT DISTINCT week FROM candidates_ranked WHERE item_id = %s", item) == [(NEXT_WEEK,)]
 
 
-def test_a_week_may_not_drop_a_column_that_an_index_the_dba_made_uses(settings, config_file, input_dir, conn):
+@pytest.mark.parametrize(("what_the_dba_made", "named"), [
+    ("CREATE INDEX shop_prices ON default_recs (price)", "index shop_prices"),
+    ("ALTER TABLE default_recs ADD CONSTRAINT priced CHECK (price > 0)", "constraint priced"),
+])
+def test_a_week_may_not_drop_a_column_that_an_index_or_a_constraint_the_dba_made_uses(
+        settings, config_file, input_dir, conn, what_the_dba_made, named):
     rewrite_top_popular(input_dir, price=9.5)
     run_tasks(WeeklyRecs(week=WEEK))
-    conn.cursor().execute("CREATE INDEX shop_prices ON default_recs (price)")
+    conn.cursor().execute(what_the_dba_made)
     before = live_state(conn)
     rewrite_top_popular(input_dir, price=None)
 
@@ -254,7 +262,48 @@ def test_a_week_may_not_drop_a_column_that_an_index_the_dba_made_uses(settings, 
 
     assert refused.returncode == 30
     assert (f"ContractError: {input_dir / 'top_popular.parquet'}, column 'price': the week has no column 'price', "
-            "which index shop_prices uses in default_recs") in refused.stderr
+            f"which {named} uses in default_recs") in refused.stderr
+    assert live_state(conn) == before
+
+
+def test_keys_the_dba_put_on_a_live_name_are_made_before_the_swap_never_in_it(settings, config_file, conn, reader):
+    run_tasks(WeeklyRecs(week=WEEK))
+    dba_keys_the_popular_items_to_a_catalogue(conn)
+
+    assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+
+    week_table = publish.week_name("default_recs", NEXT_WEEK)
+    keys = query(conn, "SELECT k.contype, k.conname, i.relname FROM pg_constraint k LEFT JOIN pg_class i ON i.oid ="
+                       " k.conindid AND k.contype = 'p' WHERE k.conrelid = %s::regclass AND k.conparentid <> 0"
+                       " ORDER BY 1", week_table)
+    # attaching found both keys on the table and took them for the live name's: had it made them,
+    # it would have built the key's index (named after the week's table) and checked every row for
+    # the foreign key, while the web service waited on the live names
+    staged = publish.staged_name("default_recs", NEXT_WEEK)
+    assert keys == [("f", "catalogued", None), ("p", unittest.mock.ANY, f"{staged}_pkey")]
+    assert len(query(conn, "SELECT FROM pg_indexes WHERE tablename = %s AND indexdef LIKE '%%(week, item_id)'",
+                     week_table)) == 1  # the key's, and no index of the same shape beside it
+    assert reader.read("SELECT DISTINCT week FROM default_recs") == [(NEXT_WEEK,)]
+    assert run_module(config_file, "rollback").returncode == 0  # the archive takes the keys back as it is
+    assert reader.read("SELECT DISTINCT week FROM default_recs") == [(WEEK,)]
+
+
+def test_a_week_that_breaks_a_foreign_key_the_dba_made_fails_before_the_swap_naming_it(settings, config_file,
+                                                                                       input_dir, conn):
+    run_tasks(WeeklyRecs(week=WEEK))
+    dba_keys_the_popular_items_to_a_catalogue(conn)
+    before = live_state(conn)
+    path = input_dir / "top_popular.parquet"
+    uncatalogued = pq.read_table(path)
+    uncatalogued = uncatalogued.set_column(uncatalogued.schema.get_field_index("item_id"), "item_id",
+                                           pc.add(uncatalogued["item_id"], 10**9))
+    pq.write_table(uncatalogued, path)
+
+    refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK))
+
+    assert refused.returncode == 30
+    assert ('insert or update on table "default_recs__staged_20261128" violates foreign key constraint "catalogued"'
+            in refused.stderr)
     assert live_state(conn) == before
 
 
