@@ -12,7 +12,7 @@ import luigi
 import pyarrow as pa
 from psycopg2 import sql
 
-from pipeline import config, db, pgcopy, publish
+from pipeline import config, db, live_locks, pgcopy, publish
 from pipeline.contracts import ContractError
 
 log = logging.getLogger("luigi-interface")
@@ -53,6 +53,12 @@ class WeekTask(luigi.Task):
 
     def lock_names(self) -> tuple[str, ...]:
         return (self.table,)
+
+    def fresh_stage(self, cur, table: str, columns: sql.Composable) -> str:
+        """The week's staging table of `table`, replacing one a forgotten run left once no one holds it."""
+        live_locks.dropped_when_unheld(cur, publish.staged_name(table, self.week),
+                                       f"{table} for week {self.week} not staged", self.set_status_message)
+        return publish.stage(cur, table, self.week, columns)
 
     def reporting(self, batches: Iterator[pa.RecordBatch], total: int, message: str) -> Iterator[pa.RecordBatch]:
         """Rows done so far, shown in the visualizer every 16 batches and at the end.
@@ -118,7 +124,7 @@ class StagingTask(WeekTask):
             if transaction is None:
                 return 0
             _, cur = transaction
-            staged = publish.stage(cur, self.table, self.week, db.column_definitions(schema))
+            staged = self.fresh_stage(cur, self.table, db.column_definitions(schema))
             self.set_status_message(f"loading {self.table}")
             rows = db.copy_in(cur, staged, batches, schema)
             self.set_status_message(f"indexing {rows:,} rows of {self.table}")

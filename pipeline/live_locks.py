@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import psycopg2.errors
 import tenacity
+from psycopg2 import sql
 
 from pipeline import config, db, publish
 
@@ -26,7 +27,7 @@ T = TypeVar("T")
 
 
 class LiveTablesBusy(RuntimeError):
-    """The live names stayed held past `[pipeline] publish_wait`; nothing was changed."""
+    """The live names (or a stage a rerun replaces) stayed held past `[pipeline] publish_wait`; nothing was changed."""
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,11 @@ def bounded(cur) -> None:
 
 
 def when_unblocked(work: Callable[[], T], tables: Iterable[str], what: str,
-                   report: Callable[[str], None] = log.info) -> T:
-    """Run `work` (one transaction that takes its locks under `bounded`) until it gets them.
+                   report: Callable[[str], None] = log.info, held: str = "the live tables") -> T:
+    """Run `work` (one transaction, or a savepoint, that takes its locks under `bounded`) until it gets them.
 
-    `report` is told, between attempts, who holds the tables; `what` names the change for errors.
+    `report` is told, between attempts, who holds the tables; `what` names the change for errors,
+    `held` the tables.
     """
     settings, tables = config.pipeline(), list(tables)
     not_ours_to_end: set[int] = set()
@@ -63,7 +65,7 @@ def when_unblocked(work: Callable[[], T], tables: Iterable[str], what: str,
         holders = blockers(tables)
         if settings.terminate_idle_blockers:
             holders = [holder for holder in holders if not _terminated_if_idle(holder, not_ours_to_end)]
-        report(f"waiting {state.seconds_since_start:.0f} s of {settings.publish_wait:.0f} s for the live tables: "
+        report(f"waiting {state.seconds_since_start:.0f} s of {settings.publish_wait:.0f} s for {held}: "
                + ("; ".join(map(str, holders)) or "their holder has just ended"))
 
     attempts = tenacity.Retrying(
@@ -74,8 +76,30 @@ def when_unblocked(work: Callable[[], T], tables: Iterable[str], what: str,
         return attempts(work)
     except tenacity.RetryError:
         holders = "; ".join(map(str, blockers(tables))) or "sessions that have just ended"
-        raise LiveTablesBusy(f"{what}: the live tables were held for more than {settings.publish_wait:.0f} s "
+        raise LiveTablesBusy(f"{what}: {held} stayed held for more than {settings.publish_wait:.0f} s "
                              f"([pipeline] publish_wait) by {holders}; nothing was changed, rerun to publish") from None
+
+
+def dropped_when_unheld(cur, name: str, what: str, report: Callable[[str], None] = log.info) -> None:
+    """Drop `name` if it exists, in the caller's transaction, waiting for whoever holds it as a publish
+    waits for the live names. A rerun replaces the stage its week left, and someone may be looking
+    at that stage (what did the failed week hold?): waiting for them unbounded, the week would hang
+    without a word for as long as their transaction stays open."""
+    cur.execute("SELECT current_setting('lock_timeout')")
+    (unbounded,) = cur.fetchone()
+
+    def attempt() -> None:
+        cur.execute("SAVEPOINT unheld")
+        bounded(cur)
+        try:
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+        except psycopg2.errors.LockNotAvailable:
+            cur.execute("ROLLBACK TO SAVEPOINT unheld")
+            raise
+        cur.execute("RELEASE SAVEPOINT unheld")
+
+    when_unblocked(attempt, [name], what, report, held=name)
+    cur.execute("SELECT set_config('lock_timeout', %s, true)", (unbounded,))
 
 
 def prepare_to_attach(attaching: dict[str, str], week: date) -> None:

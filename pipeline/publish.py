@@ -90,13 +90,12 @@ def holds_week(cur, table: str, week: date) -> bool:
 
 
 def stage(cur, table: str, week: date, columns: sql.Composable) -> str:
-    """A fresh staging table for the week, replacing one a forgotten run left.
+    """A fresh staging table for the week; the caller has dropped one a forgotten run left.
 
     Its week check makes attaching it a catalog change: PostgreSQL sees that no row can break the
     partition's bound without scanning one.
     """
     staged = staged_name(table, week)
-    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(staged)))
     cur.execute(sql.SQL("CREATE TABLE {} ({}, CONSTRAINT {} {})").format(
         sql.Identifier(staged), columns, sql.Identifier(WEEK_CHECK), _week_check(week)))
     return staged

@@ -128,8 +128,8 @@ class TrainRanker(WeekTask):
             cur.execute(sql.SQL("INSERT INTO {} (week, model, item_stats, metrics) VALUES (%s, %s, %s, %s)").format(
                 sql.Identifier(self.table)), (self.week, model, _ipc(inference_items), json.dumps(validation)))
             inference = publish.week_table(cur, InferenceCandidates(week=self.week).table, self.week)
-            publish.stage(cur, ranked, self.week, sql.SQL("LIKE {}, cb_score double precision, rank integer")
-                          .format(sql.Identifier(inference)))
+            self.fresh_stage(cur, ranked, sql.SQL("LIKE {}, cb_score double precision, rank integer")
+                             .format(sql.Identifier(inference)))
             cur.execute(sql.SQL("DELETE FROM {} WHERE target_table = %s").format(
                 sql.Identifier(self.output().marker_table)), (staged,))
 

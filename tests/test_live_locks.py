@@ -95,7 +95,7 @@ def test_past_its_wait_a_publish_fails_naming_the_blocker_and_changes_nothing(
 
     assert publishing.returncode == 30
     blocker = (f"by pid {long_report.get_backend_pid()} (long-report, idle in transaction, transaction open ")
-    assert ("LiveTablesBusy: week 2026-11-28 not published: the live tables were held for more than 2 s "
+    assert ("LiveTablesBusy: week 2026-11-28 not published: the live tables stayed held for more than 2 s "
             f"([pipeline] publish_wait) {blocker}") in errors
     assert "holding candidates_ranked" in errors
     [alert] = bot_api.texts()
@@ -127,7 +127,7 @@ def test_a_rollback_waits_for_readers_the_same_way(next_week_staged, settings, c
     refused = run_module(config_file, "rollback")
 
     assert refused.returncode == 1
-    assert (f"rollback refused: rollback to week {WEEK} not done: the live tables were held for more than 1 s "
+    assert (f"rollback refused: rollback to week {WEEK} not done: the live tables stayed held for more than 1 s "
             f"([pipeline] publish_wait) by pid {long_report.get_backend_pid()} (long-report") in refused.stderr
     assert live_week(conn) == NEXT_WEEK
 
@@ -178,6 +178,26 @@ def test_a_publish_held_up_by_a_reader_of_the_staged_week_names_that_reader(
     assert live_week(conn) == WEEK
     preview.close()
     assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+
+
+def test_a_rerun_replaces_a_stage_someone_is_reading_once_they_end_and_past_its_wait_names_them(
+        next_week_staged, settings, config_file, conn, pg_socket_dir, database):
+    settings["pipeline"]["publish_wait"] = "2"
+    apply_settings(settings, config_file)
+    stage = publish.staged_name("default_recs", NEXT_WEEK)
+    preview = psycopg2.connect(host=pg_socket_dir, dbname=database, user="postgres", application_name="preview")
+    preview.cursor().execute(f"SELECT count(*) FROM {stage}")  # what did the week hold?
+    assert run_module(config_file, "redo", str(NEXT_WEEK)).returncode == 0
+
+    refused = run_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK), "--local-scheduler", timeout=60)
+
+    assert refused.returncode == 30
+    assert (f"default_recs for week {NEXT_WEEK} not staged: {stage} stayed held for more than 2 s ([pipeline] "
+            f"publish_wait) by pid {preview.get_backend_pid()} (preview, idle in transaction, ") in refused.stderr
+    assert live_week(conn) == WEEK
+    preview.close()
+    assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+    assert live_week(conn) == NEXT_WEEK
 
 
 def test_a_publish_held_up_by_a_reader_of_the_table_a_dba_foreign_key_references_names_that_reader(
