@@ -7,6 +7,7 @@ environment (see `pipeline.notify`).
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 from dataclasses import dataclass
@@ -116,6 +117,13 @@ class pipeline(luigi.Config):  # noqa: N801
     def week_model_dir(self, week: date) -> Path:
         return _under_root(self.model_dir) / week.isoformat()
 
+    def week_input_dirs(self) -> dict[date, Path]:
+        """Every week that has a folder `input_dir` names, and the folder."""
+        return _existing_weeks(self.input_dir)
+
+    def week_model_dirs(self) -> dict[date, Path]:
+        return _existing_weeks(f"{self.model_dir}/{{week}}")
+
 
 class events(luigi.Config):  # noqa: N801
     """The upstream stage that makes the week's four files from the shop's events (`[pipeline] source = events`)."""
@@ -208,6 +216,16 @@ def _under_root(path: str) -> Path:
     """Relative paths are taken from the checkout, so cron and tests may start anywhere."""
     resolved = Path(path).expanduser()
     return resolved if resolved.is_absolute() else ROOT / resolved
+
+
+def _existing_weeks(template: str) -> dict[date, Path]:
+    """The paths that exist where `template` puts a date in place of `{week}` (none without one)."""
+    if "{week}" not in template:
+        return {}
+    named = re.compile(re.escape(str(_under_root(template))).replace(re.escape("{week}"), r"(\d{4}-\d{2}-\d{2})"))
+    return {date.fromisoformat(match.group(1)): Path(path)
+            for path in glob.glob(glob.escape(str(_under_root(template))).replace(glob.escape("{week}"), "*"))
+            if (match := named.fullmatch(path))}
 
 
 def checked_identifier(name: str, setting: str) -> str:

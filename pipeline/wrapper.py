@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline import config, db, live_locks, publish
+from pipeline import config, db, housekeeping, live_locks, publish
 from pipeline.base import StagingTask, WeekTask
 from pipeline.load import DefaultRecs, OnlineRecs
 from pipeline.rank import RankCandidates, TrainRanker
@@ -44,6 +44,7 @@ class WeeklyRecs(WeekTask):
         live_locks.when_unblocked(self.put_live, publish.swapped(tables, self.week),
                                   f"week {self.week} not published", self.set_status_message)
         live_locks.drop_obsolete(self.lock_names(), tables, self.week, config.pipeline().retention)
+        housekeeping.after_going_live(self.week)
         with db.connection() as conn:
             counts = self.row_counts(conn)
         print(week_summary(self.week, counts, str(db.server())))

@@ -3,6 +3,7 @@ the pipeline configured to use them, and ways to run a week in-process or as cro
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import shutil
@@ -177,6 +178,18 @@ def pipeline_role(settings, config_file, pg_socket_dir, database) -> Iterator[st
         yield role
         admin.cursor().execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
         admin.cursor().execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+@pytest.fixture
+def events_settings(settings, shop, tmp_path) -> dict[str, dict[str, str]]:
+    """events.cfg's settings on a small shop: two train weeks, 30 candidates a user."""
+    documented = configparser.ConfigParser()
+    documented.read(ROOT / "events.cfg")
+    settings["pipeline"].update({**documented["pipeline"], "input_dir": str(tmp_path / "weeks" / "{week}")})
+    settings["events"] = {**documented["events"], "events_path": str(shop / "events"),
+                          "items_path": str(shop / "items.parquet"), "train_weeks": "2", "candidates_per_user": "30"}
+    apply_settings(settings)
+    return settings
 
 
 @pytest.fixture

@@ -177,6 +177,15 @@ class CandidatesAtCutoff(EventTask):
         self.requires().remove_fit()
 
 
+def stage_files(week) -> list[luigi.LocalTarget]:
+    """Every file the stage writes in a week's folder, an interrupted run's fit and shards included."""
+    folder = config.pipeline().week_input_dir(week)
+    targets = [*CutoffModel(week=week).output().values(), *CandidatesAtCutoff(week=week).output().values(),
+               Outcomes(week=week).output(), TrainFromOutcomes(week=week).output(),
+               *(luigi.LocalTarget(str(path)) for path in folder.glob(SHARD_FILES))]
+    return list({target.path: target for target in targets}.values())
+
+
 def read_fit(fit: dict[str, luigi.LocalTarget]) -> tuple:
     """The history and the fits `CutoffModel` left for the shards."""
     from pipeline.events import candidates

@@ -15,7 +15,7 @@ from pipeline.evaluation import backtest
 from pipeline.evaluation.backtest import use_backtest_database
 from tests.conftest import WEEK, admin_connection, apply_settings, query, run_module
 from tests.evaluation.test_movielens import DATASET, needs_movielens
-from tests.events.test_tasks import events_settings, most_weighted_available, with_extra_events  # noqa: F401
+from tests.events.test_tasks import most_weighted_available, with_extra_events
 
 WEEKS = ("1998-04-04", "1998-04-11", "1998-04-11")  # first, first scored, last
 
@@ -77,7 +77,7 @@ def test_a_week_that_fails_for_another_reason_stops_the_backtest(events_settings
 
 
 def test_over_seeds_each_seed_runs_in_a_database_of_its_own_and_the_report_gives_their_range(
-        events_settings, tmp_path, pg_socket_dir, capsys):  # noqa: F811
+        events_settings, tmp_path, pg_socket_dir, capsys):
     before, base = WEEK - timedelta(weeks=1), f"backtest_{uuid.uuid4().hex[:8]}"
 
     results = backtest.run_over_seeds([1, 2], before, WEEK, base, tmp_path / "backtest", scored_from=WEEK)

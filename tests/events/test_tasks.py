@@ -3,7 +3,6 @@ and a whole week from events to the five tables."""
 
 from __future__ import annotations
 
-import configparser
 import importlib.metadata
 import math
 import re
@@ -24,20 +23,8 @@ from pipeline.events.candidates import FEATURES, SOURCES
 from pipeline.events.inputs import read_items, read_window
 from pipeline.events.tasks import CandidatesAtCutoff, CandidateShard, CutoffModel, TrainFromOutcomes
 from pipeline.wrapper import WeeklyRecs
-from tests.conftest import CUTOFF, PUBLISHED_TABLES, ROOT, WEEK, apply_settings, live_state, query, run_tasks
+from tests.conftest import CUTOFF, PUBLISHED_TABLES, WEEK, apply_settings, live_state, query, run_tasks
 from tests.events.test_inputs import events_file
-
-
-@pytest.fixture
-def events_settings(settings, shop, tmp_path) -> dict[str, dict[str, str]]:
-    """events.cfg's settings on a small shop: two train weeks, 30 candidates a user."""
-    documented = configparser.ConfigParser()
-    documented.read(ROOT / "events.cfg")
-    settings["pipeline"].update({**documented["pipeline"], "input_dir": str(tmp_path / "weeks" / "{week}")})
-    settings["events"] = {**documented["events"], "events_path": str(shop / "events"),
-                          "items_path": str(shop / "items.parquet"), "train_weeks": "2", "candidates_per_user": "30"}
-    apply_settings(settings)
-    return settings
 
 
 def week_file(name: str, week: date = WEEK) -> pa.Table:
