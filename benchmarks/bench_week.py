@@ -8,7 +8,8 @@ For each age (two years, then one year of the same weekly activity; both older t
 and activity windows, so that only the age differs): the weeks before are done first, as earlier
 Saturdays left them (their candidates and outcomes), then the week runs task by task, each as its
 own `luigi --module pipeline` command under /usr/bin/time -v (seconds, and the peak RSS of the
-largest process: the fits' own included, from `model_metrics`). Then PostgreSQL's disk.
+largest process: the fits' own included, from `model_metrics`). Then PostgreSQL's disk, and the
+events stage's week folders (the week's and the train_weeks' before it, which housekeeping keeps).
 
     BENCH_WEEK_SCALE=0.1 make bench-week      a tenth of the shop, to try the script
 
@@ -86,6 +87,12 @@ def disk_mb() -> dict[str, float]:
         return {kind: size / 2**20 for kind, size in cur.fetchall()}
 
 
+def folders_mb(weeks: Path) -> dict[str, float]:
+    """The events stage's week folders on disk: the week's own, and all of them."""
+    sizes = {folder.name: sum(path.stat().st_size for path in folder.rglob("*")) / 2**20 for folder in weeks.iterdir()}
+    return {"folders": len(sizes), "week": sizes[WEEK.isoformat()], "all": sum(sizes.values())}
+
+
 def shop_week(base: Path, bench: Bench, age: str, weeks: int) -> dict:
     work = base / age.replace(" ", "-")
     started = time.perf_counter()
@@ -99,7 +106,7 @@ def shop_week(base: Path, bench: Bench, age: str, weeks: int) -> dict:
     steps = the_week(settings)
     for name, (seconds, rss) in steps.items():
         print(f"{age}: {name:<30} {seconds:7.1f} s {rss:7.0f} MB", flush=True)
-    return {"events": events, "steps": steps, "disk": disk_mb()}
+    return {"events": events, "steps": steps, "disk": disk_mb(), "files": folders_mb(work / "weeks")}
 
 
 def report(results: dict[str, dict]) -> str:
@@ -120,7 +127,10 @@ def report(results: dict[str, dict]) -> str:
               f"its largest process {largest['two years'] / largest['one year']:.2f}x.", "",
               "PostgreSQL's disk after the week (MB): " + "; ".join(
                   f"{age}: " + ", ".join(f"{kind} {size:,.0f}" for kind, size in sorted(r["disk"].items()))
-                  for age, r in results.items())]
+                  for age, r in results.items()), "",
+              "The events stage's week folders after the week (MB): " + "; ".join(
+                  f"{age}: {r['files']['folders']:.0f} folders, {r['files']['all']:,.0f} (the week's "
+                  f"{r['files']['week']:,.0f})" for age, r in results.items())]
     return "\n".join(lines) + "\n"
 
 

@@ -27,6 +27,7 @@ QUIET_S = 24 * 3600  # a folder changed more recently may be a backfill's, still
 
 
 def after_going_live(week: date) -> None:
+    """`WeeklyRecs`'s last step, once `week` is live and its tables' leftovers are dropped."""
     settings = config.pipeline()
     held = forget_models_not_held(week)
     if held is None:
