@@ -186,8 +186,10 @@ def refused_changes(cur, table: str, columns: dict[str, str]) -> list[tuple[str,
     `table` would not survive: a column they use that the week drops or retypes."""
     live = table_columns(cur, table)
     used = dependents(cur, table)
-    for column, described in _constraint_columns(cur, table):
-        used.setdefault(column, []).append(described)
+    dbas = [constraint for constraint in _constraints(cur, table) if constraint.name != WEEK_CHECK]
+    for constraint in dbas:  # dropping or retyping a column would drop them with it
+        for column in constraint.columns:
+            used.setdefault(column, []).append(f"constraint {constraint.name}")
     problems = []
     for column, kind in live.items():
         users = ", ".join(used.get(column, []))
@@ -223,16 +225,6 @@ def _dependent_objects(cur, table: str) -> list[tuple[str, str, int, str]]:
         " AND o.object <> d.refobjid AND NOT EXISTS (SELECT FROM pg_constraint k WHERE d.classid ="
         "  'pg_constraint'::regclass AND k.oid = d.objid AND k.conrelid = d.refobjid)"  # the table's own checks
         " ORDER BY 1, 4", (f'"{table}"',))
-    return cur.fetchall()
-
-
-def _constraint_columns(cur, table: str) -> list[tuple[str, str]]:
-    """(column, description) of the constraints a DBA put on the live `table`, which dropping or
-    retyping their columns would drop with them (`NOT NULL` goes with its column, and is not one)."""
-    cur.execute("SELECT a.attname, format('constraint %%I', k.conname) FROM pg_constraint k JOIN pg_attribute a"
-                " ON a.attrelid = k.conrelid AND a.attnum = ANY(k.conkey) WHERE k.conrelid = to_regclass(%s)"
-                " AND k.contype IN ('c', 'p', 'u', 'f', 'x') AND k.conname <> %s ORDER BY 1, 2",
-                (f'"{table}"', WEEK_CHECK))
     return cur.fetchall()
 
 
@@ -369,6 +361,7 @@ class _Constraint(NamedTuple):
     kind: str  # c(heck), p(rimary key), u(nique), f(oreign key), (e)x(clusion)
     definition: str  # without `NOT VALID`
     validated: bool
+    columns: list[str]
 
     def matches(self, other: _Constraint) -> bool:
         """Whether attaching takes `other`, on the partition, for this one: checks by name as well."""
@@ -385,8 +378,10 @@ class _Constraint(NamedTuple):
 
 
 def _constraints(cur, table: str) -> list[_Constraint]:
-    cur.execute("SELECT conname, contype, regexp_replace(pg_get_constraintdef(oid), ' NOT VALID$', ''), convalidated"
-                " FROM pg_constraint WHERE conrelid = to_regclass(%s) AND contype IN ('c', 'p', 'u', 'f', 'x')"
+    cur.execute("SELECT conname, contype, regexp_replace(pg_get_constraintdef(k.oid), ' NOT VALID$', ''),"
+                " convalidated, ARRAY(SELECT attname FROM pg_attribute WHERE attrelid = conrelid"
+                "  AND attnum = ANY(conkey) ORDER BY attnum)"
+                " FROM pg_constraint k WHERE conrelid = to_regclass(%s) AND contype IN ('c', 'p', 'u', 'f', 'x')"
                 " ORDER BY conname", (f'"{table}"',))
     return [_Constraint(*row) for row in cur.fetchall()]
 
