@@ -222,10 +222,10 @@ def _existing_weeks(template: str) -> dict[date, Path]:
     """The paths that exist where `template` puts a date in place of `{week}` (none without one)."""
     if "{week}" not in template:
         return {}
-    named = re.compile(re.escape(str(_under_root(template))).replace(re.escape("{week}"), r"(\d{4}-\d{2}-\d{2})"))
-    return {date.fromisoformat(match.group(1)): Path(path)
-            for path in glob.glob(glob.escape(str(_under_root(template))).replace(glob.escape("{week}"), "*"))
-            if (match := named.fullmatch(path))}
+    path = str(_under_root(template))
+    named = re.compile(re.escape(path).replace(re.escape("{week}"), r"(\d{4}-\d{2}-\d{2})"))
+    return {date.fromisoformat(match.group(1)): Path(found)
+            for found in glob.glob(glob.escape(path).replace("{week}", "*")) if (match := named.fullmatch(found))}
 
 
 def checked_identifier(name: str, setting: str) -> str:

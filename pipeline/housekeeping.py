@@ -20,6 +20,7 @@ from pathlib import Path
 from psycopg2 import sql
 
 from pipeline import config, db, publish
+from pipeline.events.tasks import stage_files
 from pipeline.rank import RankCandidates, TrainRanker
 
 log = logging.getLogger("luigi-interface")
@@ -65,8 +66,6 @@ def forget_models_not_held(live: date) -> set[date] | None:
 def remove_stage_files_before(oldest_kept: date) -> list[date]:
     """The events stage's files of each week before `oldest_kept`, and its folder once empty
     (anything else in it stays). A folder changed in the last `QUIET_S` stays too."""
-    from pipeline.events.tasks import stage_files
-
     removed = []
     for week, folder in sorted(config.pipeline().week_input_dirs().items()):
         if week < oldest_kept and _quiet(folder):

@@ -11,7 +11,8 @@ goes live within seconds of the blocker's end. Past the wait the publish fails, 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from typing import TypeVar
@@ -89,14 +90,9 @@ def dropped_when_unheld(cur, name: str, what: str, report: Callable[[str], None]
     (unbounded,) = cur.fetchone()
 
     def attempt() -> None:
-        cur.execute("SAVEPOINT unheld")
-        bounded(cur)
-        try:
+        with _undone_if_refused(cur):
+            bounded(cur)
             cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
-        except psycopg2.errors.LockNotAvailable:
-            cur.execute("ROLLBACK TO SAVEPOINT unheld")
-            raise
-        cur.execute("RELEASE SAVEPOINT unheld")
 
     when_unblocked(attempt, [name], what, report, held=name)
     cur.execute("SELECT set_config('lock_timeout', %s, true)", (unbounded,))
@@ -128,13 +124,25 @@ def drop_obsolete(lock_names: Iterable[str], tables: Iterable[str], week: date, 
         publish.lock(cur, *lock_names)  # no rollback puts an archive live while it is being dropped
         bounded(cur)
         for name in [name for table in tables for name in publish.obsolete(cur, table, week, retention)]:
-            cur.execute("SAVEPOINT obsolete")
             try:
-                publish.drop_unless_built_on(cur, name)
+                with _undone_if_refused(cur):
+                    publish.drop_unless_built_on(cur, name)
             except psycopg2.Error as refused:  # held by a reader, or no longer the pipeline's to drop
-                cur.execute("ROLLBACK TO SAVEPOINT obsolete")
                 log.warning("%s is no longer needed but kept until a later publish: %s", name, _why_kept(name, refused))
         conn.commit()
+
+
+@contextmanager
+def _undone_if_refused(cur) -> Iterator[None]:
+    """A savepoint: what the block did is undone if PostgreSQL refuses any of it, and the caller's
+    transaction goes on."""
+    cur.execute("SAVEPOINT attempt")
+    try:
+        yield
+    except psycopg2.Error:
+        cur.execute("ROLLBACK TO SAVEPOINT attempt")
+        raise
+    cur.execute("RELEASE SAVEPOINT attempt")
 
 
 def _why_kept(name: str, refused: psycopg2.Error) -> str:
