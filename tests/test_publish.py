@@ -267,25 +267,31 @@ def test_a_week_may_not_drop_a_column_that_an_index_or_a_constraint_the_dba_made
 
 
 def test_keys_the_dba_put_on_a_live_name_are_made_before_the_swap_never_in_it(settings, config_file, conn, reader):
-    run_tasks(WeeklyRecs(week=WEEK))
+    settings["pipeline"]["retention"] = "1"
+    apply_settings(settings, config_file)
+    weeks = [WEEK + timedelta(weeks=k) for k in range(4)]
+    run_tasks(WeeklyRecs(week=weeks[0]))
     dba_keys_the_popular_items_to_a_catalogue(conn)
 
-    assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+    for week in weeks[1:]:
+        assert run_tasks(WeeklyRecs(week=week)).name == "SUCCESS"
 
-    week_table = publish.week_name("default_recs", NEXT_WEEK)
-    keys = query(conn, "SELECT k.contype, k.conname, i.relname FROM pg_constraint k LEFT JOIN pg_class i ON i.oid ="
-                       " k.conindid AND k.contype = 'p' WHERE k.conrelid = %s::regclass AND k.conparentid <> 0"
-                       " ORDER BY 1", week_table)
-    # attaching found both keys on the table and took them for the live name's: had it made them,
-    # it would have built the key's index (named after the week's table) and checked every row for
-    # the foreign key, while the web service waited on the live names
-    staged = publish.staged_name("default_recs", NEXT_WEEK)
-    assert keys == [("f", "catalogued", None), ("p", unittest.mock.ANY, f"{staged}_pkey")]
-    assert len(query(conn, "SELECT FROM pg_indexes WHERE tablename = %s AND indexdef LIKE '%%(week, item_id)'",
-                     week_table)) == 1  # the key's, and no index of the same shape beside it
-    assert reader.read("SELECT DISTINCT week FROM default_recs") == [(NEXT_WEEK,)]
+        week_table = publish.week_name("default_recs", week)
+        keys = query(conn, "SELECT k.contype, k.conname, i.relname FROM pg_constraint k LEFT JOIN pg_class i"
+                           " ON i.oid = k.conindid AND k.contype = 'p' WHERE k.conrelid = %s::regclass"
+                           " AND k.conparentid <> 0 ORDER BY 1", week_table)
+        # attaching found both keys on the table and took them for the live name's: had it made them,
+        # it would have built the key's index (named after the week's table) and checked every row for
+        # the foreign key, while the web service waited on the live names
+        staged = publish.staged_name("default_recs", week)
+        assert keys == [("f", "catalogued", None), ("p", unittest.mock.ANY, f"{staged}_pkey")]
+        assert len(query(conn, "SELECT FROM pg_indexes WHERE tablename = %s AND indexdef LIKE '%%(week, item_id)'",
+                         week_table)) == 1  # the key's, and no index of the same shape beside it
+        assert reader.read("SELECT DISTINCT week FROM default_recs") == [(week,)]
+        # an archive past retention, its foreign key with it, is dropped as any other
+        assert publish.archived_weeks(conn.cursor(), "default_recs") == [week - timedelta(weeks=1)]
     assert run_module(config_file, "rollback").returncode == 0  # the archive takes the keys back as it is
-    assert reader.read("SELECT DISTINCT week FROM default_recs") == [(WEEK,)]
+    assert reader.read("SELECT DISTINCT week FROM default_recs") == [(weeks[-2],)]
 
 
 def test_a_week_that_breaks_a_foreign_key_the_dba_made_fails_before_the_swap_naming_it(settings, config_file,
