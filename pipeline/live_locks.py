@@ -102,14 +102,36 @@ def prepare_to_attach(attaching: dict[str, str], week: date) -> None:
     """Each table to attach (live name: table) made ready before the swap, so that the swap only
     changes the catalog (`publish.prepare_to_attach`): each in a transaction of its own, and a DBA's
     foreign keys checked in one more, so that the table they reference is kept from its writers for
-    the moment of adding them, never for the scan."""
+    the moment of adding them, never for the scan. Then its statistics, so that the web service's
+    first query of the week is planned on the week's own figures, not on PostgreSQL's guesses for
+    a table it has never sampled."""
     with db.connection() as conn, conn.cursor() as cur:
         for table, name in attaching.items():
             if publish.exists(cur, name):  # not when another run has put the week live meanwhile
                 publish.prepare_to_attach(cur, table, name, week)
                 conn.commit()
                 publish.validate(cur, name)
+                publish.analyze(cur, name)
                 conn.commit()
+
+
+def analyze_live_names(tables: Iterable[str], week: date) -> None:
+    """After the swap, the statistics of each live name that now holds `week` (`publish.analyze`),
+    each in a transaction of its own. A name held by what conflicts with sampling it (a DBA's
+    `VACUUM`, another `ANALYZE`) keeps its former statistics until a later publish, with a warning:
+    the week is live, and its partition has its own."""
+    with db.connection() as conn, conn.cursor() as cur:
+        for table in tables:
+            if publish.live_week(cur, table) != week:  # a backfill: the live week has not changed
+                continue
+            try:
+                bounded(cur)
+                publish.analyze(cur, table)
+                conn.commit()
+            except psycopg2.errors.LockNotAvailable as refused:
+                conn.rollback()
+                log.warning("%s keeps the statistics of its former week until a later publish: %s", table,
+                            _why_kept(table, refused))
 
 
 def drop_obsolete(lock_names: Iterable[str], tables: Iterable[str], week: date, retention: int) -> None:

@@ -165,6 +165,14 @@ def validate(cur, name: str) -> None:
                 sql.Identifier(name), sql.Identifier(constraint.name)))
 
 
+def analyze(cur, name: str) -> None:
+    """The planner's statistics of `name`. For a live name, its own, over the week attached, which
+    autovacuum never gathers for a partitioned table, and which the planner reads for every join
+    and grouping over the name; not its partition's again where the server can leave them out."""
+    only = _kind(cur, name) == "p" and cur.connection.server_version >= 180000  # ANALYZE ONLY came in 18
+    cur.execute(sql.SQL("ANALYZE {}{}").format(sql.SQL("ONLY " if only else ""), sql.Identifier(name)))
+
+
 def grant_readers(cur, tables: Iterable[str], readers: Iterable[str]) -> None:
     """`SELECT` on the served names, which keep it for every week they serve; nothing else."""
     for table in tables:

@@ -46,6 +46,7 @@ def roll_back(week: date | None = None) -> date:
     live_locks.prepare_to_attach({table: publish.week_name(table, target) for table in tables}, target)
     live_locks.when_unblocked(lambda: _put_live(tables, target), publish.swapped(tables, target),
                               f"rollback to week {target} not done")
+    live_locks.analyze_live_names(tables, target)
     return target
 
 

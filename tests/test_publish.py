@@ -190,6 +190,38 @@ def test_the_web_services_reads_as_its_own_role(settings, conn, reader):
     assert len(similar) == 3
 
 
+def planned_groups(reader, table: str, column: str) -> int:
+    """How many groups the planner expects a `GROUP BY column` over the live name to make, as the
+    web service's role asks: it reads the name's own statistics, which no autovacuum gathers."""
+    [([plan],)] = reader.read(f"EXPLAIN (FORMAT JSON) SELECT {column}, count(*) FROM {table} GROUP BY {column}")
+    return plan["Plan"]["Plan Rows"]
+
+
+def keep_a_quarter_of_the_similar_items(input_dir) -> None:
+    similar = pq.read_table(input_dir / "similar.parquet")
+    kept = pc.unique(similar["itemid_1"])[::4]
+    pq.write_table(similar.filter(pc.is_in(similar["itemid_1"], kept)), input_dir / "similar.parquet")
+
+
+def test_the_planner_knows_each_week_the_moment_it_goes_live_or_is_rolled_back_to(settings, config_file, input_dir,
+                                                                                  conn, reader):
+    def distinct_items() -> int:
+        return query(conn, "SELECT count(DISTINCT itemid_1) FROM online_recs")[0][0]
+
+    run_tasks(WeeklyRecs(week=WEEK))
+    first = distinct_items()
+    keep_a_quarter_of_the_similar_items(input_dir)
+
+    assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+
+    assert planned_groups(reader, "online_recs", "itemid_1") == distinct_items() == first // 4 + (first % 4 > 0)
+    for table in PUBLISHED_TABLES:  # the week's table was sampled before the swap, not left to autovacuum
+        assert query(conn, "SELECT count(*) > 0 FROM pg_stats WHERE tablename = %s",
+                     publish.week_name(table, NEXT_WEEK)) == [(True,)], table
+    assert run_module(config_file, "rollback").returncode == 0
+    assert planned_groups(reader, "online_recs", "itemid_1") == distinct_items() == first
+
+
 def test_an_archive_someone_built_on_outlives_the_retention_and_the_publish_goes_on(settings, conn):
     settings["pipeline"]["retention"] = "1"
     apply_settings(settings)
