@@ -174,10 +174,11 @@ def analyze(cur, name: str) -> None:
 
 
 def grant_readers(cur, tables: Iterable[str], readers: Iterable[str]) -> None:
-    """`SELECT` on the served names, which keep it for every week they serve; nothing else."""
+    """`SELECT` on the served names, which keep it for every week they serve; nothing else. A reader
+    the DBA granted some columns only keeps just those: the pipeline widens no one's grant."""
     for table in tables:
         for role in readers:
-            cur.execute("SELECT has_table_privilege(%s, to_regclass(%s), 'SELECT')", (role, f'"{table}"'))
+            cur.execute("SELECT has_any_column_privilege(%s, to_regclass(%s), 'SELECT')", (role, f'"{table}"'))
             if not cur.fetchone()[0]:
                 cur.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(table), sql.Identifier(role)))
 
@@ -191,17 +192,23 @@ def missing_roles(cur, roles: Iterable[str]) -> list[str]:
 
 def refused_changes(cur, table: str, columns: dict[str, str]) -> list[tuple[str, str]]:
     """What of a week's `columns` (name: PostgreSQL type) the objects that depend on the live
-    `table` would not survive: a column they use that the week drops or retypes."""
+    `table` would not survive: a column they use that the week drops or retypes; and a column that
+    a role was granted by name, which it reads, dropped (a retyped one keeps its grants)."""
     live = table_columns(cur, table)
     used = dependents(cur, table)
     dbas = [constraint for constraint in _constraints(cur, table) if constraint.name != WEEK_CHECK]
     for constraint in dbas:  # dropping or retyping a column would drop them with it
         for column in constraint.columns:
             used.setdefault(column, []).append(f"constraint {constraint.name}")
+    granted: dict[str, list[str]] = {}
+    for grant in _grants(cur, table):
+        if grant.column is not None:
+            granted.setdefault(grant.column, []).append(f"the grant of {grant.privilege} to {grant.grantee}")
     problems = []
     for column, kind in live.items():
         users = ", ".join(used.get(column, []))
-        if users and column not in columns:
+        if (users or column in granted) and column not in columns:
+            users = ", ".join(used.get(column, []) + granted.get(column, []))
             problems.append((column, f"the week has no column {column!r}, which {users} uses in {table}"))
         elif users and _canonical(cur, columns[column]) != kind:
             problems.append((column, f"the week's {column!r} is {columns[column]}, not {kind}, and {users} "
@@ -309,15 +316,11 @@ def _partition_in_place(cur, table: str) -> None:
     partitioned table takes its name, its grants and everything that depended on it."""
     week = live_week(cur, table)
     rebind = _definitions_of_dependents(cur, table)
-    cur.execute("SELECT privilege_type, CASE grantee WHEN 0 THEN 'PUBLIC' ELSE grantee::regrole::text END,"
-                " is_grantable FROM pg_class, aclexplode(relacl) WHERE oid = to_regclass(%s) AND grantee <> relowner",
-                (f'"{table}"',))
-    grants = cur.fetchall()
+    grants = _grants(cur, table)
     _rename(cur, table, week_name(table, week))
     _create_partitioned(cur, table, table_columns(cur, week_name(table, week)))
-    for privilege, grantee, grantable in grants:
-        cur.execute(sql.SQL("GRANT {} ON {} TO {}" + (" WITH GRANT OPTION" if grantable else "")).format(
-            sql.SQL(privilege), sql.Identifier(table), sql.SQL(grantee)))
+    for grant in grants:
+        cur.execute(grant.given_on(table))
     for definition in rebind:
         cur.execute(definition)
 
@@ -353,6 +356,8 @@ def _reshape(cur, table: str, columns: dict[str, str]) -> None:
     `refused_changes` reports before any staging.
     """
     live = table_columns(cur, table)
+    retyped = {name for name, kind in columns.items() if name in live and live[name] != kind}
+    regranted = [grant for grant in _grants(cur, table) if grant.column in retyped]
     for name, kind in live.items():
         if name not in columns or columns[name] != kind:
             cur.execute(sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(sql.Identifier(table), sql.Identifier(name)))
@@ -360,6 +365,34 @@ def _reshape(cur, table: str, columns: dict[str, str]) -> None:
         if live.get(name) != kind:
             cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
                 sql.Identifier(table), sql.Identifier(name), sql.SQL(kind)))
+    for grant in regranted:  # a retyped column is a new one to PostgreSQL: its grants go with its name
+        cur.execute(grant.given_on(table))
+
+
+class _Grant(NamedTuple):
+    """A privilege another role holds on a table, or on one of its columns."""
+
+    privilege: str
+    grantee: str  # as `regrole` quotes it, or PUBLIC
+    grantable: bool
+    column: str | None  # None: the whole table
+
+    def given_on(self, table: str) -> sql.Composable:
+        return sql.SQL("GRANT {}{} ON {} TO {}{}").format(
+            sql.SQL(self.privilege),
+            sql.SQL(" ({})").format(sql.Identifier(self.column)) if self.column else sql.SQL(""),
+            sql.Identifier(table), sql.SQL(self.grantee), sql.SQL(" WITH GRANT OPTION" if self.grantable else ""))
+
+
+def _grants(cur, table: str) -> list[_Grant]:
+    cur.execute(
+        "SELECT g.privilege_type, CASE g.grantee WHEN 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END,"
+        " g.is_grantable, acl.attname"
+        " FROM (SELECT relacl, NULL::name, relowner FROM pg_class WHERE oid = to_regclass(%(t)s)"
+        "  UNION ALL SELECT a.attacl, a.attname, c.relowner FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+        "  WHERE c.oid = to_regclass(%(t)s) AND a.attnum > 0 AND NOT a.attisdropped) acl (acl, attname, owner),"
+        " aclexplode(acl.acl) g WHERE g.grantee <> acl.owner ORDER BY 4 NULLS FIRST, 2, 1", {"t": f'"{table}"'})
+    return [_Grant(*row) for row in cur.fetchall()]
 
 
 class _Constraint(NamedTuple):

@@ -103,7 +103,8 @@ def test_a_deployment_of_the_previous_layout_keeps_its_grants_views_and_archives
     as_the_layout_before_partitions(conn, WEEK, earlier)
     settings["postgres"]["readers"] = "[]"  # what the web service reads, it reads by its DBA's grants alone
     apply_settings(settings, config_file)
-    conn.cursor().execute(f"GRANT SELECT ON default_recs, online_recs, candidates_ranked TO {reader.name}")
+    conn.cursor().execute(f"GRANT SELECT ON default_recs, online_recs TO {reader.name};"
+                          f" GRANT SELECT (user_id, item_id, rank, week) ON candidates_ranked TO {reader.name}")
     dba_builds_on_the_live_tables(conn, reader)
     assert reader.read("SELECT DISTINCT week FROM service_recs") == [(WEEK,)]
 
@@ -155,6 +156,30 @@ def test_a_week_may_add_or_drop_columns_but_not_one_that_a_dependent_object_uses
     assert live_state(conn) == before
     assert query(conn, "SELECT count(*) FROM pg_tables WHERE tablename LIKE '%%staged%%'") == [(0,)]
     assert reader.read("SELECT DISTINCT title FROM shop_titles") == [("a title",)]
+
+
+def test_a_web_service_the_dba_granted_some_columns_keeps_them_through_a_retype_and_no_more(
+        settings, config_file, input_dir, conn, reader):
+    rewrite_top_popular(input_dir, price=9.5)
+    run_tasks(WeeklyRecs(week=WEEK))
+    conn.cursor().execute(f"REVOKE SELECT ON default_recs FROM {reader.name};"
+                          f" GRANT SELECT (item_id, price, week) ON default_recs TO {reader.name}")
+    rewrite_top_popular(input_dir, price="on request")  # retyped: a new column, to PostgreSQL
+
+    assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+
+    assert reader.read("SELECT DISTINCT price, week FROM default_recs") == [("on request", NEXT_WEEK)]
+    with pytest.raises(psycopg2.errors.InsufficientPrivilege):  # `[postgres] readers` widened nothing
+        reader.read("SELECT items_cnt FROM default_recs LIMIT 1")
+    before = live_state(conn)
+    rewrite_top_popular(input_dir, price=None)
+
+    refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK + timedelta(weeks=1)))
+
+    assert refused.returncode == 30
+    assert (f"ContractError: {input_dir / 'top_popular.parquet'}, column 'price': the week has no column 'price', "
+            f"which the grant of SELECT to {reader.name} uses in default_recs") in refused.stderr
+    assert live_state(conn) == before
 
 
 def test_a_reader_role_that_does_not_exist_is_refused_by_name_before_anything_is_staged(settings, config_file,
