@@ -10,6 +10,7 @@ goes live within seconds of the blocker's end. Past the wait the publish fails, 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -98,21 +99,40 @@ def dropped_when_unheld(cur, name: str, what: str, report: Callable[[str], None]
     cur.execute("SELECT set_config('lock_timeout', %s, true)", (unbounded,))
 
 
-def prepare_to_attach(attaching: dict[str, str], week: date) -> None:
+def prepare_to_attach(attaching: dict[str, str], week: date, what: str,
+                      report: Callable[[str], None] = log.info) -> None:
     """Each table to attach (live name: table) made ready before the swap, so that the swap only
     changes the catalog (`publish.prepare_to_attach`): each in a transaction of its own, and a DBA's
     foreign keys checked in one more, so that the table they reference is kept from its writers for
-    the moment of adding them, never for the scan. Then its statistics, so that the web service's
+    the moment of adding them, never for the check. Then its statistics, so that the web service's
     first query of the week is planned on the week's own figures, not on PostgreSQL's guesses for
-    a table it has never sampled."""
+    a table it has never sampled.
+
+    Adding a foreign key waits for the referenced table's writers, and while it waits, every writer
+    that comes after queues behind it: so it waits as the swap does, in bounded attempts (`what`
+    names the change for errors, `report` is told who holds the tables), and a long import into
+    the shop's catalogue never holds up the shop's other writes to it."""
     with db.connection() as conn, conn.cursor() as cur:
         for table, name in attaching.items():
             if publish.exists(cur, name):  # not when another run has put the week live meanwhile
-                publish.prepare_to_attach(cur, table, name, week)
-                conn.commit()
-                publish.validate(cur, name)
-                publish.analyze(cur, name)
-                conn.commit()
+                locked = [name, *publish.referenced(cur, table)]
+                when_unblocked(functools.partial(_made_ready, conn, table, name, week), locked, what, report,
+                               held=" and ".join(locked))
+
+
+def _made_ready(conn, table: str, name: str, week: date) -> None:
+    with conn.cursor() as cur:
+        try:
+            bounded(cur)
+            publish.prepare_to_attach(cur, table, name, week)
+            conn.commit()
+            bounded(cur)
+            publish.validate(cur, name)
+            publish.analyze(cur, name)
+            conn.commit()
+        except psycopg2.errors.LockNotAvailable:
+            conn.rollback()
+            raise
 
 
 def analyze_live_names(tables: Iterable[str], week: date) -> None:

@@ -156,6 +156,13 @@ def prepare_to_attach(cur, table: str, name: str, week: date) -> None:
                 sql.SQL("UNIQUE " if unique else ""), sql.Identifier(name), sql.SQL(shape)))
 
 
+def referenced(cur, table: str) -> list[str]:
+    """The tables that foreign keys of `table` reference: adding such a key locks them too."""
+    cur.execute("SELECT DISTINCT c.relname FROM pg_constraint k JOIN pg_class c ON c.oid = k.confrelid"
+                " WHERE k.conrelid = to_regclass(%s) AND k.contype = 'f' ORDER BY 1", (f'"{table}"',))
+    return [name for (name,) in cur.fetchall()]
+
+
 def validate(cur, name: str) -> None:
     """Check the rows of `name` against the constraints it was given unchecked: scanning it holds
     no lock that keeps the tables they reference from their writers."""

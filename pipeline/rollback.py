@@ -43,9 +43,9 @@ def roll_back(week: date | None = None) -> date:
     tables = published_tables()
     with db.connection() as conn, conn.cursor() as cur:
         target = _target(cur, tables, week)
-    live_locks.prepare_to_attach({table: publish.week_name(table, target) for table in tables}, target)
-    live_locks.when_unblocked(lambda: _put_live(tables, target), publish.swapped(tables, target),
-                              f"rollback to week {target} not done")
+    what = f"rollback to week {target} not done"
+    live_locks.prepare_to_attach({table: publish.week_name(table, target) for table in tables}, target, what)
+    live_locks.when_unblocked(lambda: _put_live(tables, target), publish.swapped(tables, target), what)
     live_locks.analyze_live_names(tables, target)
     return target
 

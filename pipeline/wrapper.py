@@ -39,10 +39,10 @@ class WeeklyRecs(WeekTask):
                     for task in self.published()}
 
     def run(self) -> None:
-        tables = self.live_names()
-        live_locks.prepare_to_attach({table: publish.staged_name(table, self.week) for table in tables}, self.week)
-        live_locks.when_unblocked(self.put_live, publish.swapped(tables, self.week),
-                                  f"week {self.week} not published", self.set_status_message)
+        tables, what = self.live_names(), f"week {self.week} not published"
+        live_locks.prepare_to_attach({table: publish.staged_name(table, self.week) for table in tables}, self.week,
+                                     what, self.set_status_message)
+        live_locks.when_unblocked(self.put_live, publish.swapped(tables, self.week), what, self.set_status_message)
         live_locks.analyze_live_names(tables, self.week)
         live_locks.drop_obsolete(self.lock_names(), tables, self.week, config.pipeline().retention)
         housekeeping.after_going_live(self.week)

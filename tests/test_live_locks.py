@@ -25,6 +25,7 @@ from tests.conftest import (
     run_luigi,
     run_module,
     run_tasks,
+    staged,
     start_luigi,
 )
 
@@ -222,6 +223,40 @@ def test_a_publish_held_up_by_a_reader_of_the_table_a_dba_foreign_key_references
     browsing.close()
     assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
     assert live_week(conn) == NEXT_WEEK
+
+
+def test_a_long_import_into_the_catalogue_a_dba_foreign_key_references_never_queues_the_shops_other_writes(
+        next_week_staged, settings, config_file, conn, pg_socket_dir, database):
+    dba_keys_the_popular_items_to_a_catalogue(conn)
+    settings["pipeline"]["publish_wait"] = "4"
+    apply_settings(settings, config_file)
+    importing = psycopg2.connect(host=pg_socket_dir, dbname=database, user="postgres",
+                                 application_name="catalogue-import")
+    importing.cursor().execute("UPDATE catalogue SET title = 'imported' WHERE item_id IN"
+                               " (SELECT min(item_id) FROM catalogue)")  # and more, for minutes
+    publishing = start_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK))
+    deadline = time.monotonic() + 60
+    while not query(conn, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%FOREIGN KEY%%'"
+                          " AND pid <> pg_backend_pid()")[0][0]:
+        assert time.monotonic() < deadline and publishing.poll() is None, publishing.communicate()
+        time.sleep(0.05)  # until the week's key is being added: it waits for the import
+    shop = psycopg2.connect(host=pg_socket_dir, dbname=database, user="postgres", application_name="shop-admin")
+    with shop.cursor() as cur:
+        cur.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+        cur.execute("UPDATE catalogue SET title = 'renamed' WHERE item_id IN (SELECT max(item_id) FROM catalogue)")
+    shop.commit()  # not queued behind the publish
+    _, stderr = publishing.communicate(timeout=120)
+
+    assert publishing.returncode == 30
+    assert (f"week {NEXT_WEEK} not published: {staged('default_recs', NEXT_WEEK)} and catalogue stayed held for "
+            f"more than 4 s ([pipeline] publish_wait) by pid {importing.get_backend_pid()} (catalogue-import, idle in "
+            "transaction") in stderr
+    assert live_week(conn) == WEEK
+    importing.commit()
+    assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+    assert live_week(conn) == NEXT_WEEK
+    shop.close()
+    importing.close()
 
 
 def test_an_idle_blocker_the_pipelines_role_may_not_end_is_waited_for_and_named_once(
