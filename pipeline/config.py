@@ -31,6 +31,8 @@ class postgres(luigi.Config):  # noqa: N801 - the section name in luigi.cfg
     password = luigi.Parameter(default="", significant=False, visibility=0)
     embedded_dir = luigi.Parameter(default=".pgdata", description="data folder of the embedded server")
     readers = luigi.ListParameter(default=[], description="roles granted SELECT on the served tables at every publish")
+    standbys = luigi.ListParameter(default=[], description="hot standbys read from, as host or host:port (the "
+                                   "primary's database, user and password): going live waits for their readers too")
 
     def resolved_host(self) -> str:
         return self.host or os.environ.get("PGHOST", "")

@@ -7,6 +7,7 @@ can only ever be identifiers.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import re
@@ -119,9 +120,24 @@ def server_process_user() -> dict[str, str]:
     return {"user": "pgserver"} if os.geteuid() == 0 else {}
 
 
+def standbys() -> dict[str, Server]:
+    """`[postgres] standbys`, by the address configured: a physical standby has the primary's
+    databases, roles and passwords, so only where it listens differs."""
+    primary = server()
+    return {address: _listening_at(primary, address) for address in config.postgres().standbys}
+
+
+def _listening_at(primary: Server, address: str) -> Server:
+    host, colon, port = address.rpartition(":")
+    if colon and port.isdigit():
+        return dataclasses.replace(primary, host=host, port=int(port))
+    return dataclasses.replace(primary, host=address)
+
+
 @contextmanager
-def connection() -> Iterator[psycopg2.extensions.connection]:
-    conn = server().connect()
+def connection(to: Server | None = None) -> Iterator[psycopg2.extensions.connection]:
+    """To the server in use, or to `to` (a standby)."""
+    conn = (to or server()).connect()
     try:
         yield conn
     finally:

@@ -6,10 +6,16 @@ swap waits in the lock queue, every reader that comes after it waits behind it. 
 waits at most `[pipeline] lock_timeout`, then gives up its place, backs off and tries again, for
 up to `[pipeline] publish_wait`: readers queue for a fraction of a second at worst, and the week
 goes live within seconds of the blocker's end. Past the wait the publish fails, naming the blocker.
+
+A hot standby replays that exclusive lock, and its replay does not back off: it waits for the
+standby's readers (up to `max_standby_streaming_delay`, 30 s by default, then cancels them), and
+every read there queues behind it. So with `[postgres] standbys` an attempt is made only when no
+session on a standby holds what it locks exclusively; the primary cannot see a standby's locks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator
@@ -32,20 +38,27 @@ class LiveTablesBusy(RuntimeError):
     """The live names (or a stage a rerun replaces) stayed held past `[pipeline] publish_wait`; nothing was changed."""
 
 
+class _HeldOnStandby(Exception):
+    """A session on a standby holds what the attempt would lock exclusively: it waits, as for a lock."""
+
+
 @dataclass(frozen=True)
 class Blocker:
-    """A session holding a lock on a live name (or its live partition)."""
+    """A session holding a lock on a live name (or its live partition), on the primary or a standby."""
 
     pid: int
     application: str
     state: str | None
     transaction_s: float | None
     relation: str
+    standby: str = ""  # its address in `[postgres] standbys`; "" on the primary
 
     def __str__(self) -> str:
         state = self.state or "state hidden: grant pg_read_all_stats to see it"
         held = f", transaction open {self.transaction_s:.0f} s" if self.transaction_s is not None else ""
-        return f"pid {self.pid} ({self.application or 'no application_name'}, {state}{held}) holding {self.relation}"
+        where = f" on standby {self.standby}" if self.standby else ""
+        return (f"pid {self.pid} ({self.application or 'no application_name'}, {state}{held}) holding "
+                f"{self.relation}{where}")
 
 
 def bounded(cur) -> None:
@@ -54,13 +67,17 @@ def bounded(cur) -> None:
 
 
 def when_unblocked(work: Callable[[], T], tables: Iterable[str], what: str,
-                   report: Callable[[str], None] = log.info, held: str = "the live tables") -> T:
-    """Run `work` (one transaction, or a savepoint, that takes its locks under `bounded`) until it gets them.
+                   report: Callable[[str], None] = log.info, held: str = "the live tables",
+                   exclusive: Iterable[str] | None = None) -> T:
+    """Run `work` (one transaction, or a savepoint, that takes its locks under `bounded`) until it
+    gets them, each attempt once no session on a standby holds what `work` locks exclusively
+    (`exclusive`; by default all of `tables`).
 
     `report` is told, between attempts, who holds the tables; `what` names the change for errors,
     `held` the tables.
     """
     settings, tables = config.pipeline(), list(tables)
+    exclusive = tables if exclusive is None else list(exclusive)
     not_ours_to_end: set[int] = set()
 
     def waiting(state: tenacity.RetryCallState) -> None:
@@ -70,12 +87,17 @@ def when_unblocked(work: Callable[[], T], tables: Iterable[str], what: str,
         report(f"waiting {state.seconds_since_start:.0f} s of {settings.publish_wait:.0f} s for {held}: "
                + ("; ".join(map(str, holders)) or "their holder has just ended"))
 
+    def attempt() -> T:
+        if standby_blockers(exclusive):
+            raise _HeldOnStandby
+        return work()
+
     attempts = tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type(psycopg2.errors.LockNotAvailable),
+        retry=tenacity.retry_if_exception_type((psycopg2.errors.LockNotAvailable, _HeldOnStandby)),
         stop=tenacity.stop_after_delay(settings.publish_wait),
         wait=tenacity.wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.1), before_sleep=waiting)
     try:
-        return attempts(work)
+        return attempts(attempt)
     except tenacity.RetryError:
         holders = "; ".join(map(str, blockers(tables))) or "sessions that have just ended"
         raise LiveTablesBusy(f"{what}: {held} stayed held for more than {settings.publish_wait:.0f} s "
@@ -115,9 +137,9 @@ def prepare_to_attach(attaching: dict[str, str], week: date, what: str,
     with db.connection() as conn, conn.cursor() as cur:
         for table, name in attaching.items():
             if publish.exists(cur, name):  # not when another run has put the week live meanwhile
-                locked = [name, *publish.referenced(cur, table)]
+                locked = [name, *publish.referenced(cur, table)]  # only `name` exclusively
                 when_unblocked(functools.partial(_made_ready, conn, table, name, week), locked, what, report,
-                               held=" and ".join(locked))
+                               held=" and ".join(locked), exclusive=[name])
 
 
 def _made_ready(conn, table: str, name: str, week: date) -> None:
@@ -166,12 +188,19 @@ def drop_obsolete(lock_names: Iterable[str], tables: Iterable[str], week: date, 
         publish.lock(cur, *lock_names)  # no rollback puts an archive live while it is being dropped
         bounded(cur)
         for name in [name for table in tables for name in publish.obsolete(cur, table, week, retention)]:
+            if elsewhere := standby_blockers([name]):
+                _kept(name, "; ".join(map(str, elsewhere)))
+                continue
             try:
                 with _undone_if_refused(cur):
                     publish.drop_unless_built_on(cur, name)
             except psycopg2.Error as refused:  # held by a reader, or no longer the pipeline's to drop
-                log.warning("%s is no longer needed but kept until a later publish: %s", name, _why_kept(name, refused))
+                _kept(name, _why_kept(name, refused))
         conn.commit()
+
+
+def _kept(name: str, why: str) -> None:
+    log.warning("%s is no longer needed but kept until a later publish: %s", name, why)
 
 
 @contextmanager
@@ -195,8 +224,32 @@ def _why_kept(name: str, refused: psycopg2.Error) -> str:
 
 def blockers(tables: list[str]) -> list[Blocker]:
     """Other sessions holding a lock on the tables, on what is attached to them, or on a table a
-    foreign key of theirs references (a DBA's: attaching and detaching lock that table too)."""
-    with db.connection() as conn, conn.cursor() as cur:
+    foreign key of theirs references (a DBA's: attaching and detaching lock that table too): on
+    the primary, and on each of `[postgres] standbys`."""
+    with db.connection() as conn:
+        return _holding(conn, tables) + standby_blockers(tables)
+
+
+def standby_blockers(tables: list[str]) -> list[Blocker]:
+    """`blockers` on the standbys alone. A standby that cannot be reached holds nothing up (said once
+    a run): it has no readers, or it will replay the change late, not block it."""
+    found = []
+    for address, standby in db.standbys().items():
+        try:
+            with db.connection(standby) as conn:
+                found += [dataclasses.replace(holder, standby=address) for holder in _holding(conn, tables)]
+        except ConnectionError as unreachable:
+            if address not in _UNREACHABLE:
+                _UNREACHABLE.add(address)
+                log.warning("[postgres] standbys: not waiting for readers on %s: %s", address, unreachable)
+    return found
+
+
+_UNREACHABLE: set[str] = set()
+
+
+def _holding(conn, tables: list[str]) -> list[Blocker]:
+    with conn.cursor() as cur:
         cur.execute(
             "WITH named AS (SELECT to_regclass(quote_ident(name)) AS oid FROM unnest(%s::text[]) name),"
             " held AS (SELECT oid FROM named"
@@ -204,7 +257,8 @@ def blockers(tables: list[str]) -> list[Blocker]:
             " SELECT DISTINCT ON (l.pid) l.pid, coalesce(a.application_name, ''), a.state,"
             "  extract(epoch FROM now() - a.xact_start)::float8, l.relation::regclass::text"
             " FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE l.granted AND l.pid <> pg_backend_pid() AND l.relation IN (SELECT oid FROM held"
+            " WHERE l.granted AND l.pid <> pg_backend_pid() AND a.backend_type IS DISTINCT FROM 'startup'"
+            " AND l.relation IN (SELECT oid FROM held"
             "  UNION SELECT confrelid FROM pg_constraint WHERE contype = 'f' AND conrelid IN (SELECT oid FROM held))"
             " ORDER BY l.pid, l.relation::regclass::text", (tables,))
         return [Blocker(*row) for row in cur.fetchall()]
@@ -219,7 +273,7 @@ def _terminated_if_idle(holder: Blocker, not_ours_to_end: set[int]) -> bool:
     if not (holder.state or "").startswith("idle in transaction") or holder.pid in not_ours_to_end:
         return False
     try:
-        with db.connection() as conn, conn.cursor() as cur:
+        with db.connection(db.standbys().get(holder.standby)) as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_terminate_backend(%s)", (holder.pid,))
             (done,) = cur.fetchone()
     except psycopg2.errors.InsufficientPrivilege as denied:

