@@ -205,7 +205,7 @@ def main() -> None:
                     ("the standby listed in `[postgres] standbys`", watched)]
     text += ("\nThe same readers and long report on a hot standby of the server (`pg_basebackup`, PostgreSQL's "
              "defaults: `max_standby_streaming_delay` 30 s), the publish on the primary; reads from the publish's "
-             "start until the report's 45 s were over (the standby not listed cancels it at about 30 s):\n\n"
+             f"start until the report's {HOLD_S} s were over (the standby not listed cancels it at about 30 s):\n\n"
              "| publish | reads | failed | worst latency | publish took |\n|---|---|---|---|---|\n"
              + "\n".join(f"| {name} | {r['until_reader_ended'][0]} | {r['until_reader_ended'][1]} |"
                           f" {r['until_reader_ended'][2]:.3f} s | {r['publish']:.1f} s |" for name, r in standby_rows)
