@@ -213,10 +213,9 @@ def refused_changes(cur, table: str, columns: dict[str, str]) -> list[tuple[str,
             granted.setdefault(grant.column, []).append(f"the grant of {grant.privilege} to {grant.grantee}")
     problems = []
     for column, kind in live.items():
-        users = ", ".join(used.get(column, []))
-        if (users or column in granted) and column not in columns:
-            users = ", ".join(used.get(column, []) + granted.get(column, []))
-            problems.append((column, f"the week has no column {column!r}, which {users} uses in {table}"))
+        users, readers = ", ".join(used.get(column, [])), ", ".join(used.get(column, []) + granted.get(column, []))
+        if readers and column not in columns:
+            problems.append((column, f"the week has no column {column!r}, which {readers} uses in {table}"))
         elif users and _canonical(cur, columns[column]) != kind:
             problems.append((column, f"the week's {column!r} is {columns[column]}, not {kind}, and {users} "
                                      f"uses it in {table}"))
