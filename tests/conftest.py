@@ -71,10 +71,11 @@ def tcp_server(tmp_path_factory) -> Iterator[dict[str, str]]:
     subprocess.run([*pg_ctl, "-m", "fast", "stop"], capture_output=True, **as_user)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def standby(pg_socket_dir, tmp_path_factory) -> Iterator[str]:
     """A hot standby of the tests' server, streaming from it as a shop's read replica does (a
-    replayed lock waits for its readers up to 30 s, `max_standby_streaming_delay`): its socket directory."""
+    replayed lock waits for its readers up to 30 s, `max_standby_streaming_delay`): its socket
+    directory. For a module's tests only: it replays every database the tests create meanwhile."""
     folder = tmp_path_factory.mktemp("standby")
     yield db.start_embedded_standby(pg_socket_dir, folder)
     db.stop_embedded(folder / "data")
