@@ -93,10 +93,13 @@ def stage(cur, table: str, week: date, columns: sql.Composable) -> str:
     """A fresh staging table for the week; the caller has dropped one a forgotten run left.
 
     Its week check makes attaching it a catalog change: PostgreSQL sees that no row can break the
-    partition's bound without scanning one.
+    partition's bound without scanning one. Autovacuum leaves it alone until it goes live: a
+    vacuum of a table just loaded (33 s at 10M rows, throttled as autovacuum is) would hold up the
+    week's own bounded attempts on it, which give up before PostgreSQL would cancel the vacuum for
+    them; the pipeline gathers its statistics itself (`analyze`).
     """
     staged = staged_name(table, week)
-    cur.execute(sql.SQL("CREATE TABLE {} ({}, CONSTRAINT {} {})").format(
+    cur.execute(sql.SQL("CREATE TABLE {} ({}, CONSTRAINT {} {}) WITH (autovacuum_enabled = false)").format(
         sql.Identifier(staged), columns, sql.Identifier(WEEK_CHECK), _week_check(week)))
     return staged
 
@@ -118,6 +121,8 @@ def go_live(cur, tables: Iterable[str], week: date) -> None:
             _rename(cur, staged_name(table, week), week_name(table, week))
         else:
             _put_live(cur, table, week, staged_name(table, week))
+        cur.execute(sql.SQL("ALTER TABLE {} RESET (autovacuum_enabled)").format(  # autovacuum's from now on
+            sql.Identifier(week_name(table, week))))
 
 
 def roll_back(cur, tables: Iterable[str], week: date) -> None:

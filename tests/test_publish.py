@@ -30,6 +30,7 @@ from tests.conftest import (
     run_luigi,
     run_module,
     run_tasks,
+    staged,
 )
 
 SERVED = ("default_recs", "online_recs", "candidates_ranked", "model_metrics")
@@ -245,6 +246,19 @@ def test_the_planner_knows_each_week_the_moment_it_goes_live_or_is_rolled_back_t
                      publish.week_name(table, NEXT_WEEK)) == [(True,)], table
     assert run_module(config_file, "rollback").returncode == 0
     assert planned_groups(reader, "online_recs", "itemid_1") == distinct_items() == first
+
+
+def test_a_stage_is_left_to_the_pipeline_and_a_week_to_autovacuum_once_it_is_live_or_archived(settings, conn):
+    def autovacuumed(name: str) -> bool:
+        return query(conn, "SELECT reloptions IS NULL OR NOT 'autovacuum_enabled=false' = ANY(reloptions)"
+                           " FROM pg_class WHERE relname = %s", name) == [(True,)]
+
+    run_tasks(WeeklyRecs(week=NEXT_WEEK), DefaultRecs(week=WEEK))  # then a backfill of the week before
+
+    assert not autovacuumed(staged("default_recs"))  # no vacuum to hold up the week's going live
+    assert run_tasks(WeeklyRecs(week=WEEK)).name == "SUCCESS"
+    for table in PUBLISHED_TABLES:
+        assert autovacuumed(publish.week_name(table, NEXT_WEEK)) and autovacuumed(publish.week_name(table, WEEK))
 
 
 def test_an_archive_someone_built_on_outlives_the_retention_and_the_publish_goes_on(settings, conn):
