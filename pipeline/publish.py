@@ -36,6 +36,7 @@ log = logging.getLogger("luigi-interface")
 _WEEK = re.compile(r"__(\d{8})$")
 _STAGED = re.compile(r"__staged_(\d{8})$")
 WEEK_CHECK = "week_is"
+_STAGED_STORAGE = sql.SQL("autovacuum_enabled = false, vacuum_truncate = false")
 
 
 def lock(cur, *names: str) -> None:
@@ -96,11 +97,13 @@ def stage(cur, table: str, week: date, columns: sql.Composable) -> str:
     partition's bound without scanning one. Autovacuum leaves it alone until it goes live: a
     vacuum of a table just loaded (33 s at 10M rows, throttled as autovacuum is) would hold up the
     week's own bounded attempts on it, which give up before PostgreSQL would cancel the vacuum for
-    them; the pipeline gathers its statistics itself (`analyze`).
+    them; the pipeline gathers its statistics itself (`analyze`). And no vacuum ever truncates it:
+    truncating takes an exclusive lock, which a standby replays, waiting for its readers of the
+    live week while every later read there queues behind it.
     """
     staged = staged_name(table, week)
-    cur.execute(sql.SQL("CREATE TABLE {} ({}, CONSTRAINT {} {}) WITH (autovacuum_enabled = false)").format(
-        sql.Identifier(staged), columns, sql.Identifier(WEEK_CHECK), _week_check(week)))
+    cur.execute(sql.SQL("CREATE TABLE {} ({}, CONSTRAINT {} {}) WITH ({})").format(
+        sql.Identifier(staged), columns, sql.Identifier(WEEK_CHECK), _week_check(week), _STAGED_STORAGE))
     return staged
 
 
@@ -121,8 +124,7 @@ def go_live(cur, tables: Iterable[str], week: date) -> None:
             _rename(cur, staged_name(table, week), week_name(table, week))
         else:
             _put_live(cur, table, week, staged_name(table, week))
-        cur.execute(sql.SQL("ALTER TABLE {} RESET (autovacuum_enabled)").format(  # autovacuum's from now on
-            sql.Identifier(week_name(table, week))))
+        _left_to_autovacuum(cur, week_name(table, week))
 
 
 def roll_back(cur, tables: Iterable[str], week: date) -> None:
@@ -131,6 +133,7 @@ def roll_back(cur, tables: Iterable[str], week: date) -> None:
     _lock_live_names(cur, tables)
     for table in tables:
         _put_live(cur, table, week, week_name(table, week))
+        _left_to_autovacuum(cur, week_name(table, week))  # an archive staged before `stage` said so
 
 
 def prepare_to_attach(cur, table: str, name: str, week: date) -> None:
@@ -320,6 +323,12 @@ def _put_live(cur, table: str, week: date, source: str) -> None:
         sql.Identifier(table), sql.Identifier(target), sql.Literal(week)))
     cur.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
         sql.Identifier(table), sql.Literal(f"week={week.isoformat()}")))
+
+
+def _left_to_autovacuum(cur, name: str) -> None:
+    """A week's table, live or archived, is autovacuum's like any table, but never truncated (`stage`)."""
+    cur.execute(sql.SQL("ALTER TABLE {} RESET (autovacuum_enabled), SET (vacuum_truncate = false)").format(
+        sql.Identifier(name)))
 
 
 def _partition_in_place(cur, table: str) -> None:
