@@ -136,16 +136,18 @@ def prepare_to_attach(attaching: dict[str, str], week: date, what: str,
     the shop's catalogue never holds up the shop's other writes to it."""
     with db.connection() as conn, conn.cursor() as cur:
         for table, name in attaching.items():
-            if publish.exists(cur, name):  # not when another run has put the week live meanwhile
-                locked = [name, *publish.referenced(cur, table)]  # only `name` exclusively
-                when_unblocked(functools.partial(_made_ready, conn, table, name, week), locked, what, report,
-                               held=" and ".join(locked), exclusive=[name])
+            locked = [name, *publish.referenced(cur, table)]  # only `name` exclusively
+            when_unblocked(functools.partial(_made_ready, conn, table, name, week), locked, what, report,
+                           held=" and ".join(locked), exclusive=[name])
 
 
 def _made_ready(conn, table: str, name: str, week: date) -> None:
+    """`name` made ready, unless another run of the week puts it live first (renaming it)."""
     with conn.cursor() as cur:
         try:
             bounded(cur)
+            if not publish.exists(cur, name):
+                return
             publish.prepare_to_attach(cur, table, name, week)
             conn.commit()
             bounded(cur)
@@ -155,6 +157,10 @@ def _made_ready(conn, table: str, name: str, week: date) -> None:
         except psycopg2.errors.LockNotAvailable:
             conn.rollback()
             raise
+        except psycopg2.errors.UndefinedTable:  # renamed while this run waited for its lock?
+            conn.rollback()
+            if publish.exists(cur, name):
+                raise
 
 
 def analyze_live_names(tables: Iterable[str], week: date) -> None:
