@@ -142,12 +142,11 @@ def prepare_to_attach(attaching: dict[str, str], week: date, what: str,
 
 
 def _made_ready(conn, table: str, name: str, week: date) -> None:
-    """`name` made ready, unless another run of the week puts it live first (renaming it)."""
+    """`name` made ready, unless another run of the week puts it live first (renaming it), before
+    this attempt or while it waits for a lock."""
     with conn.cursor() as cur:
         try:
             bounded(cur)
-            if not publish.exists(cur, name):
-                return
             publish.prepare_to_attach(cur, table, name, week)
             conn.commit()
             bounded(cur)
@@ -157,9 +156,9 @@ def _made_ready(conn, table: str, name: str, week: date) -> None:
         except psycopg2.errors.LockNotAvailable:
             conn.rollback()
             raise
-        except psycopg2.errors.UndefinedTable:  # renamed while this run waited for its lock?
+        except psycopg2.errors.UndefinedTable:
             conn.rollback()
-            if publish.exists(cur, name):
+            if publish.exists(cur, name):  # something else is missing
                 raise
 
 
