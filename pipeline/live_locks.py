@@ -162,6 +162,24 @@ def _made_ready(conn, table: str, name: str, week: date) -> None:
                 raise
 
 
+def after_the_swap(week: date, steps: dict[str, Callable[[], object]]) -> list[str]:
+    """Run what follows the swap of `week`, step by step, and return the steps that failed.
+
+    The week is live once the swap commits: a step after it that fails (the connection lost, the
+    server restarting) must not report the week failed, nor stop the steps after it. Each one is
+    named in a warning, and the next publish does it again (it samples, drops and keeps house for
+    what it finds, not for what one week left)."""
+    failed = []
+    for step, run in steps.items():
+        try:
+            run()
+        except (psycopg2.Error, OSError) as error:
+            why = db.redact(f"{type(error).__name__}: {db.first_line(error)}", config.postgres().resolved_password())
+            log.warning("week %s is live, but %s failed, for the next publish to do: %s", week, step, why)
+            failed.append(f"{step} ({why})")
+    return failed
+
+
 def analyze_live_names(tables: Iterable[str], week: date) -> None:
     """After the swap, the statistics of each live name that now holds `week` (`publish.analyze`),
     each in a transaction of its own. A name held by what conflicts with sampling it (a DBA's

@@ -17,6 +17,7 @@ class WeeklyRecs(WeekTask):
     """
 
     table = "weekly_recs"
+    failed_after_going_live: list[str] = []  # what `run` could not do once the week was live
 
     def requires(self) -> list[WeekTask]:
         return [DefaultRecs(week=self.week), OnlineRecs(week=self.week), RankCandidates(week=self.week)]
@@ -43,9 +44,15 @@ class WeeklyRecs(WeekTask):
         live_locks.prepare_to_attach({table: publish.staged_name(table, self.week) for table in tables}, self.week,
                                      what, self.set_status_message)
         live_locks.when_unblocked(self.put_live, publish.swapped(tables, self.week), what, self.set_status_message)
-        live_locks.analyze_live_names(tables, self.week)
-        live_locks.drop_obsolete(self.lock_names(), tables, self.week, config.pipeline().retention)
-        housekeeping.after_going_live(self.week)
+        self.failed_after_going_live = live_locks.after_the_swap(self.week, {
+            "sampling the live names": lambda: live_locks.analyze_live_names(tables, self.week),
+            "dropping what the week left behind": lambda: live_locks.drop_obsolete(
+                self.lock_names(), tables, self.week, config.pipeline().retention),
+            "housekeeping": lambda: housekeeping.after_going_live(self.week),
+            "counting the rows for the summary": self.print_summary,
+        })
+
+    def print_summary(self) -> None:
         with db.connection() as conn:
             counts = self.row_counts(conn)
         print(week_summary(self.week, counts, str(db.server())))

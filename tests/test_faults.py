@@ -1,5 +1,6 @@
 """Faults, injected for real: a killed worker, a database that is down or restarts, two runs at
-once, an unwritable model folder, an interrupted week. Published data survives each of them."""
+once, an unwritable model folder, an interrupted week, a connection lost after the swap. Published
+data survives each of them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ import pytest
 from pipeline import DefaultRecs, OnlineRecs, WeeklyRecs, db
 from tests.conftest import (
     PUBLISHED_TABLES,
+    TELEGRAM_ENV,
     WEEK,
     admin_connection,
     apply_settings,
@@ -25,6 +28,7 @@ from tests.conftest import (
     query,
     run_luigi,
     run_tasks,
+    staged,
     start_luigi,
 )
 
@@ -173,3 +177,28 @@ def test_an_interrupted_week_resumes_with_only_the_tasks_not_done(settings, conf
     after = dict(query(conn, "SELECT update_id, inserted FROM table_updates"))
     assert all(after[update_id] == inserted for update_id, inserted in done_before)
     assert len(after) == 9
+
+
+def test_a_connection_lost_after_the_swap_leaves_the_week_live_reported_published_and_the_rest_to_the_next_publish(
+        bot_api, config_file, conn, reader):
+    forgotten = staged("default_recs", date(2026, 11, 14))
+    run_tasks(DefaultRecs(week=date(2026, 11, 14)))  # a week that never went live: the publish drops its stage
+    conn.cursor().execute(f"""
+        CREATE FUNCTION lose_the_connection() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN
+            IF EXISTS (SELECT FROM pg_event_trigger_dropped_objects() WHERE object_name = '{forgotten}') THEN
+                PERFORM pg_terminate_backend(pg_backend_pid());
+            END IF;
+        END $$;
+        CREATE EVENT TRIGGER lost_after_the_swap ON sql_drop EXECUTE FUNCTION lose_the_connection()""")
+
+    result = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", "2026-11-21", env=TELEGRAM_ENV)
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]
+    assert ("week 2026-11-21 is live, but dropping what the week left behind failed, for the next publish to do: "
+            in result.stderr)
+    assert "housekeeping failed" not in result.stderr and "weekly-recs: week 2026-11-21 published" in result.stdout
+    [text] = bot_api.texts()
+    assert "week 2026-11-21 published" in text and "FAILED" not in text
+    assert "live, but failed, for the next publish to do: dropping what the week left behind (" in text
+    assert query(conn, "SELECT to_regclass(%s) IS NOT NULL", forgotten) == [(True,)]
