@@ -35,6 +35,7 @@ from psycopg2 import sql
 log = logging.getLogger("luigi-interface")
 _WEEK = re.compile(r"__(\d{8})$")
 _STAGED = re.compile(r"__staged_(\d{8})$")
+_WEEK_NOTE = re.compile(r"week=(\d{4}-\d{2}-\d{2})")
 WEEK_CHECK = "week_is"
 _STAGED_STORAGE = sql.SQL("autovacuum_enabled = false, vacuum_truncate = false")
 
@@ -66,10 +67,28 @@ def exists(cur, table: str) -> bool:
 
 
 def live_week(cur, table: str) -> date | None:
-    """The week a live table holds, kept in its comment."""
+    """The week a live name holds: that of the week's table attached to it, which is named for it.
+
+    On the layout before partitions, the week the pipeline wrote in the table's comment."""
+    if _kind(cur, table) == "r":
+        noted = _WEEK_NOTE.fullmatch(_comment(cur, table) or "")
+        return date.fromisoformat(noted.group(1)) if noted else None
+    weeks = [_week(match) for name in _attached(cur, table) if (match := _WEEK.fullmatch(name.removeprefix(table)))]
+    return weeks[0] if weeks else None
+
+
+def _comment(cur, table: str) -> str | None:
     cur.execute("SELECT obj_description(to_regclass(%s), 'pg_class')", (f'"{table}"',))
-    (comment,) = cur.fetchone()
-    return date.fromisoformat(comment.removeprefix("week=")) if comment else None
+    return cur.fetchone()[0]
+
+
+def _note_week(cur, table: str, week: date) -> None:
+    """The live week in the live name's comment, for whoever lists the tables; but a comment a DBA
+    wrote (what the table is, whom to ask) is theirs, and stays."""
+    comment = _comment(cur, table)
+    if comment is None or _WEEK_NOTE.fullmatch(comment):
+        cur.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
+            sql.Identifier(table), sql.Literal(f"week={week.isoformat()}")))
 
 
 def week_table(cur, table: str, week: date) -> str:
@@ -321,8 +340,7 @@ def _put_live(cur, table: str, week: date, source: str) -> None:
     _reshape(cur, table, table_columns(cur, target))
     cur.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ({})").format(
         sql.Identifier(table), sql.Identifier(target), sql.Literal(week)))
-    cur.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
-        sql.Identifier(table), sql.Literal(f"week={week.isoformat()}")))
+    _note_week(cur, table, week)
 
 
 def _left_to_autovacuum(cur, name: str) -> None:
@@ -372,21 +390,21 @@ def _create_partitioned(cur, table: str, columns: dict[str, str]) -> None:
 def _reshape(cur, table: str, columns: dict[str, str]) -> None:
     """The live name takes the week's columns; nothing is attached, so this changes only the catalog.
 
-    Dependent objects make PostgreSQL refuse to drop or retype a column they use, which
-    `refused_changes` reports before any staging.
+    A retyped column keeps its place, grants, comment and statistics settings (no row to convert:
+    `USING NULL`). Dependent objects make PostgreSQL refuse to drop or retype a column they use,
+    which `refused_changes` reports before any staging.
     """
     live = table_columns(cur, table)
-    retyped = {name for name, kind in columns.items() if name in live and live[name] != kind}
-    regranted = [grant for grant in _grants(cur, table) if grant.column in retyped]
     for name, kind in live.items():
-        if name not in columns or columns[name] != kind:
+        if name not in columns:
             cur.execute(sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(sql.Identifier(table), sql.Identifier(name)))
+        elif columns[name] != kind:
+            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {} USING NULL").format(
+                sql.Identifier(table), sql.Identifier(name), sql.SQL(columns[name])))
     for name, kind in columns.items():
-        if live.get(name) != kind:
+        if name not in live:
             cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
                 sql.Identifier(table), sql.Identifier(name), sql.SQL(kind)))
-    for grant in regranted:  # a retyped column is a new one to PostgreSQL: its grants go with its name
-        cur.execute(grant.given_on(table))
 
 
 class _Grant(NamedTuple):

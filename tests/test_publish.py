@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import WeeklyRecs, publish, serving
+from pipeline import WeeklyRecs, publish, rollback, serving
 from pipeline.load import DefaultRecs
 from tests.conftest import (
     NEXT_WEEK,
@@ -181,6 +181,37 @@ def test_a_web_service_the_dba_granted_some_columns_keeps_them_through_a_retype_
     assert (f"ContractError: {input_dir / 'top_popular.parquet'}, column 'price': the week has no column 'price', "
             f"which the grant of SELECT to {reader.name} uses in default_recs") in refused.stderr
     assert live_state(conn) == before
+
+
+def what_the_dba_documented_and_tuned(conn, table: str) -> list[tuple]:
+    """The table's comment, then each column in order: its comment, statistics target and options."""
+    return query(conn, "SELECT NULL, obj_description(%s::regclass, 'pg_class'), NULL, NULL", table) + query(
+        conn, "SELECT attname, col_description(attrelid, attnum), attstattarget, attoptions FROM pg_attribute"
+              " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum", table)
+
+
+def test_what_the_dba_documented_and_tuned_on_a_live_name_outlives_a_retype_and_a_rollback(
+        settings, input_dir, conn, reader):
+    rewrite_top_popular(input_dir, price=9.5)
+    run_tasks(WeeklyRecs(week=WEEK))
+    conn.cursor().execute("COMMENT ON TABLE default_recs IS 'The shop''s fallback recommendations: ask #recs';"
+                          " COMMENT ON COLUMN default_recs.price IS 'in euros, as the catalogue had it';"
+                          " ALTER TABLE default_recs ALTER COLUMN price SET STATISTICS 500,"
+                          "  ALTER COLUMN price SET (n_distinct = -0.5)")
+    documented = what_the_dba_documented_and_tuned(conn, "default_recs")
+    rewrite_top_popular(input_dir, price="on request")  # retyped
+
+    assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+
+    assert reader.read("SELECT DISTINCT price, week FROM default_recs") == [("on request", NEXT_WEEK)]
+    assert what_the_dba_documented_and_tuned(conn, "default_recs") == documented
+    assert query(conn, "SELECT obj_description('online_recs'::regclass, 'pg_class')") == [(f"week={NEXT_WEEK}",)]
+
+    rollback.roll_back(WEEK)
+
+    assert reader.read("SELECT DISTINCT price, week FROM default_recs") == [(9.5, WEEK)]
+    assert what_the_dba_documented_and_tuned(conn, "default_recs") == documented
+    assert [week for week, _ in rollback.available_weeks(conn.cursor(), ["default_recs"]).items()] == [NEXT_WEEK, WEEK]
 
 
 def test_a_reader_role_that_does_not_exist_is_refused_by_name_before_anything_is_staged(settings, config_file,
