@@ -85,7 +85,7 @@ def when_unblocked(work: Callable[[], T], tables: Iterable[str], what: str,
         if settings.terminate_idle_blockers:
             holders = [holder for holder in holders if not _terminated_if_idle(holder, not_ours_to_end)]
         report(f"waiting {state.seconds_since_start:.0f} s of {settings.publish_wait:.0f} s for {held}: "
-               + ("; ".join(map(str, holders)) or "their holder has just ended"))
+               + _named(holders, "their holder has just ended"))
 
     def attempt() -> T:
         if standby_blockers(exclusive):
@@ -99,7 +99,7 @@ def when_unblocked(work: Callable[[], T], tables: Iterable[str], what: str,
     try:
         return attempts(attempt)
     except tenacity.RetryError:
-        holders = "; ".join(map(str, blockers(tables))) or "sessions that have just ended"
+        holders = _named(blockers(tables), "sessions that have just ended")
         raise LiveTablesBusy(f"{what}: {held} stayed held for more than {settings.publish_wait:.0f} s "
                              f"([pipeline] publish_wait) by {holders}; nothing was changed, rerun to publish") from None
 
@@ -212,7 +212,7 @@ def drop_obsolete(lock_names: Iterable[str], tables: Iterable[str], week: date, 
         bounded(cur)
         for name in [name for table in tables for name in publish.obsolete(cur, table, week, retention)]:
             if elsewhere := standby_blockers([name]):
-                _kept(name, "; ".join(map(str, elsewhere)))
+                _kept(name, _named(elsewhere))
                 continue
             try:
                 with _undone_if_refused(cur):
@@ -241,8 +241,13 @@ def _undone_if_refused(cur) -> Iterator[None]:
 
 def _why_kept(name: str, refused: psycopg2.Error) -> str:
     if isinstance(refused, psycopg2.errors.LockNotAvailable):
-        return "; ".join(map(str, blockers([name]))) or "its holder has just ended"
+        return _named(blockers([name]), "its holder has just ended")
     return db.first_line(refused)
+
+
+def _named(holders: list[Blocker], when_none: str = "") -> str:
+    """The holders for a message, or `when_none`: a holder seen a moment ago may have ended since."""
+    return "; ".join(map(str, holders)) or when_none
 
 
 def blockers(tables: list[str]) -> list[Blocker]:
