@@ -23,6 +23,7 @@ point leaves the live tables, their comments and the archives exactly as they we
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import zlib
@@ -35,6 +36,7 @@ from psycopg2 import sql
 log = logging.getLogger("luigi-interface")
 _WEEK = re.compile(r"__(\d{8})$")
 _STAGED = re.compile(r"__staged_(\d{8})$")
+_REPLACED = re.compile(r"__\d{8}_replaced_\d+")
 _WEEK_NOTE = re.compile(r"week=(\d{4}-\d{2}-\d{2})")
 WEEK_CHECK = "week_is"
 _STAGED_STORAGE = sql.SQL("autovacuum_enabled = false, vacuum_truncate = false")
@@ -290,9 +292,11 @@ def archived_weeks(cur, table: str) -> list[date]:
 
 
 def obsolete(cur, table: str, week: date, retention: int) -> list[str]:
-    """What `week` going live left behind: archives past the newest `retention` and, unless the week
-    was a backfill, weeks staged before it, which will never go live (a rerun stages them again)."""
+    """What `week` going live left behind: archives past the newest `retention`, the versions redos
+    replaced (`_rename`) and, unless the week was a backfill, weeks staged before it, which will never
+    go live (a rerun stages them again)."""
     expired = [week_name(table, w) for w in archived_weeks(cur, table)[retention:]]
+    expired += [f"{table}{match.string}" for match in _matches(cur, table, _REPLACED)]
     if live_week(cur, table) != week:
         return expired
     return [staged_name(table, w) for w in staged_weeks(cur, table) if w < week] + expired
@@ -300,11 +304,15 @@ def obsolete(cur, table: str, week: date, retention: int) -> list[str]:
 
 def drop_unless_built_on(cur, name: str) -> None:
     """An obsolete table goes, unless someone built on it: a publish never fails for that."""
-    users = sorted({user for found in dependents(cur, name).values() for user in found})
+    users = _built_on(cur, name)
     if users:
         log.warning("%s is no longer needed but kept: %s depends on it", name, ", ".join(users))
         return
     cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+
+
+def _built_on(cur, name: str) -> list[str]:
+    return sorted({user for found in dependents(cur, name).values() for user in found})
 
 
 def staged_weeks(cur, table: str) -> list[date]:
@@ -513,5 +521,14 @@ def _week(match: re.Match) -> date:
 
 
 def _rename(cur, table: str, new_name: str) -> None:
+    """`table` takes `new_name`. A table of that name is the version of its week that a redo replaces:
+    it goes, unless someone built on it (an analyst's view): then it is set aside under a name of its
+    own, which a later publish drops once nothing depends on it, and the redo goes on."""
+    users = _built_on(cur, new_name) if exists(cur, new_name) else []
+    if users:
+        aside = next(name for n in itertools.count(1) if not exists(cur, name := f"{new_name}_replaced_{n}"))
+        cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(new_name), sql.Identifier(aside)))
+        log.warning("%s is replaced by a redo of its week; the version it replaced is kept as %s until nothing "
+                    "depends on it: %s", new_name, aside, ", ".join(users))
     cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(new_name)))
     cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(table), sql.Identifier(new_name)))

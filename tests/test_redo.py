@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
-from pipeline import WeeklyRecs
-from tests.conftest import PUBLISHED_TABLES, ROOT, WEEK, markers, run_module, run_tasks, table_snapshot
+from pipeline import WeeklyRecs, redo
+from tests.conftest import (
+    NEXT_WEEK,
+    PUBLISHED_TABLES,
+    ROOT,
+    WEEK,
+    markers,
+    query,
+    run_module,
+    run_tasks,
+    table_snapshot,
+)
 
 
 def test_redo_forgets_the_weeks_markers_and_keeps_its_tables_until_it_runs_again(settings, config_file, conn):
@@ -37,3 +50,27 @@ def test_a_week_that_is_no_date_is_refused_with_the_usage_and_nothing_forgotten(
     assert "usage: python -m pipeline.redo" in redo.stderr and "'2026-11-31'" in redo.stderr
     assert "Traceback" not in redo.stderr
     assert markers(conn) == before
+
+
+@pytest.mark.published_week
+def test_a_redo_goes_live_and_an_analysts_view_on_the_version_it_replaced_reads_that_version_until_dropped(
+        settings, input_dir, conn, reader, caplog):
+    conn.cursor().execute("CREATE VIEW popular_as_published AS SELECT item_id, items_cnt FROM default_recs__20261121")
+    published = query(conn, "SELECT * FROM popular_as_published ORDER BY item_id")
+    popular = pq.read_table(input_dir / "top_popular.parquet")
+    pq.write_table(popular.set_column(popular.column_names.index("items_cnt"), "items_cnt",
+                                      pc.multiply(popular["items_cnt"], 2)), input_dir / "top_popular.parquet")
+    redo.forget_week(WEEK)
+
+    with caplog.at_level(logging.WARNING, logger="luigi-interface"):
+        assert run_tasks(WeeklyRecs(week=WEEK)).name == "SUCCESS"
+
+    assert reader.read("SELECT item_id, items_cnt / 2 FROM default_recs ORDER BY item_id") == published
+    assert query(conn, "SELECT * FROM popular_as_published ORDER BY item_id") == published
+    assert ("default_recs__20261121 is replaced by a redo of its week; the version it replaced is kept as "
+            "default_recs__20261121_replaced_1 until nothing depends on it: view popular_as_published") in caplog.text
+    conn.cursor().execute("DROP VIEW popular_as_published")
+
+    assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+
+    assert query(conn, "SELECT to_regclass('default_recs__20261121_replaced_1') IS NULL") == [(True,)]
