@@ -64,7 +64,7 @@ def success_message(task: WeeklyRecs) -> str:
             lines += validation_lines(conn, task.week)
     except (psycopg2.Error, OSError) as error:
         lines.append(f"row counts not read: {db.redact(db.first_line(error), config.postgres().resolved_password())}")
-    lines += [f"live, but failed, for the next publish to do: {step}" for step in task.failed_after_going_live]
+    lines += task.notes
     lines.append(f"host: {socket.gethostname()}")
     return "\n".join(lines)
 

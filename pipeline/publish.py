@@ -192,6 +192,14 @@ def referenced(cur, table: str) -> list[str]:
     return [name for (name,) in cur.fetchall()]
 
 
+def publications(cur, table: str) -> list[str]:
+    """The logical replication publications that carry `table` or its weeks' tables (without
+    `publish_via_partition_root`, a publication lists a partitioned table's partitions)."""
+    cur.execute("SELECT DISTINCT pubname FROM pg_publication_tables WHERE schemaname = current_schema()"
+                " AND (tablename = %s OR starts_with(tablename, %s)) ORDER BY 1", (table, f"{table}__"))
+    return [name for (name,) in cur.fetchall()]
+
+
 def validate(cur, name: str) -> None:
     """Check the rows of `name` against the constraints it was given unchecked: scanning it holds
     no lock that keeps the tables they reference from their writers."""

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from pipeline import config, db, housekeeping, live_locks, publish
 from pipeline.base import StagingTask, WeekTask
 from pipeline.load import DefaultRecs, OnlineRecs
 from pipeline.rank import RankCandidates, TrainRanker
+
+log = logging.getLogger("luigi-interface")
 
 
 class WeeklyRecs(WeekTask):
@@ -17,7 +21,7 @@ class WeeklyRecs(WeekTask):
     """
 
     table = "weekly_recs"
-    failed_after_going_live: list[str] = []  # what `run` could not do once the week was live
+    notes: list[str] = []  # what the success message adds: what `run` left undone once the week was live
 
     def requires(self) -> list[WeekTask]:
         return [DefaultRecs(week=self.week), OnlineRecs(week=self.week), RankCandidates(week=self.week)]
@@ -41,16 +45,30 @@ class WeeklyRecs(WeekTask):
 
     def run(self) -> None:
         tables, what = self.live_names(), f"week {self.week} not published"
+        not_replicated = self.not_replicated()
         live_locks.prepare_to_attach({table: publish.staged_name(table, self.week) for table in tables}, self.week,
                                      what, self.set_status_message)
         live_locks.when_unblocked(self.put_live, publish.swapped(tables, self.week), what, self.set_status_message)
-        self.failed_after_going_live = live_locks.after_the_swap(self.week, {
+        failed = live_locks.after_the_swap(self.week, {
             "sampling the live names": lambda: live_locks.analyze_live_names(tables, self.week),
             "dropping what the week left behind": lambda: live_locks.drop_obsolete(
                 self.lock_names(), tables, self.week, config.pipeline().retention),
             "housekeeping": lambda: housekeeping.after_going_live(self.week),
             "counting the rows for the summary": self.print_summary,
         })
+        self.notes = [*not_replicated, *(f"live, but failed, for the next publish to do: {step}" for step in failed)]
+
+    def not_replicated(self) -> list[str]:
+        """A week goes live by attaching its table, which logical decoding never sees: a subscriber of
+        a publication that carries a live name keeps the rows it had. Said, not refused: the week
+        still goes live for every reader of this server and its physical standbys."""
+        with db.connection() as conn, conn.cursor() as cur:
+            carried = {table: publish.publications(cur, table) for table in self.live_names()}
+        notes = [f"not carried by logical replication: {table} (publication {', '.join(names)}); its subscribers "
+                 f"keep the rows they had" for table, names in carried.items() if names]
+        for note in notes:
+            log.warning("week %s: %s", self.week, note)
+        return notes
 
     def print_summary(self) -> None:
         with db.connection() as conn:

@@ -21,6 +21,7 @@ from pipeline.load import DefaultRecs
 from tests.conftest import (
     NEXT_WEEK,
     PUBLISHED_TABLES,
+    TELEGRAM_ENV,
     WEEK,
     admin_connection,
     apply_settings,
@@ -212,6 +213,22 @@ def test_what_the_dba_documented_and_tuned_on_a_live_name_outlives_a_retype_and_
     assert reader.read("SELECT DISTINCT price, week FROM default_recs") == [(9.5, WEEK)]
     assert what_the_dba_documented_and_tuned(conn, "default_recs") == documented
     assert [week for week, _ in rollback.available_weeks(conn.cursor(), ["default_recs"]).items()] == [NEXT_WEEK, WEEK]
+
+
+@pytest.mark.published_week
+def test_a_live_name_that_logical_replication_publishes_goes_live_saying_its_subscribers_miss_the_week(
+        bot_api, config_file, conn):
+    conn.cursor().execute("CREATE PUBLICATION shop_replica FOR TABLE candidates_ranked"
+                          " WITH (publish_via_partition_root = true)")
+
+    result = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK), env=TELEGRAM_ENV)
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    said = ("not carried by logical replication: candidates_ranked (publication shop_replica); its subscribers keep "
+            "the rows they had")
+    assert f"week {NEXT_WEEK}: {said}" in result.stderr
+    [text] = bot_api.texts()
+    assert f"week {NEXT_WEEK} published" in text and said in text and text.count("logical replication") == 1
 
 
 def test_a_reader_role_that_does_not_exist_is_refused_by_name_before_anything_is_staged(settings, config_file,
