@@ -21,7 +21,7 @@ class WeeklyRecs(WeekTask):
     """
 
     table = "weekly_recs"
-    notes: list[str] = []  # what the success message adds: what `run` left undone once the week was live
+    notes: tuple[str, ...] = ()  # for the success message: what logical replicas miss, what failed once live
 
     def requires(self) -> list[WeekTask]:
         return [DefaultRecs(week=self.week), OnlineRecs(week=self.week), RankCandidates(week=self.week)]
@@ -56,7 +56,7 @@ class WeeklyRecs(WeekTask):
             "housekeeping": lambda: housekeeping.after_going_live(self.week),
             "counting the rows for the summary": self.print_summary,
         })
-        self.notes = [*not_replicated, *(f"live, but failed, for the next publish to do: {step}" for step in failed)]
+        self.notes = (*not_replicated, *(f"live, but failed, for the next publish to do: {step}" for step in failed))
 
     def not_replicated(self) -> list[str]:
         """A week goes live by attaching its table, which logical decoding never sees: a subscriber of
