@@ -4,11 +4,13 @@ The names a table takes, for `default_recs`:
 
     default_recs                    the live name the web service reads: a partitioned table that
                                     keeps its identity (grants, views, functions on it) for ever;
-                                    the one partition attached to it is the live week (in its comment)
+                                    the one partition attached to it is the live week
     default_recs__20261121          a week's table: attached while the week is live, an archive
                                     for rollback otherwise (the last `retention` of them are kept)
     default_recs__staged_20261128   a week loaded and indexed but not live: not an archive, never
                                     rolled back to, dropped once that week or a later one goes live
+    default_recs__20261121_replaced_1  a version of the week a redo replaced, kept while someone
+                                    has built on it, dropped by a later publish once nobody has
 
 A week goes live by detaching the live partition and attaching the week's table: two catalog
 changes, whatever the table's size. Every staged table carries `CHECK (week = ...)`, so attaching
