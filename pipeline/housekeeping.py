@@ -19,7 +19,7 @@ from pathlib import Path
 
 from psycopg2 import sql
 
-from pipeline import config, db, publish
+from pipeline import catalog, config, db, publish
 from pipeline.events.tasks import stage_files
 from pipeline.rank import RankCandidates, TrainRanker
 
@@ -52,7 +52,7 @@ def forget_models_not_held(live: date) -> set[date] | None:
         if publish.live_week(cur, ranked) != live:
             return None
         held = {live, *publish.archived_weeks(cur, ranked), *publish.staged_weeks(cur, ranked)}
-        if publish.exists(cur, models):
+        if catalog.exists(cur, models):
             cur.execute(sql.SQL("SELECT week FROM {} WHERE week < %s AND week <> ALL(%s) ORDER BY week").format(
                 sql.Identifier(models)), (live, sorted(held)))
             for (old,) in cur.fetchall():

@@ -28,7 +28,7 @@ import psycopg2.errors
 import tenacity
 from psycopg2 import sql
 
-from pipeline import config, db, publish
+from pipeline import catalog, config, db, publish
 
 log = logging.getLogger("luigi-interface")
 T = TypeVar("T")
@@ -136,7 +136,7 @@ def prepare_to_attach(attaching: dict[str, str], week: date, what: str,
     the shop's catalogue never holds up the shop's other writes to it."""
     with db.connection() as conn, conn.cursor() as cur:
         for table, name in attaching.items():
-            locked = [name, *publish.referenced(cur, table)]  # only `name` exclusively
+            locked = [name, *catalog.referenced(cur, table)]  # only `name` exclusively
             when_unblocked(functools.partial(_made_ready, conn, table, name, week), locked, what, report,
                            held=" and ".join(locked), exclusive=[name])
 
@@ -158,7 +158,7 @@ def _made_ready(conn, table: str, name: str, week: date) -> None:
             raise
         except psycopg2.errors.UndefinedTable:
             conn.rollback()
-            if publish.exists(cur, name):  # something else is missing
+            if catalog.exists(cur, name):  # something else is missing
                 raise
 
 

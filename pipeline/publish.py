@@ -31,9 +31,10 @@ import re
 import zlib
 from collections.abc import Iterable
 from datetime import date, datetime
-from typing import NamedTuple
 
 from psycopg2 import sql
+
+from pipeline import catalog
 
 log = logging.getLogger("luigi-interface")
 _WEEK = re.compile(r"__(\d{8})$")
@@ -66,30 +67,22 @@ def swapped(tables: Iterable[str], week: date) -> list[str]:
     return tables + [name for table in tables for name in (staged_name(table, week), week_name(table, week))]
 
 
-def exists(cur, table: str) -> bool:
-    return _kind(cur, table) is not None
-
-
 def live_week(cur, table: str) -> date | None:
     """The week a live name holds: that of the week's table attached to it, which is named for it.
 
     On the layout before partitions, the week the pipeline wrote in the table's comment."""
-    if _kind(cur, table) == "r":
-        noted = _WEEK_NOTE.fullmatch(_comment(cur, table) or "")
+    if catalog.kind(cur, table) == "r":
+        noted = _WEEK_NOTE.fullmatch(catalog.comment(cur, table) or "")
         return date.fromisoformat(noted.group(1)) if noted else None
-    weeks = [_week(match) for name in _attached(cur, table) if (match := _WEEK.fullmatch(name.removeprefix(table)))]
+    weeks = [_week(match) for name in catalog.attached(cur, table)
+             if (match := _WEEK.fullmatch(name.removeprefix(table)))]
     return weeks[0] if weeks else None
-
-
-def _comment(cur, table: str) -> str | None:
-    cur.execute("SELECT obj_description(to_regclass(%s), 'pg_class')", (f'"{table}"',))
-    return cur.fetchone()[0]
 
 
 def _note_week(cur, table: str, week: date) -> None:
     """The live week in the live name's comment, for whoever lists the tables; but a comment a DBA
     wrote (what the table is, whom to ask) is theirs, and stays."""
-    comment = _comment(cur, table)
+    comment = catalog.comment(cur, table)
     if comment is None or _WEEK_NOTE.fullmatch(comment):
         cur.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
             sql.Identifier(table), sql.Literal(f"week={week.isoformat()}")))
@@ -98,7 +91,7 @@ def _note_week(cur, table: str, week: date) -> None:
 def week_table(cur, table: str, week: date) -> str:
     """The physical table that holds `week` of `table`: staged, live or archived."""
     for name in (staged_name(table, week), week_name(table, week)):
-        if exists(cur, name):
+        if catalog.exists(cur, name):
             return name
     if live_week(cur, table) == week:
         return table  # a live table of the layout before partitions, until its first publish
@@ -137,7 +130,7 @@ def go_live(cur, tables: Iterable[str], week: date) -> None:
     locked first, so that no change is made before every one of them is held.
     """
     tables = list(tables)
-    missing = [table for table in tables if not exists(cur, staged_name(table, week))]
+    missing = [table for table in tables if not catalog.exists(cur, staged_name(table, week))]
     if missing:
         raise LookupError(f"week {week} cannot go live: not staged in {', '.join(missing)}")
     _lock_live_names(cur, tables)
@@ -168,44 +161,29 @@ def prepare_to_attach(cur, table: str, name: str, week: date) -> None:
     indexes or checking every row), and build the DBA's other indexes. A foreign key is added
     unchecked, for `validate` to check in a transaction of its own. A week whose rows break a DBA's
     constraint fails here, naming it, with the live week whole."""
-    present = _constraints(cur, name)
+    present = catalog.constraints(cur, name)
     if not any(constraint.name == WEEK_CHECK for constraint in present):
         cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
             sql.Identifier(name), sql.Identifier(WEEK_CHECK), _week_check(week)))
-    if _kind(cur, table) != "p":  # none yet, or a live table of the layout before partitions: nothing to match
+    if catalog.kind(cur, table) != "p":  # none yet, or a live table of the layout before partitions: nothing to match
         return
-    for column in (_not_null(cur, table) & set(table_columns(cur, name))) - _not_null(cur, name):
+    for column in (catalog.not_null(cur, table) & set(catalog.table_columns(cur, name))) - catalog.not_null(cur, name):
         cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL").format(
             sql.Identifier(name), sql.Identifier(column)))
-    for constraint in _constraints(cur, table):
+    for constraint in catalog.constraints(cur, table):
         if not any(constraint.matches(other) for other in present):
             cur.execute(constraint.added_to(name))
-    built = set(_index_shapes(cur, name))
-    for unique, shape in _index_shapes(cur, table, without_constraints=True):
+    built = set(catalog.index_shapes(cur, name))
+    for unique, shape in catalog.index_shapes(cur, table, without_constraints=True):
         if (unique, shape) not in built:
             cur.execute(sql.SQL("CREATE {}INDEX ON {} {}").format(
                 sql.SQL("UNIQUE " if unique else ""), sql.Identifier(name), sql.SQL(shape)))
 
 
-def referenced(cur, table: str) -> list[str]:
-    """The tables that foreign keys of `table` reference: adding such a key locks them too."""
-    cur.execute("SELECT DISTINCT c.relname FROM pg_constraint k JOIN pg_class c ON c.oid = k.confrelid"
-                " WHERE k.conrelid = to_regclass(%s) AND k.contype = 'f' ORDER BY 1", (f'"{table}"',))
-    return [name for (name,) in cur.fetchall()]
-
-
-def publications(cur, table: str) -> list[str]:
-    """The logical replication publications that carry `table` or its weeks' tables (without
-    `publish_via_partition_root`, a publication lists a partitioned table's partitions)."""
-    cur.execute("SELECT DISTINCT pubname FROM pg_publication_tables WHERE schemaname = current_schema()"
-                " AND (tablename = %s OR starts_with(tablename, %s)) ORDER BY 1", (table, f"{table}__"))
-    return [name for (name,) in cur.fetchall()]
-
-
 def validate(cur, name: str) -> None:
     """Check the rows of `name` against the constraints it was given unchecked: scanning it holds
     no lock that keeps the tables they reference from their writers."""
-    for constraint in _constraints(cur, name):
+    for constraint in catalog.constraints(cur, name):
         if not constraint.validated:
             cur.execute(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
                 sql.Identifier(name), sql.Identifier(constraint.name)))
@@ -215,7 +193,7 @@ def analyze(cur, name: str) -> None:
     """The planner's statistics of `name`. For a live name, its own, over the week attached, which
     autovacuum never gathers for a partitioned table, and which the planner reads for every join
     and grouping over the name; not its partition's again where the server can leave them out."""
-    only = _kind(cur, name) == "p" and cur.connection.server_version >= 180000  # ANALYZE ONLY came in 18
+    only = catalog.kind(cur, name) == "p" and cur.connection.server_version >= 180000  # ANALYZE ONLY came in 18
     cur.execute(sql.SQL("ANALYZE {}{}").format(sql.SQL("ONLY " if only else ""), sql.Identifier(name)))
 
 
@@ -240,14 +218,14 @@ def refused_changes(cur, table: str, columns: dict[str, str]) -> list[tuple[str,
     """What of a week's `columns` (name: PostgreSQL type) the objects that depend on the live
     `table` would not survive: a column they use that the week drops or retypes; and a column that
     a role was granted by name, which it reads, dropped (a retyped one keeps its grants)."""
-    live = table_columns(cur, table)
-    used = dependents(cur, table)
-    dbas = [constraint for constraint in _constraints(cur, table) if constraint.name != WEEK_CHECK]
+    live = catalog.table_columns(cur, table)
+    used = catalog.dependents(cur, table)
+    dbas = [constraint for constraint in catalog.constraints(cur, table) if constraint.name != WEEK_CHECK]
     for constraint in dbas:  # dropping or retyping a column would drop them with it
         for column in constraint.columns:
             used.setdefault(column, []).append(f"constraint {constraint.name}")
     granted: dict[str, list[str]] = {}
-    for grant in _grants(cur, table):
+    for grant in catalog.grants(cur, table):
         if grant.column is not None:
             granted.setdefault(grant.column, []).append(f"the grant of {grant.privilege} to {grant.grantee}")
     problems = []
@@ -255,44 +233,10 @@ def refused_changes(cur, table: str, columns: dict[str, str]) -> list[tuple[str,
         users, readers = ", ".join(used.get(column, [])), ", ".join(used.get(column, []) + granted.get(column, []))
         if readers and column not in columns:
             problems.append((column, f"the week has no column {column!r}, which {readers} uses in {table}"))
-        elif users and _canonical(cur, columns[column]) != kind:
+        elif users and catalog.canonical_type(cur, columns[column]) != kind:
             problems.append((column, f"the week's {column!r} is {columns[column]}, not {kind}, and {users} "
                                      f"uses it in {table}"))
     return problems
-
-
-def dependents(cur, table: str) -> dict[str, list[str]]:
-    """Views and SQL functions that use each column of `table` (column '' for the whole row)."""
-    used: dict[str, list[str]] = {}
-    for column, _, _, described in _dependent_objects(cur, table):
-        used.setdefault(column, []).append(described)
-    return used
-
-
-def _dependent_objects(cur, table: str) -> list[tuple[str, str, int, str]]:
-    """(column, catalog, object, description) of every object bound to `table` by a normal dependency
-    (a view through its rewrite rule, a SQL function with a `BEGIN ATOMIC` body, a constraint) and
-    of every index a DBA made on the live name, which dropping its column would drop with it."""
-    cur.execute(
-        "SELECT DISTINCT coalesce(a.attname, ''), o.catalog::text, o.object, pg_describe_object(o.catalog, o.object, 0)"
-        " FROM pg_depend d LEFT JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid"
-        " LEFT JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid,"
-        " LATERAL (SELECT CASE WHEN r.oid IS NULL THEN d.classid ELSE 'pg_class'::regclass END AS catalog,"
-        "          coalesce(r.ev_class, d.objid) AS object) o"
-        " WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = to_regclass(%s) AND (d.deptype = 'n'"
-        "  OR d.deptype = 'a' AND d.classid = 'pg_class'::regclass"
-        "  AND (SELECT relkind FROM pg_class WHERE oid = d.objid) = 'I')"
-        " AND o.object <> d.refobjid AND NOT EXISTS (SELECT FROM pg_constraint k WHERE d.classid ="
-        "  'pg_constraint'::regclass AND k.oid = d.objid AND k.conrelid = d.refobjid)"  # the table's own checks
-        " ORDER BY 1, 4", (f'"{table}"',))
-    return cur.fetchall()
-
-
-def table_columns(cur, table: str) -> dict[str, str]:
-    """Name: type, in order, as PostgreSQL names them."""
-    cur.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass(%s)"
-                " AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (f'"{table}"',))
-    return dict(cur.fetchall())
 
 
 def archived_weeks(cur, table: str) -> list[date]:
@@ -314,15 +258,11 @@ def obsolete(cur, table: str, week: date, retention: int) -> list[str]:
 
 def drop_unless_built_on(cur, name: str) -> None:
     """An obsolete table goes, unless someone built on it: a publish never fails for that."""
-    users = _built_on(cur, name)
+    users = catalog.built_on(cur, name)
     if users:
         log.warning("%s is no longer needed but kept: %s depends on it", name, ", ".join(users))
         return
     cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
-
-
-def _built_on(cur, name: str) -> list[str]:
-    return sorted({user for found in dependents(cur, name).values() for user in found})
 
 
 def staged_weeks(cur, table: str) -> list[date]:
@@ -336,7 +276,7 @@ def row_count(cur, table: str) -> int:
 
 def _lock_live_names(cur, tables: list[str]) -> None:
     """All live names at once, before any change: a reader waits for the swap, never for a half of it."""
-    live = [table for table in tables if exists(cur, table)]
+    live = [table for table in tables if catalog.exists(cur, table)]
     if live:
         cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
             sql.SQL(", ").join(map(sql.Identifier, live))))
@@ -344,18 +284,18 @@ def _lock_live_names(cur, tables: list[str]) -> None:
 
 def _put_live(cur, table: str, week: date, source: str) -> None:
     """Detach the live week, shape the live name like `source`, attach `source` as `week`."""
-    kind = _kind(cur, table)
+    kind = catalog.kind(cur, table)
     if kind == "r":
         _partition_in_place(cur, table)
     elif kind is None:
-        _create_partitioned(cur, table, table_columns(cur, source))
-    for attached in _attached(cur, table):
+        _create_partitioned(cur, table, catalog.table_columns(cur, source))
+    for attached in catalog.attached(cur, table):
         cur.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
             sql.Identifier(table), sql.Identifier(attached)))
     target = week_name(table, week)
     if source != target:
         _rename(cur, source, target)  # a redo of the live week replaces it
-    _reshape(cur, table, table_columns(cur, target))
+    _reshape(cur, table, catalog.table_columns(cur, target))
     cur.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ({})").format(
         sql.Identifier(table), sql.Identifier(target), sql.Literal(week)))
     _note_week(cur, table, week)
@@ -371,32 +311,14 @@ def _partition_in_place(cur, table: str) -> None:
     """A deployment of the layout before partitions: its live table becomes its week's archive and a
     partitioned table takes its name, its grants and everything that depended on it."""
     week = live_week(cur, table)
-    rebind = _definitions_of_dependents(cur, table)
-    grants = _grants(cur, table)
+    rebind = catalog.definitions_of_dependents(cur, table)
+    grants = catalog.grants(cur, table)
     _rename(cur, table, week_name(table, week))
-    _create_partitioned(cur, table, table_columns(cur, week_name(table, week)))
+    _create_partitioned(cur, table, catalog.table_columns(cur, week_name(table, week)))
     for grant in grants:
         cur.execute(grant.given_on(table))
     for definition in rebind:
         cur.execute(definition)
-
-
-def _definitions_of_dependents(cur, table: str) -> list[str]:
-    """`CREATE OR REPLACE` statements of the views and SQL functions bound to `table`: run once a new
-    table has its name, they bind to it and keep their own identity, grants and dependents."""
-    statements = []
-    for catalog, oid, described in sorted({row[1:] for row in _dependent_objects(cur, table)}):
-        if catalog == "pg_proc":
-            cur.execute("SELECT pg_get_functiondef(%s)", (oid,))
-        elif described.startswith("view "):
-            cur.execute("SELECT format('CREATE OR REPLACE VIEW %%s %%s AS %%s', oid::regclass, 'WITH ('"
-                        " || array_to_string(reloptions, ', ') || ')', pg_get_viewdef(oid)) FROM pg_class"
-                        " WHERE oid = %s", (oid,))
-        else:
-            raise RuntimeError(f"{table}: {described} depends on it and cannot be carried over to the partitioned "
-                               "layout; drop it, publish the week, and create it again")
-        statements.append(cur.fetchone()[0])
-    return statements
 
 
 def _create_partitioned(cur, table: str, columns: dict[str, str]) -> None:
@@ -412,7 +334,7 @@ def _reshape(cur, table: str, columns: dict[str, str]) -> None:
     `USING NULL`). Dependent objects make PostgreSQL refuse to drop or retype a column they use,
     which `refused_changes` reports before any staging.
     """
-    live = table_columns(cur, table)
+    live = catalog.table_columns(cur, table)
     for name, kind in live.items():
         if name not in columns:
             cur.execute(sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(sql.Identifier(table), sql.Identifier(name)))
@@ -423,97 +345,6 @@ def _reshape(cur, table: str, columns: dict[str, str]) -> None:
         if name not in live:
             cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
                 sql.Identifier(table), sql.Identifier(name), sql.SQL(kind)))
-
-
-class _Grant(NamedTuple):
-    """A privilege another role holds on a table, or on one of its columns."""
-
-    privilege: str
-    grantee: str  # as `regrole` quotes it, or PUBLIC
-    grantable: bool
-    column: str | None  # None: the whole table
-
-    def given_on(self, table: str) -> sql.Composable:
-        return sql.SQL("GRANT {}{} ON {} TO {}{}").format(
-            sql.SQL(self.privilege),
-            sql.SQL(" ({})").format(sql.Identifier(self.column)) if self.column else sql.SQL(""),
-            sql.Identifier(table), sql.SQL(self.grantee), sql.SQL(" WITH GRANT OPTION" if self.grantable else ""))
-
-
-def _grants(cur, table: str) -> list[_Grant]:
-    cur.execute(
-        "SELECT g.privilege_type, CASE g.grantee WHEN 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END,"
-        " g.is_grantable, acl.attname"
-        " FROM (SELECT relacl, NULL::name, relowner FROM pg_class WHERE oid = to_regclass(%(t)s)"
-        "  UNION ALL SELECT a.attacl, a.attname, c.relowner FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
-        "  WHERE c.oid = to_regclass(%(t)s) AND a.attnum > 0 AND NOT a.attisdropped) acl (acl, attname, owner),"
-        " aclexplode(acl.acl) g WHERE g.grantee <> acl.owner ORDER BY 4 NULLS FIRST, 2, 1", {"t": f'"{table}"'})
-    return [_Grant(*row) for row in cur.fetchall()]
-
-
-class _Constraint(NamedTuple):
-    """A table's constraint of a kind that attaching matches or makes (`NOT NULL` apart)."""
-
-    name: str
-    kind: str  # c(heck), p(rimary key), u(nique), f(oreign key), (e)x(clusion)
-    definition: str  # without `NOT VALID`
-    validated: bool
-    columns: list[str]
-
-    def matches(self, other: _Constraint) -> bool:
-        """Whether attaching takes `other`, on the partition, for this one: checks by name as well."""
-        return (self.kind, self.definition) == (other.kind, other.definition) and (
-            self.kind != "c" or self.name == other.name)
-
-    def added_to(self, table: str) -> sql.Composable:
-        """A check keeps its name (attaching matches it by name); a key's index is named after the
-        table (index names are the schema's); a foreign key is added unchecked (see `validate`)."""
-        named = sql.SQL("" if self.kind in "pux" else "CONSTRAINT {} ").format(sql.Identifier(self.name))
-        unchecked = sql.SQL(" NOT VALID" if self.kind == "f" else "")
-        return sql.SQL("ALTER TABLE {} ADD {}{}{}").format(
-            sql.Identifier(table), named, sql.SQL(self.definition), unchecked)
-
-
-def _constraints(cur, table: str) -> list[_Constraint]:
-    cur.execute("SELECT conname, contype, regexp_replace(pg_get_constraintdef(k.oid), ' NOT VALID$', ''),"
-                " convalidated, ARRAY(SELECT attname FROM pg_attribute WHERE attrelid = conrelid"
-                "  AND attnum = ANY(conkey) ORDER BY attnum)"
-                " FROM pg_constraint k WHERE conrelid = to_regclass(%s) AND contype IN ('c', 'p', 'u', 'f', 'x')"
-                " ORDER BY conname", (f'"{table}"',))
-    return [_Constraint(*row) for row in cur.fetchall()]
-
-
-def _not_null(cur, table: str) -> set[str]:
-    cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0"
-                " AND NOT attisdropped AND attnotnull", (f'"{table}"',))
-    return {column for (column,) in cur.fetchall()}
-
-
-def _index_shapes(cur, table: str, without_constraints: bool = False) -> list[tuple[bool, str]]:
-    """Each index of `table` as (unique, its definition from `USING` on), which two indexes share
-    when attaching may take one for the other; `without_constraints`: not those of its keys."""
-    cur.execute("SELECT i.indisunique, pg_get_indexdef(i.indexrelid), format('%%I.%%I', n.nspname, c.relname)"
-                " FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE i.indrelid = to_regclass(%s) AND NOT (%s AND EXISTS (SELECT FROM pg_constraint k"
-                "  WHERE k.conrelid = i.indrelid AND k.conindid = i.indexrelid))", (f'"{table}"', without_constraints))
-    return [(unique, definition.split(f" {qualified} ", 1)[1]) for unique, definition, qualified in cur.fetchall()]
-
-
-def _attached(cur, table: str) -> list[str]:
-    cur.execute("SELECT relname FROM pg_inherits JOIN pg_class ON pg_class.oid = inhrelid"
-                " WHERE inhparent = to_regclass(%s)", (f'"{table}"',))
-    return [name for (name,) in cur.fetchall()]
-
-
-def _kind(cur, table: str) -> str | None:
-    cur.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", (f'"{table}"',))
-    row = cur.fetchone()
-    return row[0] if row else None
-
-
-def _canonical(cur, kind: str) -> str:
-    cur.execute("SELECT format_type(%s::regtype, NULL)", (kind,))
-    return cur.fetchone()[0]
 
 
 def _week_check(week: date) -> sql.Composable:
@@ -534,9 +365,9 @@ def _rename(cur, table: str, new_name: str) -> None:
     """`table` takes `new_name`. A table of that name is the version of its week that a redo replaces:
     it goes, unless someone built on it (an analyst's view): then it is set aside under a name of its
     own, which a later publish drops once nothing depends on it, and the redo goes on."""
-    users = _built_on(cur, new_name) if exists(cur, new_name) else []
+    users = catalog.built_on(cur, new_name) if catalog.exists(cur, new_name) else []
     if users:
-        aside = next(name for n in itertools.count(1) if not exists(cur, name := f"{new_name}_replaced_{n}"))
+        aside = next(name for n in itertools.count(1) if not catalog.exists(cur, name := f"{new_name}_replaced_{n}"))
         cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(new_name), sql.Identifier(aside)))
         log.warning("%s is replaced by a redo of its week; the version it replaced is kept as %s until nothing "
                     "depends on it: %s", new_name, aside, ", ".join(users))

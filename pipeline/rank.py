@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from psycopg2 import sql
 
-from pipeline import config, db, publish
+from pipeline import catalog, config, db, publish
 from pipeline.base import StagingTask, WeekTask, published_table
 from pipeline.contracts import CANDIDATES_TRAIN
 from pipeline.events.tasks import AVAILABLE_ROWS
@@ -334,7 +334,7 @@ def read_of_week(conn, table: str, week: date, read: Callable[[str], T]) -> T:
 
 
 def stored_model(cur, table: str, week: date) -> tuple | None:
-    if not publish.exists(cur, table):
+    if not catalog.exists(cur, table):
         return None
     cur.execute(sql.SQL("SELECT model, item_stats FROM {} WHERE week = %s").format(sql.Identifier(table)), (week,))
     return cur.fetchone()
@@ -349,7 +349,7 @@ def load_model(cur, table: str, week: date, ranker):
 def previous_ndcg(conn, metrics_table: str, week: date) -> tuple[float, float | None] | None:
     """The validation NDCG@10 of the latest earlier week that went live, and its standard error."""
     with conn.cursor() as cur:
-        if not publish.exists(cur, config.checked_identifier(metrics_table, "metrics_table")):
+        if not catalog.exists(cur, config.checked_identifier(metrics_table, "metrics_table")):
             return None
         _add_error_columns(cur, metrics_table)
         cur.execute(sql.SQL("SELECT ndcg_at_10, ndcg_se FROM {} WHERE week < %s ORDER BY week DESC, trained_at DESC"
@@ -360,7 +360,7 @@ def previous_ndcg(conn, metrics_table: str, week: date) -> tuple[float, float | 
 def _add_error_columns(cur, metrics_table: str) -> None:
     """Columns later versions record, added to a deployment's existing table: only where missing, since
     `ALTER TABLE` would wait for (and queue up) the readers of the table."""
-    present = publish.table_columns(cur, metrics_table)
+    present = catalog.table_columns(cur, metrics_table)
     for column in ("available_rows bigint", "ndcg_se double precision", "ndcg_vs_als_se double precision",
                    "groups bigint", "fit_peak_rss_mb double precision"):
         if column.split()[0] not in present:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from datetime import date
 
-from pipeline import config, db, live_locks, publish
+from pipeline import catalog, config, db, live_locks, publish
 from pipeline.wrapper import WeeklyRecs
 
 
@@ -63,7 +63,7 @@ def _target(cur, tables: list[str], week: date | None) -> date:
         raise RollbackError(f"{wanted} is not archived in all of {', '.join(tables)} "
                             f"(complete weeks: {_weeks(archived) or 'none'}); nothing changed")
     for table in tables:
-        for column, problem in publish.refused_changes(cur, table, publish.table_columns(
+        for column, problem in publish.refused_changes(cur, table, catalog.table_columns(
                 cur, publish.week_name(table, target))):
             raise RollbackError(f"{publish.week_name(table, target)}, column {column!r}: {problem}; nothing changed")
     return target

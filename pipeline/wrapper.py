@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from pipeline import config, db, housekeeping, live_locks, publish
+from pipeline import catalog, config, db, housekeeping, live_locks, publish
 from pipeline.base import StagingTask, WeekTask
 from pipeline.load import DefaultRecs, OnlineRecs
 from pipeline.rank import RankCandidates, TrainRanker
@@ -63,7 +63,7 @@ class WeeklyRecs(WeekTask):
         a publication that carries a live name keeps the rows it had. Said, not refused: the week
         still goes live for every reader of this server and its physical standbys."""
         with db.connection() as conn, conn.cursor() as cur:
-            carried = {table: publish.publications(cur, table) for table in self.live_names()}
+            carried = {table: catalog.publications(cur, table) for table in self.live_names()}
         notes = [f"not carried by logical replication: {table} (publication {', '.join(names)}); its subscribers "
                  f"keep the rows they had" for table, names in carried.items() if names]
         for note in notes:

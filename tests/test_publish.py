@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import WeeklyRecs, publish, rollback, serving
+from pipeline import WeeklyRecs, catalog, publish, rollback, serving
 from pipeline.load import DefaultRecs
 from tests.conftest import (
     NEXT_WEEK,
@@ -145,7 +145,7 @@ def test_a_week_may_add_or_drop_columns_but_not_one_that_a_dependent_object_uses
 
     assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
     assert reader.read("SELECT DISTINCT title, price, week FROM default_recs") == [("a title", 9.5, NEXT_WEEK)]
-    assert "brand" not in publish.table_columns(conn.cursor(), "default_recs")
+    assert "brand" not in catalog.table_columns(conn.cursor(), "default_recs")
     before = live_state(conn)
     rewrite_top_popular(input_dir, title=None)
     later = NEXT_WEEK + timedelta(weeks=1)

@@ -34,7 +34,7 @@ import psycopg2.extras
 import pyarrow as pa
 from psycopg2 import sql
 
-from pipeline import config, db, metrics, publish
+from pipeline import catalog, config, db, metrics
 from pipeline.backfill import weeks_between
 from pipeline.base import week_parameter
 from pipeline.contracts import CANDIDATES_INFERENCE
@@ -148,7 +148,7 @@ def _published_ranking(week: date, users: np.ndarray) -> pd.DataFrame:
     table = RankCandidates(week=week).table
     with db.connection() as conn:
         with conn.cursor() as cur:
-            if not publish.exists(cur, table):
+            if not catalog.exists(cur, table):
                 return _RANKED.empty_table().to_pandas()
         personal = db.copy_out(conn, sql.SQL("SELECT user_id, item_id, rank FROM {} WHERE rank <= {}").format(
             sql.Identifier(table), sql.Literal(metrics.K)), _RANKED).to_pandas()
