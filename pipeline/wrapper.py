@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import psycopg2
+
 from pipeline import catalog, config, db, housekeeping, live_locks, publish
 from pipeline.base import StagingTask, WeekTask
 from pipeline.load import DefaultRecs, OnlineRecs
@@ -48,7 +50,13 @@ class WeeklyRecs(WeekTask):
         not_replicated = self.not_replicated()
         live_locks.prepare_to_attach({table: publish.staged_name(table, self.week) for table in tables}, self.week,
                                      what, self.set_status_message)
-        live_locks.when_unblocked(self.put_live, publish.swapped(tables, self.week), what, self.set_status_message)
+        try:
+            live_locks.when_unblocked(self.put_live, publish.swapped(tables, self.week), what, self.set_status_message)
+        except psycopg2.OperationalError as lost:
+            if not self.complete():  # the connection was lost before the swap committed: nothing changed
+                raise
+            log.warning("week %s is live: the connection was lost as the swap committed (%s)", self.week,
+                        db.first_line(lost))
         failed = live_locks.after_the_swap(self.week, {
             "sampling the live names": lambda: live_locks.analyze_live_names(tables, self.week),
             "dropping what the week left behind": lambda: live_locks.drop_obsolete(

@@ -1,12 +1,15 @@
 """Faults, injected for real: a killed worker, a database that is down or restarts, two runs at
-once, an unwritable model folder, an interrupted week, a connection lost after the swap. Published
-data survives each of them."""
+once, an unwritable model folder, an interrupted week, a connection lost as the swap commits or after
+it. Published data survives each of them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
+import threading
 import time
 from datetime import date
 from pathlib import Path
@@ -18,6 +21,7 @@ import pytest
 
 from pipeline import DefaultRecs, OnlineRecs, WeeklyRecs, db
 from tests.conftest import (
+    NEXT_WEEK,
     PUBLISHED_TABLES,
     TELEGRAM_ENV,
     WEEK,
@@ -202,3 +206,88 @@ def test_a_connection_lost_after_the_swap_leaves_the_week_live_reported_publishe
     assert "week 2026-11-21 published" in text and "FAILED" not in text
     assert "live, but failed, for the next publish to do: dropping what the week left behind (" in text
     assert query(conn, "SELECT to_regclass(%s) IS NOT NULL", forgotten) == [(True,)]
+
+
+class CommitUnheard:
+    """A hop between the pipeline (run in a process of its own: its driver may block in a socket write
+    holding the GIL) and the embedded server, on a socket of its own: a connection that
+    has sent `armed_by` is lost at its next COMMIT, after the server has committed and answered (the
+    pipeline never hears so), or, unless `reaching`, before the COMMIT reaches the server."""
+
+    COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"  # the protocol's simple query, as psycopg2 sends it
+
+    def __init__(self, server_dir: str, folder: Path, armed_by: bytes, reaching: bool = True):
+        (self.server,) = (path for path in Path(server_dir).glob(".s.PGSQL.*") if path.suffix != ".lock")
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(str(folder / self.server.name))
+        self.listener.listen()
+        self.armed_by, self.reaching, self.unheard = armed_by, reaching, 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.listener.accept()
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(str(self.server))
+            committing = threading.Event()
+            threading.Thread(target=self._to_server, args=(client, upstream, committing), daemon=True).start()
+            threading.Thread(target=self._to_client, args=(upstream, client, committing), daemon=True).start()
+
+    def _to_server(self, client: socket.socket, upstream: socket.socket, committing: threading.Event) -> None:
+        armed = False
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                armed = armed or self.armed_by in data
+                if armed and self.COMMIT in data:
+                    committing.set()
+                    if not self.reaching:
+                        self.unheard += 1
+                        break
+                upstream.sendall(data)
+        _lose(client, upstream)
+
+    def _to_client(self, upstream: socket.socket, client: socket.socket, committing: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := upstream.recv(65536):
+                if committing.is_set():  # the server's answer to the COMMIT
+                    self.unheard += 1
+                    break
+                client.sendall(data)
+        _lose(client, upstream)
+
+
+def _lose(*ends: socket.socket) -> None:
+    for end in ends:  # shut down, so that the other pump's recv() returns too
+        with contextlib.suppress(OSError):
+            end.shutdown(socket.SHUT_RDWR)
+        end.close()
+
+
+def test_a_connection_lost_as_the_swap_commits_leaves_the_week_live_and_reported_published(
+        settings, config_file, pg_socket_dir, tmp_path, reader):
+    hop = CommitUnheard(pg_socket_dir, tmp_path, armed_by=b"ATTACH PARTITION")
+    settings["postgres"]["host"] = str(tmp_path)
+    apply_settings(settings, config_file)
+
+    result = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK))
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert hop.unheard == 1
+    assert "week 2026-11-21 is live: the connection was lost as the swap committed (server closed" in result.stderr
+    assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]
+
+
+@pytest.mark.published_week
+def test_a_connection_lost_before_the_swap_commits_fails_the_run_and_changes_nothing(
+        settings, config_file, pg_socket_dir, tmp_path, conn):
+    before = live_state(conn)
+    hop = CommitUnheard(pg_socket_dir, tmp_path, armed_by=b"ATTACH PARTITION", reaching=False)
+    settings["postgres"]["host"] = str(tmp_path)
+    apply_settings(settings, config_file)
+
+    result = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK))
+
+    assert result.returncode == 30
+    assert "OperationalError: server closed the connection unexpectedly" in result.stderr
+    assert hop.unheard == 1
+    assert live_state(conn) == before  # the week before, live and whole
