@@ -365,7 +365,7 @@ def _rename(cur, table: str, new_name: str) -> None:
     """`table` takes `new_name`. A table of that name is the version of its week that a redo replaces:
     it goes, unless someone built on it (an analyst's view): then it is set aside under a name of its
     own, which a later publish drops once nothing depends on it, and the redo goes on."""
-    users = catalog.built_on(cur, new_name) if catalog.exists(cur, new_name) else []
+    users = catalog.built_on(cur, new_name)  # none when there is no such table
     if users:
         aside = next(name for n in itertools.count(1) if not catalog.exists(cur, name := f"{new_name}_replaced_{n}"))
         cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(new_name), sql.Identifier(aside)))
