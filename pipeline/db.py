@@ -69,6 +69,11 @@ def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [""])[0]
 
 
+def described(error: BaseException) -> str:
+    """An error as alerts and warnings name it: its type and its first line."""
+    return f"{type(error).__name__}: {first_line(error)}"
+
+
 def redact(text: str, *secrets: str) -> str:
     """Hide secrets and the password part of any DSN or URL in a message."""
     for secret in filter(None, secrets):

@@ -174,7 +174,7 @@ def after_the_swap(week: date, steps: dict[str, Callable[[], object]]) -> list[s
         try:
             run()
         except (psycopg2.Error, OSError) as error:
-            why = db.redact(f"{type(error).__name__}: {db.first_line(error)}", config.postgres().resolved_password())
+            why = db.redact(db.described(error), config.postgres().resolved_password())
             log.warning("week %s is live, but %s failed, for the next publish to do: %s", week, step, why)
             failed.append(f"{step} ({why})")
     return failed

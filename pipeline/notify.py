@@ -83,7 +83,7 @@ def validation_lines(conn, week: date) -> list[str]:
 def failure_message(task: luigi.Task, problem: BaseException | str) -> str:
     settings = config.telegram()
     if isinstance(problem, BaseException):
-        problem = f"{type(problem).__name__}: {db.first_line(problem)}"
+        problem = db.described(problem)
     week = getattr(task, "week", "?")
     text = (f"weekly-recs FAILED: {task.get_task_family()} for week {week}\n"
             f"{db.redact(problem, settings.token(), config.postgres().resolved_password())}\n"
