@@ -140,6 +140,7 @@ class StagingTask(WeekTask):
         return self.unique_key
 
     def index(self, cur, staged: str, columns: list[str]) -> None:
+        publish.build_beside(cur, staged)
         for unique, key in ((True, self.unique_columns(columns)), (True, ("rec_id",)), (False, self.lookup_key)):
             if key and set(key) <= set(columns):
                 cur.execute(sql.SQL("CREATE {} INDEX ON {} ({})").format(

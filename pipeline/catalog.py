@@ -1,4 +1,4 @@
-"""What PostgreSQL's catalog says of a table: what it is (its kind, columns, comment, partitions),
+"""What PostgreSQL's catalog says of a table: what it is (its kind, columns, comment, partitions, disk),
 and what others built on it, which a week going live must keep: views and SQL functions, grants,
 constraints and indexes a DBA made, the tables its foreign keys reference, the publications that
 carry it. Reads only; `pipeline.publish` makes the changes.
@@ -37,6 +37,17 @@ def attached(cur, table: str) -> list[str]:
     cur.execute("SELECT relname FROM pg_inherits JOIN pg_class ON pg_class.oid = inhrelid"
                 " WHERE inhparent = to_regclass(%s)", (f'"{table}"',))
     return [name for (name,) in cur.fetchall()]
+
+
+def tablespace(cur, table: str) -> str | None:
+    """Where the rows of `table` are; for a live name, where its weeks belong: the tablespace it names
+    for its partitions (`ALTER TABLE candidates_ranked SET TABLESPACE`), else the live week's own.
+    None: the database's default."""
+    cur.execute("SELECT spcname FROM pg_tablespace WHERE oid = (SELECT coalesce(nullif(p.reltablespace, 0),"
+                " (SELECT w.reltablespace FROM pg_inherits JOIN pg_class w ON w.oid = inhrelid WHERE inhparent = p.oid"
+                "  LIMIT 1)) FROM pg_class p WHERE p.oid = to_regclass(%s))", (f'"{table}"',))
+    row = cur.fetchone()
+    return row[0] if row else None
 
 
 def canonical_type(cur, type_name: str) -> str:

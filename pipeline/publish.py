@@ -118,9 +118,25 @@ def stage(cur, table: str, week: date, columns: sql.Composable) -> str:
     live week while every later read there queues behind it.
     """
     staged = staged_name(table, week)
+    build_beside(cur, table)
     cur.execute(sql.SQL("CREATE TABLE {} ({}, CONSTRAINT {} {}) WITH ({})").format(
         sql.Identifier(staged), columns, sql.Identifier(WEEK_CHECK), _week_check(week), _STAGED_STORAGE))
     return staged
+
+
+def build_beside(cur, table: str) -> None:
+    """What the rest of the transaction creates goes where `table`'s rows are (`catalog.tablespace`):
+    a DBA who put the live weeks on the shop's fast disks finds every later week there, its indexes
+    with it, as PostgreSQL would place a partition created in the live name."""
+    place = catalog.tablespace(cur, table)
+    if place is None:
+        return
+    cur.execute("SELECT has_tablespace_privilege(%s, 'CREATE'), current_user", (place,))
+    allowed, role = cur.fetchone()
+    if not allowed:
+        raise PermissionError(f"{table}: its weeks belong on tablespace {place}, where the pipeline's role may not "
+                              f"create tables (GRANT CREATE ON TABLESPACE {place} TO {role})")
+    cur.execute(sql.SQL("SET LOCAL default_tablespace = {}").format(sql.Identifier(place)))
 
 
 def go_live(cur, tables: Iterable[str], week: date) -> None:
@@ -161,6 +177,7 @@ def prepare_to_attach(cur, table: str, name: str, week: date) -> None:
     indexes or checking every row), and build the DBA's other indexes. A foreign key is added
     unchecked, for `validate` to check in a transaction of its own. A week whose rows break a DBA's
     constraint fails here, naming it, with the live week whole."""
+    build_beside(cur, name)
     present = catalog.constraints(cur, name)
     if not any(constraint.name == WEEK_CHECK for constraint in present):
         cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(

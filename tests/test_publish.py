@@ -6,7 +6,10 @@ Read as the web service reads: as a login role of its own (`[postgres] readers`)
 
 from __future__ import annotations
 
+import shutil
 import unittest.mock
+import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 
 import psycopg2
@@ -16,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import WeeklyRecs, catalog, publish, rollback, serving
+from pipeline import WeeklyRecs, catalog, db, publish, rollback, serving
 from pipeline.load import DefaultRecs
 from tests.conftest import (
     NEXT_WEEK,
@@ -213,6 +216,61 @@ def test_what_the_dba_documented_and_tuned_on_a_live_name_outlives_a_retype_and_
     assert reader.read("SELECT DISTINCT price, week FROM default_recs") == [(9.5, WEEK)]
     assert what_the_dba_documented_and_tuned(conn, "default_recs") == documented
     assert [week for week, _ in rollback.available_weeks(conn.cursor(), ["default_recs"]).items()] == [NEXT_WEEK, WEEK]
+
+
+@pytest.fixture(scope="module")
+def fast_disk(pg_socket_dir, tmp_path_factory) -> Iterator[str]:
+    """A tablespace, as a DBA makes one on the shop's fast disks: for the module, as it outlives its databases."""
+    folder, name = tmp_path_factory.mktemp("fast_disk"), f"fast_{uuid.uuid4().hex[:8]}"
+    if db.server_process_user():
+        shutil.chown(folder, db.server_process_user()["user"])
+    with admin_connection(pg_socket_dir) as admin:
+        admin.cursor().execute(f"CREATE TABLESPACE {name} LOCATION '{folder}'")
+        yield name
+        admin.cursor().execute(f"DROP TABLESPACE {name}")
+
+
+def tablespaces_of_week(conn, table: str, week) -> set[str]:
+    """Where the week's table of `table` and each of its indexes are ('' for the database's default)."""
+    name = publish.week_name(table, week)
+    return {place for (place,) in query(
+        conn, "SELECT coalesce(s.spcname, '') FROM pg_class c LEFT JOIN pg_tablespace s ON s.oid = c.reltablespace"
+              " WHERE c.oid = %s::regclass OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = %s::regclass)",
+        name, name)}
+
+
+def test_a_week_goes_live_on_the_disk_the_dba_put_the_live_name_on_with_its_indexes(
+        fast_disk, pipeline_role, settings, conn, reader, pg_socket_dir, database):
+    run_tasks(WeeklyRecs(week=WEEK))
+    live = publish.week_name("candidates_ranked", WEEK)
+    with admin_connection(pg_socket_dir, database) as dba:
+        dba.cursor().execute(f"CREATE INDEX items_ranked ON candidates_ranked (item_id, rank);"
+                             f" ALTER TABLE candidates_ranked SET TABLESPACE {fast_disk};"  # where its weeks go
+                             f" ALTER TABLE {live} SET TABLESPACE {fast_disk};"
+                             f" ALTER TABLE {publish.week_name('online_recs', WEEK)} SET TABLESPACE {fast_disk};"
+                             f" GRANT CREATE ON TABLESPACE {fast_disk} TO {pipeline_role}")
+
+    assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+
+    assert tablespaces_of_week(conn, "candidates_ranked", NEXT_WEEK) == {fast_disk}  # the DBA's index too
+    assert tablespaces_of_week(conn, "online_recs", NEXT_WEEK) == {fast_disk}  # as the live week was
+    assert tablespaces_of_week(conn, "default_recs", NEXT_WEEK) == {""}
+    assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(NEXT_WEEK,)]
+
+
+def test_a_week_the_pipeline_may_not_put_on_the_dbas_disk_fails_naming_it_with_the_live_week_whole(
+        fast_disk, pipeline_role, settings, config_file, conn, pg_socket_dir, database):
+    run_tasks(WeeklyRecs(week=WEEK))
+    with admin_connection(pg_socket_dir, database) as dba:
+        dba.cursor().execute(f"ALTER TABLE default_recs SET TABLESPACE {fast_disk}")
+    before = live_state(conn)
+
+    refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK))
+
+    assert refused.returncode == 30
+    assert (f"PermissionError: default_recs: its weeks belong on tablespace {fast_disk}, where the pipeline's role may "
+            f"not create tables (GRANT CREATE ON TABLESPACE {fast_disk} TO {pipeline_role})") in refused.stderr
+    assert live_state(conn) == before
 
 
 @pytest.mark.published_week
