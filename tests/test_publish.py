@@ -273,6 +273,22 @@ def test_a_week_the_pipeline_may_not_put_on_the_dbas_disk_fails_naming_it_with_t
     assert live_state(conn) == before
 
 
+def test_the_live_names_go_where_the_pipelines_role_is_pointed_with_a_same_named_table_elsewhere_untouched(
+        pipeline_role, settings, reader, pg_socket_dir, database):
+    with admin_connection(pg_socket_dir, database) as dba:
+        dba.cursor().execute(f"CREATE SCHEMA recs AUTHORIZATION {pipeline_role};"
+                             f" ALTER ROLE {pipeline_role} IN DATABASE {database} SET search_path = recs;"
+                             f" GRANT USAGE ON SCHEMA recs TO {reader.name};"
+                             " CREATE TABLE public.candidates_ranked (note text)")
+
+        assert run_tasks(WeeklyRecs(week=WEEK), WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+
+        assert reader.read("SELECT DISTINCT week FROM recs.candidates_ranked") == [(NEXT_WEEK,)]
+        assert query(dba, "SELECT DISTINCT schemaname FROM pg_tables WHERE tableowner = %s", pipeline_role) == [
+            ("recs",)]
+        assert query(dba, "SELECT count(*) FROM public.candidates_ranked") == [(0,)]
+
+
 @pytest.mark.published_week
 def test_a_live_name_that_logical_replication_publishes_goes_live_saying_its_subscribers_miss_the_week(
         bot_api, config_file, conn):
