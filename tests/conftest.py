@@ -57,9 +57,7 @@ def tcp_server(tmp_path_factory) -> Iterator[dict[str, str]]:
     password, port = f"pw-{uuid.uuid4().hex}", find_suitable_port("127.0.0.1")
     (folder / "pwfile").write_text(password)
     as_user = db.server_process_user()
-    if as_user:
-        shutil.chown(folder, "pgserver")
-        shutil.chown(folder / "pwfile", "pgserver")
+    db.handed_to_server(folder, folder / "pwfile")
     data = folder / "data"
     subprocess.run([bin_dir / "initdb", "-D", data, "-U", "weekly", "--auth=scram-sha-256",
                     f"--pwfile={folder / 'pwfile'}"], check=True, capture_output=True, **as_user)

@@ -6,7 +6,6 @@ Read as the web service reads: as a login role of its own (`[postgres] readers`)
 
 from __future__ import annotations
 
-import shutil
 import unittest.mock
 import uuid
 from collections.abc import Iterator
@@ -222,8 +221,7 @@ def test_what_the_dba_documented_and_tuned_on_a_live_name_outlives_a_retype_and_
 def fast_disk(pg_socket_dir, tmp_path_factory) -> Iterator[str]:
     """A tablespace, as a DBA makes one on the shop's fast disks: for the module, as it outlives its databases."""
     folder, name = tmp_path_factory.mktemp("fast_disk"), f"fast_{uuid.uuid4().hex[:8]}"
-    if db.server_process_user():
-        shutil.chown(folder, db.server_process_user()["user"])
+    db.handed_to_server(folder)
     with admin_connection(pg_socket_dir) as admin:
         admin.cursor().execute(f"CREATE TABLESPACE {name} LOCATION '{folder}'")
         yield name
