@@ -1,4 +1,5 @@
-"""What PostgreSQL's catalog says of a table: what it is (its kind, columns, comment, partitions, disk),
+"""What PostgreSQL's catalog says of a table: what it is (its kind, columns, comment, partitions, disk,
+tuning),
 and what others built on it, which a week going live must keep: views and SQL functions, grants,
 constraints and indexes a DBA made, the tables its foreign keys reference, the publications that
 carry it. Reads only; `pipeline.publish` makes the changes.
@@ -48,6 +49,26 @@ def tablespace(cur, table: str) -> str | None:
                 "  LIMIT 1)) FROM pg_class p WHERE p.oid = to_regclass(%s))", (f'"{table}"',))
     row = cur.fetchone()
     return row[0] if row else None
+
+
+def storage_parameters(cur, table: str) -> dict[str, str]:
+    """`ALTER TABLE ... SET (parallel_workers = 4)`: name: value."""
+    cur.execute("SELECT option_name, option_value FROM pg_class, pg_options_to_table(reloptions)"
+                " WHERE oid = to_regclass(%s)", (f'"{table}"',))
+    return dict(cur.fetchall())
+
+
+class ColumnTuning(NamedTuple):
+    statistics: int | None  # `ALTER COLUMN ... SET STATISTICS`; None: the server's default
+    options: dict[str, str]  # `ALTER COLUMN ... SET (n_distinct = -0.5)`
+
+
+def column_tuning(cur, table: str) -> dict[str, ColumnTuning]:
+    """How each column of `table` is sampled for the planner."""
+    cur.execute("SELECT attname, nullif(attstattarget::int, -1), (SELECT coalesce(jsonb_object_agg(option_name,"
+                " option_value), '{}') FROM pg_options_to_table(attoptions)) FROM pg_attribute"
+                " WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped", (f'"{table}"',))
+    return {column: ColumnTuning(statistics, options) for column, statistics, options in cur.fetchall()}
 
 
 def canonical_type(cur, type_name: str) -> str:

@@ -42,6 +42,7 @@ _STAGED = re.compile(r"__staged_(\d{8})$")
 _REPLACED = re.compile(r"__\d{8}_replaced_\d+")
 _WEEK_NOTE = re.compile(r"week=(\d{4}-\d{2}-\d{2})")
 WEEK_CHECK = "week_is"
+_STAGED_OPTIONS = ("autovacuum_enabled", "vacuum_truncate")
 _STAGED_STORAGE = sql.SQL("autovacuum_enabled = false, vacuum_truncate = false")
 
 
@@ -184,6 +185,7 @@ def prepare_to_attach(cur, table: str, name: str, week: date) -> None:
             sql.Identifier(name), sql.Identifier(WEEK_CHECK), _week_check(week)))
     if catalog.kind(cur, table) != "p":  # none yet, or a live table of the layout before partitions: nothing to match
         return
+    tune_like_the_live_week(cur, table, name)
     for column in (catalog.not_null(cur, table) & set(catalog.table_columns(cur, name))) - catalog.not_null(cur, name):
         cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL").format(
             sql.Identifier(name), sql.Identifier(column)))
@@ -195,6 +197,49 @@ def prepare_to_attach(cur, table: str, name: str, week: date) -> None:
         if (unique, shape) not in built:
             cur.execute(sql.SQL("CREATE {}INDEX ON {} {}").format(
                 sql.SQL("UNIQUE " if unique else ""), sql.Identifier(name), sql.SQL(shape)))
+
+
+def tune_like_the_live_week(cur, table: str, name: str) -> None:
+    """Give `name` what a DBA tuned on the week's table attached to the live `table`, and nothing
+    else: its storage parameters (`parallel_workers`, autovacuum's thresholds), which PostgreSQL
+    refuses on a partitioned table and asks for on its partitions, and its columns' statistics
+    targets and options, which `ALTER TABLE <live name> ALTER COLUMN ... SET STATISTICS` passes
+    down to the week attached then, never to later ones. Before `name` is sampled, so that its
+    statistics are gathered as the DBA asked. `autovacuum_enabled` and `vacuum_truncate` stay the
+    pipeline's (`stage`, `_left_to_autovacuum`)."""
+    live = [attached for attached in catalog.attached(cur, table) if attached != name]
+    if not live:
+        return
+    changes = _options_changed(sql.SQL(""), catalog.storage_parameters(cur, name),
+                               catalog.storage_parameters(cur, live[0]), _STAGED_OPTIONS)
+    tuned, own = catalog.column_tuning(cur, live[0]), catalog.column_tuning(cur, name)
+    for column, wanted in tuned.items():
+        if column not in own:
+            continue
+        altered = sql.SQL("ALTER COLUMN {} ").format(sql.Identifier(column))
+        if own[column].statistics != wanted.statistics:
+            changes.append(altered + sql.SQL("SET STATISTICS {}").format(sql.Literal(
+                -1 if wanted.statistics is None else wanted.statistics)))
+        changes += _options_changed(altered, own[column].options, wanted.options)
+    if changes:
+        cur.execute(sql.SQL("ALTER TABLE {} ").format(sql.Identifier(name)) + sql.SQL(", ").join(changes))
+
+
+def _options_changed(altered: sql.Composable, present: dict[str, str], wanted: dict[str, str],
+                     kept: Iterable[str] = ()) -> list[sql.Composable]:
+    """`SET (...)` and `RESET (...)` clauses after `altered` that turn options `present` into `wanted`,
+    leaving the `kept` ones as they are."""
+    kept = set(kept)
+    setting = {option: value for option, value in wanted.items() if present.get(option) != value and option not in kept}
+    resetting = [option for option in present if option not in wanted and option not in kept]
+    clauses = []
+    if setting:
+        clauses.append(altered + sql.SQL("SET ({})").format(sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(option), sql.Literal(value))
+            for option, value in setting.items())))
+    if resetting:
+        clauses.append(altered + sql.SQL("RESET ({})").format(sql.SQL(", ").join(map(sql.Identifier, resetting))))
+    return clauses
 
 
 def validate(cur, name: str) -> None:

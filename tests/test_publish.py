@@ -217,6 +217,43 @@ def test_what_the_dba_documented_and_tuned_on_a_live_name_outlives_a_retype_and_
     assert [week for week, _ in rollback.available_weeks(conn.cursor(), ["default_recs"]).items()] == [NEXT_WEEK, WEEK]
 
 
+def tuning_of_week(conn, table: str, week) -> tuple[dict, dict]:
+    """What the week's table of `table` is tuned with, the pipeline's own options apart."""
+    name = publish.week_name(table, week)
+    parameters = catalog.storage_parameters(conn.cursor(), name)
+    for own in ("autovacuum_enabled", "vacuum_truncate"):
+        parameters.pop(own, None)
+    return parameters, catalog.column_tuning(conn.cursor(), name)
+
+
+def test_what_the_dba_tuned_on_the_live_week_every_later_week_and_a_rollback_take_before_they_are_sampled(
+        settings, conn, reader):
+    run_tasks(WeeklyRecs(week=WEEK))
+    live = publish.week_name("candidates_ranked", WEEK)
+    conn.cursor().execute(  # PostgreSQL refuses storage parameters on the live name, and asks for them on its weeks
+        f"ALTER TABLE {live} SET (parallel_workers = 4, autovacuum_vacuum_scale_factor = 0.01);"
+        " ALTER TABLE candidates_ranked ALTER COLUMN user_id SET STATISTICS 1000;"  # passed down to the live week
+        f" ALTER TABLE {live} ALTER COLUMN item_id SET (n_distinct = -0.25)")
+    tuned = tuning_of_week(conn, "candidates_ranked", WEEK)
+    assert tuned[0] and tuned[1]["user_id"].statistics == 1000
+
+    assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+
+    assert tuning_of_week(conn, "candidates_ranked", NEXT_WEEK) == tuned
+    assert query(conn, "SELECT n_distinct FROM pg_stats WHERE tablename = %s AND attname = 'item_id'",
+                 publish.week_name("candidates_ranked", NEXT_WEEK)) == [(-0.25,)]  # sampled as the DBA asked
+    assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(NEXT_WEEK,)]
+    conn.cursor().execute(f"ALTER TABLE {publish.week_name('candidates_ranked', NEXT_WEEK)}"
+                          " SET (parallel_workers = 2), RESET (autovacuum_vacuum_scale_factor),"
+                          " ALTER COLUMN user_id SET STATISTICS -1, ALTER COLUMN item_id RESET (n_distinct)")
+    retuned = tuning_of_week(conn, "candidates_ranked", NEXT_WEEK)
+
+    rollback.roll_back(WEEK)
+
+    assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]
+    assert tuning_of_week(conn, "candidates_ranked", WEEK) == retuned != tuned
+
+
 @pytest.fixture(scope="module")
 def fast_disk(pg_socket_dir, tmp_path_factory) -> Iterator[str]:
     """A tablespace, as a DBA makes one on the shop's fast disks: for the module, as it outlives its databases."""
