@@ -179,6 +179,7 @@ class ScoreShard(WeekTask):
 
         settings = config.pipeline()
         with db.connection() as reading, reading.cursor() as cur:
+            reading.autocommit = True  # no transaction left open, idle, while the shard scores
             popularity = read_week(reading, DefaultRecs(week=self.week).table, self.week, ["item_id", "items_cnt"])
             ranker = Ranker.from_settings(settings, popularity.to_pandas())
             model, items = load_model(cur, self.requires().table, self.week, ranker)
