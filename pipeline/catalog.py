@@ -108,6 +108,19 @@ def dependent_objects(cur, table: str) -> list[tuple[str, str, int, str]]:
     return cur.fetchall()
 
 
+def statistics_objects(cur, table: str) -> dict[str, list[str]]:
+    """The extended statistics (`CREATE STATISTICS`) on each column of `table`: dropping the column
+    drops them with it, unasked; a retype keeps them."""
+    cur.execute("SELECT a.attname, pg_describe_object(d.classid, d.objid, 0) FROM pg_depend d"
+                " JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid"
+                " WHERE d.classid = 'pg_statistic_ext'::regclass AND d.refobjid = to_regclass(%s)"
+                " ORDER BY 1, 2", (f'"{table}"',))
+    found: dict[str, list[str]] = {}
+    for column, described in cur.fetchall():
+        found.setdefault(column, []).append(described)
+    return found
+
+
 def definitions_of_dependents(cur, table: str) -> list[str]:
     """`CREATE OR REPLACE` statements of the views and SQL functions bound to `table`: run once a new
     table has its name, they bind to it and keep their own identity, grants and dependents."""

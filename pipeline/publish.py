@@ -279,22 +279,24 @@ def missing_roles(cur, roles: Iterable[str]) -> list[str]:
 def refused_changes(cur, table: str, columns: dict[str, str]) -> list[tuple[str, str]]:
     """What of a week's `columns` (name: PostgreSQL type) the objects that depend on the live
     `table` would not survive: a column they use that the week drops or retypes; and a column that
-    a role was granted by name, which it reads, dropped (a retyped one keeps its grants)."""
+    a role was granted by name, which it reads, or that a DBA's extended statistics are on, dropped
+    (a retyped one keeps both)."""
     live = catalog.table_columns(cur, table)
     used = catalog.dependents(cur, table)
     dbas = [constraint for constraint in catalog.constraints(cur, table) if constraint.name != WEEK_CHECK]
     for constraint in dbas:  # dropping or retyping a column would drop them with it
         for column in constraint.columns:
             used.setdefault(column, []).append(f"constraint {constraint.name}")
-    granted: dict[str, list[str]] = {}
+    kept_if_retyped = catalog.statistics_objects(cur, table)
     for grant in catalog.grants(cur, table):
         if grant.column is not None:
-            granted.setdefault(grant.column, []).append(f"the grant of {grant.privilege} to {grant.grantee}")
+            kept_if_retyped.setdefault(grant.column, []).append(f"the grant of {grant.privilege} to {grant.grantee}")
     problems = []
     for column, kind in live.items():
-        users, readers = ", ".join(used.get(column, [])), ", ".join(used.get(column, []) + granted.get(column, []))
-        if readers and column not in columns:
-            problems.append((column, f"the week has no column {column!r}, which {readers} uses in {table}"))
+        users = ", ".join(used.get(column, []))
+        dropped = ", ".join(used.get(column, []) + kept_if_retyped.get(column, []))
+        if dropped and column not in columns:
+            problems.append((column, f"the week has no column {column!r}, which {dropped} uses in {table}"))
         elif users and catalog.canonical_type(cur, columns[column]) != kind:
             problems.append((column, f"the week's {column!r} is {columns[column]}, not {kind}, and {users} "
                                      f"uses it in {table}"))

@@ -187,8 +187,10 @@ def test_a_web_service_the_dba_granted_some_columns_keeps_them_through_a_retype_
 
 
 def what_the_dba_documented_and_tuned(conn, table: str) -> list[tuple]:
-    """The table's comment, then each column in order: its comment, statistics target and options."""
+    """The table's comment and extended statistics, then each column in order: its comment,
+    statistics target and options."""
     return query(conn, "SELECT NULL, obj_description(%s::regclass, 'pg_class'), NULL, NULL", table) + query(
+        conn, "SELECT NULL, stxname, NULL, NULL FROM pg_statistic_ext WHERE stxrelid = %s::regclass", table) + query(
         conn, "SELECT attname, col_description(attrelid, attnum), attstattarget, attoptions FROM pg_attribute"
               " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum", table)
 
@@ -200,7 +202,8 @@ def test_what_the_dba_documented_and_tuned_on_a_live_name_outlives_a_retype_and_
     conn.cursor().execute("COMMENT ON TABLE default_recs IS 'The shop''s fallback recommendations: ask #recs';"
                           " COMMENT ON COLUMN default_recs.price IS 'in euros, as the catalogue had it';"
                           " ALTER TABLE default_recs ALTER COLUMN price SET STATISTICS 500,"
-                          "  ALTER COLUMN price SET (n_distinct = -0.5)")
+                          "  ALTER COLUMN price SET (n_distinct = -0.5);"
+                          " CREATE STATISTICS prices_of_items (dependencies) ON item_id, price FROM default_recs")
     documented = what_the_dba_documented_and_tuned(conn, "default_recs")
     rewrite_top_popular(input_dir, price="on request")  # retyped
 
@@ -479,8 +482,10 @@ def test_an_index_the_dba_made_on_a_live_name_is_built_before_the_swap_never_in_
 @pytest.mark.parametrize(("what_the_dba_made", "named"), [
     ("CREATE INDEX shop_prices ON default_recs (price)", "index shop_prices"),
     ("ALTER TABLE default_recs ADD CONSTRAINT priced CHECK (price > 0)", "constraint priced"),
+    ("CREATE STATISTICS prices_of_items (dependencies) ON item_id, price FROM default_recs",
+     "statistics object prices_of_items"),
 ])
-def test_a_week_may_not_drop_a_column_that_an_index_or_a_constraint_the_dba_made_uses(
+def test_a_week_may_not_drop_a_column_that_an_index_a_constraint_or_statistics_the_dba_made_uses(
         settings, config_file, input_dir, conn, what_the_dba_made, named):
     rewrite_top_popular(input_dir, price=9.5)
     run_tasks(WeeklyRecs(week=WEEK))
