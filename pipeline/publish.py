@@ -259,6 +259,24 @@ def analyze(cur, name: str) -> None:
     cur.execute(sql.SQL("ANALYZE {}{}").format(sql.SQL("ONLY " if only else ""), sql.Identifier(name)))
 
 
+def columns_changed(cur, table: str, name: str) -> str | None:
+    """What putting `name` live in `table` changes of the columns a `SELECT *` of the live name
+    returns, as a note for whoever runs the web service (None: nothing). A statement it prepared
+    on `SELECT *` before the change fails after it, on every call, until prepared again: PostgreSQL
+    will not change a cached plan's result type. A view keeps its columns through it."""
+    if catalog.kind(cur, table) != "p" or not catalog.exists(cur, name):
+        return None
+    live, week = catalog.table_columns(cur, table), catalog.table_columns(cur, name)
+    changes = [f"added {column} ({kind})" for column, kind in week.items() if column not in live]
+    changes += [f"dropped {column}" for column in live if column not in week]
+    changes += [f"retyped {column} ({live[column]} to {kind})" for column, kind in week.items()
+                if column in live and live[column] != kind]
+    if not changes:
+        return None
+    return (f"{table} changes its columns: {', '.join(changes)}; a SELECT * of it prepared before fails "
+            "(cached plan must not change result type) until prepared again")
+
+
 def grant_readers(cur, tables: Iterable[str], readers: Iterable[str]) -> None:
     """`SELECT` on the served names, which keep it for every week they serve; nothing else. A reader
     the DBA granted some columns only keeps just those: the pipeline widens no one's grant."""

@@ -13,10 +13,13 @@ that never went live are not offered.
 from __future__ import annotations
 
 import argparse
+import logging
 from datetime import date
 
 from pipeline import catalog, config, db, live_locks, publish
 from pipeline.wrapper import WeeklyRecs
+
+log = logging.getLogger("luigi-interface")
 
 
 class RollbackError(RuntimeError):
@@ -43,6 +46,9 @@ def roll_back(week: date | None = None) -> date:
     tables = published_tables()
     with db.connection() as conn, conn.cursor() as cur:
         target = _target(cur, tables, week)
+        for table in tables:
+            if note := publish.columns_changed(cur, table, publish.week_name(table, target)):
+                log.warning("rollback to week %s: %s", target, note)
     what = f"rollback to week {target} not done"
     live_locks.prepare_to_attach({table: publish.week_name(table, target) for table in tables}, target, what)
     live_locks.when_unblocked(lambda: _put_live(tables, target), publish.swapped(tables, target), what)

@@ -47,7 +47,7 @@ class WeeklyRecs(WeekTask):
 
     def run(self) -> None:
         tables, what = self.live_names(), f"week {self.week} not published"
-        not_replicated = self.not_replicated()
+        said = self.said([*self.not_replicated(), *self.reshaped()])
         live_locks.prepare_to_attach({table: publish.staged_name(table, self.week) for table in tables}, self.week,
                                      what, self.set_status_message)
         try:
@@ -64,7 +64,14 @@ class WeeklyRecs(WeekTask):
             "housekeeping": lambda: housekeeping.after_going_live(self.week),
             "counting the rows for the summary": self.print_summary,
         })
-        self.notes = (*not_replicated, *(f"live, but failed, for the next publish to do: {step}" for step in failed))
+        self.notes = (*said, *(f"live, but failed, for the next publish to do: {step}" for step in failed))
+
+    def said(self, notes: list[str]) -> list[str]:
+        """What the week's going live does that its readers should know of, in the log (and in the
+        success message)."""
+        for note in notes:
+            log.warning("week %s: %s", self.week, note)
+        return notes
 
     def not_replicated(self) -> list[str]:
         """A week goes live by attaching its table, which logical decoding never sees: a subscriber of
@@ -72,11 +79,15 @@ class WeeklyRecs(WeekTask):
         still goes live for every reader of this server and its physical standbys."""
         with db.connection() as conn, conn.cursor() as cur:
             carried = {table: catalog.publications(cur, table) for table in self.live_names()}
-        notes = [f"not carried by logical replication: {table} (publication {', '.join(names)}); its subscribers "
-                 f"keep the rows they had" for table, names in carried.items() if names]
-        for note in notes:
-            log.warning("week %s: %s", self.week, note)
-        return notes
+        return [f"not carried by logical replication: {table} (publication {', '.join(names)}); its subscribers "
+                f"keep the rows they had" for table, names in carried.items() if names]
+
+    def reshaped(self) -> list[str]:
+        """The live names whose columns the week changes (`publish.columns_changed`); a backfill,
+        which goes to the archives, changes none."""
+        with db.connection() as conn, conn.cursor() as cur:
+            return [note for table in self.live_names() if (publish.live_week(cur, table) or self.week) <= self.week
+                    and (note := publish.columns_changed(cur, table, publish.staged_name(table, self.week)))]
 
     def print_summary(self) -> None:
         with db.connection() as conn:

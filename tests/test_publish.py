@@ -162,6 +162,37 @@ def test_a_week_may_add_or_drop_columns_but_not_one_that_a_dependent_object_uses
     assert reader.read("SELECT DISTINCT title FROM shop_titles") == [("a title",)]
 
 
+def test_a_week_that_changes_a_live_names_columns_says_so_as_a_select_star_the_web_service_prepared_fails(
+        bot_api, config_file, input_dir, conn, reader):
+    rewrite_top_popular(input_dir, brand="acme")
+    run_tasks(WeeklyRecs(week=WEEK))
+    conn.cursor().execute(f"CREATE VIEW service_defaults AS SELECT item_id, items_cnt, week FROM default_recs;"
+                          f" GRANT SELECT ON service_defaults TO {reader.name}")
+    web_service = reader.connect()
+    web_service.autocommit = True
+    web_service.cursor().execute("PREPARE defaults AS SELECT * FROM default_recs; EXECUTE defaults")
+    rewrite_top_popular(input_dir, brand=None, price=9.5)
+
+    result = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK), env=TELEGRAM_ENV)
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    said = ("default_recs changes its columns: added price (double precision), dropped brand; a SELECT * of it "
+            "prepared before fails (cached plan must not change result type) until prepared again")
+    assert f"week {NEXT_WEEK}: {said}" in result.stderr
+    [text] = bot_api.texts()
+    assert said in text and text.count("changes its columns") == 1  # the other tables kept theirs
+    with pytest.raises(psycopg2.errors.FeatureNotSupported, match="cached plan must not change result type"):
+        web_service.cursor().execute("EXECUTE defaults")
+    assert reader.read("SELECT DISTINCT week FROM service_defaults") == [(NEXT_WEEK,)]  # a view keeps its columns
+    web_service.close()
+
+    rolled_back = run_module(config_file, "rollback")
+
+    assert rolled_back.returncode == 0, rolled_back.stderr[-2000:]
+    assert (f"rollback to week {WEEK}: default_recs changes its columns: added brand (text), dropped price; "
+            "a SELECT * of it prepared before fails") in rolled_back.stderr
+
+
 def test_a_web_service_the_dba_granted_some_columns_keeps_them_through_a_retype_and_no_more(
         settings, config_file, input_dir, conn, reader):
     rewrite_top_popular(input_dir, price=9.5)
