@@ -1,8 +1,7 @@
 """What PostgreSQL's catalog says of a table: what it is (its kind, columns, comment, partitions, disk,
-tuning),
-and what others built on it, which a week going live must keep: views and SQL functions, grants,
-constraints and indexes a DBA made, the tables its foreign keys reference, the publications that
-carry it. Reads only; `pipeline.publish` makes the changes.
+tuning), and what others built on it, which a week going live must keep: views and SQL functions,
+grants, constraints, indexes and statistics a DBA made, the tables its foreign keys reference, the
+publications that carry it. Reads only; `pipeline.publish` makes the changes.
 """
 
 from __future__ import annotations
