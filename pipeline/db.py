@@ -36,11 +36,12 @@ log = logging.getLogger("luigi-interface")
 class Server:
     """Connection settings of the server in use; `str()` never shows the password."""
 
-    host: str
+    host: str  # one, or several (`db1,db2`): libpq tries each in turn
     port: int
     database: str
     user: str
     password: str
+    session: str = "read-write"  # libpq's `target_session_attrs`: the pipeline writes, so only a primary will do
 
     def __str__(self) -> str:
         where = f"unix socket {self.host}" if self.host.startswith("/") else f"{self.host}:{self.port}"
@@ -50,17 +51,22 @@ class Server:
         """libpq's keyword form, for drivers that take a connection string (never logged)."""
         quoted = {key: "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'" for key, value in
                   {"host": self.host, "port": self.port, "dbname": self.database, "user": self.user,
-                   "password": self.password}.items() if value != ""}
+                   "password": self.password, "target_session_attrs": self.session}.items() if value != ""}
         return " ".join(f"{key}={value}" for key, value in quoted.items())
 
     def connect(self) -> psycopg2.extensions.connection:
+        """A standby (in recovery, read-only) is refused as the pipeline's server, by libpq, before a
+        task runs, rather than by its first write; of several hosts, the primary is taken."""
         try:
             return psycopg2.connect(
-                host=self.host, port=self.port, dbname=self.database,
-                user=self.user, password=self.password, connect_timeout=10,
+                host=self.host, port=self.port, dbname=self.database, user=self.user, password=self.password,
+                connect_timeout=10, target_session_attrs=self.session,
             )
         except psycopg2.OperationalError as error:
             reason = redact(first_line(error), self.password)
+            if "read-only" in reason:
+                reason += ("; a standby takes no writes: point [postgres] host at the primary, or list the servers "
+                           "(host = db1,db2) and the pipeline takes the one that is")
             raise ConnectionError(f"cannot connect to {self}: {reason}") from None
 
 
@@ -165,8 +171,8 @@ def standbys() -> dict[str, Server]:
 def _listening_at(primary: Server, address: str) -> Server:
     host, colon, port = address.rpartition(":")
     if colon and port.isdigit():
-        return dataclasses.replace(primary, host=host, port=int(port))
-    return dataclasses.replace(primary, host=address)
+        return dataclasses.replace(primary, host=host, port=int(port), session="any")
+    return dataclasses.replace(primary, host=address, session="any")
 
 
 @contextmanager

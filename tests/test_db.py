@@ -7,8 +7,8 @@ import pyarrow as pa
 import pytest
 from psycopg2 import sql
 
-from pipeline import db
-from tests.conftest import apply_settings, run_luigi
+from pipeline import WeeklyRecs, db
+from tests.conftest import WEEK, apply_settings, replayed, run_luigi, run_tasks
 
 
 def test_an_empty_host_starts_the_embedded_server_in_the_configured_folder(settings, tmp_path):
@@ -44,6 +44,32 @@ def test_a_week_runs_against_a_separate_server_over_tcp_with_a_password(tcp_serv
         cur.execute("SELECT count(*), count(DISTINCT user_id) FROM candidates_ranked")
         assert cur.fetchone() == (6000, 300)
     conn.close()
+
+
+def test_a_standby_named_as_the_server_stops_the_week_before_any_task_saying_so(
+        standby, settings, config_file, pg_socket_dir, database):
+    replayed(pg_socket_dir, database, standby)  # the test's database is there too, read-only
+    settings["postgres"]["host"] = standby
+    apply_settings(settings, config_file)
+
+    result = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK))
+
+    assert result.returncode == 35  # scheduling failed: no task ran
+    assert (f"ConnectionError: cannot connect to PostgreSQL at unix socket {standby}, database {database!r} as "
+            "'postgres': ") in result.stderr
+    assert ("session is read-only; a standby takes no writes: point [postgres] host at the primary, or list the "
+            "servers (host = db1,db2) and the pipeline takes the one that is") in result.stderr
+
+
+def test_of_the_servers_listed_the_week_goes_live_on_the_one_that_takes_writes(
+        standby, settings, pg_socket_dir, database, reader):
+    replayed(pg_socket_dir, database, standby)
+    settings["postgres"]["host"] = f"{standby},{pg_socket_dir}"  # as after a failover: the standby first
+    apply_settings(settings)
+
+    assert run_tasks(WeeklyRecs(week=WEEK)).name == "SUCCESS"
+
+    assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]  # on the primary
 
 
 def test_a_wrong_password_is_refused_without_showing_it(tcp_server, settings):
