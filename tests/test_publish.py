@@ -162,6 +162,16 @@ def test_a_week_may_add_or_drop_columns_but_not_one_that_a_dependent_object_uses
     assert reader.read("SELECT DISTINCT title FROM shop_titles") == [("a title",)]
 
 
+def next_week_published_saying(config_file, bot_api, said: str) -> str:
+    """`luigi` publishes the next week, saying `said` in its log and in its success message, which it returns."""
+    result = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK), env=TELEGRAM_ENV)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"week {NEXT_WEEK}: {said}" in result.stderr
+    [text] = bot_api.texts()
+    assert f"week {NEXT_WEEK} published" in text and said in text
+    return text
+
+
 def test_a_week_that_changes_a_live_names_columns_says_so_as_a_select_star_the_web_service_prepared_fails(
         bot_api, config_file, input_dir, conn, reader):
     rewrite_top_popular(input_dir, brand="acme")
@@ -173,14 +183,11 @@ def test_a_week_that_changes_a_live_names_columns_says_so_as_a_select_star_the_w
     web_service.cursor().execute("PREPARE defaults AS SELECT * FROM default_recs; EXECUTE defaults")
     rewrite_top_popular(input_dir, brand=None, price=9.5)
 
-    result = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK), env=TELEGRAM_ENV)
+    text = next_week_published_saying(config_file, bot_api, (
+        "default_recs changes its columns: added price (double precision), dropped brand; a SELECT * of it "
+        "prepared before fails (cached plan must not change result type) until prepared again"))
 
-    assert result.returncode == 0, result.stderr[-2000:]
-    said = ("default_recs changes its columns: added price (double precision), dropped brand; a SELECT * of it "
-            "prepared before fails (cached plan must not change result type) until prepared again")
-    assert f"week {NEXT_WEEK}: {said}" in result.stderr
-    [text] = bot_api.texts()
-    assert said in text and text.count("changes its columns") == 1  # the other tables kept theirs
+    assert text.count("changes its columns") == 1  # the other tables kept theirs
     with pytest.raises(psycopg2.errors.FeatureNotSupported, match="cached plan must not change result type"):
         web_service.cursor().execute("EXECUTE defaults")
     assert reader.read("SELECT DISTINCT week FROM service_defaults") == [(NEXT_WEEK,)]  # a view keeps its columns
@@ -364,14 +371,11 @@ def test_a_live_name_that_logical_replication_publishes_goes_live_saying_its_sub
     conn.cursor().execute("CREATE PUBLICATION shop_replica FOR TABLE candidates_ranked"
                           " WITH (publish_via_partition_root = true)")
 
-    result = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK), env=TELEGRAM_ENV)
+    text = next_week_published_saying(config_file, bot_api, (
+        "not carried by logical replication: candidates_ranked (publication shop_replica); its subscribers keep "
+        "the rows they had"))
 
-    assert result.returncode == 0, result.stderr[-2000:]
-    said = ("not carried by logical replication: candidates_ranked (publication shop_replica); its subscribers keep "
-            "the rows they had")
-    assert f"week {NEXT_WEEK}: {said}" in result.stderr
-    [text] = bot_api.texts()
-    assert f"week {NEXT_WEEK} published" in text and said in text and text.count("logical replication") == 1
+    assert text.count("logical replication") == 1
 
 
 def test_a_reader_role_that_does_not_exist_is_refused_by_name_before_anything_is_staged(settings, config_file,
