@@ -24,7 +24,8 @@ _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 class postgres(luigi.Config):  # noqa: N801 - the section name in luigi.cfg
     """Where the pipeline publishes. An empty host means the embedded server."""
 
-    host = luigi.Parameter(default="", description="server host or unix-socket dir; empty: embedded")
+    host = luigi.Parameter(default="", description="server host or unix-socket dir, or several (db1,db2: the "
+                           "primary of them); empty: embedded")
     port = luigi.IntParameter(default=5432)
     database = luigi.Parameter(default="postgres")
     user = luigi.Parameter(default="postgres")
