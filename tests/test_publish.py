@@ -66,26 +66,34 @@ def assert_the_reader_sees_exactly_the_live_week(conn, reader, week) -> list[str
     return internal
 
 
-def test_grants_views_and_functions_hold_through_seven_weeks_a_rollback_and_a_redo(settings, config_file, conn,
-                                                                                   reader):
+def test_grants_views_functions_and_policies_hold_through_seven_weeks_a_rollback_and_a_redo(
+        settings, config_file, conn, reader):
+    def top_ten_only() -> bool:
+        return reader.read("SELECT max(rank) FROM candidates_ranked") == [(10,)]
+
     weeks = [WEEK - timedelta(weeks=6 - k) for k in range(7)]
     run_tasks(WeeklyRecs(week=weeks[0]))
     dba_builds_on_the_live_tables(conn, reader)
+    conn.cursor().execute(f"ALTER TABLE candidates_ranked ENABLE ROW LEVEL SECURITY; CREATE POLICY top_ten ON"
+                          f" candidates_ranked FOR SELECT TO {reader.name} USING (rank <= 10)")
 
     for week in weeks:
         assert run_tasks(WeeklyRecs(week=week), DefaultRecs(week=week + timedelta(weeks=1))).name == "SUCCESS"
         refused = assert_the_reader_sees_exactly_the_live_week(conn, reader, week)
         assert {publish.staged_name("default_recs", week + timedelta(weeks=1)), "table_updates", "ranker_models",
                 publish.week_name("candidates_ranked", week)} <= set(refused)
+        assert top_ten_only()
 
     for table in PUBLISHED_TABLES:  # retention 4: the oldest two weeks are gone
         assert publish.archived_weeks(conn.cursor(), table) == weeks[-2:-6:-1]
     back = run_module(config_file, "rollback")
     assert back.returncode == 0, back.stderr
     assert_the_reader_sees_exactly_the_live_week(conn, reader, weeks[-2])
+    assert top_ten_only()
     assert run_module(config_file, "redo", str(WEEK)).returncode == 0
     assert run_tasks(WeeklyRecs(week=WEEK)).name == "SUCCESS"
     assert_the_reader_sees_exactly_the_live_week(conn, reader, WEEK)
+    assert top_ten_only()
 
 
 def as_the_layout_before_partitions(conn, live, archived) -> None:
