@@ -170,9 +170,8 @@ def standbys() -> dict[str, Server]:
 
 def _listening_at(primary: Server, address: str) -> Server:
     host, colon, port = address.rpartition(":")
-    if colon and port.isdigit():
-        return dataclasses.replace(primary, host=host, port=int(port), session="any")
-    return dataclasses.replace(primary, host=address, session="any")
+    where = {"host": host, "port": int(port)} if colon and port.isdigit() else {"host": address}
+    return dataclasses.replace(primary, session="any", **where)  # read from, never written to
 
 
 @contextmanager

@@ -47,7 +47,8 @@ class WeeklyRecs(WeekTask):
 
     def run(self) -> None:
         tables, what = self.live_names(), f"week {self.week} not published"
-        said = self.said([*self.not_replicated(), *self.reshaped()])
+        with db.connection() as conn, conn.cursor() as cur:
+            said = self.said([*self.not_replicated(cur), *self.reshaped(cur)])
         live_locks.prepare_to_attach({table: publish.staged_name(table, self.week) for table in tables}, self.week,
                                      what, self.set_status_message)
         try:
@@ -73,21 +74,19 @@ class WeeklyRecs(WeekTask):
             log.warning("week %s: %s", self.week, note)
         return notes
 
-    def not_replicated(self) -> list[str]:
+    def not_replicated(self, cur) -> list[str]:
         """A week goes live by attaching its table, which logical decoding never sees: a subscriber of
         a publication that carries a live name keeps the rows it had. Said, not refused: the week
         still goes live for every reader of this server and its physical standbys."""
-        with db.connection() as conn, conn.cursor() as cur:
-            carried = {table: catalog.publications(cur, table) for table in self.live_names()}
+        carried = {table: catalog.publications(cur, table) for table in self.live_names()}
         return [f"not carried by logical replication: {table} (publication {', '.join(names)}); its subscribers "
                 f"keep the rows they had" for table, names in carried.items() if names]
 
-    def reshaped(self) -> list[str]:
+    def reshaped(self, cur) -> list[str]:
         """The live names whose columns the week changes (`publish.columns_changed`); a backfill,
         which goes to the archives, changes none."""
-        with db.connection() as conn, conn.cursor() as cur:
-            return [note for table in self.live_names() if (publish.live_week(cur, table) or self.week) <= self.week
-                    and (note := publish.columns_changed(cur, table, publish.staged_name(table, self.week)))]
+        return [note for table in self.live_names() if (publish.live_week(cur, table) or self.week) <= self.week
+                and (note := publish.columns_changed(cur, table, publish.staged_name(table, self.week)))]
 
     def print_summary(self) -> None:
         with db.connection() as conn:
