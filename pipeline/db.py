@@ -175,9 +175,13 @@ def _listening_at(primary: Server, address: str) -> Server:
 
 
 @contextmanager
-def connection(to: Server | None = None) -> Iterator[psycopg2.extensions.connection]:
-    """To the server in use, or to `to` (a standby)."""
+def connection(to: Server | None = None, autocommit: bool = False) -> Iterator[psycopg2.extensions.connection]:
+    """To the server in use, or to `to` (a standby). `autocommit` for a task that reads between its
+    work: each statement a transaction of its own, so that none is left open and idle while the task
+    scores, fits or waits for the driver's reads (a DBA's `idle_in_transaction_session_timeout` ends
+    such a session, and a long one holds its locks)."""
     conn = (to or server()).connect()
+    conn.autocommit = autocommit
     try:
         yield conn
     finally:

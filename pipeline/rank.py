@@ -72,7 +72,7 @@ class TrainRanker(WeekTask):
         started, settings = time.monotonic(), config.pipeline()
         model_dir = writable_model_dir(settings.week_model_dir(self.week))
         inputs = self.requires()
-        with db.connection() as conn, conn.cursor() as cur, \
+        with db.connection(autocommit=True) as conn, conn.cursor() as cur, \
                 tempfile.TemporaryDirectory(prefix="training-", dir=model_dir) as work:
             folder = Path(work)
             ranker = Ranker.from_settings(settings, read_week(conn, inputs["popularity"].table, self.week,
@@ -86,7 +86,6 @@ class TrainRanker(WeekTask):
             inference_items = read_of_week(conn, inputs["inference"].table, self.week,
                                            lambda table: item_stats(conn, table))
             previous = previous_ndcg(conn, self.metrics_table, self.week)
-            conn.commit()  # no snapshot held open while the fits run
             processes = training.FreshProcesses()
             counts = processes.run(training.train_files, ranker, folder, train_items)
             self.set_status_message(f"validating on held-out users of {counts['train_rows']:,} train candidates")
@@ -178,8 +177,7 @@ class ScoreShard(WeekTask):
         from pipeline.ranker import Ranker, ranked_batches, whole_users
 
         settings = config.pipeline()
-        with db.connection() as reading, reading.cursor() as cur:
-            reading.autocommit = True  # no transaction left open, idle, while the shard scores
+        with db.connection(autocommit=True) as reading, reading.cursor() as cur:
             popularity = read_week(reading, DefaultRecs(week=self.week).table, self.week, ["item_id", "items_cnt"])
             ranker = Ranker.from_settings(settings, popularity.to_pandas())
             model, items = load_model(cur, self.requires().table, self.week, ranker)

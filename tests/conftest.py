@@ -327,8 +327,7 @@ def run_module(config_file: Path | None, name: str, *args: str, timeout: float |
 
 @pytest.fixture
 def conn(settings) -> Iterator[psycopg2.extensions.connection]:
-    with db.connection() as connection:
-        connection.autocommit = True
+    with db.connection(autocommit=True) as connection:
         yield connection
 
 

@@ -5,19 +5,22 @@ the week, its metrics with it."""
 from __future__ import annotations
 
 import re
+import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import RankCandidates, WeeklyRecs
+from pipeline import DefaultRecs, InferenceCandidates, RankCandidates, TrainCandidates, WeeklyRecs
+from pipeline import rank as ranking_stage
 from pipeline.rank import QualityGateError, TrainRanker
 from pipeline.ranker import candidates_ranked, whole_users
 from tests.conftest import (
     NEXT_WEEK,
     PUBLISHED_TABLES,
     WEEK,
+    admin_connection,
     apply_settings,
     live_state,
     query,
@@ -131,6 +134,26 @@ def test_each_published_week_has_a_metrics_row(settings, conn):
                        " als_ndcg_at_10 BETWEEN 0 AND 1, duration_s > 0 FROM model_metrics ORDER BY week")
     assert rows == [(WEEK, "CatBoostRanker", 6000, True, True, True, True),
                     (NEXT_WEEK, "CatBoostRanker", 6000, True, True, True, True)]
+
+
+def test_a_dbas_idle_in_transaction_timeout_never_ends_the_ranking_while_it_reads(settings, database,
+                                                                                 pg_socket_dir, conn, monkeypatch):
+    """A shop's DBA ends sessions left idle in a transaction (`idle_in_transaction_session_timeout`),
+    and a shop's reads take seconds: the ranking reads through the driver's connections while its own
+    waits, so its own holds no transaction open meanwhile."""
+    run_tasks(TrainCandidates(week=WEEK), InferenceCandidates(week=WEEK), DefaultRecs(week=WEEK))
+    with admin_connection(pg_socket_dir) as admin:
+        admin.cursor().execute(f'ALTER DATABASE "{database}" SET idle_in_transaction_session_timeout = 1000')
+    read_at_a_shops_size = ranking_stage.item_stats
+
+    def slow_item_stats(*args):
+        time.sleep(2)
+        return read_at_a_shops_size(*args)
+    monkeypatch.setattr(ranking_stage, "item_stats", slow_item_stats)
+
+    assert run_tasks(RankCandidates(week=WEEK)).name == "SUCCESS"
+
+    assert query(conn, f"SELECT count(*) FROM {staged('candidates_ranked')}") == [(6000,)]
 
 
 def als_score_that_knows_the_target(input_dir):

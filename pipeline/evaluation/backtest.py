@@ -60,11 +60,9 @@ def use_backtest_database(database: str, folder: Path) -> None:
     if database == config.postgres().database:
         raise ValueError(f"--database {database!r} is the production database ([postgres] database); "
                          "the backtest needs one of its own")
-    with db.connection() as conn:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    with db.connection(autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
     for made in (folder / "weeks", folder / "models"):
         shutil.rmtree(made, ignore_errors=True)
     config.override("postgres", {"database": database})
