@@ -25,8 +25,8 @@ def week_contracts() -> tuple[contracts.Contract, ...]:
 
 class CheckInputs(WeekTask):
     """Every file's whole schema, and the train file's positives, before anything of the week is staged;
-    and that the week's tables can go live: the readers exist, and what depends on a live table
-    keeps every column it uses.
+    and that the week's tables can go live: the readers exist, what depends on a live table keeps
+    every column it uses, and a backfill would be kept.
 
     Values are checked as each file streams into its table: a file is read once.
     """
@@ -56,7 +56,9 @@ class CheckInputs(WeekTask):
             missing = publish.missing_roles(cur, config.postgres().readers)
             if missing:
                 raise ValueError(f"[postgres] readers: no role named {', '.join(map(repr, missing))} in the database")
-            for task in WeeklyRecs(week=self.week).published():
+            week = WeeklyRecs(week=self.week)
+            week.check_kept(cur)
+            for task in week.published():
                 task.check_dependents(cur)
 
 

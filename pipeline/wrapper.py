@@ -48,6 +48,7 @@ class WeeklyRecs(WeekTask):
     def run(self) -> None:
         tables, what = self.live_names(), f"week {self.week} not published"
         with db.connection() as conn, conn.cursor() as cur:
+            self.check_kept(cur)
             said = self.said([*self.not_replicated(cur), *self.reshaped(cur)])
         live_locks.prepare_to_attach({table: publish.staged_name(table, self.week) for table in tables}, self.week,
                                      what, self.set_status_message)
@@ -66,6 +67,22 @@ class WeeklyRecs(WeekTask):
             "counting the rows for the summary": self.print_summary,
         })
         self.notes = (*said, *(f"live, but failed, for the next publish to do: {step}" for step in failed))
+
+    def check_kept(self, cur) -> None:
+        """A backfill goes to the archives, of which a publish keeps the newest `retention`: one older
+        than those would be dropped the moment it went live, its work lost and its markers saying
+        done. Refused before anything of the week is staged (`CheckInputs`), and again before the swap."""
+        retention = config.pipeline().retention
+        for table in self.live_names():
+            live = publish.live_week(cur, table)
+            if live is None or self.week >= live:
+                continue  # the week goes live
+            kept = [week for week in publish.archived_weeks(cur, table) if week > self.week][:retention]
+            if len(kept) == retention:
+                archives = f" and the archives {', '.join(map(str, kept))}" if kept else ""
+                raise ValueError(f"week {self.week} is older than what [pipeline] retention = {retention} keeps of "
+                                 f"{table} (the live week {live}{archives}): backfilled, it would be archived and "
+                                 "dropped at once; raise [pipeline] retention to keep it")
 
     def said(self, notes: list[str]) -> list[str]:
         """What the week's going live does that its readers should know of, in the log (and in the

@@ -74,6 +74,31 @@ def test_a_backfilled_older_week_goes_to_the_archive_not_the_published_table(set
 
 
 @pytest.mark.published_week
+def test_a_backfill_older_than_the_retention_keeps_is_refused_before_anything_is_staged(settings, config_file, conn):
+    """Archived behind newer weeks, it would be dropped the moment it went live, its markers saying done."""
+    settings["pipeline"]["retention"] = "1"
+    apply_settings(settings, config_file)
+    run_tasks(WeeklyRecs(week=NEXT_WEEK))  # live 2026-11-28, its one archive 2026-11-21
+    before = live_state(conn), markers(conn)
+
+    refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", "2026-11-14")
+
+    assert refused.returncode == 30
+    assert ("ValueError: week 2026-11-14 is older than what [pipeline] retention = 1 keeps of default_recs (the live "
+            "week 2026-11-28 and the archives 2026-11-21): backfilled, it would be archived and dropped at once; "
+            "raise [pipeline] retention to keep it") in refused.stderr
+    assert (live_state(conn), markers(conn)) == before
+    assert query(conn, "SELECT tablename FROM pg_tables WHERE tablename LIKE '%%2026111%%'") == []
+
+    kept = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", "2026-11-14",
+                     "--pipeline-retention", "2")
+
+    assert kept.returncode == 0, kept.stderr
+    assert query(conn, "SELECT DISTINCT week FROM candidates_ranked__20261114") == [(WEEK.replace(day=14),)]
+    assert query(conn, "SELECT DISTINCT week FROM candidates_ranked") == [(NEXT_WEEK,)]
+
+
+@pytest.mark.published_week
 def test_a_week_whose_ranking_fails_leaves_every_table_of_the_previous_week_live(settings, conn):
     before = live_state(conn)
     settings["pipeline"]["cat_features"] = '["als_score"]'  # CatBoost refuses float categories
