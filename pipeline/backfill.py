@@ -9,6 +9,7 @@ Weeks already done are complete and skipped. Each week reads its own `input_dir`
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import date, timedelta
 
 import luigi
@@ -17,12 +18,23 @@ from pipeline.base import A_SATURDAY
 from pipeline.wrapper import WeeklyRecs
 
 
-class WeeklyRecsRange(luigi.WrapperTask):
+class WeeklyRecsRange(luigi.Task):
+    """The weeks go live in turn, oldest first, as the missed Saturdays would have, and a failed week
+    stops the ones after it. Required all at once, Luigi runs the newest first: each older week is
+    then a backfill, archived behind the newer ones, and past `[pipeline] retention` refused."""
+
     start = luigi.DateParameter(interval=7, start=A_SATURDAY, description="first week (any day of it)")
     stop = luigi.DateParameter(interval=7, start=A_SATURDAY, description="last week (any day of it), included")
 
-    def requires(self) -> list[WeeklyRecs]:
+    def weeks(self) -> list[WeeklyRecs]:
         return [WeeklyRecs(week=week) for week in weeks_between(self.start, self.stop)]
+
+    def complete(self) -> bool:
+        return all(week.complete() for week in self.weeks())
+
+    def run(self) -> Iterator[WeeklyRecs]:
+        for week in self.weeks():  # noqa: UP028 - Luigi sends back each week's output, which a list refuses
+            yield week
 
 
 def weeks_between(first: date, last: date) -> list[date]:
