@@ -34,6 +34,8 @@ class postgres(luigi.Config):  # noqa: N801 - the section name in luigi.cfg
     readers = luigi.ListParameter(default=[], description="roles granted SELECT on the served tables at every publish")
     standbys = luigi.ListParameter(default=[], description="hot standbys read from, as host or host:port (the "
                                    "primary's database, user and password): going live waits for their readers too")
+    statement_timeout = luigi.FloatParameter(default=0.0, description="seconds any statement of the pipeline's may "
+                                             "run; 0: no limit, whatever the database or the role sets (as pg_dump)")
 
     def resolved_host(self) -> str:
         return self.host or os.environ.get("PGHOST", "")

@@ -42,6 +42,13 @@ class Server:
     user: str
     password: str
     session: str = "read-write"  # libpq's `target_session_attrs`: the pipeline writes, so only a primary will do
+    statement_timeout: float = 0.0  # seconds; 0: none
+
+    def options(self) -> str:
+        """libpq's `options`: the pipeline's own `statement_timeout`, over one a DBA set for the database
+        or the role to bound the shop's queries, which would end a week's COPY or index build as the
+        week grows."""
+        return f"-c statement_timeout={round(self.statement_timeout * 1000)}"
 
     def __str__(self) -> str:
         where = f"unix socket {self.host}" if self.host.startswith("/") else f"{self.host}:{self.port}"
@@ -51,7 +58,8 @@ class Server:
         """libpq's keyword form, for drivers that take a connection string (never logged)."""
         quoted = {key: "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'" for key, value in
                   {"host": self.host, "port": self.port, "dbname": self.database, "user": self.user,
-                   "password": self.password, "target_session_attrs": self.session}.items() if value != ""}
+                   "password": self.password, "target_session_attrs": self.session,
+                   "options": self.options()}.items() if value != ""}
         return " ".join(f"{key}={value}" for key, value in quoted.items())
 
     def connect(self) -> psycopg2.extensions.connection:
@@ -60,7 +68,7 @@ class Server:
         try:
             return psycopg2.connect(
                 host=self.host, port=self.port, dbname=self.database, user=self.user, password=self.password,
-                connect_timeout=10, target_session_attrs=self.session,
+                connect_timeout=10, target_session_attrs=self.session, options=self.options(),
             )
         except psycopg2.OperationalError as error:
             reason = redact(first_line(error), self.password)
@@ -98,8 +106,8 @@ def server() -> Server:
     host = settings.resolved_host()
     if not host:
         host = _embedded_socket_dir(settings.resolved_embedded_dir())
-    current = Server(host, settings.port, settings.database, settings.user,
-                     settings.resolved_password())
+    current = Server(host, settings.port, settings.database, settings.user, settings.resolved_password(),
+                     statement_timeout=settings.statement_timeout)
     if current != _server:
         _server = current
         log.info("Using %s", current)

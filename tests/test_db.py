@@ -8,7 +8,7 @@ import pytest
 from psycopg2 import sql
 
 from pipeline import WeeklyRecs, db
-from tests.conftest import WEEK, apply_settings, replayed, run_luigi, run_tasks
+from tests.conftest import NEXT_WEEK, WEEK, admin_connection, apply_settings, query, replayed, run_luigi, run_tasks
 
 
 def test_an_empty_host_starts_the_embedded_server_in_the_configured_folder(settings, tmp_path):
@@ -70,6 +70,24 @@ def test_of_the_servers_listed_the_week_goes_live_on_the_one_that_takes_writes(
     assert run_tasks(WeeklyRecs(week=WEEK)).name == "SUCCESS"
 
     assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]  # on the primary
+
+
+def test_a_dbas_statement_timeout_for_the_shops_queries_ends_none_of_the_weeks_and_the_pipelines_own_does(
+        settings, config_file, pg_socket_dir, database, conn):
+    """A shop bounds its interactive queries for the whole database; the week's COPY and index builds
+    take as long as the week is large. Like pg_dump, the pipeline sets its own (none by default)."""
+    with admin_connection(pg_socket_dir) as admin:
+        admin.cursor().execute(f'ALTER DATABASE "{database}" SET statement_timeout = 1')  # 1 ms
+
+    went_live = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK))
+
+    assert went_live.returncode == 0, went_live.stderr[-2000:]
+    assert query(conn, "SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]
+    settings["postgres"]["statement_timeout"] = "0.001"
+    apply_settings(settings, config_file)
+    cancelled = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK))
+    assert cancelled.returncode != 0 and "canceling statement due to statement timeout" in cancelled.stderr
+    assert query(conn, "SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]
 
 
 def test_a_wrong_password_is_refused_without_showing_it(tcp_server, settings):
