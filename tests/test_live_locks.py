@@ -143,7 +143,12 @@ def test_an_archive_or_a_stage_an_analyst_is_reading_outlives_its_week_without_h
     apply_settings(settings, config_file)
     weeks = [WEEK - timedelta(weeks=1), WEEK, NEXT_WEEK, NEXT_WEEK + timedelta(weeks=1)]
     run_tasks(WeeklyRecs(week=weeks[0]))
-    run_tasks(WeeklyRecs(week=weeks[1]), DefaultRecs(week=weeks[0] - timedelta(weeks=1)))  # never goes live
+    run_tasks(WeeklyRecs(week=weeks[1]))
+    settings["pipeline"]["retention"] = "2"  # as when a week was staged that never went live
+    apply_settings(settings)
+    run_tasks(DefaultRecs(week=weeks[0] - timedelta(weeks=1)))
+    settings["pipeline"]["retention"] = "1"
+    apply_settings(settings, config_file)
     expired = [publish.week_name("candidates_ranked", weeks[0]),
                publish.staged_name("default_recs", weeks[0] - timedelta(weeks=1))]
     analyst = psycopg2.connect(host=pg_socket_dir, dbname=database, user="postgres",
