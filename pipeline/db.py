@@ -45,10 +45,13 @@ class Server:
     statement_timeout: float = 0.0  # seconds; 0: none
 
     def options(self) -> str:
-        """libpq's `options`: the pipeline's own `statement_timeout`, over one a DBA set for the database
-        or the role to bound the shop's queries, which would end a week's COPY or index build as the
-        week grows."""
-        return f"-c statement_timeout={round(self.statement_timeout * 1000)}"
+        """libpq's `options`: what the pipeline's sessions rely on, over a DBA's defaults for the
+        database or the role. Its own `statement_timeout`: one that bounds the shop's queries would
+        end a week's COPY or index build as the week grows. And READ COMMITTED: a run that waits for
+        another run of the same week must then see its marker (`marking_once`), which a snapshot
+        taken before the wait, as REPEATABLE READ takes it, does not."""
+        return (f"-c statement_timeout={round(self.statement_timeout * 1000)}"
+                r" -c default_transaction_isolation=read\ committed")
 
     def __str__(self) -> str:
         where = f"unix socket {self.host}" if self.host.startswith("/") else f"{self.host}:{self.port}"
