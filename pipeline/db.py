@@ -46,11 +46,13 @@ class Server:
 
     def options(self) -> str:
         """libpq's `options`: what the pipeline's sessions rely on, over a DBA's defaults for the
-        database or the role. Its own `statement_timeout`: one that bounds the shop's queries would
-        end a week's COPY or index build as the week grows. And READ COMMITTED: a run that waits for
-        another run of the same week must then see its marker (`marking_once`), which a snapshot
-        taken before the wait, as REPEATABLE READ takes it, does not."""
-        return (f"-c statement_timeout={round(self.statement_timeout * 1000)}"
+        database or the role (as pg_dump sets its own). Its own `statement_timeout`: one that bounds
+        the shop's queries would end a week's COPY or index build as the week grows. No `lock_timeout`
+        but the pipeline's own (`live_locks.bounded`), on the waits that would hold up readers: a run
+        waits for another run of the same week (`marking_once`) as long as that one takes. And READ
+        COMMITTED: the waiting run must then see the other's marker, which a snapshot taken before
+        the wait, as REPEATABLE READ takes it, does not."""
+        return (f"-c statement_timeout={round(self.statement_timeout * 1000)} -c lock_timeout=0"
                 r" -c default_transaction_isolation=read\ committed")
 
     def __str__(self) -> str:

@@ -143,13 +143,15 @@ def test_a_database_restart_fails_the_task_cleanly_and_the_rerun_completes(
         assert query(conn, "SELECT count(*) FROM candidates_inference__staged_20261121") == [(LARGE_ROWS,)]
 
 
-@pytest.mark.parametrize("isolation", ["read committed", "repeatable read"])
-def test_two_runs_of_the_same_week_at_once_publish_each_table_once_whatever_isolation_the_database_defaults_to(
-        settings, config_file, input_dir, conn, pg_socket_dir, database, isolation):
-    """A DBA may make REPEATABLE READ the database's default; a run that waits for the other must still
-    see what it did."""
+@pytest.mark.parametrize("defaults", [{}, {"default_transaction_isolation": "repeatable read"},
+                                      {"lock_timeout": "1ms"}], ids=["server's", "repeatable read", "lock_timeout"])
+def test_two_runs_of_the_same_week_at_once_publish_each_table_once_whatever_the_database_defaults_to(
+        settings, config_file, input_dir, conn, pg_socket_dir, database, defaults):
+    """A DBA may make REPEATABLE READ the database's default, or bound every lock wait: a run still waits
+    for the other, however long it takes, and then sees what it did."""
     with admin_connection(pg_socket_dir) as admin:
-        admin.cursor().execute(f"ALTER DATABASE \"{database}\" SET default_transaction_isolation = '{isolation}'")
+        for setting, value in defaults.items():
+            admin.cursor().execute(f"ALTER DATABASE \"{database}\" SET {setting} = '{value}'")
     runs = [start_luigi(config_file, "WeeklyRecs", "--week", "2026-11-21") for _ in range(2)]
     results = [run.communicate(timeout=300) for run in runs]
 
