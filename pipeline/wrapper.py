@@ -79,7 +79,7 @@ class WeeklyRecs(WeekTask):
                 continue  # the week goes live
             kept = [week for week in publish.archived_weeks(cur, table) if week > self.week][:retention]
             if len(kept) == retention:
-                archives = f" and the archives {', '.join(map(str, kept))}" if kept else ""
+                archives = f" and the archived weeks {', '.join(map(str, kept))}" if kept else ""
                 raise ValueError(f"week {self.week} is older than what [pipeline] retention = {retention} keeps of "
                                  f"{table} (the live week {live}{archives}): backfilled, it would be archived and "
                                  "dropped at once; raise [pipeline] retention to keep it")

@@ -85,7 +85,7 @@ def test_a_backfill_older_than_the_retention_keeps_is_refused_before_anything_is
 
     assert refused.returncode == 30
     assert ("ValueError: week 2026-11-14 is older than what [pipeline] retention = 1 keeps of default_recs (the live "
-            "week 2026-11-28 and the archives 2026-11-21): backfilled, it would be archived and dropped at once; "
+            "week 2026-11-28 and the archived weeks 2026-11-21): backfilled, it would be archived and dropped at once; "
             "raise [pipeline] retention to keep it") in refused.stderr
     assert (live_state(conn), markers(conn)) == before
     assert query(conn, "SELECT tablename FROM pg_tables WHERE tablename LIKE '%%2026111%%'") == []
