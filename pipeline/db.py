@@ -71,7 +71,7 @@ class Server:
         """A standby (in recovery, read-only) is refused as the pipeline's server, by libpq, before a
         task runs, rather than by its first write; of several hosts, the primary is taken."""
         try:
-            return psycopg2.connect(
+            conn = psycopg2.connect(
                 host=self.host, port=self.port, dbname=self.database, user=self.user, password=self.password,
                 connect_timeout=10, target_session_attrs=self.session, options=self.options(),
             )
@@ -81,6 +81,19 @@ class Server:
                 reason += ("; a standby takes no writes: point [postgres] host at the primary, or list the servers "
                            "(host = db1,db2) and the pipeline takes the one that is")
             raise ConnectionError(f"cannot connect to {self}: {reason}") from None
+        if conn.server_version >= 170000:
+            _without_transaction_timeout(conn)
+        return conn
+
+
+def _without_transaction_timeout(conn) -> None:
+    """PostgreSQL 17's `transaction_timeout`, which a DBA may set to end the shop's long transactions,
+    would end a week's load or a shard scoring inside its `COPY` as the week grows. Earlier servers
+    refuse a connection whose `options` name it, so it is set once connected."""
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SET transaction_timeout = 0")
+    conn.autocommit = False
 
 
 def first_line(error: BaseException) -> str:

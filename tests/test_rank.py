@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import DefaultRecs, InferenceCandidates, RankCandidates, TrainCandidates, WeeklyRecs
+from pipeline import DefaultRecs, InferenceCandidates, RankCandidates, TrainCandidates, WeeklyRecs, ranker
 from pipeline import rank as ranking_stage
 from pipeline.rank import QualityGateError, TrainRanker
 from pipeline.ranker import candidates_ranked, whole_users
@@ -150,6 +150,25 @@ def test_a_dbas_idle_in_transaction_timeout_never_ends_the_ranking_while_it_read
         time.sleep(2)
         return read_at_a_shops_size(*args)
     monkeypatch.setattr(ranking_stage, "item_stats", slow_item_stats)
+
+    assert run_tasks(RankCandidates(week=WEEK)).name == "SUCCESS"
+
+    assert query(conn, f"SELECT count(*) FROM {staged('candidates_ranked')}") == [(6000,)]
+
+
+def test_a_dbas_transaction_timeout_never_ends_a_shard_that_scores_for_longer(settings, database, pg_socket_dir,
+                                                                             conn, monkeypatch):
+    """PostgreSQL 17's `transaction_timeout` ends any session whose transaction lasts longer; a shop's
+    shard scores for minutes inside the `COPY` that writes it."""
+    run_tasks(TrainRanker(week=WEEK))
+    with admin_connection(pg_socket_dir) as admin:
+        admin.cursor().execute(f'ALTER DATABASE "{database}" SET transaction_timeout = 1000')
+    scored_at_a_shops_pace = ranker.ranked_batches
+
+    def slow_ranked_batches(*args):
+        time.sleep(2)
+        yield from scored_at_a_shops_pace(*args)
+    monkeypatch.setattr(ranker, "ranked_batches", slow_ranked_batches)
 
     assert run_tasks(RankCandidates(week=WEEK)).name == "SUCCESS"
 
