@@ -42,8 +42,8 @@ _STAGED = re.compile(r"__staged_(\d{8})$")
 _REPLACED = re.compile(r"__\d{8}_replaced_\d+")
 _WEEK_NOTE = re.compile(r"week=(\d{4}-\d{2}-\d{2})")
 WEEK_CHECK = "week_is"
-_STAGED_OPTIONS = ("autovacuum_enabled", "vacuum_truncate")
-_STAGED_STORAGE = sql.SQL("autovacuum_enabled = false, vacuum_truncate = false")
+_STAGED_OPTIONS = ("autovacuum_enabled", "vacuum_truncate")  # off while staged (`stage`), and the pipeline's
+_STAGED_STORAGE = sql.SQL(", ").join(sql.SQL("{} = false").format(sql.Identifier(option)) for option in _STAGED_OPTIONS)
 
 
 def lock(cur, *names: str) -> None:
