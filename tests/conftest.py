@@ -23,6 +23,7 @@ import luigi.configuration
 import psycopg2
 import pytest
 from luigi.task_register import Register
+from psycopg2 import sql
 
 from pipeline import db, publish
 from pipeline.events.history import History
@@ -160,6 +161,14 @@ def admin_connection(socket_dir: str, database: str = "postgres") -> Iterator[ps
         yield admin
     finally:
         admin.close()
+
+
+def set_for_the_database(socket_dir: str, database: str, **settings: str) -> None:
+    """What a DBA sets for the whole database (`ALTER DATABASE ... SET`): every later session's defaults."""
+    with admin_connection(socket_dir) as admin, admin.cursor() as cur:
+        for setting, value in settings.items():
+            cur.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+                sql.Identifier(database), sql.Identifier(setting), sql.Literal(value)))
 
 
 class Reader:

@@ -8,7 +8,7 @@ import pytest
 from psycopg2 import sql
 
 from pipeline import WeeklyRecs, db
-from tests.conftest import NEXT_WEEK, WEEK, admin_connection, apply_settings, query, replayed, run_luigi, run_tasks
+from tests.conftest import NEXT_WEEK, WEEK, apply_settings, query, replayed, run_luigi, run_tasks, set_for_the_database
 
 
 def test_an_empty_host_starts_the_embedded_server_in_the_configured_folder(settings, tmp_path):
@@ -76,8 +76,7 @@ def test_a_dbas_statement_timeout_for_the_shops_queries_ends_none_of_the_weeks_a
         settings, config_file, pg_socket_dir, database, conn):
     """A shop bounds its interactive queries for the whole database; the week's COPY and index builds
     take as long as the week is large. Like pg_dump, the pipeline sets its own (none by default)."""
-    with admin_connection(pg_socket_dir) as admin:
-        admin.cursor().execute(f'ALTER DATABASE "{database}" SET statement_timeout = 1')  # 1 ms
+    set_for_the_database(pg_socket_dir, database, statement_timeout="1ms")
 
     went_live = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK))
 

@@ -32,6 +32,7 @@ from tests.conftest import (
     query,
     run_luigi,
     run_tasks,
+    set_for_the_database,
     staged,
     start_luigi,
 )
@@ -149,9 +150,7 @@ def test_two_runs_of_the_same_week_at_once_publish_each_table_once_whatever_the_
         settings, config_file, input_dir, conn, pg_socket_dir, database, defaults):
     """A DBA may make REPEATABLE READ the database's default, or bound every lock wait: a run still waits
     for the other, however long it takes, and then sees what it did."""
-    with admin_connection(pg_socket_dir) as admin:
-        for setting, value in defaults.items():
-            admin.cursor().execute(f"ALTER DATABASE \"{database}\" SET {setting} = '{value}'")
+    set_for_the_database(pg_socket_dir, database, **defaults)
     runs = [start_luigi(config_file, "WeeklyRecs", "--week", "2026-11-21") for _ in range(2)]
     results = [run.communicate(timeout=300) for run in runs]
 

@@ -20,12 +20,12 @@ from tests.conftest import (
     NEXT_WEEK,
     PUBLISHED_TABLES,
     WEEK,
-    admin_connection,
     apply_settings,
     live_state,
     query,
     run_luigi,
     run_tasks,
+    set_for_the_database,
     staged,
 )
 
@@ -142,8 +142,7 @@ def test_a_dbas_idle_in_transaction_timeout_never_ends_the_ranking_while_it_read
     and a shop's reads take seconds: the ranking reads through the driver's connections while its own
     waits, so its own holds no transaction open meanwhile."""
     run_tasks(TrainCandidates(week=WEEK), InferenceCandidates(week=WEEK), DefaultRecs(week=WEEK))
-    with admin_connection(pg_socket_dir) as admin:
-        admin.cursor().execute(f'ALTER DATABASE "{database}" SET idle_in_transaction_session_timeout = 1000')
+    set_for_the_database(pg_socket_dir, database, idle_in_transaction_session_timeout="1s")
     read_at_a_shops_size = ranking_stage.item_stats
 
     def slow_item_stats(*args):
@@ -161,8 +160,7 @@ def test_a_dbas_transaction_timeout_never_ends_a_shard_that_scores_for_longer(se
     """PostgreSQL 17's `transaction_timeout` ends any session whose transaction lasts longer; a shop's
     shard scores for minutes inside the `COPY` that writes it."""
     run_tasks(TrainRanker(week=WEEK))
-    with admin_connection(pg_socket_dir) as admin:
-        admin.cursor().execute(f'ALTER DATABASE "{database}" SET transaction_timeout = 1000')
+    set_for_the_database(pg_socket_dir, database, transaction_timeout="1s")
     scored_at_a_shops_pace = ranker.ranked_batches
 
     def slow_ranked_batches(*args):
