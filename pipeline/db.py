@@ -44,27 +44,29 @@ class Server:
     session: str = "read-write"  # libpq's `target_session_attrs`: the pipeline writes, so only a primary will do
     statement_timeout: float = 0.0  # seconds; 0: none
 
-    def options(self) -> str:
+    def options(self, server_version: int = 0) -> str:
         """libpq's `options`: what the pipeline's sessions rely on, over a DBA's defaults for the
         database or the role (as pg_dump sets its own). Its own `statement_timeout`: one that bounds
         the shop's queries would end a week's COPY or index build as the week grows. No `lock_timeout`
         but the pipeline's own (`live_locks.bounded`), on the waits that would hold up readers: a run
         waits for another run of the same week (`marking_once`) as long as that one takes. And READ
         COMMITTED: the waiting run must then see the other's marker, which a snapshot taken before
-        the wait, as REPEATABLE READ takes it, does not."""
+        the wait, as REPEATABLE READ takes it, does not. Where the server's version is known, no
+        `transaction_timeout` either (`_without_transaction_timeout`)."""
+        lifted = " -c transaction_timeout=0" if server_version >= _TRANSACTION_TIMEOUT_SINCE else ""
         return (f"-c statement_timeout={round(self.statement_timeout * 1000)} -c lock_timeout=0"
-                r" -c default_transaction_isolation=read\ committed")
+                rf" -c default_transaction_isolation=read\ committed{lifted}")
 
     def __str__(self) -> str:
         where = f"unix socket {self.host}" if self.host.startswith("/") else f"{self.host}:{self.port}"
         return f"PostgreSQL at {where}, database {self.database!r} as {self.user!r}"
 
-    def conninfo(self) -> str:
+    def conninfo(self, server_version: int = 0) -> str:
         """libpq's keyword form, for drivers that take a connection string (never logged)."""
         quoted = {key: "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'" for key, value in
                   {"host": self.host, "port": self.port, "dbname": self.database, "user": self.user,
                    "password": self.password, "target_session_attrs": self.session,
-                   "options": self.options()}.items() if value != ""}
+                   "options": self.options(server_version)}.items() if value != ""}
         return " ".join(f"{key}={value}" for key, value in quoted.items())
 
     def connect(self) -> psycopg2.extensions.connection:
@@ -81,15 +83,20 @@ class Server:
                 reason += ("; a standby takes no writes: point [postgres] host at the primary, or list the servers "
                            "(host = db1,db2) and the pipeline takes the one that is")
             raise ConnectionError(f"cannot connect to {self}: {reason}") from None
-        if conn.server_version >= 170000:
+        if conn.server_version >= _TRANSACTION_TIMEOUT_SINCE:
             _without_transaction_timeout(conn)
         return conn
 
 
+_TRANSACTION_TIMEOUT_SINCE = 170000  # the first `server_version` with `transaction_timeout`
+
+
 def _without_transaction_timeout(conn) -> None:
     """PostgreSQL 17's `transaction_timeout`, which a DBA may set to end the shop's long transactions,
-    would end a week's load or a shard scoring inside its `COPY` as the week grows. Earlier servers
-    refuse a connection whose `options` name it, so it is set once connected."""
+    would end a week's load, a shard scoring inside its `COPY` or a read of the week's candidates as
+    the week grows. Earlier servers refuse a connection whose `options` name it, so psycopg2's
+    connections set it once connected, and the driver's name it in `options` for a server they
+    know to have it (`Server.options`)."""
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("SET transaction_timeout = 0")
@@ -312,7 +319,7 @@ def stream_out(conn, query: sql.Composable, schema: pa.Schema) -> Iterator[pa.Re
     Read by the ADBC PostgreSQL driver, which runs `COPY (query) TO STDOUT (FORMAT binary)` and
     decodes it straight into Arrow.
     """
-    with _arrow_connection() as arrow, arrow.cursor() as cur:
+    with _arrow_connection(conn.server_version) as arrow, arrow.cursor() as cur:
         try:
             cur.execute(_as_typed(conn, query, schema))
         except arrow.ProgrammingError as error:
@@ -387,9 +394,9 @@ def _close_arrow_databases() -> None:
 
 
 @contextmanager
-def _arrow_connection():
-    """A connection of the ADBC driver for one read: closed after it, so it holds no lock or snapshot
-    beyond the read.
+def _arrow_connection(server_version: int):
+    """A connection of the ADBC driver for one read (from a server of `server_version`): closed after
+    it, so it holds no lock or snapshot beyond the read.
 
     The driver learns the server's types once per database object (about 40 ms), so each process
     keeps one per server and opens cheap connections that share it. The object counts its open
@@ -405,7 +412,8 @@ def _arrow_connection():
     try:
         with _arrow_databases_lock:
             if key not in _arrow_databases:
-                _arrow_databases[key] = adbc_driver_postgresql.dbapi.connect(current.conninfo(), autocommit=True)
+                _arrow_databases[key] = adbc_driver_postgresql.dbapi.connect(current.conninfo(server_version),
+                                                                                  autocommit=True)
             arrow = _arrow_databases[key].adbc_clone()
     except Exception as error:  # the driver's own error types; its text may hold the connection string
         with _arrow_databases_lock:

@@ -108,9 +108,13 @@ def dropped_when_unheld(cur, name: str, what: str, report: Callable[[str], None]
     """Drop `name` if it exists, in the caller's transaction, waiting for whoever holds it as a publish
     waits for the live names. A rerun replaces the stage its week left, and someone may be looking
     at that stage (what did the failed week hold?): waiting for them unbounded, the week would hang
-    without a word for as long as their transaction stays open."""
-    cur.execute("SELECT current_setting('lock_timeout')")
-    (unbounded,) = cur.fetchone()
+    without a word for as long as their transaction stays open.
+
+    Between attempts the caller's transaction is idle for up to 2 s, which a DBA's
+    `idle_in_transaction_session_timeout` would end the week for: it is lifted for the wait."""
+    cur.execute("SELECT current_setting('lock_timeout'), current_setting('idle_in_transaction_session_timeout')")
+    own = cur.fetchone()
+    cur.execute("SELECT set_config('idle_in_transaction_session_timeout', '0', true)")
 
     def attempt() -> None:
         with _undone_if_refused(cur):
@@ -118,7 +122,8 @@ def dropped_when_unheld(cur, name: str, what: str, report: Callable[[str], None]
             cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
 
     when_unblocked(attempt, [name], what, report, held=name)
-    cur.execute("SELECT set_config('lock_timeout', %s, true)", (unbounded,))
+    cur.execute("SELECT set_config('lock_timeout', %s, true), set_config('idle_in_transaction_session_timeout', %s,"
+                " true)", own)
 
 
 def prepare_to_attach(attaching: dict[str, str], week: date, what: str,

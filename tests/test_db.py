@@ -128,6 +128,16 @@ def test_read_back_types_numbers_and_dates_and_returns_the_rest_as_text_that_cop
     assert cur.fetchone() == (2,)
 
 
+def test_a_dbas_transaction_timeout_never_ends_a_read_through_the_driver_that_outlasts_it(pg_socket_dir, database,
+                                                                                          conn):
+    """PostgreSQL 17's `transaction_timeout` ends a single statement that outlasts it too, and a
+    shop's week of candidates takes the ranking minutes to read."""
+    set_for_the_database(pg_socket_dir, database, transaction_timeout="1s")
+    read_for_longer = sql.SQL("SELECT 1 AS one FROM pg_sleep(2)")
+
+    assert db.copy_out(conn, read_for_longer, pa.schema([("one", pa.int32())])).to_pylist() == [{"one": 1}]
+
+
 def test_read_back_through_the_driver_names_the_server_and_hides_the_password(tcp_server, settings):
     settings["postgres"].update(host=tcp_server["host"], port=tcp_server["port"], user=tcp_server["user"],
                                 password="not-the-password-456")

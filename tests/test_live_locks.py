@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from datetime import timedelta
 
@@ -27,6 +28,7 @@ from tests.conftest import (
     run_luigi,
     run_module,
     run_tasks,
+    set_for_the_database,
     staged,
     start_luigi,
 )
@@ -207,6 +209,29 @@ def test_a_rerun_replaces_a_stage_someone_is_reading_once_they_end_and_past_its_
     assert live_week(conn) == WEEK
     preview.close()
     assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+    assert live_week(conn) == NEXT_WEEK
+
+
+def test_a_rerun_waiting_for_a_long_query_on_its_stage_outlasts_a_dbas_idle_in_transaction_timeout(
+        next_week_staged, config_file, conn, pg_socket_dir, database):
+    """The rerun's transaction waits between its attempts at the stage for longer than a DBA lets the
+    shop's sessions idle in a transaction; the analyst's query is working, not idle, all along."""
+    stage = publish.staged_name("default_recs", NEXT_WEEK)
+    assert run_module(config_file, "redo", str(NEXT_WEEK)).returncode == 0
+    set_for_the_database(pg_socket_dir, database, idle_in_transaction_session_timeout="500ms")
+    with admin_connection(pg_socket_dir, database) as analyst:
+        pid = analyst.get_backend_pid()
+        long_query = threading.Thread(target=analyst.cursor().execute,
+                                      args=(f"SELECT count(*), pg_sleep(3) FROM {stage}",))
+        long_query.start()
+        while not query(conn, "SELECT 1 FROM pg_locks WHERE pid = %s AND relation = %s::regclass",
+                        pid, stage):
+            time.sleep(0.01)
+
+        rerun = run_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK), "--local-scheduler", timeout=60)
+        long_query.join()
+
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert live_week(conn) == NEXT_WEEK
 
 
