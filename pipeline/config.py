@@ -36,6 +36,8 @@ class postgres(luigi.Config):  # noqa: N801 - the section name in luigi.cfg
                                    "primary's database, user and password): going live waits for their readers too")
     statement_timeout = luigi.FloatParameter(default=0.0, description="seconds any statement of the pipeline's may "
                                              "run; 0: no limit, whatever the database or the role sets (as pg_dump)")
+    read_streams = luigi.IntParameter(default=4, description="connections a whole-table read of the ranking uses "
+                                      "at once, at most one a core: a worker holds up to 2 + read_streams")
 
     def resolved_host(self) -> str:
         return self.host or os.environ.get("PGHOST", "")
@@ -45,6 +47,13 @@ class postgres(luigi.Config):  # noqa: N801 - the section name in luigi.cfg
 
     def resolved_embedded_dir(self) -> Path:
         return _under_root(self.embedded_dir)
+
+    def streams_at_once(self) -> int:
+        """A whole-table read's connections: parallel ranges read faster only while each has a core to
+        decode on, and each is one more connection of the pipeline's role, which a DBA may limit."""
+        if self.read_streams < 1:
+            raise ValueError(f"[postgres] read_streams: {self.read_streams} must be at least 1")
+        return min(self.read_streams, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,19 @@ class Server:
                    "options": self.options(server_version)}.items() if value != ""}
         return " ".join(f"{key}={value}" for key, value in quoted.items())
 
+    def refused(self, error: Exception) -> ConnectionError:
+        """A connection's refusal, naming the server and never the password, and what to change where
+        the pipeline knows it."""
+        reason = redact(first_line(error), self.password)
+        if "read-only" in reason:
+            reason += ("; a standby takes no writes: point [postgres] host at the primary, or list the servers "
+                       "(host = db1,db2) and the pipeline takes the one that is")
+        if "too many c" in reason or "connection slots are reserved" in reason:
+            reason += ("; a worker of the pipeline's holds up to 2 + [postgres] read_streams connections at once (its "
+                       "task's, the driver's and a whole-table read's): lower read_streams or --workers, or raise "
+                       "the role's CONNECTION LIMIT")
+        return ConnectionError(f"cannot connect to {self}: {reason}")
+
     def connect(self) -> psycopg2.extensions.connection:
         """A standby (in recovery, read-only) is refused as the pipeline's server, by libpq, before a
         task runs, rather than by its first write; of several hosts, the primary is taken."""
@@ -78,11 +91,7 @@ class Server:
                 connect_timeout=10, target_session_attrs=self.session, options=self.options(),
             )
         except psycopg2.OperationalError as error:
-            reason = redact(first_line(error), self.password)
-            if "read-only" in reason:
-                reason += ("; a standby takes no writes: point [postgres] host at the primary, or list the servers "
-                           "(host = db1,db2) and the pipeline takes the one that is")
-            raise ConnectionError(f"cannot connect to {self}: {reason}") from None
+            raise self.refused(error) from None
         if conn.server_version >= _TRANSACTION_TIMEOUT_SINCE:
             _without_transaction_timeout(conn)
         return conn
@@ -317,11 +326,16 @@ def stream_out(conn, query: sql.Composable, schema: pa.Schema) -> Iterator[pa.Re
     A table the query names that is not there (any more) is a LookupError.
 
     Read by the ADBC PostgreSQL driver, which runs `COPY (query) TO STDOUT (FORMAT binary)` and
-    decodes it straight into Arrow.
+    decodes it straight into Arrow. `conn` (psycopg2) renders the query now, so that the caller may
+    close it before the rows are read: one connection fewer while a shard scores them.
     """
-    with _arrow_connection(conn.server_version) as arrow, arrow.cursor() as cur:
+    return _streamed(_as_typed(conn, query, schema), conn.server_version, schema)
+
+
+def _streamed(query: str, server_version: int, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    with _arrow_connection(server_version) as arrow, arrow.cursor() as cur:
         try:
-            cur.execute(_as_typed(conn, query, schema))
+            cur.execute(query)
         except arrow.ProgrammingError as error:
             if error.sqlstate == _UNDEFINED_TABLE:
                 raise LookupError(first_line(error)) from None
@@ -330,13 +344,10 @@ def stream_out(conn, query: sql.Composable, schema: pa.Schema) -> Iterator[pa.Re
             yield batch.cast(schema)
 
 
-READ_STREAMS = min(4, os.cpu_count() or 1)
-
-
 def stream_table(conn, table: str, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
     """A whole table's `schema` columns as record batches, in no particular order, read by
-    `READ_STREAMS` connections at once: each reads its own range of the table's blocks (a TID range
-    scan).
+    `[postgres] read_streams` connections at once (`config.postgres.streams_at_once`): each reads its
+    own range of the table's blocks (a TID range scan).
 
     One connection's read is bound by the client decoding one stream on one core (about 1.6M rows/s
     here); parallel ranges read the table about 1.2x faster on two cores. Memory holds a batch or
@@ -347,7 +358,8 @@ def stream_table(conn, table: str, schema: pa.Schema) -> Iterator[pa.RecordBatch
         (blocks,) = cur.fetchone()
     if blocks is None:
         raise LookupError(f"no table {table}")
-    starts = sorted({blocks * part // READ_STREAMS for part in range(READ_STREAMS)})
+    streams = config.postgres().streams_at_once()
+    starts = sorted({blocks * part // streams for part in range(streams)})
     ranges = [sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({start},0)")) + (
         sql.SQL(" AND ctid < {}::tid").format(sql.Literal(f"({end},0)")) if end is not None else sql.SQL(""))
         for start, end in zip(starts, [*starts[1:], None], strict=True)]
@@ -418,8 +430,7 @@ def _arrow_connection(server_version: int):
     except Exception as error:  # the driver's own error types; its text may hold the connection string
         with _arrow_databases_lock:
             _arrow_databases.pop(key, None)
-        reason = redact(first_line(error), current.password)
-        raise ConnectionError(f"cannot connect to {current}: {reason}") from None
+        raise current.refused(error) from None
     try:
         yield arrow
     finally:

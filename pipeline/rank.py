@@ -188,14 +188,14 @@ class ScoreShard(WeekTask):
             (total,) = cur.fetchone()
             users = db.stream_out(reading, sql.SQL("SELECT * FROM {} WHERE {} ORDER BY user_id, item_id").format(
                 sql.Identifier(inference), self.users_of_shard()), schema)
-            batches = ranked_batches(ranker, model, items.to_pandas().set_index("item_id"),
-                                     whole_users(users, SCORING_ROWS))
-            with self.marking_once() as transaction:
-                if transaction is None:
-                    return
-                ranked = schema.append(pa.field("cb_score", pa.float64())).append(pa.field("rank", pa.int32()))
-                rows = db.copy_in(transaction[1], self.table, self.reporting(
-                    batches, total, "scored {done:,} of {total:,} candidates"), ranked)
+        batches = ranked_batches(ranker, model, items.to_pandas().set_index("item_id"),
+                                 whole_users(users, SCORING_ROWS))
+        with self.marking_once() as transaction:
+            if transaction is None:
+                return
+            ranked = schema.append(pa.field("cb_score", pa.float64())).append(pa.field("rank", pa.int32()))
+            rows = db.copy_in(transaction[1], self.table, self.reporting(
+                batches, total, "scored {done:,} of {total:,} candidates"), ranked)
         self.set_status_message(f"scored {rows:,} candidates of shard {self.shard + 1} of {self.shards}")
 
     def users_of_shard(self) -> sql.Composable:

@@ -7,8 +7,18 @@ import pyarrow as pa
 import pytest
 from psycopg2 import sql
 
-from pipeline import WeeklyRecs, db
-from tests.conftest import NEXT_WEEK, WEEK, apply_settings, query, replayed, run_luigi, run_tasks, set_for_the_database
+from pipeline import WeeklyRecs, config, db
+from tests.conftest import (
+    NEXT_WEEK,
+    WEEK,
+    admin_connection,
+    apply_settings,
+    query,
+    replayed,
+    run_luigi,
+    run_tasks,
+    set_for_the_database,
+)
 
 
 def test_an_empty_host_starts_the_embedded_server_in_the_configured_folder(settings, tmp_path):
@@ -89,6 +99,34 @@ def test_a_dbas_statement_timeout_for_the_shops_queries_ends_none_of_the_weeks_a
     assert query(conn, "SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]
 
 
+def test_a_dbas_connection_limit_on_the_pipelines_role_is_met_with_fewer_read_streams_and_one_too_low_says_so(
+        settings, config_file, pipeline_role, pg_socket_dir, database):
+    """A shop's DBA caps the pipeline's role so that the web service's pool always finds a connection;
+    a worker of the pipeline's holds up to 2 + `[postgres] read_streams` at once."""
+    settings["postgres"]["read_streams"] = "1"
+    apply_settings(settings, config_file)
+    with admin_connection(pg_socket_dir, database) as admin:
+        admin.cursor().execute(f"ALTER ROLE {pipeline_role} CONNECTION LIMIT 2")
+
+        refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK))
+
+        assert refused.returncode == 30
+        assert (f'too many connections for role "{pipeline_role}"; a worker of the pipeline\'s holds up to 2 + '
+                "[postgres] read_streams connections at once") in refused.stderr
+        admin.cursor().execute(f"ALTER ROLE {pipeline_role} CONNECTION LIMIT 3")
+        went_live = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK))
+        assert went_live.returncode == 0, went_live.stderr[-2000:]
+        assert query(admin, "SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]
+
+
+def test_read_streams_below_one_is_refused_naming_the_setting(settings):
+    settings["postgres"]["read_streams"] = "0"
+    apply_settings(settings)
+
+    with pytest.raises(ValueError, match=r"\[postgres\] read_streams: 0 must be at least 1"):
+        config.postgres().streams_at_once()
+
+
 def test_a_wrong_password_is_refused_without_showing_it(tcp_server, settings):
     settings["postgres"].update(host=tcp_server["host"], port=tcp_server["port"], user=tcp_server["user"],
                                 password="not-the-password-123")
@@ -167,7 +205,7 @@ def test_a_whole_table_read_by_parallel_block_ranges_holds_each_row_once(conn, r
     read = pa.Table.from_batches(batches, schema.remove(1)).sort_by("id")
     assert read.column("id").to_pylist() == list(range(1, rows + 1))
     assert read.column("label").to_pylist() == [f"{n}x" for n in range(1, rows + 1)]
-    assert len(batches) >= min(rows, db.READ_STREAMS) or rows == 0
+    assert len(batches) >= min(rows, config.postgres().streams_at_once()) or rows == 0
 
 
 def test_a_table_that_is_not_there_when_read_is_a_lookup_error_naming_it(conn):
