@@ -56,9 +56,11 @@ class EventTask(luigi.Task):
         """Batches of the window's events (`inputs.Interactions`); refused while the window is still open."""
         from pipeline.events import inputs
 
-        if stop > datetime.now(UTC):
+        if stop > (now := datetime.now(UTC)):
             raise ValueError(f"week {self.week}: events up to {stop:%Y-%m-%d %H:%M} UTC are needed, and that time "
-                             "has not come yet ([events] cutoff, label_days)")
+                             f"has not come yet: it is {now:%Y-%m-%d %H:%M} UTC ([events] cutoff, label_days; the "
+                             "cutoff is in UTC and cron fires in the host's time zone: east of UTC, set the cutoff "
+                             "before the firing's UTC time)")
         settings = config.events()
         return inputs.window_batches(settings.resolved_events_path(), start, stop, settings.weights)
 

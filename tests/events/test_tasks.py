@@ -126,7 +126,9 @@ def test_the_default_recs_are_the_most_weighted_available_items_of_the_last_defa
 def test_a_week_whose_cutoff_has_not_come_is_refused(events_settings):
     future = date.today() + timedelta(days=14)
     task = CandidatesAtCutoff(week=future)
-    with pytest.raises(ValueError, match=r"events up to .* are needed, and that time has not come yet"):
+    with pytest.raises(ValueError, match=r"events up to .* UTC are needed, and that time has not come yet: it is "
+                                         r"\d{4}-\d\d-\d\d \d\d:\d\d UTC \(\[events\] cutoff, label_days; the cutoff "
+                                         r"is in UTC and cron fires in the host's time zone"):
         task.events_until(None, config.events().cutoff_of(task.week))
 
 
