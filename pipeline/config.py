@@ -117,6 +117,9 @@ class pipeline(luigi.Config):  # noqa: N801
                                         "longest a reader queues behind a publish")
     terminate_idle_blockers = luigi.BoolParameter(default=False, description="end sessions that hold a live table "
                                                   "while idle in a transaction, instead of waiting for them")
+    idle_blocker_seconds = luigi.FloatParameter(default=60.0, description="how long a session must have been idle "
+                                                "in its transaction before terminate_idle_blockers ends it: a web "
+                                                "request is idle between its statements for a moment")
 
     def ranker_features(self) -> RankerFeatures:
         """The features set here, each list falling back to what the source provides."""

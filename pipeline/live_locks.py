@@ -50,6 +50,7 @@ class Blocker:
     application: str
     state: str | None
     transaction_s: float | None
+    idle_s: float | None  # since it went idle in its transaction, if it is
     relation: str
     standby: str = ""  # its address in `[postgres] standbys`; "" on the primary
 
@@ -288,7 +289,8 @@ def _holding(conn, tables: list[str]) -> list[Blocker]:
             " held AS (SELECT oid FROM named"
             "  UNION SELECT inhrelid FROM pg_inherits WHERE inhparent IN (SELECT oid FROM named))"
             " SELECT DISTINCT ON (l.pid) l.pid, coalesce(a.application_name, ''), a.state,"
-            "  extract(epoch FROM now() - a.xact_start)::float8, l.relation::regclass::text"
+            "  extract(epoch FROM now() - a.xact_start)::float8, CASE WHEN a.state LIKE 'idle in transaction%%'"
+            "  THEN extract(epoch FROM now() - a.state_change)::float8 END, l.relation::regclass::text"
             " FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
             " WHERE l.granted AND l.pid <> pg_backend_pid() AND a.backend_type IS DISTINCT FROM 'startup'"
             " AND l.relation IN (SELECT oid FROM held"
@@ -300,10 +302,15 @@ def _holding(conn, tables: list[str]) -> list[Blocker]:
 def _terminated_if_idle(holder: Blocker, not_ours_to_end: set[tuple[str, int]]) -> bool:
     """`[pipeline] terminate_idle_blockers`: a session idle in its transaction holds its locks and does nothing.
 
+    Only one idle for `idle_blocker_seconds` is ended: a web service that holds each request in a
+    transaction (SQLAlchemy's session, Django's ATOMIC_REQUESTS), a report between its queries or a
+    backup between its tables is idle in its transaction for moments, and is waited for.
+
     A session of another role the pipeline's role may not end (no `pg_signal_backend`) is waited
     for as without the setting, and said so once: the week may still go live when it ends.
     """
-    if not (holder.state or "").startswith("idle in transaction") or (holder.standby, holder.pid) in not_ours_to_end:
+    forgotten = holder.idle_s is not None and holder.idle_s >= config.pipeline().idle_blocker_seconds
+    if not forgotten or (holder.standby, holder.pid) in not_ours_to_end:
         return False
     try:
         with db.connection(db.standbys().get(holder.standby)) as conn, conn.cursor() as cur:

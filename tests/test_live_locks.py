@@ -114,7 +114,7 @@ def test_past_its_wait_a_publish_fails_naming_the_blocker_and_changes_nothing(
 
 
 def test_idle_blockers_are_terminated_only_when_asked(next_week_staged, settings, conn, long_report):
-    settings["pipeline"]["terminate_idle_blockers"] = "true"
+    settings["pipeline"].update(terminate_idle_blockers="true", idle_blocker_seconds="1")
     apply_settings(settings)
 
     assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
@@ -122,6 +122,25 @@ def test_idle_blockers_are_terminated_only_when_asked(next_week_staged, settings
     assert live_week(conn) == NEXT_WEEK
     with pytest.raises(psycopg2.OperationalError):
         long_report.cursor().execute("SELECT 1")
+
+
+def test_a_web_request_idle_between_its_statements_is_waited_for_never_ended_as_a_forgotten_session(
+        next_week_staged, settings, conn, reader):
+    """A web service that holds each request in a transaction (SQLAlchemy's session, Django's
+    ATOMIC_REQUESTS) is idle in it between its statements; only a session idle for
+    `idle_blocker_seconds` is a forgotten one."""
+    settings["pipeline"].update(terminate_idle_blockers="true", idle_blocker_seconds="60")
+    apply_settings(settings)
+    request = reader.connect()
+    request.cursor().execute("SELECT item_id FROM candidates_ranked LIMIT 1")  # its first statement
+    request_ends = threading.Timer(1.5, request.commit)  # a slow request's last, in its own time
+    request_ends.start()
+
+    assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+
+    request_ends.join()
+    assert request.cursor().execute("SELECT 1") is None  # its session, still there
+    assert live_week(conn) == NEXT_WEEK
 
 
 def test_a_rollback_waits_for_readers_the_same_way(next_week_staged, settings, config_file, conn, long_report):
@@ -295,7 +314,7 @@ def test_an_idle_blocker_the_pipelines_role_may_not_end_is_waited_for_and_named_
         pipeline_role, next_week_staged, settings, config_file, conn, long_report, pg_socket_dir, database):
     with admin_connection(pg_socket_dir, database) as admin:  # it sees others' sessions, may not end them
         admin.cursor().execute(f"GRANT pg_read_all_stats TO {pipeline_role}")
-    settings["pipeline"].update(terminate_idle_blockers="true", publish_wait="3")
+    settings["pipeline"].update(terminate_idle_blockers="true", idle_blocker_seconds="0.5", publish_wait="3")
     apply_settings(settings, config_file)
 
     refused = run_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK), "--local-scheduler", "--no-lock")
@@ -342,7 +361,7 @@ def test_a_publish_waits_for_a_reader_on_a_standby_too_and_the_web_service_readi
 def test_idle_blockers_on_a_standby_are_terminated_there_when_asked(
         next_week_staged, settings, config_file, conn, reader, standby, pg_socket_dir, database):
     settings["postgres"]["standbys"] = json.dumps([standby])
-    settings["pipeline"].update(terminate_idle_blockers="true", publish_wait="30")
+    settings["pipeline"].update(terminate_idle_blockers="true", idle_blocker_seconds="1", publish_wait="30")
     apply_settings(settings, config_file)
     replayed(pg_socket_dir, database, standby)
     report = reader.at(standby).connect("long-report")
