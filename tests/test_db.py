@@ -127,6 +127,22 @@ def test_read_streams_below_one_is_refused_naming_the_setting(settings):
         config.postgres().streams_at_once()
 
 
+def test_a_connection_pooler_in_front_of_the_server_stops_the_week_before_any_task_saying_why(
+        settings, config_file, pooler):
+    """The pipeline's sessions set their own values at startup (libpq `options`), which PgBouncer refuses;
+    taking them as plain SETs instead, a pooler in transaction mode would hand them on to the web service."""
+    settings["postgres"].update(pooler)
+    apply_settings(settings, config_file)
+
+    refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK))
+
+    assert refused.returncode == 35  # scheduling failed: no task ran
+    assert f"ConnectionError: cannot connect to PostgreSQL at 127.0.0.1:{pooler['port']}" in refused.stderr
+    assert ("unsupported startup parameter: options; the pipeline sets its own statement_timeout, lock_timeout and "
+            "isolation in libpq's options, which this connection pooler refuses: point [postgres] host at PostgreSQL "
+            "itself") in refused.stderr
+
+
 def test_a_wrong_password_is_refused_without_showing_it(tcp_server, settings):
     settings["postgres"].update(host=tcp_server["host"], port=tcp_server["port"], user=tcp_server["user"],
                                 password="not-the-password-123")
