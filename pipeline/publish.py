@@ -327,11 +327,18 @@ def archived_weeks(cur, table: str) -> list[date]:
     return sorted((w for w in map(_week, _matches(cur, table, _WEEK)) if w != live), reverse=True)
 
 
+def kept_archives(weeks: Iterable[date], retention: int) -> list[date]:
+    """Of archived weeks, those a publish keeps: the newest `retention`, newest first."""
+    return sorted(set(weeks), reverse=True)[:retention]
+
+
 def obsolete(cur, table: str, week: date, retention: int) -> list[str]:
     """What `week` going live left behind: archives past the newest `retention`, the versions redos
     replaced (`_rename`) and, unless the week was a backfill, weeks staged before it, which will never
     go live (a rerun stages them again)."""
-    expired = [week_name(table, w) for w in archived_weeks(cur, table)[retention:]]
+    archived = archived_weeks(cur, table)
+    kept = kept_archives(archived, retention)
+    expired = [week_name(table, w) for w in archived if w not in kept]
     expired += [f"{table}{match.string}" for match in _matches(cur, table, _REPLACED)]
     if live_week(cur, table) != week:
         return expired

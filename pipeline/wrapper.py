@@ -77,8 +77,8 @@ class WeeklyRecs(WeekTask):
             live = publish.live_week(cur, table)
             if live is None or self.week >= live:
                 continue  # the week goes live
-            kept = [week for week in publish.archived_weeks(cur, table) if week > self.week][:retention]
-            if len(kept) == retention:
+            kept = publish.kept_archives([*publish.archived_weeks(cur, table), self.week], retention)
+            if self.week not in kept:
                 archives = f" and the archived weeks {', '.join(map(str, kept))}" if kept else ""
                 raise ValueError(f"week {self.week} is older than what [pipeline] retention = {retention} keeps of "
                                  f"{table} (the live week {live}{archives}): backfilled, it would be archived and "
