@@ -37,6 +37,7 @@ from pipeline.load import DefaultRecs, InferenceCandidates, LoadTask, TrainCandi
 T = TypeVar("T")
 
 SCORING_ROWS = 200_000  # rows of whole users scored at a time in a shard
+MODEL_FILE = "model.cbm"  # the week's model, under its `[pipeline] model_dir` folder
 _ITEM_STATS = pa.schema([("item_id", pa.int64()), ("item_frequency", pa.float64()), ("item_mean_als", pa.float64())])
 
 
@@ -72,20 +73,20 @@ class TrainRanker(WeekTask):
         started, settings = time.monotonic(), config.pipeline()
         model_dir = writable_model_dir(settings.week_model_dir(self.week))
         inputs = self.requires()
-        with db.connection(autocommit=True) as conn, conn.cursor() as cur, \
-                tempfile.TemporaryDirectory(prefix="training-", dir=model_dir) as work:
+        with tempfile.TemporaryDirectory(prefix="training-", dir=model_dir) as work:
             folder = Path(work)
-            ranker = Ranker.from_settings(settings, read_week(conn, inputs["popularity"].table, self.week,
-                                                              ["item_id", "items_cnt"]).to_pandas())
-            train_table = publish.week_table(cur, inputs["train"].table, self.week)
-            available = rows_available(settings.week_input_dir(self.week) / CANDIDATES_TRAIN.file,
-                                       publish.row_count(cur, train_table))
-            self.set_status_message(f"reading a sample of {available:,} train candidates back")
-            self.sample_written(conn, train_table, ranker, available, folder / training.SAMPLE)
-            train_items = item_stats(conn, train_table)
-            inference_items = read_of_week(conn, inputs["inference"].table, self.week,
-                                           lambda table: item_stats(conn, table))
-            previous = previous_ndcg(conn, self.metrics_table, self.week)
+            with db.connection(autocommit=True) as conn, conn.cursor() as cur:  # closed before the fits
+                ranker = Ranker.from_settings(settings, read_week(conn, inputs["popularity"].table, self.week,
+                                                                  ["item_id", "items_cnt"]).to_pandas())
+                train_table = publish.week_table(cur, inputs["train"].table, self.week)
+                available = rows_available(settings.week_input_dir(self.week) / CANDIDATES_TRAIN.file,
+                                           publish.row_count(cur, train_table))
+                self.set_status_message(f"reading a sample of {available:,} train candidates back")
+                self.sample_written(conn, train_table, ranker, available, folder / training.SAMPLE)
+                train_items = item_stats(conn, train_table)
+                inference_items = read_of_week(conn, inputs["inference"].table, self.week,
+                                               lambda table: item_stats(conn, table))
+                previous = previous_ndcg(conn, self.metrics_table, self.week)
             processes = training.FreshProcesses()
             counts = processes.run(training.train_files, ranker, folder, train_items)
             self.set_status_message(f"validating on held-out users of {counts['train_rows']:,} train candidates")
@@ -94,11 +95,11 @@ class TrainRanker(WeekTask):
             self.check_quality(validation, previous)
             self.set_status_message(f"training on {counts['train_rows']:,} of {available:,} train candidates")
             self.set_progress_percentage(50)
-            model_path = model_dir / "model.cbm"
-            processes.run(training.fitted, ranker, folder, model_path)
-        validation.update(counts, model_type=ranker.kind, parameters=ranker.parameters(), available_rows=available,
-                          fit_peak_rss_mb=processes.peak_mb, duration_s=time.monotonic() - started)
-        self.store(model_path.read_bytes(), inference_items, validation)
+            fitted = folder / MODEL_FILE
+            processes.run(training.fitted, ranker, folder, fitted)
+            validation.update(counts, model_type=ranker.kind, parameters=ranker.parameters(), available_rows=available,
+                              fit_peak_rss_mb=processes.peak_mb, duration_s=time.monotonic() - started)
+            self.store(fitted, model_dir / MODEL_FILE, inference_items, validation)
 
     def sample_written(self, conn, table: str, ranker, available: int, path: Path) -> None:
         """At most `max_train_rows` of whole users, streamed into an Arrow file: never all in memory."""
@@ -112,8 +113,11 @@ class TrainRanker(WeekTask):
             conn, sample_of_users(table, settings.max_train_rows, settings.random_seed, columns), schema)
         written(batches, schema, path)
 
-    def store(self, model: bytes, inference_items: pa.Table, validation: dict) -> None:
-        """The model row, and a fresh staged ranking for the shards to fill: old shards are void."""
+    def store(self, fitted: Path, kept: Path, inference_items: pa.Table, validation: dict) -> None:
+        """The model row, and a fresh staged ranking for the shards to fill: old shards are void.
+
+        The model is fitted into this run's own folder and moved to `kept` whole, by the run that stores
+        it: two runs of the week fitting into one file at once stored a model half-written by the other."""
         ranked = RankCandidates(week=self.week).table
         staged = publish.staged_name(ranked, self.week)
         with self.marking_once() as transaction:
@@ -125,12 +129,14 @@ class TrainRanker(WeekTask):
                                 " trained_at timestamptz DEFAULT now())").format(sql.Identifier(self.table)))
             cur.execute(sql.SQL("DELETE FROM {} WHERE week = %s").format(sql.Identifier(self.table)), (self.week,))
             cur.execute(sql.SQL("INSERT INTO {} (week, model, item_stats, metrics) VALUES (%s, %s, %s, %s)").format(
-                sql.Identifier(self.table)), (self.week, model, _ipc(inference_items), json.dumps(validation)))
+                sql.Identifier(self.table)), (self.week, fitted.read_bytes(), _ipc(inference_items),
+                                              json.dumps(validation)))
             inference = publish.week_table(cur, InferenceCandidates(week=self.week).table, self.week)
             self.fresh_stage(cur, ranked, sql.SQL("LIKE {}, cb_score double precision, rank integer")
                              .format(sql.Identifier(inference)))
             cur.execute(sql.SQL("DELETE FROM {} WHERE target_table = %s").format(
                 sql.Identifier(self.output().marker_table)), (staged,))
+            os.replace(fitted, kept)
 
     def check_quality(self, validation: dict, previous: tuple[float, float] | None) -> None:
         """Refuses a drop beyond both `max_ndcg_drop` and `gate_sigmas` standard errors of the drop:

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import DefaultRecs, InferenceCandidates, RankCandidates, TrainCandidates, WeeklyRecs, ranker
+from pipeline import DefaultRecs, InferenceCandidates, RankCandidates, TrainCandidates, WeeklyRecs, ranker, training
 from pipeline import rank as ranking_stage
 from pipeline.rank import QualityGateError, TrainRanker
 from pipeline.ranker import candidates_ranked, whole_users
@@ -60,6 +60,26 @@ def test_the_model_is_saved_under_the_weeks_folder_and_in_the_database(settings,
     saved = (tmp_path / "models" / WEEK.isoformat() / "model.cbm").read_bytes()
     assert len(saved) > 0
     assert query(conn, "SELECT model FROM ranker_models WHERE week = %s", WEEK)[0][0].tobytes() == saved
+
+
+def test_another_run_of_the_week_writing_its_model_file_meanwhile_never_reaches_the_stored_model(
+        settings, conn, tmp_path, monkeypatch):
+    """Two runs of a week (two cron firings, two workers) fit at once, each then writing the week's
+    model file; one of them stores its model for the shards."""
+    kept = tmp_path / "models" / WEEK.isoformat() / "model.cbm"
+    fit = training.FreshProcesses.run
+
+    def fitted_while_the_other_run_writes_the_file(self, function, *args):
+        result = fit(self, function, *args)
+        if function is training.fitted:
+            kept.write_bytes(b"the first bytes of the other run's model")
+        return result
+    monkeypatch.setattr(training.FreshProcesses, "run", fitted_while_the_other_run_writes_the_file)
+
+    assert run_tasks(RankCandidates(week=WEEK)).name == "SUCCESS"
+
+    stored = query(conn, "SELECT model FROM ranker_models WHERE week = %s", WEEK)[0][0].tobytes()
+    assert stored == kept.read_bytes() != b"the first bytes of the other run's model"
 
 
 @pytest.mark.published_week
