@@ -32,11 +32,12 @@ OPENINGS = {"pyarrow's default (pre-buffered)": "pq.ParquetFile(path)",
 READ = """import resource, sys, time
 from pathlib import Path
 import pyarrow.parquet as pq
+from pipeline.config import pipeline
 from pipeline.events.outcomes import capped_outcomes
 from pipeline.contracts import open_parquet
 started = time.perf_counter()
 weeks = [{opening} for path in map(Path, sys.argv[1:])]
-rows = sum(batch.num_rows for batch in capped_outcomes(weeks, {max_rows}, 42))
+rows = sum(batch.num_rows for batch in capped_outcomes(weeks, pipeline(max_train_rows={max_rows}, random_seed=42)))
 print(rows, time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 

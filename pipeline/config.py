@@ -107,8 +107,8 @@ class pipeline(luigi.Config):  # noqa: N801
     iterations = luigi.IntParameter(default=300)
     thread_count = luigi.IntParameter(default=-1)
     random_seed = luigi.IntParameter(default=42)
-    max_train_rows = luigi.IntParameter(default=250_000, description="fit on a sample of whole users up to this"
-                                        " (a fit's memory and time grow with it, see the README)")
+    max_train_rows = luigi.IntParameter(default=250_000, description="the model learns from a sample of whole users"
+                                        " up to this (a fit's memory and time grow with it, see the README)")
     shards = luigi.IntParameter(default=0, description="scoring shards by user; 0: one per rows_per_shard rows")
     rows_per_shard = luigi.IntParameter(default=5_000_000, description="inference rows per shard when shards = 0")
     publish_wait = luigi.FloatParameter(default=1800.0, description="seconds a publish or rollback waits for "

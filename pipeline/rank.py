@@ -33,11 +33,13 @@ from pipeline.base import StagingTask, WeekTask, published_table
 from pipeline.contracts import CANDIDATES_TRAIN
 from pipeline.events.tasks import AVAILABLE_ROWS
 from pipeline.load import DefaultRecs, InferenceCandidates, LoadTask, TrainCandidates
+from pipeline.validation import fitted_once, kept_in_sample, sample_order
 
 T = TypeVar("T")
 
 SCORING_ROWS = 200_000  # rows of whole users scored at a time in a shard
 MODEL_FILE = "model.cbm"  # the week's model, under its `[pipeline] model_dir` folder
+_USER_ROWS = pa.schema([("user_id", pa.int64()), ("n", pa.int64())])
 _ITEM_STATS = pa.schema([("item_id", pa.int64()), ("item_frequency", pa.float64()), ("item_mean_als", pa.float64())])
 
 
@@ -87,22 +89,25 @@ class TrainRanker(WeekTask):
                 inference_items = read_of_week(conn, inputs["inference"].table, self.week,
                                                lambda table: item_stats(conn, table))
                 previous = previous_ndcg(conn, self.metrics_table, self.week)
-            processes = training.FreshProcesses()
-            counts = processes.run(training.train_files, ranker, folder, train_items)
-            self.set_status_message(f"validating on held-out users of {counts['train_rows']:,} train candidates")
+            once = fitted_once(available, settings.max_train_rows, settings.holdout, settings.holdout_share)
+            processes, fitted = training.FreshProcesses(), folder / MODEL_FILE
+            counts = processes.run(training.train_files, ranker, folder, train_items, once)
+            self.set_status_message(f"fitting on {counts['train_rows']:,} of {available:,} train candidates, "
+                                    "validating on held-out users" if once else
+                                    f"validating on held-out users of {counts['train_rows']:,} train candidates")
             self.set_progress_percentage(10)
-            validation = processes.run(training.validated, ranker, folder)
+            validation = processes.run(training.validated, ranker, folder, fitted if once else None)
             self.check_quality(validation, previous)
-            self.set_status_message(f"training on {counts['train_rows']:,} of {available:,} train candidates")
-            self.set_progress_percentage(50)
-            fitted = folder / MODEL_FILE
-            processes.run(training.fitted, ranker, folder, fitted)
+            if not once:
+                self.set_status_message(f"training on {counts['train_rows']:,} of {available:,} train candidates")
+                self.set_progress_percentage(50)
+                processes.run(training.fitted, ranker, folder, fitted)
             validation.update(counts, model_type=ranker.kind, parameters=ranker.parameters(), available_rows=available,
                               fit_peak_rss_mb=processes.peak_mb, duration_s=time.monotonic() - started)
             self.store(fitted, model_dir / MODEL_FILE, inference_items, validation)
 
     def sample_written(self, conn, table: str, ranker, available: int, path: Path) -> None:
-        """At most `max_train_rows` of whole users, streamed into an Arrow file: never all in memory."""
+        """The whole users `validation.kept_in_sample` keeps, streamed into an Arrow file: never all in memory."""
         settings = config.pipeline()
         with conn.cursor() as cur:
             stored = db.read_schema(cur, table)
@@ -110,7 +115,7 @@ class TrainRanker(WeekTask):
         columns = [*ranker.columns, "target", *([CANDIDATES_TRAIN.group] if grouped else [])]
         schema = _typed(stored, columns)
         batches = db.stream_table(conn, table, schema) if available <= settings.max_train_rows else db.stream_out(
-            conn, sample_of_users(table, settings.max_train_rows, settings.random_seed, columns), schema)
+            conn, rows_of_users(table, sampled_users(conn, table, available), columns), schema)
         written(batches, schema, path)
 
     def store(self, fitted: Path, kept: Path, inference_items: pa.Table, validation: dict) -> None:
@@ -281,15 +286,20 @@ class RankCandidates(StagingTask):
                     (self.week,))
 
 
-def sample_of_users(table: str, max_rows: int, seed: int, columns: list[str]) -> sql.Composable:
-    """Whole users, in a seeded order, up to `max_rows` rows."""
-    selected = sql.SQL(", ").join(sql.Identifier("t", column) for column in columns)
-    return sql.SQL(
-        "WITH users AS (SELECT user_id, count(*) AS n FROM {table} GROUP BY user_id),"
-        " chosen AS (SELECT user_id FROM (SELECT user_id, sum(n) OVER (ORDER BY hashint8extended(user_id, {seed}),"
-        " user_id) AS upto FROM users) u WHERE upto <= {max_rows})"
-        " SELECT {selected} FROM {table} t JOIN chosen USING (user_id)").format(
-        table=sql.Identifier(table), seed=sql.Literal(seed), max_rows=sql.Literal(max_rows), selected=selected)
+def sampled_users(conn, table: str, available: int) -> list[int]:
+    """The users of the week's sample, chosen by their rows in `table` (see `validation.kept_in_sample`)."""
+    settings = config.pipeline()
+    counts = db.copy_out(conn, sql.SQL("SELECT user_id, count(*) AS n FROM {} GROUP BY user_id").format(
+        sql.Identifier(table)), _USER_ROWS)
+    users = counts.column("user_id").to_numpy()
+    kept = kept_in_sample(users, counts.column("n").to_numpy(), sample_order(users, settings.random_seed), available,
+                          settings.max_train_rows, settings.holdout, settings.random_seed, settings.holdout_share)
+    return users[kept].tolist()
+
+
+def rows_of_users(table: str, users: list[int], columns: list[str]) -> sql.Composable:
+    return sql.SQL("SELECT {} FROM {} WHERE user_id = ANY({}::bigint[])").format(
+        sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(table), sql.Literal(users))
 
 
 def written(batches: Iterator[pa.RecordBatch], schema: pa.Schema, path: Path) -> int:
@@ -367,7 +377,7 @@ def _add_error_columns(cur, metrics_table: str) -> None:
     `ALTER TABLE` would wait for (and queue up) the readers of the table."""
     present = catalog.table_columns(cur, metrics_table)
     for column in ("available_rows bigint", "ndcg_se double precision", "ndcg_vs_als_se double precision",
-                   "groups bigint", "fit_peak_rss_mb double precision"):
+                   "groups bigint", "fit_peak_rss_mb double precision", "fits integer"):
         if column.split()[0] not in present:
             cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN " + column).format(sql.Identifier(metrics_table)))
 

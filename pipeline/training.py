@@ -8,8 +8,9 @@ candidates to a file in a folder of its own, and three fresh processes take it f
     train_files   the sample, prepared, as the rows CatBoost reads itself (learn and whole, tab
                   separated, with their column description) and the held-out rows: the only step
                   that holds the sample as a DataFrame
-    validated     fits on the learn rows, scores the held-out ones: the gate's metrics
-    fitted        fits on the whole sample and saves the week's model
+    validated     fits on the learn rows, scores the held-out ones: the gate's metrics; for a week
+                  fitted once (`validation.fitted_once`) it saves this model as the week's
+    fitted        fits on the whole sample and saves the week's model (not for a week fitted once)
 
 Each exits when done, and with it everything it held. The fits read their rows with CatBoost's
 own file reader, so their process never holds a DataFrame: the model is the one a fit on the
@@ -36,8 +37,9 @@ from pipeline.ranker import GROUP, Ranker
 SAMPLE, LEARN, WHOLE, HELD_OUT, COLUMNS = "sample.arrow", "learn.tsv", "whole.tsv", "held_out.feather", "columns.cd"
 
 
-def train_files(ranker: Ranker, folder: Path, items: pa.Table) -> dict[str, int]:
-    """The sample's rows and positives, with its files for the fits written beside it."""
+def train_files(ranker: Ranker, folder: Path, items: pa.Table, once: bool = False) -> dict[str, int]:
+    """The rows and positives the week's model learns from, with the files for the fits written
+    beside the sample: for a week fitted `once`, no whole file, as its model learns the learn rows alone."""
     with pa.OSFile(str(folder / SAMPLE)) as source:
         table = pa.ipc.open_file(source).read_all()
     train = ranker.prepared(table.to_pandas(split_blocks=True, self_destruct=True),
@@ -46,16 +48,21 @@ def train_files(ranker: Ranker, folder: Path, items: pa.Table) -> dict[str, int]
     learn, test = ranker.held_out_split(train)
     columns = pool_columns(ranker)
     (folder / COLUMNS).write_text("".join(f"{i}\t{role}\t{name}\n" for i, (name, role) in enumerate(columns)))
-    for rows, name in ((learn, LEARN), (train, WHOLE)):
+    for rows, name in ((learn, LEARN), *(() if once else ((train, WHOLE),))):
         pacsv.write_csv(pa.Table.from_pandas(rows[[name for name, _ in columns]], preserve_index=False),
                         folder / name, pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none"))
     test[[GROUP, "target", *dict.fromkeys(["als_score", *ranker.features, *ranker.derived])]].reset_index(
         drop=True).to_feather(folder / HELD_OUT)
-    return {"train_rows": len(train), "positives": int(train["target"].sum())}
+    learned = learn if once else train
+    return {"train_rows": len(learned), "positives": int(learned["target"].sum()), "fits": 1 if once else 2}
 
 
-def validated(ranker: Ranker, folder: Path) -> dict[str, float]:
-    return ranker.validation(ranker.fit(_pool(folder, LEARN)), pd.read_feather(folder / HELD_OUT))
+def validated(ranker: Ranker, folder: Path, model_path: Path | None = None) -> dict[str, float]:
+    """The gate's metrics of a fit on the learn rows; that model saved to `model_path`, if given."""
+    model = ranker.fit(_pool(folder, LEARN))
+    if model_path is not None:
+        model.save_model(str(model_path))
+    return ranker.validation(model, pd.read_feather(folder / HELD_OUT))
 
 
 def fitted(ranker: Ranker, folder: Path, model_path: Path) -> None:

@@ -1,9 +1,14 @@
 """Which train rows are held out for validation: the latest outcome week's, or those of the users
-a seeded hash of each user id picks.
+a seeded hash of each user id picks; and which rows a sample capped at `max_train_rows` keeps.
 
 A user's side depends only on its id and the seed, not on which other users the week has, so
-the week's check (`CheckInputs`, before any load) and the ranker (after a sample of users)
-agree on it, and a week rerun holds out the same users.
+the week's check (`CheckInputs`, before any load), the train file's cap and the ranker (after a
+sample of users) agree on it, and a week rerun holds out the same users.
+
+A week with more train rows than a fit may learn from is fitted once: its sample is `max_train_rows`
+rows of learning users and a held-out share beside them, and the model validated on the held-out
+users is the model that goes live. A smaller week is validated on a model of most of its users,
+then fitted again on all of them.
 """
 
 from __future__ import annotations
@@ -33,6 +38,12 @@ def held_out(user_ids: np.ndarray, seed: int, share: float) -> np.ndarray:
     return spread(user_ids, seed) < share
 
 
+def sample_order(ids: np.ndarray, seed: int, week: int = 0) -> np.ndarray:
+    """The seeded places in which a capped sample takes ids (of its `week`-th outcome week): a hash
+    of its own, so that a sample's users are no likelier held out than the week's."""
+    return spread(ids, seed + 7919 * (week + 1))
+
+
 def spread(ids: np.ndarray, seed: int) -> np.ndarray:
     """Each id's place in [0, 1), uniform and fixed for the seed: a splitmix64 hash of id and seed."""
     with np.errstate(over="ignore"):
@@ -41,3 +52,30 @@ def spread(ids: np.ndarray, seed: int) -> np.ndarray:
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def fitted_once(available: int, max_rows: int, holdout: str, share: float) -> bool:
+    """Whether the week's sample is capped beyond what its learning users alone fill: then the fit
+    the validation scores is already one on `max_rows` rows, and a second, on the whole sample, would
+    learn from no more. Not where the latest week is held out: the model that goes live learns it too."""
+    return holdout == "users" and 0 < share < 1 and available > max_rows / (1 - share)
+
+
+def kept_in_sample(user_ids: np.ndarray, rows: np.ndarray, places: np.ndarray, available: int, max_rows: int,
+                   holdout: str, seed: int, share: float) -> np.ndarray:
+    """Which groups (a user's rows, or a user-week's) the sample keeps, whole, in the order of `places`:
+    every one up to `available` <= `max_rows`; for a week fitted once (`fitted_once`), the learning
+    users' up to `max_rows` rows and the held-out users' up to `max_rows * share / (1 - share)`;
+    else any up to `max_rows`."""
+    if available <= max_rows:
+        return np.ones(len(user_ids), dtype=bool)
+    if fitted_once(available, max_rows, holdout, share):
+        held = held_out(user_ids, seed, share)
+        budgets = [(~held, max_rows), (held, int(max_rows * share / (1 - share)))]
+    else:
+        budgets = [(np.ones(len(user_ids), dtype=bool), max_rows)]
+    order, kept = np.argsort(places, kind="stable"), np.zeros(len(user_ids), dtype=bool)
+    for side, budget in budgets:
+        chosen = order[side[order]]
+        kept[chosen[np.cumsum(rows[chosen]) <= budget]] = True
+    return kept

@@ -8,14 +8,26 @@ import re
 import time
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import DefaultRecs, InferenceCandidates, RankCandidates, TrainCandidates, WeeklyRecs, ranker, training
+from pipeline import (
+    DefaultRecs,
+    InferenceCandidates,
+    RankCandidates,
+    TrainCandidates,
+    WeeklyRecs,
+    config,
+    publish,
+    ranker,
+    training,
+)
 from pipeline import rank as ranking_stage
 from pipeline.rank import QualityGateError, TrainRanker
-from pipeline.ranker import candidates_ranked, whole_users
+from pipeline.ranker import Ranker, candidates_ranked, whole_users
+from pipeline.validation import held_out
 from tests.conftest import (
     NEXT_WEEK,
     PUBLISHED_TABLES,
@@ -115,15 +127,44 @@ def test_one_shard_and_four_shards_publish_the_same_ranking(settings, conn):
     assert sorted(m[:16] for (m,) in shard_markers) == ["ScoreShard_0_1_2", *(f"ScoreShard_{k}_4_2" for k in range(4))]
 
 
-def test_training_is_capped_at_max_train_rows_of_whole_users(settings, conn):
+def test_a_week_whose_learning_users_fill_max_train_rows_is_fitted_once_and_the_validated_model_goes_live(
+        settings, conn, input_dir):
+    """6,000 train rows, a cap of 2,010: the sample is 2,010 rows of learning users and the held-out
+    users' share beside them. A second fit on the whole sample would learn from no more rows, so the
+    model the gate validated is the one stored, and it ranks the held-out users as the gate saw."""
     settings["pipeline"]["max_train_rows"] = "2010"
     apply_settings(settings)
 
     run_tasks(WeeklyRecs(week=WEEK))
 
-    ((trained, available),) = query(conn, "SELECT train_rows, available_rows FROM model_metrics")
-    assert available == 6000
+    ((trained, available, fits, validated_ndcg),) = query(
+        conn, "SELECT train_rows, available_rows, fits, ndcg_at_10 FROM model_metrics")
+    assert (available, fits) == (6000, 1)
     assert 2010 - 20 < trained <= 2010 and trained % 20 == 0  # every sample user keeps all 20 candidates
+    stored = Ranker.from_settings(config.pipeline(), pd.read_parquet(input_dir / "top_popular.parquet"))
+    with conn.cursor() as cur:
+        model, _ = ranking_stage.load_model(cur, TrainRanker(week=WEEK).table, WEEK, stored)
+        train_table = publish.week_table(cur, TrainCandidates(week=WEEK).table, WEEK)
+    sampled = np.array(ranking_stage.sampled_users(conn, train_table, available))
+    held = sampled[held_out(sampled, 42, 0.2)]
+    rows = pd.read_parquet(input_dir / "candidates_train.parquet")
+    test = stored.prepared(rows[rows["user_id"].isin(held)],
+                           ranking_stage.item_stats(conn, train_table).to_pandas().set_index("item_id"))
+    assert 2010 // 5 - 20 < len(test) <= 2010 // 4  # the held-out users' share of the sample
+    assert stored.validation(model, test)["ndcg_at_10"] == pytest.approx(validated_ndcg)
+
+
+def test_a_week_a_little_over_max_train_rows_is_validated_then_fitted_again_on_the_whole_sample(settings, conn):
+    """6,000 rows and a cap of 5,000: the learning users alone do not fill the cap, so the model that
+    goes live learns from the whole sample, held-out users too."""
+    settings["pipeline"]["max_train_rows"] = "5000"
+    apply_settings(settings)
+
+    run_tasks(WeeklyRecs(week=WEEK))
+
+    ((trained, available, fits),) = query(conn, "SELECT train_rows, available_rows, fits FROM model_metrics")
+    assert (available, fits) == (6000, 2)
+    assert 5000 - 20 < trained <= 5000 and trained % 20 == 0
 
 
 def test_ties_are_broken_by_item_id():
@@ -150,10 +191,10 @@ def test_scoring_batches_never_split_a_user():
 def test_each_published_week_has_a_metrics_row(settings, conn):
     run_tasks(WeeklyRecs(week=WEEK), WeeklyRecs(week=NEXT_WEEK))
 
-    rows = query(conn, "SELECT week, model_type, train_rows, positives > 0, ndcg_at_10 BETWEEN 0 AND 1,"
+    rows = query(conn, "SELECT week, model_type, train_rows, fits, positives > 0, ndcg_at_10 BETWEEN 0 AND 1,"
                        " als_ndcg_at_10 BETWEEN 0 AND 1, duration_s > 0 FROM model_metrics ORDER BY week")
-    assert rows == [(WEEK, "CatBoostRanker", 6000, True, True, True, True),
-                    (NEXT_WEEK, "CatBoostRanker", 6000, True, True, True, True)]
+    assert rows == [(WEEK, "CatBoostRanker", 6000, 2, True, True, True, True),
+                    (NEXT_WEEK, "CatBoostRanker", 6000, 2, True, True, True, True)]
 
 
 def test_a_dbas_idle_in_transaction_timeout_never_ends_the_ranking_while_it_reads(settings, database,

@@ -15,7 +15,7 @@ import pytest
 from pipeline.config import SOURCE_FEATURES
 from pipeline.features import item_stats
 from pipeline.ranker import Ranker
-from pipeline.training import SAMPLE, FreshProcesses, fitted, train_files, validated
+from pipeline.training import SAMPLE, WHOLE, FreshProcesses, fitted, train_files, validated
 
 
 @pytest.fixture
@@ -45,7 +45,21 @@ def test_the_model_fitted_through_train_files_scores_as_one_fitted_on_the_rows(r
     in_worker = ranker.fit(ranker.pool(prepared))
     in_child = ranker.loaded((tmp_path / "model.cbm").read_bytes())
     np.testing.assert_allclose(ranker.scores(in_child, prepared), ranker.scores(in_worker, prepared))
-    assert counts == {"train_rows": len(train), "positives": int(train["target"].sum())}
+    assert counts == {"train_rows": len(train), "positives": int(train["target"].sum()), "fits": 2}
+
+
+def test_a_week_fitted_once_keeps_the_model_its_validation_scored_and_learns_the_learn_rows_alone(ranker, train,
+                                                                                                  tmp_path):
+    items = item_stats(train)
+    processes = FreshProcesses()
+    counts = processes.run(train_files, ranker, tmp_path, pa.Table.from_pandas(items.reset_index()), True)
+
+    metrics = processes.run(validated, ranker, tmp_path, tmp_path / "model.cbm")
+
+    learn, test = ranker.held_out_split(ranker.prepared(train, items))
+    assert counts == {"train_rows": len(learn), "positives": int(learn["target"].sum()), "fits": 1}
+    assert not (tmp_path / WHOLE).exists()
+    assert ranker.validation(ranker.loaded((tmp_path / "model.cbm").read_bytes()), test) == pytest.approx(metrics)
 
 
 def test_the_validation_holds_out_the_same_users_and_gives_the_same_metrics(ranker, train, tmp_path):

@@ -15,10 +15,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import config
 from pipeline.contracts import date_column
 from pipeline.events.candidates import CANDIDATES
 from pipeline.events.inputs import Interactions
-from pipeline.validation import spread
+from pipeline.validation import kept_in_sample, sample_order
 
 OUTCOMES = CANDIDATES.append(pa.field("target", pa.int64())).append(pa.field("outcome_week", pa.date32()))
 
@@ -43,24 +44,27 @@ def _taken(batch: pa.RecordBatch, taken: pd.MultiIndex) -> np.ndarray:
         .isin(taken)
 
 
-def capped_outcomes(weeks: list[pq.ParquetFile], max_rows: int, seed: int) -> Iterator[pa.RecordBatch]:
-    """The weeks' outcome rows, or where there are more than `max_rows`, whole user-weeks in a seeded
-    order up to `max_rows`: the train file holds no more than the ranker can use."""
-    chosen = _chosen_user_weeks(weeks, max_rows, seed)
+def capped_outcomes(weeks: list[pq.ParquetFile], settings: config.pipeline) -> Iterator[pa.RecordBatch]:
+    """The weeks' outcome rows, or where there are more than `max_train_rows`, whole user-weeks in a
+    seeded order as `validation.kept_in_sample` keeps them: the train file holds no more than the
+    ranker can use."""
+    chosen = _chosen_user_weeks(weeks, settings)
     for week, users in zip(weeks, chosen, strict=True):
         for batch in week.iter_batches():
             yield batch if users is None else batch.filter(pa.array(np.isin(batch.column("user_id").to_numpy(), users)))
 
 
-def _chosen_user_weeks(weeks: list[pq.ParquetFile], max_rows: int, seed: int) -> list[np.ndarray | None]:
+def _chosen_user_weeks(weeks: list[pq.ParquetFile], settings: config.pipeline) -> list[np.ndarray | None]:
     """The users kept in each week (None: all of them)."""
-    if sum(week.metadata.num_rows for week in weeks) <= max_rows:
+    available, seed = sum(week.metadata.num_rows for week in weeks), settings.random_seed
+    if available <= settings.max_train_rows:
         return [None] * len(weeks)
     groups = []
     for number, week in enumerate(weeks):
         users, rows = np.unique(week.read(columns=["user_id"]).column("user_id").to_numpy(), return_counts=True)
         groups.append(pd.DataFrame({"week": number, "user_id": users, "rows": rows,
-                                    "place": spread(users, seed + 7919 * number)}))
-    ordered = pd.concat(groups, ignore_index=True).sort_values(["place", "week", "user_id"], ignore_index=True)
-    kept = ordered[ordered["rows"].cumsum() <= max_rows]
+                                    "place": sample_order(users, seed, number)}))
+    groups = pd.concat(groups, ignore_index=True)
+    kept = groups[kept_in_sample(groups["user_id"].to_numpy(), groups["rows"].to_numpy(), groups["place"].to_numpy(),
+                                 available, settings.max_train_rows, settings.holdout, seed, settings.holdout_share)]
     return [kept.loc[kept["week"] == number, "user_id"].to_numpy() for number in range(len(weeks))]

@@ -229,16 +229,16 @@ class TrainFromOutcomes(EventTask):
         return self.week_file(CANDIDATES_TRAIN.file)
 
     def run(self) -> None:
-        """At most `[pipeline] max_train_rows`, whole user-weeks; the file's metadata keeps how many
-        rows there were (`model_metrics.available_rows`)."""
+        """At most `[pipeline] max_train_rows` (and the held-out users' share beside them, where the
+        ranker will fit once), whole user-weeks; the file's metadata keeps how many rows there were
+        (`model_metrics.available_rows`)."""
         from pipeline.events import outcomes
 
-        settings = config.pipeline()
         weeks = [_streamed(target) for target in self.input()]
         available = sum(week.metadata.num_rows for week in weeks)
         schema = weeks[0].schema_arrow.with_metadata({AVAILABLE_ROWS: str(available)})
         with self.output().temporary_path() as path, pq.ParquetWriter(path, schema) as writer:
-            for batch in outcomes.capped_outcomes(weeks, settings.max_train_rows, settings.random_seed):
+            for batch in outcomes.capped_outcomes(weeks, config.pipeline()):
                 writer.write_batch(batch)
 
 

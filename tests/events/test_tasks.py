@@ -22,6 +22,7 @@ from pipeline.events import tasks
 from pipeline.events.candidates import FEATURES, SOURCES
 from pipeline.events.inputs import read_items, read_window
 from pipeline.events.tasks import CandidatesAtCutoff, CandidateShard, CutoffModel, TrainFromOutcomes
+from pipeline.validation import held_out
 from pipeline.wrapper import WeeklyRecs
 from tests.conftest import CUTOFF, PUBLISHED_TABLES, WEEK, apply_settings, live_state, query, run_tasks
 from tests.events.test_inputs import events_file
@@ -154,8 +155,10 @@ def test_a_week_runs_from_events_to_the_five_tables(events_settings, conn):
     assert query(conn, taken_again, WEEK - timedelta(weeks=1)) != [(0,)]  # this shop's users come back to things
 
 
-def test_the_train_file_holds_at_most_max_train_rows_and_the_metrics_say_how_many_there_were(events_settings,
-                                                                                             conn):
+def test_the_train_file_holds_max_train_rows_of_learning_users_beside_the_held_out_share_and_the_metrics_say_so(
+        events_settings, conn):
+    """More outcome rows than a fit on learning users fills: the ranker fits once, on the file's
+    learning users, and validates on its held-out users (a fifth of the file)."""
     events_settings["pipeline"]["max_train_rows"] = "6000"
     apply_settings(events_settings)
 
@@ -163,9 +166,11 @@ def test_the_train_file_holds_at_most_max_train_rows_and_the_metrics_say_how_man
 
     outcomes = sum(week_file("outcomes.parquet", WEEK - timedelta(weeks=k)).num_rows for k in (1, 2))
     train = week_file("candidates_train.parquet")
-    assert train.num_rows <= 6000 < outcomes
+    held = held_out(train.column("user_id").to_numpy(), config.pipeline().random_seed, 0.2)
+    learning = int((~held).sum())
+    assert 6000 - 30 < learning <= 6000 < outcomes and 1500 - 30 < held.sum() <= 1500
     assert query(conn, "SELECT count(*) FROM candidates_train") == [(train.num_rows,)]
-    assert query(conn, "SELECT available_rows, train_rows FROM model_metrics") == [(outcomes, train.num_rows)]
+    assert query(conn, "SELECT available_rows, train_rows, fits FROM model_metrics") == [(outcomes, learning, 1)]
 
 
 def test_source_events_alone_gives_the_ranker_every_feature_the_stage_computes(settings):
