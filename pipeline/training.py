@@ -3,7 +3,7 @@
 A CatBoost fit takes about 600 MB a million train rows on top of its data, and a process's heap
 keeps what it frees. Run in the Luigi worker, that memory would stay under the shards that score
 after it, and the worker would grow with the week. So `TrainRanker` streams its sample of train
-candidates to a file in a folder of its own, and three fresh processes take it from there:
+candidates to a file in a folder of its own, and fresh processes take it from there:
 
     train_files   the sample, prepared, as the rows CatBoost reads itself (learn and whole, tab
                   separated, with their column description) and the held-out rows: the only step
