@@ -72,7 +72,8 @@ def main() -> None:
     (_, default_s, default_mb), (_, ours_s, ours_mb) = results.values()
     lines = ["# The train file from twelve weeks of outcomes", "",
              f"{WEEKS} weeks of {USERS_A_WEEK * PER_USER:,} outcome rows ({on_disk:,.0f} MB on disk), "
-             f"{MAX_ROWS:,} kept; {platform.machine()}, {os.cpu_count()} cores.", "",
+             f"capped at max_train_rows = {MAX_ROWS:,} (the held-out users' share beside it); "
+             f"{platform.machine()}, {os.cpu_count()} cores.", "",
              "| files opened with | rows kept | s | peak RSS, MB |", "|---|---|---|---|",
              *(f"| {name} | {rows:,} | {seconds:.1f} | {peak:,.0f} |"
                for name, (rows, seconds, peak) in results.items()),
