@@ -89,7 +89,7 @@ class TrainRanker(WeekTask):
                 inference_items = read_of_week(conn, inputs["inference"].table, self.week,
                                                lambda table: item_stats(conn, table))
                 previous = previous_ndcg(conn, self.metrics_table, self.week)
-            once = fitted_once(available, settings.max_train_rows, settings.holdout, settings.holdout_share)
+            once = fitted_once(available, settings)
             processes, fitted = training.FreshProcesses(), folder / MODEL_FILE
             counts = processes.run(training.train_files, ranker, folder, train_items, once)
             self.set_status_message(f"fitting on {counts['train_rows']:,} of {available:,} train candidates, "
@@ -293,7 +293,7 @@ def sampled_users(conn, table: str, available: int) -> list[int]:
         sql.Identifier(table)), _USER_ROWS)
     users = counts.column("user_id").to_numpy()
     kept = kept_in_sample(users, counts.column("n").to_numpy(), sample_order(users, settings.random_seed), available,
-                          settings.max_train_rows, settings.holdout, settings.random_seed, settings.holdout_share)
+                          settings)
     return users[kept].tolist()
 
 

@@ -48,7 +48,7 @@ def train_files(ranker: Ranker, folder: Path, items: pa.Table, once: bool = Fals
     learn, test = ranker.held_out_split(train)
     columns = pool_columns(ranker)
     (folder / COLUMNS).write_text("".join(f"{i}\t{role}\t{name}\n" for i, (name, role) in enumerate(columns)))
-    for rows, name in ((learn, LEARN), *(() if once else ((train, WHOLE),))):
+    for name, rows in ({LEARN: learn} if once else {LEARN: learn, WHOLE: train}).items():
         pacsv.write_csv(pa.Table.from_pandas(rows[[name for name, _ in columns]], preserve_index=False),
                         folder / name, pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none"))
     test[[GROUP, "target", *dict.fromkeys(["als_score", *ranker.features, *ranker.derived])]].reset_index(

@@ -17,6 +17,8 @@ from datetime import date
 
 import numpy as np
 
+from pipeline import config
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -54,26 +56,26 @@ def spread(ids: np.ndarray, seed: int) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-def fitted_once(available: int, max_rows: int, holdout: str, share: float) -> bool:
+def fitted_once(available: int, settings: config.pipeline) -> bool:
     """Whether the week's sample is capped beyond what its learning users alone fill: then the fit
-    the validation scores is already one on `max_rows` rows, and a second, on the whole sample, would
-    learn from no more. Not where the latest week is held out: the model that goes live learns it too."""
-    return holdout == "users" and 0 < share < 1 and available > max_rows / (1 - share)
+    the validation scores is already one on `max_train_rows` rows, and a second, on the whole sample,
+    would learn from no more. Not where the latest week is held out: the model that goes live learns it too."""
+    share = settings.holdout_share
+    return settings.holdout == "users" and 0 < share < 1 and available > settings.max_train_rows / (1 - share)
 
 
-def kept_in_sample(user_ids: np.ndarray, rows: np.ndarray, places: np.ndarray, available: int, max_rows: int,
-                   holdout: str, seed: int, share: float) -> np.ndarray:
-    """Which groups (a user's rows, or a user-week's) the sample keeps, whole, in the order of `places`:
-    every one up to `available` <= `max_rows`; for a week fitted once (`fitted_once`), the learning
-    users' up to `max_rows` rows and the held-out users' up to `max_rows * share / (1 - share)`;
-    else any up to `max_rows`."""
-    if available <= max_rows:
-        return np.ones(len(user_ids), dtype=bool)
-    if fitted_once(available, max_rows, holdout, share):
-        held = held_out(user_ids, seed, share)
-        budgets = [(~held, max_rows), (held, int(max_rows * share / (1 - share)))]
+def kept_in_sample(user_ids: np.ndarray, rows: np.ndarray, places: np.ndarray, available: int,
+                   settings: config.pipeline) -> np.ndarray:
+    """Which groups (a user's rows, or a user-week's) a sample of a week with more than `max_train_rows`
+    keeps, whole, in the order of `places`: for a week fitted once (`fitted_once`), the learning users'
+    up to `max_train_rows` rows and the held-out users' up to `max_train_rows * share / (1 - share)`;
+    else any up to `max_train_rows`."""
+    cap, share = settings.max_train_rows, settings.holdout_share
+    if fitted_once(available, settings):
+        held = held_out(user_ids, settings.random_seed, share)
+        budgets = [(~held, cap), (held, int(cap * share / (1 - share)))]
     else:
-        budgets = [(np.ones(len(user_ids), dtype=bool), max_rows)]
+        budgets = [(np.ones(len(user_ids), dtype=bool), cap)]
     order, kept = np.argsort(places, kind="stable"), np.zeros(len(user_ids), dtype=bool)
     for side, budget in budgets:
         chosen = order[side[order]]

@@ -56,15 +56,15 @@ def capped_outcomes(weeks: list[pq.ParquetFile], settings: config.pipeline) -> I
 
 def _chosen_user_weeks(weeks: list[pq.ParquetFile], settings: config.pipeline) -> list[np.ndarray | None]:
     """The users kept in each week (None: all of them)."""
-    available, seed = sum(week.metadata.num_rows for week in weeks), settings.random_seed
+    available = sum(week.metadata.num_rows for week in weeks)
     if available <= settings.max_train_rows:
         return [None] * len(weeks)
     groups = []
     for number, week in enumerate(weeks):
         users, rows = np.unique(week.read(columns=["user_id"]).column("user_id").to_numpy(), return_counts=True)
         groups.append(pd.DataFrame({"week": number, "user_id": users, "rows": rows,
-                                    "place": sample_order(users, seed, number)}))
+                                    "place": sample_order(users, settings.random_seed, number)}))
     groups = pd.concat(groups, ignore_index=True)
     kept = groups[kept_in_sample(groups["user_id"].to_numpy(), groups["rows"].to_numpy(), groups["place"].to_numpy(),
-                                 available, settings.max_train_rows, settings.holdout, seed, settings.holdout_share)]
+                                 available, settings)]
     return [kept.loc[kept["week"] == number, "user_id"].to_numpy() for number in range(len(weeks))]
