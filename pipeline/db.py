@@ -81,9 +81,9 @@ class Server:
                        "which this connection pooler refuses: point [postgres] host at PostgreSQL itself (a pooler "
                        "in transaction mode would hand those session values on to its other clients)")
         if "too many c" in reason or "connection slots are reserved" in reason:
-            reason += ("; a worker of the pipeline's holds up to 2 + [postgres] read_streams connections at once (its "
-                       "task's, the driver's and a whole-table read's): lower read_streams or --workers, or raise "
-                       "the role's CONNECTION LIMIT")
+            reason += ("; a worker of the pipeline's holds up to 1 + [postgres] read_streams connections at once (its "
+                       "task's and a whole-table read's): lower read_streams or --workers, or raise the role's "
+                       "CONNECTION LIMIT")
         return ConnectionError(f"cannot connect to {self}: {reason}")
 
     def connect(self) -> psycopg2.extensions.connection:
@@ -337,15 +337,19 @@ def stream_out(conn, query: sql.Composable, schema: pa.Schema) -> Iterator[pa.Re
 
 
 def _streamed(query: str, server_version: int, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-    with _arrow_connection(server_version) as arrow, arrow.cursor() as cur:
+    from adbc_driver_manager import AdbcStatement, ProgrammingError
+
+    with _arrow_connection(server_version) as arrow, AdbcStatement(arrow) as statement:
+        statement.set_sql_query(query)
         try:
-            cur.execute(query)
-        except arrow.ProgrammingError as error:
+            stream, _ = statement.execute_query()
+        except ProgrammingError as error:
             if error.sqlstate == _UNDEFINED_TABLE:
                 raise LookupError(first_line(error)) from None
             raise
-        for batch in cur.fetch_record_batch():
-            yield batch.cast(schema)
+        with pa.RecordBatchReader.from_stream(stream) as batches:
+            for batch in batches:
+                yield batch.cast(schema)
 
 
 def stream_table(conn, table: str, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
@@ -412,25 +416,26 @@ def _close_arrow_databases() -> None:
 @contextmanager
 def _arrow_connection(server_version: int):
     """A connection of the ADBC driver for one read (from a server of `server_version`): closed after
-    it, so it holds no lock or snapshot beyond the read.
+    it, so it holds no lock or snapshot beyond the read, and no slot of the role's connection limit.
 
-    The driver learns the server's types once per database object (about 40 ms), so each process
-    keeps one per server and opens cheap connections that share it. The object counts its open
-    connections in a plain integer, outside the GIL: the parallel reads of `stream_table` opening
-    and closing theirs at the same moment lost counts, and a read then failed as it closed ("Open
-    connection count underflowed", about once in a thousand whole-table reads). So connections are
-    opened and closed one at a time; the reads between run in parallel.
+    The driver learns the server's types once per database object (about 50 ms, on a connection of
+    its own that it closes), so each process keeps one per server, which holds no connection, and
+    opens cheap connections from it. The object counts its open connections in a plain integer,
+    outside the GIL: the parallel reads of `stream_table` opening and closing theirs at the same
+    moment lost counts, and a read then failed as it closed ("Open connection count underflowed",
+    about once in a thousand whole-table reads). So connections are opened and closed one at a
+    time; the reads between run in parallel.
     """
-    import adbc_driver_postgresql.dbapi
+    import adbc_driver_manager
+    import adbc_driver_postgresql
 
     current = server()
     key = (os.getpid(), current)
     try:
         with _arrow_databases_lock:
             if key not in _arrow_databases:
-                _arrow_databases[key] = adbc_driver_postgresql.dbapi.connect(current.conninfo(server_version),
-                                                                                  autocommit=True)
-            arrow = _arrow_databases[key].adbc_clone()
+                _arrow_databases[key] = adbc_driver_postgresql.connect(current.conninfo(server_version))
+            arrow = adbc_driver_manager.AdbcConnection(_arrow_databases[key])  # autocommit, as ADBC begins
     except Exception as error:  # the driver's own error types; its text may hold the connection string
         with _arrow_databases_lock:
             _arrow_databases.pop(key, None)

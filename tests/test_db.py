@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import psycopg2
 import pyarrow as pa
 import pytest
@@ -102,18 +104,18 @@ def test_a_dbas_statement_timeout_for_the_shops_queries_ends_none_of_the_weeks_a
 def test_a_dbas_connection_limit_on_the_pipelines_role_is_met_with_fewer_read_streams_and_one_too_low_says_so(
         settings, config_file, pipeline_role, pg_socket_dir, database):
     """A shop's DBA caps the pipeline's role so that the web service's pool always finds a connection;
-    a worker of the pipeline's holds up to 2 + `[postgres] read_streams` at once."""
+    a worker of the pipeline's holds up to 1 + `[postgres] read_streams` at once."""
     settings["postgres"]["read_streams"] = "1"
     apply_settings(settings, config_file)
     with admin_connection(pg_socket_dir, database) as admin:
-        admin.cursor().execute(f"ALTER ROLE {pipeline_role} CONNECTION LIMIT 2")
+        admin.cursor().execute(f"ALTER ROLE {pipeline_role} CONNECTION LIMIT 1")
 
         refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK))
 
         assert refused.returncode == 30
-        assert (f'too many connections for role "{pipeline_role}"; a worker of the pipeline\'s holds up to 2 + '
+        assert (f'too many connections for role "{pipeline_role}"; a worker of the pipeline\'s holds up to 1 + '
                 "[postgres] read_streams connections at once") in refused.stderr
-        admin.cursor().execute(f"ALTER ROLE {pipeline_role} CONNECTION LIMIT 3")
+        admin.cursor().execute(f"ALTER ROLE {pipeline_role} CONNECTION LIMIT 2")
         went_live = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK))
         assert went_live.returncode == 0, went_live.stderr[-2000:]
         assert query(admin, "SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]
@@ -233,6 +235,26 @@ def test_a_table_that_is_not_there_when_read_is_a_lookup_error_naming_it(conn):
         list(db.stream_table(conn, "gone", schema))
     with pytest.raises(LookupError, match='relation "gone" does not exist'):
         list(db.stream_out(conn, sql.SQL("SELECT id FROM gone"), schema))
+
+
+def test_a_read_through_the_driver_leaves_no_connection_of_its_own_open(conn):
+    """Each connection of the pipeline's is a slot of the role's `CONNECTION LIMIT` and a server process:
+    the driver's database object, which a process keeps to learn the server's types once, holds none."""
+    conn.cursor().execute("CREATE TABLE src AS SELECT g AS id FROM generate_series(1, 2000) g")
+    others = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+              " AND backend_type = 'client backend' AND pid <> pg_backend_pid()")
+    schema = pa.schema([("id", pa.int64())])
+
+    reading = db.stream_table(conn, "src", schema)
+    first = next(reading)
+    while_reading = query(conn, others)  # the parallel ranges' connections
+    rows = first.num_rows + sum(batch.num_rows for batch in reading)
+    deadline = time.monotonic() + 10
+    while query(conn, others) != [(0,)] and time.monotonic() < deadline:
+        time.sleep(0.05)  # a server process ends just after its client closes the connection
+
+    assert rows == 2000 and while_reading >= [(1,)]
+    assert query(conn, others) == [(0,)]
 
 
 def test_thousands_of_whole_table_reads_in_a_row_never_miscount_the_drivers_connections(conn):
