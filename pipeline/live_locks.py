@@ -6,6 +6,8 @@ swap waits in the lock queue, every reader that comes after it waits behind it. 
 waits at most `[pipeline] lock_timeout`, then gives up its place, backs off and tries again, for
 up to `[pipeline] publish_wait`: readers queue for a fraction of a second at worst, and the week
 goes live within seconds of the blocker's end. Past the wait the publish fails, naming the blocker.
+Nor is an attempt made while a session has held a table since a `lock_timeout` ago: that one will
+not end within the attempt, and the readers would queue behind the attempt for nothing.
 
 A hot standby replays that exclusive lock, and its replay does not back off: it waits for the
 standby's readers (up to `max_standby_streaming_delay`, 30 s by default, then cancels them), and
@@ -18,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,8 +41,8 @@ class LiveTablesBusy(RuntimeError):
     """The live names (or a stage a rerun replaces) stayed held past `[pipeline] publish_wait`; nothing was changed."""
 
 
-class _HeldOnStandby(Exception):
-    """A session on a standby holds what the attempt would lock exclusively: it waits, as for a lock."""
+class _Held(Exception):
+    """A session holds what the attempt would lock exclusively, on a standby or for a while: it waits, as for a lock."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class Blocker:
     transaction_s: float | None
     idle_s: float | None  # since it went idle in its transaction, if it is
     relation: str
+    transaction: str  # its virtual transaction: the same one seen twice has held the table all along
     standby: str = ""  # its address in `[postgres] standbys`; "" on the primary
 
     def __str__(self) -> str:
@@ -69,13 +73,14 @@ def bounded(cur) -> None:
 
 def when_unblocked(work: Callable[[], T], tables: Iterable[str], what: str,
                    report: Callable[[str], None] = log.info, held: str = "the live tables",
-                   exclusive: Iterable[str] | None = None) -> T:
+                   exclusive: Iterable[str] | None = None, own_session: int | None = None) -> T:
     """Run `work` (one transaction, or a savepoint, that takes its locks under `bounded`) until it
     gets them, each attempt once no session on a standby holds what `work` locks exclusively
-    (`exclusive`; by default all of `tables`).
+    (`exclusive`; by default all of `tables`), nor one on the primary since a `lock_timeout` ago.
 
     `report` is told, between attempts, who holds the tables; `what` names the change for errors,
-    `held` the tables.
+    `held` the tables; `own_session` is the pid of the caller's open session, if any, whose locks
+    never hold up its own attempts.
     """
     settings, tables = config.pipeline(), list(tables)
     exclusive = tables if exclusive is None else list(exclusive)
@@ -89,12 +94,12 @@ def when_unblocked(work: Callable[[], T], tables: Iterable[str], what: str,
                + _named(holders, "their holder has just ended"))
 
     def attempt() -> T:
-        if standby_blockers(exclusive):
-            raise _HeldOnStandby
+        if _held_for_a_while(exclusive, own_session) or standby_blockers(exclusive):
+            raise _Held
         return work()
 
     attempts = tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type((psycopg2.errors.LockNotAvailable, _HeldOnStandby)),
+        retry=tenacity.retry_if_exception_type((psycopg2.errors.LockNotAvailable, _Held)),
         stop=tenacity.stop_after_delay(settings.publish_wait),
         wait=tenacity.wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.1), before_sleep=waiting)
     try:
@@ -122,7 +127,7 @@ def dropped_when_unheld(cur, name: str, what: str, report: Callable[[str], None]
             bounded(cur)
             cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
 
-    when_unblocked(attempt, [name], what, report, held=name)
+    when_unblocked(attempt, [name], what, report, held=name, own_session=cur.connection.get_backend_pid())
     cur.execute("SELECT set_config('lock_timeout', %s, true), set_config('idle_in_transaction_session_timeout', %s,"
                 " true)", own)
 
@@ -144,7 +149,7 @@ def prepare_to_attach(attaching: dict[str, str], week: date, what: str,
         for table, name in attaching.items():
             locked = [name, *catalog.referenced(cur, table)]  # only `name` exclusively
             when_unblocked(functools.partial(_made_ready, conn, table, name, week), locked, what, report,
-                           held=" and ".join(locked), exclusive=[name])
+                           held=" and ".join(locked), exclusive=[name], own_session=conn.get_backend_pid())
 
 
 def _made_ready(conn, table: str, name: str, week: date) -> None:
@@ -282,6 +287,22 @@ def standby_blockers(tables: list[str]) -> list[Blocker]:
 _UNREACHABLE: set[str] = set()
 
 
+def _held_for_a_while(tables: list[str], own_session: int | None) -> bool:
+    """Whether a session on the primary holds one of `tables` in the same transaction now as a
+    `lock_timeout` ago. Most holders are the web service's reads, which end in a moment: seen once,
+    such a session is looked at again before an attempt is made, not waited for. With `lock_timeout`
+    0 an attempt waits for its locks as long as it takes, and is made at once."""
+    wait = config.pipeline().lock_timeout
+    if not wait:
+        return False
+    with db.connection(autocommit=True) as conn:  # each look a fresh snapshot of the sessions
+        holding = {holder.transaction for holder in _holding(conn, tables) if holder.pid != own_session}
+        if not holding:
+            return False
+        time.sleep(wait)
+        return not holding.isdisjoint(holder.transaction for holder in _holding(conn, tables))
+
+
 def _holding(conn, tables: list[str]) -> list[Blocker]:
     with conn.cursor() as cur:
         cur.execute(
@@ -290,7 +311,8 @@ def _holding(conn, tables: list[str]) -> list[Blocker]:
             "  UNION SELECT inhrelid FROM pg_inherits WHERE inhparent IN (SELECT oid FROM named))"
             " SELECT DISTINCT ON (l.pid) l.pid, coalesce(a.application_name, ''), a.state,"
             "  extract(epoch FROM now() - a.xact_start)::float8, CASE WHEN a.state LIKE 'idle in transaction%%'"
-            "  THEN extract(epoch FROM now() - a.state_change)::float8 END, l.relation::regclass::text"
+            "  THEN extract(epoch FROM now() - a.state_change)::float8 END, l.relation::regclass::text,"
+            "  l.virtualtransaction"
             " FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
             " WHERE l.granted AND l.pid <> pg_backend_pid() AND a.backend_type IS DISTINCT FROM 'startup'"
             " AND l.relation IN (SELECT oid FROM held"

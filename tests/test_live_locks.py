@@ -91,6 +91,28 @@ def test_a_publish_waits_for_a_reader_without_stalling_the_web_service_and_goes_
     assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(NEXT_WEEK,)]
 
 
+def test_while_a_reader_holds_a_live_table_the_publish_never_queues_behind_it(
+        next_week_staged, config_file, conn, long_report):
+    """Queued behind the report, each attempt would hold up every read after it for a `lock_timeout`:
+    a session seen holding the table a `lock_timeout` apart is waited for without an attempt."""
+    queued_now = ("SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'relation'"
+                  " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+    publishing = start_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK))
+
+    queued, deadline = 0, time.monotonic() + 5
+    while time.monotonic() < deadline:
+        [(now,)] = query(conn, queued_now)
+        queued += now
+        time.sleep(0.005)
+    still_waiting = publishing.poll() is None
+    long_report.rollback()  # the report ends
+    _, errors = publishing.communicate(timeout=60)
+
+    assert still_waiting and queued == 0
+    assert publishing.returncode == 0, errors[-2000:]
+    assert live_week(conn) == NEXT_WEEK
+
+
 def test_past_its_wait_a_publish_fails_naming_the_blocker_and_changes_nothing(
         next_week_staged, settings, config_file, conn, long_report, bot_api):
     settings["pipeline"]["publish_wait"] = "2"
