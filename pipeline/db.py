@@ -82,8 +82,8 @@ class Server:
                        "in transaction mode would hand those session values on to its other clients)")
         if "too many c" in reason or "connection slots are reserved" in reason:
             reason += ("; a worker of the pipeline's holds up to 1 + [postgres] read_streams connections at once (its "
-                       "task's and a whole-table read's): lower read_streams or --workers, or raise the role's "
-                       "CONNECTION LIMIT")
+                       "task's, and a whole-table read's or one that looks for the readers of the tables it waits "
+                       "for): lower read_streams or --workers, or raise the role's CONNECTION LIMIT")
         return ConnectionError(f"cannot connect to {self}: {reason}")
 
     def connect(self) -> psycopg2.extensions.connection:
