@@ -1,5 +1,6 @@
-"""Shared fixtures: a real embedded PostgreSQL for the session, a fresh database per test,
-the pipeline configured to use them, and ways to run a week in-process or as cron would."""
+"""Shared fixtures: a real embedded PostgreSQL for the session (for each pytest-xdist worker), a
+fresh database per test, the pipeline configured to use them, and ways to run a week in-process or
+as cron would."""
 
 from __future__ import annotations
 
@@ -160,7 +161,7 @@ def published_week(pg_socket_dir, sample_week, tmp_path_factory) -> Iterator[str
     with admin_connection(pg_socket_dir) as admin:
         admin.cursor().execute(f'CREATE DATABASE "{name}"')
     folder = tmp_path_factory.mktemp("published")
-    write_settings(week_settings(pg_socket_dir, name, sample_week, folder / "models"), folder / "luigi.cfg")
+    write_settings(week_settings(pg_socket_dir, name, sample_week, folder), folder / "luigi.cfg")
     result = run_luigi(folder / "luigi.cfg", "WeeklyRecs", "--local-scheduler", "--week", WEEK.isoformat())
     assert result.returncode == 0, result.stderr[-2000:]
     yield name
@@ -276,7 +277,7 @@ def settings(tmp_path, pg_socket_dir, database, input_dir) -> Iterator[dict[str,
 
     Tests may change a value and call `apply_settings(settings)` again.
     """
-    values = week_settings(pg_socket_dir, database, input_dir, tmp_path / "models")
+    values = week_settings(pg_socket_dir, database, input_dir, tmp_path)
     config = luigi.configuration.get_config()
     saved = {section: dict(config.items(section, raw=True)) for section in config.sections()}
     apply_settings(values, tmp_path / "luigi.cfg")
@@ -290,11 +291,14 @@ def settings(tmp_path, pg_socket_dir, database, input_dir) -> Iterator[dict[str,
     Register.clear_instance_cache()
 
 
-def week_settings(socket_dir: str, database: str, input_dir: Path, model_dir: Path) -> dict[str, dict[str, str]]:
+def week_settings(socket_dir: str, database: str, input_dir: Path, folder: Path) -> dict[str, dict[str, str]]:
     """The tests' pipeline: the sample week's files into a database of the embedded server, a
-    short fit (30 iterations rank the sample's 300 users well enough for every assertion)."""
-    return {"postgres": {"host": socket_dir, "database": database, "user": "postgres"},
-            "pipeline": {"input_dir": str(input_dir), "model_dir": str(model_dir), "iterations": "30",
+    short fit (30 iterations rank the sample's 300 users well enough for every assertion). Models,
+    and luigi's pid files, go in the test's own folder: luigi refuses a command line that runs
+    already, and the same `luigi --module pipeline WeeklyRecs ...` runs in tests side by side."""
+    return {"core": {"lock_pid_dir": str(folder / "luigi-pids")},
+            "postgres": {"host": socket_dir, "database": database, "user": "postgres"},
+            "pipeline": {"input_dir": str(input_dir), "model_dir": str(folder / "models"), "iterations": "30",
                          "retention": "4"}}
 
 

@@ -43,7 +43,7 @@ def cron_environment(config_file, tmp_path) -> dict[str, str]:
 
 @pytest.fixture
 def cron_config(settings, config_file):
-    settings["core"] = {"local_scheduler": "true"}
+    settings["core"]["local_scheduler"] = "true"
     apply_settings(settings, config_file)
     return config_file
 
