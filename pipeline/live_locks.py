@@ -13,6 +13,10 @@ A hot standby replays that exclusive lock, and its replay does not back off: it 
 standby's readers (up to `max_standby_streaming_delay`, 30 s by default, then cancels them), and
 every read there queues behind it. So with `[postgres] standbys` an attempt is made only when no
 session on a standby holds what it locks exclusively; the primary cannot see a standby's locks.
+Even a short request there is waited for: the replay takes the live names one at a time, and a
+request that holds one and asks for another the replay has taken is a deadlock the standby ends by
+cancelling the request, after `deadlock_timeout`. A standby busy at every moment keeps the week
+staged until `publish_wait`, the requests named.
 """
 
 from __future__ import annotations
@@ -310,8 +314,9 @@ def _holding(conn, tables: list[str]) -> list[Blocker]:
             " held AS (SELECT oid FROM named"
             "  UNION SELECT inhrelid FROM pg_inherits WHERE inhparent IN (SELECT oid FROM named))"
             " SELECT DISTINCT ON (l.pid) l.pid, coalesce(a.application_name, ''), a.state,"
-            "  extract(epoch FROM now() - a.xact_start)::float8, CASE WHEN a.state LIKE 'idle in transaction%%'"
-            "  THEN extract(epoch FROM now() - a.state_change)::float8 END, l.relation::regclass::text,"
+            "  greatest(extract(epoch FROM now() - a.xact_start)::float8, 0),"  # begun since this look began
+            "  CASE WHEN a.state LIKE 'idle in transaction%%'"
+            "  THEN greatest(extract(epoch FROM now() - a.state_change)::float8, 0) END, l.relation::regclass::text,"
             "  l.virtualtransaction"
             " FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
             " WHERE l.granted AND l.pid <> pg_backend_pid() AND a.backend_type IS DISTINCT FROM 'startup'"
