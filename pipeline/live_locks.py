@@ -14,9 +14,10 @@ standby's readers (up to `max_standby_streaming_delay`, 30 s by default, then ca
 every read there queues behind it. So with `[postgres] standbys` an attempt is made only when no
 session on a standby holds what it locks exclusively; the primary cannot see a standby's locks.
 Even a short request there is waited for: the replay takes the live names one at a time, and a
-request that holds one and asks for another the replay has taken is a deadlock the standby ends by
-cancelling the request, after `deadlock_timeout`. A standby busy at every moment keeps the week
-staged until `publish_wait`, the requests named.
+request that holds one and asks for another the replay has taken (it reads them in another order
+than the web service's, `publish._lock_live_names`) is a deadlock the standby ends by cancelling
+the request, after `deadlock_timeout`. A standby busy at every moment keeps the week staged until
+`publish_wait`, the requests named.
 """
 
 from __future__ import annotations

@@ -364,8 +364,15 @@ def row_count(cur, table: str) -> int:
 
 
 def _lock_live_names(cur, tables: list[str]) -> None:
-    """All live names at once, before any change: a reader waits for the swap, never for a half of it."""
-    live = [table for table in tables if catalog.exists(cur, table)]
+    """All live names at once, before any change: a reader waits for the swap, never for a half of it.
+
+    They come in the graph's order (`WeeklyRecs.live_names`), the popular items first, the ranking
+    last, and are locked the other way round: in the order the web service's reads take them
+    (`serving.TOP_K`: the ranking, then the popular items). Otherwise a request holding the ranking
+    would ask for the popular items the swap has taken while the swap waits for the ranking: on
+    the primary the request waits out the attempt's `lock_timeout`, and on a standby, whose replay
+    cannot give up, the standby cancels the request as a deadlock."""
+    live = [table for table in reversed(tables) if catalog.exists(cur, table)]
     if live:
         cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
             sql.SQL(", ").join(map(sql.Identifier, live))))

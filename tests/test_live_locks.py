@@ -380,17 +380,24 @@ def test_a_publish_waits_for_a_reader_on_a_standby_too_and_the_web_service_readi
     report.close()
 
 
-def requests_in_transactions(reader, stop: threading.Event, served: list[int]) -> None:
-    """A web service's requests, each a transaction of its own that reads the ranking and holds it
-    for 50 ms, with its statement timeout, until `stop`; then `served` gets how many were made. A
-    request that fails ends the thread without it."""
+def popular_then_ranked(cur, user_id: int) -> None:
+    """A read that takes the popular items before the ranking (a DBA's view, say): not the order
+    the web service's own reads take them in, which the swap takes them in."""
+    cur.execute("SELECT (SELECT count(*) FROM default_recs),"
+                " (SELECT count(*) FROM candidates_ranked WHERE user_id = %s)", (user_id,))
+
+
+def requests_in_transactions(reader, stop: threading.Event, served: list[int], read=serving.top_k) -> None:
+    """A web service's requests, each a transaction of its own that reads the live names (`read`)
+    and holds them for 50 ms, with its statement timeout, until `stop`; then `served` gets how many
+    were made. A request that fails ends the thread without it."""
     service = reader.connect()
     with service.cursor() as cur:
         cur.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
         service.commit()
         made = 0
         while not stop.is_set():
-            serving.top_k(cur, user_id=made % 300)
+            read(cur, user_id=made % 300)
             cur.execute("SELECT pg_sleep(0.05)")  # the rest of the request, in its transaction
             service.commit()
             made += 1
@@ -400,16 +407,17 @@ def requests_in_transactions(reader, stop: threading.Event, served: list[int]) -
 
 def test_a_standby_never_free_of_requests_keeps_the_week_staged_rather_than_have_its_replay_cancel_them(
         next_week_staged, settings, config_file, conn, reader, standby, pg_socket_dir, database):
-    """Four requests at a time, each holding the ranking for 50 ms: some request holds it at every
-    moment. Replayed among them, the swap would hold one live name while a request holding another
-    asks for it, a deadlock the standby ends by cancelling the request after `deadlock_timeout`."""
+    """Four requests at a time, each holding the live names for 50 ms: some request holds them at
+    every moment. They read the popular items first; replayed among them, the swap would hold the
+    ranking while a request holding the popular items asks for it, a deadlock the standby ends by
+    cancelling the request after `deadlock_timeout`."""
     settings["postgres"]["standbys"] = json.dumps([standby])
     settings["pipeline"]["publish_wait"] = "3"
     apply_settings(settings, config_file)
     replayed(pg_socket_dir, database, standby)
     stop, served = threading.Event(), []
-    service = [threading.Thread(target=requests_in_transactions, args=(reader.at(standby), stop, served))
-               for _ in range(4)]
+    service = [threading.Thread(target=requests_in_transactions, args=(reader.at(standby), stop, served),
+                                kwargs={"read": popular_then_ranked}) for _ in range(4)]
     for thread in service:
         thread.start()
         time.sleep(0.013)
@@ -426,6 +434,30 @@ def test_a_standby_never_free_of_requests_keeps_the_week_staged_rather_than_have
     assert "(web-service, " in refused.stderr and f"holding candidates_ranked on standby {standby}" in refused.stderr
     assert live_week(conn) == WEEK
     assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"  # the rerun, once the standby is free
+
+
+def test_a_standby_replays_the_swap_among_the_web_services_requests_without_failing_one(
+        next_week_staged, settings, config_file, conn, reader, standby, pg_socket_dir, database):
+    """The standby not listed, the swap is replayed while requests hold the ranking: it takes the
+    live names in the order the requests do, and waits for the requests in flight, not the other way."""
+    replayed(pg_socket_dir, database, standby)
+    stop, served = threading.Event(), []
+    service = [threading.Thread(target=requests_in_transactions, args=(reader.at(standby), stop, served))
+               for _ in range(4)]
+    for thread in service:
+        thread.start()
+        time.sleep(0.013)
+
+    published = run_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK), "--local-scheduler", "--no-lock")
+    replayed(pg_socket_dir, database, standby)
+    time.sleep(1)  # requests on the week replayed
+    stop.set()
+    for thread in service:
+        thread.join()
+
+    assert published.returncode == 0, published.stderr[-2000:]
+    assert len(served) == 4 and min(served) > 20  # no request failed
+    assert reader.at(standby).read("SELECT DISTINCT week FROM candidates_ranked") == [(NEXT_WEEK,)]
 
 
 def test_idle_blockers_on_a_standby_are_terminated_there_when_asked(
