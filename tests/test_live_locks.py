@@ -9,6 +9,8 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import psycopg2
@@ -405,28 +407,37 @@ def requests_in_transactions(reader, stop: threading.Event, served: list[int], r
     served.append(made)
 
 
+@contextmanager
+def requests_running(replica, read=serving.top_k) -> Iterator[list[int]]:
+    """Four requests at a time on `replica` (`requests_in_transactions`), a quarter of one apart, for
+    the block: some request holds the live names at every moment, none for long. Then how many each
+    made; a thread whose request failed is missing."""
+    stop, served = threading.Event(), []
+    service = [threading.Thread(target=requests_in_transactions, args=(replica, stop, served, read))
+               for _ in range(4)]
+    try:
+        for thread in service:
+            thread.start()
+            time.sleep(0.013)
+        yield served
+    finally:
+        stop.set()
+        for thread in service:
+            thread.join()
+
+
 def test_a_standby_never_free_of_requests_keeps_the_week_staged_rather_than_have_its_replay_cancel_them(
         next_week_staged, settings, config_file, conn, reader, standby, pg_socket_dir, database):
-    """Four requests at a time, each holding the live names for 50 ms: some request holds them at
-    every moment. They read the popular items first; replayed among them, the swap would hold the
+    """The requests read the popular items first: replayed among them, the swap would hold the
     ranking while a request holding the popular items asks for it, a deadlock the standby ends by
     cancelling the request after `deadlock_timeout`."""
     settings["postgres"]["standbys"] = json.dumps([standby])
     settings["pipeline"]["publish_wait"] = "3"
     apply_settings(settings, config_file)
     replayed(pg_socket_dir, database, standby)
-    stop, served = threading.Event(), []
-    service = [threading.Thread(target=requests_in_transactions, args=(reader.at(standby), stop, served),
-                                kwargs={"read": popular_then_ranked}) for _ in range(4)]
-    for thread in service:
-        thread.start()
-        time.sleep(0.013)
 
-    refused = run_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK), "--local-scheduler", "--no-lock")
-    replayed(pg_socket_dir, database, standby)
-    stop.set()
-    for thread in service:
-        thread.join()
+    with requests_running(reader.at(standby), popular_then_ranked) as served:
+        refused = run_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK), "--local-scheduler", "--no-lock")
 
     assert len(served) == 4 and min(served) > 20  # no request failed
     assert refused.returncode == 30
@@ -441,19 +452,11 @@ def test_a_standby_replays_the_swap_among_the_web_services_requests_without_fail
     """The standby not listed, the swap is replayed while requests hold the ranking: it takes the
     live names in the order the requests do, and waits for the requests in flight, not the other way."""
     replayed(pg_socket_dir, database, standby)
-    stop, served = threading.Event(), []
-    service = [threading.Thread(target=requests_in_transactions, args=(reader.at(standby), stop, served))
-               for _ in range(4)]
-    for thread in service:
-        thread.start()
-        time.sleep(0.013)
 
-    published = run_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK), "--local-scheduler", "--no-lock")
-    replayed(pg_socket_dir, database, standby)
-    time.sleep(1)  # requests on the week replayed
-    stop.set()
-    for thread in service:
-        thread.join()
+    with requests_running(reader.at(standby)) as served:
+        published = run_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK), "--local-scheduler", "--no-lock")
+        replayed(pg_socket_dir, database, standby)
+        time.sleep(1)  # requests on the week replayed
 
     assert published.returncode == 0, published.stderr[-2000:]
     assert len(served) == 4 and min(served) > 20  # no request failed
