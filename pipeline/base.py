@@ -126,7 +126,7 @@ class StagingTask(WeekTask):
             _, cur = transaction
             staged = self.fresh_stage(cur, self.table, db.column_definitions(schema))
             self.set_status_message(f"loading {self.table}")
-            rows = db.copy_in(cur, staged, batches, schema)
+            rows = db.copy_in(cur, staged, batches, schema, frozen=True)  # created just above
             self.set_status_message(f"indexing {rows:,} rows of {self.table}")
             self.index(cur, staged, schema.names)
         log.info("%s staged %d rows for %s", self, rows, self.table)

@@ -262,12 +262,19 @@ def marker(table: str, update_id: str) -> MarkerTarget:
                         table, update_id, port=current.port)
 
 
-def copy_in(cur, table: str, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> int:
+def copy_in(cur, table: str, batches: Iterable[pa.RecordBatch], schema: pa.Schema, frozen: bool = False) -> int:
     """Stream record batches into `COPY FROM STDIN`, encoded in a second thread.
 
     The encoder writes into a pipe that COPY reads, so parquet decoding, encoding and
     PostgreSQL's parsing overlap and only one batch is in memory. Tables of fixed-width
     columns go in PostgreSQL's binary format; any other is written as CSV by pyarrow.
+
+    `frozen` (`COPY ... FREEZE`, for a table the transaction created) writes the rows as a vacuum
+    would leave them: frozen, every page all-visible. Loaded plainly, the first scan of each page
+    after the commit (the ranking's, an analyst's) writes it again to mark its rows committed, and
+    after a checkpoint logs it whole (checksums: nearly as much WAL as the load, which the
+    standbys replay), index-only scans fetch every row from the heap until a vacuum runs, and a
+    vacuum then rewrites every page to freeze it.
     """
     read_end, write_end = os.pipe()
     rows = 0
@@ -286,8 +293,8 @@ def copy_in(cur, table: str, batches: Iterable[pa.RecordBatch], schema: pa.Schem
     encoder = threading.Thread(target=encode, daemon=True)
     encoder.start()
     columns = sql.SQL(", ").join(map(sql.Identifier, schema.names))
-    statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT {})").format(
-        sql.Identifier(table), columns, sql.SQL("binary" if binary else "csv"))
+    statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT {}, FREEZE {})").format(
+        sql.Identifier(table), columns, sql.SQL("binary" if binary else "csv"), sql.SQL("true" if frozen else "false"))
     copy_error = None
     with open(read_end, "rb") as source:
         try:

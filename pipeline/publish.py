@@ -25,6 +25,7 @@ point leaves the live tables, their comments and the archives exactly as they we
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import re
@@ -32,6 +33,7 @@ import zlib
 from collections.abc import Iterable
 from datetime import date, datetime
 
+import psycopg2.errors
 from psycopg2 import sql
 
 from pipeline import catalog
@@ -240,6 +242,17 @@ def _options_changed(altered: sql.Composable, present: dict[str, str], wanted: d
     if resetting:
         clauses.append(altered + sql.SQL("RESET ({})").format(sql.SQL(", ").join(map(sql.Identifier, resetting))))
     return clauses
+
+
+def freeze(cur, name: str) -> None:
+    """What `COPY ... FREEZE` does for a table one transaction created and loaded (`db.copy_in`), for
+    a staged table several transactions filled (the ranking's shards): every row frozen, every page
+    all-visible, before anyone reads it, so that no reader's first pass writes the pages again.
+    `cur` autocommits: VACUUM runs outside a transaction. A concurrent run of the same week that
+    holds the table (indexing it, putting it live) is not waited for (SKIP_LOCKED): the week is then
+    autovacuum's, as any table."""
+    with contextlib.suppress(psycopg2.errors.UndefinedTable):  # that run has put it live meanwhile
+        cur.execute(sql.SQL("VACUUM (FREEZE, SKIP_LOCKED) {}").format(sql.Identifier(name)))
 
 
 def validate(cur, name: str) -> None:

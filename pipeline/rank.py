@@ -255,6 +255,9 @@ class RankCandidates(StagingTask):
     def run(self) -> Iterator[list[ScoreShard]]:
         yield self.shards(self.shard_count())  # already complete when they were scheduled with the week
         staged = publish.staged_name(self.table, self.week)
+        self.set_status_message("freezing the ranked candidates")
+        with db.connection(autocommit=True) as conn, conn.cursor() as cur:
+            publish.freeze(cur, staged)
         with self.marking_once() as transaction:
             if transaction is None:
                 return

@@ -466,6 +466,42 @@ def test_a_stage_is_left_to_the_pipeline_and_a_week_to_autovacuum_once_it_is_liv
         assert autovacuumed(publish.week_name(table, NEXT_WEEK)) and autovacuumed(publish.week_name(table, WEEK))
 
 
+def plan_nodes(plan: dict) -> Iterator[dict]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+def explained(cur, statement: str) -> list[dict]:
+    cur.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}")
+    [([plan],)] = cur.fetchall()
+    return list(plan_nodes(plan["Plan"]))
+
+
+def test_a_loaded_week_goes_live_as_a_vacuum_would_leave_it_so_index_only_scans_never_visit_its_rows(
+        settings, conn, reader):
+    """Loaded with `COPY ... FREEZE` (the ranking, which its shards fill, frozen once they are in): rows
+    frozen, every page all-visible. Loaded plainly, an index-only scan fetches each row from the heap
+    until a vacuum has run, and a first read writes the pages again (README, Performance)."""
+    run_tasks(WeeklyRecs(week=WEEK))
+    keys = {"online_recs": "itemid_1", "candidates_ranked": "user_id", "candidates_train": "user_id",
+            "candidates_inference": "user_id"}
+
+    def index_only_scans(cur, table: str) -> list[tuple[int, bool]]:
+        cur.execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
+        nodes = explained(cur, f"SELECT count({keys[table]}) FROM {table}")
+        return [(node["Heap Fetches"], node["Actual Rows"] > 0) for node in nodes
+                if node["Node Type"] == "Index Only Scan"]
+
+    with reader.connect() as service, service.cursor() as cur:
+        scans = {table: index_only_scans(cur, table) for table in ("online_recs", "candidates_ranked")}
+    service.close()
+    with conn.cursor() as cur:  # the ranking's own reads of the candidates, and an analyst's
+        scans |= {table: index_only_scans(cur, table) for table in ("candidates_train", "candidates_inference")}
+
+    assert scans == {table: [(0, True)] for table in keys}
+
+
 def test_an_archive_someone_built_on_outlives_the_retention_and_the_publish_goes_on(settings, conn):
     settings["pipeline"]["retention"] = "1"
     apply_settings(settings)
