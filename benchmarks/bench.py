@@ -27,6 +27,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from luigi.contrib.postgres import CopyToTable
 from luigi.task_register import Register
+from psycopg2 import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -149,6 +150,54 @@ def server_side_copy(rows_dir: Path, bench: Bench, rows: int) -> float:
             cur.execute("CREATE UNIQUE INDEX ON server_copy (user_id, item_id)")
             conn.commit()
         return timed(copy_and_index)
+
+
+def first_reads(rows_dir: Path, bench: Bench, rows: int) -> None:
+    """What the first full read of a week writes once a checkpoint has passed (its pages then logged
+    whole, as data checksums require), loaded as the load task loads (`COPY ... FREEZE`) against the
+    same COPY without FREEZE; and what freezing a week loaded without it costs before it goes live
+    (`publish.freeze`, the ranking's, which its shards fill)."""
+    table = pq.read_table(rows_dir / "candidates_inference.parquet")
+    bench.configure(rows_dir, bench.fresh_database("first_reads"))
+    with db.connection() as conn, conn.cursor() as cur:
+        def wal_mb() -> float:
+            cur.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn")
+            return int(cur.fetchone()[0]) / 1e6
+
+        def loaded(name: str, frozen: bool) -> float:
+            def load() -> None:
+                conn.autocommit = False
+                cur.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(name),
+                                                                   db.column_definitions(table.schema)))
+                db.copy_in(cur, name, table.to_batches(64_000), table.schema, frozen=frozen)
+                cur.execute(sql.SQL("CREATE UNIQUE INDEX ON {} (user_id, item_id)").format(sql.Identifier(name)))
+                conn.commit()
+            seconds = timed(load)
+            conn.autocommit = True
+            cur.execute("CHECKPOINT")
+            return seconds
+
+        def first_read(name: str) -> tuple[float, int, float]:
+            before = wal_mb()
+            seconds = timed(lambda: cur.execute(sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT sum(als_score)"
+                                                        " FROM {}").format(sql.Identifier(name))))
+            dirtied = cur.fetchone()[0][0]["Plan"]["Shared Dirtied Blocks"]
+            return wal_mb() - before, dirtied, seconds
+
+        frozen_load, plain_load = loaded("frozen", True), loaded("plain", False)
+        (frozen_wal, frozen_dirtied, frozen_read), (plain_wal, plain_dirtied, plain_read) = (
+            first_read("frozen"), first_read("plain"))
+        loaded("frozen_later", False)
+        before = wal_mb()
+        freezing = timed(lambda: publish.freeze(cur, "frozen_later"))
+        freezing_wal = wal_mb() - before
+    bench.record(f"first full read of {rows:,} rows loaded with FREEZE vs without, after a checkpoint: WAL, "
+                 "pages dirtied, time", f"{frozen_wal:.0f} vs {plain_wal:.0f} MB; {frozen_dirtied:,} vs "
+                 f"{plain_dirtied:,}; {frozen_read:.2f} vs {plain_read:.2f} s = {plain_read / frozen_read:.2f}x")
+    bench.record(f"COPY + index of {rows:,} rows with FREEZE vs without", f"{frozen_load:.2f} vs {plain_load:.2f} s"
+                 f" = {frozen_load / plain_load:.2f}x")
+    bench.record(f"freezing {rows:,} rows loaded without FREEZE (the ranking's, after a checkpoint)",
+                 f"{freezing:.2f} s ({freezing / plain_load:.0%} of their load), {freezing_wal:.0f} MB of WAL")
 
 
 def replaced_system(rows_dir: Path, bench: Bench) -> float:
@@ -311,6 +360,7 @@ def main() -> None:
         bench.record("the staged table's statistics before it goes live (ANALYZE), at 1M and 5M rows",
                      " and ".join(f"{analyze:.2f} s ({analyze / load:.0%} of its load)"
                                   for analyze, load in sampled.values()))
+        first_reads(loads[SIZES[1]], bench, SIZES[1])
         whole_rows = week_folder(base, "whole", 1000, WHOLE_COMMAND_ROWS)
         ours, server = whole_command(whole_rows, bench, WHOLE_COMMAND_ROWS), server_side_copy(whole_rows, bench,
                                                                                             WHOLE_COMMAND_ROWS)
