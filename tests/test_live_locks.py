@@ -16,7 +16,17 @@ from datetime import timedelta
 import psycopg2
 import pytest
 
-from pipeline import DefaultRecs, OnlineRecs, RankCandidates, WeeklyRecs, live_locks, publish, serving
+from pipeline import (
+    DefaultRecs,
+    InferenceCandidates,
+    OnlineRecs,
+    RankCandidates,
+    TrainCandidates,
+    WeeklyRecs,
+    live_locks,
+    publish,
+    serving,
+)
 from tests.conftest import (
     NEXT_WEEK,
     TELEGRAM_ENV,
@@ -480,6 +490,47 @@ def test_idle_blockers_on_a_standby_are_terminated_there_when_asked(
     with pytest.raises(psycopg2.OperationalError):
         report.cursor().execute("SELECT 1")
     assert live_week(conn) == NEXT_WEEK
+
+
+@contextmanager
+def streaming_delay(standby: str, delay: str) -> Iterator[None]:
+    """The standby's `max_standby_streaming_delay` for a while: how long its replay waits for a
+    reader it conflicts with before cancelling it (30 s by default, which other specs rely on)."""
+    def configured(statement: str) -> None:
+        with admin_connection(standby) as admin, admin.cursor() as cur:
+            cur.execute(statement)
+            cur.execute("SELECT pg_reload_conf()")
+
+    configured(f"ALTER SYSTEM SET max_standby_streaming_delay = '{delay}'")
+    try:
+        yield
+    finally:
+        configured("ALTER SYSTEM RESET max_standby_streaming_delay")
+
+
+def test_a_weeks_loads_never_cancel_a_reader_on_a_standby_whose_snapshot_is_older_than_them(
+        settings, conn, reader, standby, pg_socket_dir, database):
+    """A vacuum that marks rows visible to all (as autovacuum does once a week is live) is replayed
+    on a standby as a conflict with every reader there whose snapshot is older than the rows, whichever
+    table it reads, and the replay cancels them after `max_standby_streaming_delay`. Rows written
+    frozen (`COPY ... FREEZE`) leave a vacuum nothing to mark."""
+    loads = (DefaultRecs(week=WEEK), OnlineRecs(week=WEEK), TrainCandidates(week=WEEK), InferenceCandidates(week=WEEK))
+    replayed(pg_socket_dir, database, standby)
+    with streaming_delay(standby, "1s"), reader.at(standby).connect("long-report") as report:
+        report.set_session(isolation_level="REPEATABLE READ")
+        held = report.cursor()
+        held.execute("SELECT 1")  # the report's snapshot, from before the week
+
+        assert run_tasks(*loads).name == "SUCCESS"
+        with admin_connection(pg_socket_dir, database) as admin, admin.cursor() as cur:
+            for load in loads:
+                cur.execute(f'VACUUM "{staged(load.table)}"')
+        replayed(pg_socket_dir, database, standby)
+        time.sleep(2)  # twice the delay
+
+        held.execute("SELECT 1")
+        assert held.fetchall() == [(1,)]
+    report.close()
 
 
 def test_a_standby_the_pipeline_cannot_reach_holds_nothing_up_and_is_named_once(
