@@ -250,7 +250,8 @@ def freeze(cur, name: str) -> None:
     all-visible, before anyone reads it, so that no reader's first pass writes the pages again.
     `cur` autocommits: VACUUM runs outside a transaction. A concurrent run of the same week that
     holds the table (indexing it, putting it live) is not waited for (SKIP_LOCKED): the week is then
-    autovacuum's, as any table."""
+    autovacuum's, as any table. A standby's replay of it cancels readers there whose snapshots are
+    older than the shards, as autovacuum's first vacuum of the live week did before (README)."""
     with contextlib.suppress(psycopg2.errors.UndefinedTable):  # that run has put it live meanwhile
         cur.execute(sql.SQL("VACUUM (FREEZE, SKIP_LOCKED) {}").format(sql.Identifier(name)))
 
