@@ -502,6 +502,27 @@ def test_a_loaded_week_goes_live_as_a_vacuum_would_leave_it_so_index_only_scans_
     assert scans == {table: [(0, True)] for table in keys}
 
 
+def test_a_snapshot_older_than_the_week_sees_the_frozen_loads_rows_and_none_of_the_ranking(settings, conn, reader):
+    """PostgreSQL's caveat, as the README states it: rows written by `COPY ... FREEZE` are visible to
+    every snapshot; the shards' rows are not to a snapshot older than them."""
+    run_tasks(WeeklyRecs(week=WEEK))
+    report = reader.connect("report")
+    report.set_session(isolation_level="REPEATABLE READ")
+    with report.cursor() as cur:
+        cur.execute("SELECT 1")  # its snapshot, from before the next week
+
+        assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+        counts = {}
+        for table in ("default_recs", "online_recs", "candidates_ranked"):
+            cur.execute(f"SELECT count(*) FROM {table}")
+            counts[table] = cur.fetchone()[0]
+    report.close()
+
+    assert counts == {"default_recs": query(conn, "SELECT count(*) FROM default_recs")[0][0],
+                      "online_recs": query(conn, "SELECT count(*) FROM online_recs")[0][0], "candidates_ranked": 0}
+    assert min(counts["default_recs"], counts["online_recs"]) > 0
+
+
 def test_an_archive_someone_built_on_outlives_the_retention_and_the_publish_goes_on(settings, conn):
     settings["pipeline"]["retention"] = "1"
     apply_settings(settings)
