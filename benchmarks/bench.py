@@ -32,7 +32,7 @@ from psycopg2 import sql
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline import DefaultRecs, InferenceCandidates, RankCandidates, TrainCandidates, db, pgcopy, publish  # noqa: E402
+from pipeline import DefaultRecs, InferenceCandidates, RankCandidates, TrainCandidates, db, publish  # noqa: E402
 from pipeline.load import CheckInputs  # noqa: E402
 from pipeline.rank import TrainRanker, read_week  # noqa: E402
 from pipeline.sample_data import write_sample_week  # noqa: E402
@@ -141,8 +141,8 @@ def server_side_copy(rows_dir: Path, bench: Bench, rows: int) -> float:
     os.chmod(bench.work, 0o755)
     os.chmod(csv, 0o644)
     with db.connection() as conn, conn.cursor() as cur:
-        columns = ", ".join(f"{f.name} {pgcopy.pg_type(f.type)}" for f in table.schema)
-        cur.execute(f"DROP TABLE IF EXISTS server_copy; CREATE TABLE server_copy ({columns})")
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS server_copy; CREATE TABLE server_copy ({})").format(
+            db.column_definitions(table.schema)))
         conn.commit()
 
         def copy_and_index() -> None:
