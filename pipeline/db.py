@@ -14,13 +14,15 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import TypeVar
 
 import psycopg2
 import pyarrow as pa
@@ -81,28 +83,49 @@ class Server:
             reason += ("; the pipeline sets its own statement_timeout, lock_timeout and isolation in libpq's options, "
                        "which this connection pooler refuses: point [postgres] host at PostgreSQL itself (a pooler "
                        "in transaction mode would hand those session values on to its other clients)")
-        if "too many c" in reason or "connection slots are reserved" in reason:
+        if _short_of_slots(reason):
             reason += ("; a worker of the pipeline's holds up to 1 + [postgres] read_streams connections at once (its "
                        "task's, and a whole-table read's or one that looks for the readers of the tables it waits "
                        "for): lower read_streams or --workers, or raise the role's CONNECTION LIMIT")
         return ConnectionError(f"cannot connect to {self}: {reason}")
 
+    def opened(self, open_connection: Callable[[], _Connection], refusal: type[Exception]) -> _Connection:
+        """What `open_connection` opens; a `refusal` it raises becomes `refused`. One refused for want
+        of a slot is tried again for up to `SLOT_WAIT` seconds: a server process still counts against
+        the role's `CONNECTION LIMIT` and `max_connections` for a moment after its client has closed
+        the connection, so a task's connection opened right after the last one's closed was refused at
+        a limit of exactly what a worker holds (measured after a session with a temporary table: one
+        reconnect in eight on an idle machine, one in four on a busy one, each free again within 40 ms)."""
+        deadline, pause = time.monotonic() + SLOT_WAIT, 0.005
+        while True:
+            try:
+                return open_connection()
+            except refusal as error:
+                if not _short_of_slots(first_line(error)) or time.monotonic() > deadline:
+                    raise self.refused(error) from None
+            time.sleep(pause)
+            pause = min(2 * pause, 0.25)
+
     def connect(self) -> psycopg2.extensions.connection:
         """A standby (in recovery, read-only) is refused as the pipeline's server, by libpq, before a
         task runs, rather than by its first write; of several hosts, the primary is taken."""
-        try:
-            conn = psycopg2.connect(
-                host=self.host, port=self.port, dbname=self.database, user=self.user, password=self.password,
-                connect_timeout=10, target_session_attrs=self.session, options=self.options(),
-            )
-        except psycopg2.OperationalError as error:
-            raise self.refused(error) from None
+        conn = self.opened(lambda: psycopg2.connect(
+            host=self.host, port=self.port, dbname=self.database, user=self.user, password=self.password,
+            connect_timeout=10, target_session_attrs=self.session, options=self.options(),
+        ), psycopg2.OperationalError)
         if conn.server_version >= _TRANSACTION_TIMEOUT_SINCE:
             _without_transaction_timeout(conn)
         return conn
 
 
 _TRANSACTION_TIMEOUT_SINCE = 170000  # the first `server_version` with `transaction_timeout`
+SLOT_WAIT = 2.0  # seconds a connection refused for want of a slot is tried again for (`Server.opened`)
+_Connection = TypeVar("_Connection")
+
+
+def _short_of_slots(reason: str) -> bool:
+    """A refusal for the role's `CONNECTION LIMIT` or the server's `max_connections`."""
+    return "too many c" in reason or "connection slots are reserved" in reason
 
 
 def _without_transaction_timeout(conn) -> None:
@@ -444,15 +467,19 @@ def _arrow_connection(server_version: int):
 
     current = server()
     key = (os.getpid(), current)
-    try:
+
+    def driver_connection() -> adbc_driver_manager.AdbcConnection:
         with _arrow_databases_lock:
             if key not in _arrow_databases:
                 _arrow_databases[key] = adbc_driver_postgresql.connect(current.conninfo(server_version))
-            arrow = adbc_driver_manager.AdbcConnection(_arrow_databases[key])  # autocommit, as ADBC begins
-    except Exception as error:  # the driver's own error types; its text may hold the connection string
+            return adbc_driver_manager.AdbcConnection(_arrow_databases[key])  # autocommit, as ADBC begins
+
+    try:
+        arrow = current.opened(driver_connection, Exception)  # the driver's own types; `refused` hides the password
+    except ConnectionError:
         with _arrow_databases_lock:
             _arrow_databases.pop(key, None)
-        raise current.refused(error) from None
+        raise
     try:
         yield arrow
     finally:
