@@ -15,11 +15,12 @@ run: $(BIN)/.installed
 	$(BIN)/luigi --module pipeline WeeklyRecs --local-scheduler $(ARGS)
 
 # The same week made from a synthetic shop's events (events.cfg; data/events is made on first use),
-# 40 candidates a user so that the sample trains in a minute or two.
+# 40 candidates a user so that the sample trains in a minute or two, published into a database of its
+# own on the embedded server (made on first use), beside `make run`'s.
 run-events: $(BIN)/.installed
 	test -d data/events || $(BIN)/python -m pipeline.sample_events data/events
 	LUIGI_CONFIG_PATH=events.cfg $(BIN)/luigi --module pipeline WeeklyRecs --local-scheduler \
-		--events-candidates-per-user 40 $(ARGS)
+		--events-candidates-per-user 40 --postgres-database run_events $(ARGS)
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -18,7 +19,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -168,6 +169,7 @@ def server() -> Server:
     host = settings.resolved_host()
     if not host:
         host = _embedded_socket_dir(settings.resolved_embedded_dir())
+        _made_on_first_use(host, settings.database)
     current = Server(host, settings.port, settings.database, settings.user, settings.resolved_password(),
                      statement_timeout=settings.statement_timeout)
     if current != _server:
@@ -181,6 +183,19 @@ def _embedded_socket_dir(data_dir: Path) -> str:
     data_dir.mkdir(parents=True, exist_ok=True)
     embedded = embedded_package().get_server(data_dir, cleanup_mode=None)
     return str(embedded.get_postmaster_info().socket_dir)
+
+
+@functools.cache
+def _made_on_first_use(socket_dir: str, database: str) -> None:
+    """The embedded server is the project's own, so the database `[postgres] database` names is made
+    there if it is not yet: `make run-events` publishes into one of its own, so that `make run`'s
+    week and its own each stay published and each command's rerun finds its own week done."""
+    with closing(psycopg2.connect(host=socket_dir, dbname="postgres", user="postgres")) as conn, conn.cursor() as cur:
+        conn.autocommit = True
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+        if cur.fetchone() is None:
+            with suppress(psycopg2.errors.DuplicateDatabase):  # made meanwhile by another worker
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
 
 
 def embedded_package() -> ModuleType:

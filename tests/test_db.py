@@ -37,6 +37,12 @@ def test_an_empty_host_starts_the_embedded_server_in_the_configured_folder_and_m
             assert cur.fetchone() == ("",)  # its unix socket only
         assert (tmp_path / "embedded" / "PG_VERSION").read_text().strip() == "18"
         assert db.server().host == str(tmp_path / "embedded")
+
+        settings["postgres"]["database"] = "run_events"  # what `make run-events` names: not there yet
+        apply_settings(settings)
+        for _ in range(2):
+            with db.connection() as conn:
+                assert query(conn, "SELECT current_database()") == [("run_events",)]
     finally:
         without_runtime_dir = {name: value for name, value in os.environ.items() if name != "XDG_RUNTIME_DIR"}
         stopped = subprocess.run([sys.executable, "-c", "from pipeline import db; db.stop_embedded_server()"],
