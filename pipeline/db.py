@@ -189,12 +189,14 @@ def _embedded_socket_dir(data_dir: Path) -> str:
 def _made_on_first_use(socket_dir: str, database: str) -> None:
     """The embedded server is the project's own, so the database `[postgres] database` names is made
     there if it is not yet: `make run-events` publishes into one of its own, so that `make run`'s
-    week and its own each stay published and each command's rerun finds its own week done."""
+    week and its own each stay published and each command's rerun finds its own week done. Of two
+    commands making it at once, PostgreSQL refuses the later with a unique violation of its
+    catalogue's index of names rather than "already exists" (a spec starts three at once)."""
     with closing(psycopg2.connect(host=socket_dir, dbname="postgres", user="postgres")) as conn, conn.cursor() as cur:
         conn.autocommit = True
         cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
         if cur.fetchone() is None:
-            with suppress(psycopg2.errors.DuplicateDatabase):  # made meanwhile by another worker
+            with suppress(psycopg2.errors.DuplicateDatabase, psycopg2.errors.UniqueViolation):  # made meanwhile
                 cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
 
 

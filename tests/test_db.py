@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg2
 import pyarrow as pa
@@ -40,9 +41,9 @@ def test_an_empty_host_starts_the_embedded_server_in_the_configured_folder_and_m
 
         settings["postgres"]["database"] = "run_events"  # what `make run-events` names: not there yet
         apply_settings(settings)
-        for _ in range(2):
-            with db.connection() as conn:
-                assert query(conn, "SELECT current_database()") == [("run_events",)]
+        with ThreadPoolExecutor(3) as workers:  # three at once, as workers starting together would
+            found = list(workers.map(lambda _: current_database(), range(3)))
+        assert found == ["run_events"] * 3 and current_database() == "run_events"
     finally:
         without_runtime_dir = {name: value for name, value in os.environ.items() if name != "XDG_RUNTIME_DIR"}
         stopped = subprocess.run([sys.executable, "-c", "from pipeline import db; db.stop_embedded_server()"],
@@ -50,6 +51,11 @@ def test_an_empty_host_starts_the_embedded_server_in_the_configured_folder_and_m
                                  capture_output=True, text=True)  # what `make stop-db` runs
     assert stopped.returncode == 0 and stopped.stderr == ""  # no warning from the embedded server's package
     assert not (tmp_path / "embedded" / "postmaster.pid").exists()
+
+
+def current_database() -> str:
+    with db.connection() as conn:
+        return query(conn, "SELECT current_database()")[0][0]
 
 
 def test_a_week_runs_against_a_separate_server_over_tcp_with_a_password(tcp_server, tmp_path, sample_week):
