@@ -28,7 +28,7 @@ from tests.conftest import (
 )
 
 
-def test_an_empty_host_starts_the_embedded_server_in_the_configured_folder_and_make_stop_db_stops_it(
+def test_an_empty_host_starts_the_embedded_server_in_its_folder_makes_the_database_named_and_make_stop_db_stops_it(
         settings, config_file, tmp_path):
     settings["postgres"].update(host="", database="postgres", embedded_dir=str(tmp_path / "embedded"))
     apply_settings(settings, config_file)
