@@ -167,11 +167,13 @@ def server() -> Server:
     global _server
     settings = config.postgres()
     host = settings.resolved_host()
-    if not host:
+    embedded = not host
+    if embedded:
         host = _embedded_socket_dir(settings.resolved_embedded_dir())
-        _made_on_first_use(host, settings.database)
     current = Server(host, settings.port, settings.database, settings.user, settings.resolved_password(),
                      statement_timeout=settings.statement_timeout)
+    if embedded:
+        _made_on_first_use(current)
     if current != _server:
         _server = current
         log.info("Using %s", current)
@@ -186,18 +188,19 @@ def _embedded_socket_dir(data_dir: Path) -> str:
 
 
 @functools.cache
-def _made_on_first_use(socket_dir: str, database: str) -> None:
+def _made_on_first_use(embedded: Server) -> None:
     """The embedded server is the project's own, so the database `[postgres] database` names is made
     there if it is not yet: `make run-events` publishes into one of its own, so that `make run`'s
     week and its own each stay published and each command's rerun finds its own week done. Of two
     commands making it at once, PostgreSQL refuses the later with a unique violation of its
     catalogue's index of names rather than "already exists" (a spec starts three at once)."""
-    with closing(psycopg2.connect(host=socket_dir, dbname="postgres", user="postgres")) as conn, conn.cursor() as cur:
+    maintenance = dataclasses.replace(embedded, database="postgres")
+    with closing(maintenance.connect()) as conn, conn.cursor() as cur:
         conn.autocommit = True
-        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (embedded.database,))
         if cur.fetchone() is None:
             with suppress(psycopg2.errors.DuplicateDatabase, psycopg2.errors.UniqueViolation):  # made meanwhile
-                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(embedded.database)))
 
 
 def embedded_package() -> ModuleType:
