@@ -12,7 +12,7 @@ import luigi
 import pyarrow as pa
 from psycopg2 import sql
 
-from pipeline import config, db, live_locks, pgcopy, publish
+from pipeline import catalog, config, contracts, db, live_locks, pgcopy, publish
 from pipeline.contracts import ContractError
 
 log = logging.getLogger("luigi-interface")
@@ -113,6 +113,26 @@ class StagingTask(WeekTask):
         columns = {field.name: pgcopy.pg_type(field.type) for field in schema}
         for column, problem in publish.refused_changes(cur, self.table, columns):
             raise ContractError(path, column, problem)
+
+    def check_not_cut_short(self, cur) -> None:
+        """Refuse a week whose file holds far fewer rows than the live week of this table: a file cut
+        short upstream (an export that stopped, a job that saw a part of the users) passes every
+        contract, and going live it would take most users' recommendations from the web service for
+        a week. Only what the web service reads is compared: the train rows of a week may well halve.
+        A backfill goes to the archives and takes nothing from it."""
+        live = publish.live_week(cur, self.table) if self.served else None
+        if live is None or self.week < live:
+            return
+        path, _ = self.planned_columns()
+        rows, name = contracts.open_parquet(path).metadata.num_rows, publish.week_table(cur, self.table, live)
+        before = catalog.estimated_rows(cur, name)
+        before = publish.row_count(cur, name) if before is None else before
+        settings = config.pipeline()
+        if rows < settings.least_rows_kept() * before:
+            raise ContractError(path, None, f"{rows:,} rows, where the live week {live} of {self.table} has about "
+                                f"{before:,}: more than [pipeline] max_row_drop = {settings.max_row_drop:g} of them "
+                                "would go (a file cut short?); if the week is meant to be smaller, rerun with "
+                                "--pipeline-max-row-drop 1")
 
     def holds_output(self, cur) -> bool:
         """Staged, live or archived: a stage dropped because a later week went live must be redone."""

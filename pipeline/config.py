@@ -101,6 +101,8 @@ class pipeline(luigi.Config):  # noqa: N801
                                     "validation holds out: a share of the train users, or, where train rows carry "
                                     "their outcome week, the latest week (learning on the weeks before it)")
     holdout_share = luigi.FloatParameter(default=0.2, description="share of train users held out for validation")
+    max_row_drop = luigi.FloatParameter(default=0.5, description="largest share of a live table's rows a week "
+                                        "may go live without (a file cut short upstream); 1: any week goes live")
     max_ndcg_drop = luigi.FloatParameter(default=0.02, description="largest NDCG@10 drop the quality gate accepts")
     gate_sigmas = luigi.FloatParameter(default=2.0, description="nor does it refuse a drop within this many "
                                        "standard errors of the validation's NDCG@10")
@@ -127,6 +129,12 @@ class pipeline(luigi.Config):  # noqa: N801
         return RankerFeatures(*(tuple(given) if given is not None else default for given, default in (
             (self.features, provided.features), (self.cat_features, provided.cat_features),
             (self.derived_features, provided.derived_features))))
+
+    def least_rows_kept(self) -> float:
+        """The share of a live table's rows a week must hold to go live (`max_row_drop`)."""
+        if not 0 <= self.max_row_drop <= 1:
+            raise ValueError(f"[pipeline] max_row_drop: {self.max_row_drop} must be 0 to 1")
+        return 1 - self.max_row_drop
 
     def week_input_dir(self, week: date) -> Path:
         return _under_root(self.input_dir.replace("{week}", week.isoformat()))

@@ -26,7 +26,8 @@ def week_contracts() -> tuple[contracts.Contract, ...]:
 class CheckInputs(WeekTask):
     """Every file's whole schema, and the train file's positives, before anything of the week is staged;
     and that the week's tables can go live: the readers exist, what depends on a live table keeps
-    every column it uses, and a backfill would be kept.
+    every column it uses, no file the web service's tables are made of holds far fewer rows than the
+    live week, and a backfill would be kept.
 
     Values are checked as each file streams into its table: a file is read once.
     """
@@ -60,6 +61,7 @@ class CheckInputs(WeekTask):
             week.check_kept(cur)
             for task in week.published():
                 task.check_dependents(cur)
+                task.check_not_cut_short(cur)
 
 
 class LoadTask(StagingTask):

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.contracts import CANDIDATES_TRAIN, ContractError, check_positives
-from tests.conftest import apply_settings, live_state, query, run_luigi
+from tests.conftest import NEXT_WEEK, WEEK, apply_settings, live_state, query, run_luigi
 
 TASK_FAILED = 30  # [retcode] task_failed in luigi.cfg
 LIBRARY_ERRORS = re.compile(r"Arrow(Invalid|TypeError|NotImplementedError)|psycopg2\.errors|CatBoostError|TypeError")
@@ -184,6 +184,30 @@ def test_bad_input_is_refused_by_name_and_nothing_published_changes(breaks, sett
     assert f"ContractError: {input_dir / file}{problem}" in result.stderr
     assert live_state(conn) == before
     assert not LIBRARY_ERRORS.search(result.stderr)  # the failure is told in the contract's words
+
+
+@pytest.mark.published_week
+def test_a_file_cut_to_under_half_the_live_weeks_rows_is_refused_and_goes_live_only_when_asked(
+        settings, config_file, input_dir, conn, reader):
+    """A file cut short passes every contract; going live it would take most users' recommendations."""
+    path = input_dir / "candidates_inference.parquet"
+    live_rows = query(conn, "SELECT count(*) FROM candidates_ranked")[0][0]  # granted to the reader at the next publish
+    rewrite(input_dir, path.name, lambda table: table.slice(0, table.num_rows * 2 // 5))
+    kept = pq.read_metadata(path).num_rows
+    before = live_state(conn)
+
+    refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", NEXT_WEEK.isoformat())
+
+    assert refused.returncode == TASK_FAILED
+    assert (f"ContractError: {path}: {kept:,} rows, where the live week {WEEK} of candidates_ranked has about "
+            f"{live_rows:,}: more than [pipeline] max_row_drop = 0.5 of them would go") in refused.stderr
+    assert live_state(conn) == before
+
+    asked = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", NEXT_WEEK.isoformat(),
+                      "--pipeline-max-row-drop", "1")
+
+    assert asked.returncode == 0, asked.stderr[-2000:]
+    assert reader.read("SELECT week, count(*) FROM candidates_ranked GROUP BY week") == [(NEXT_WEEK, kept)]
 
 
 def test_extra_columns_of_every_loadable_type_go_live_with_faithful_types(settings, config_file, input_dir, conn):
