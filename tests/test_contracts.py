@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline import config
 from pipeline.contracts import CANDIDATES_TRAIN, ContractError, check_positives
 from tests.conftest import NEXT_WEEK, WEEK, apply_settings, live_state, query, run_luigi
 
@@ -208,6 +209,15 @@ def test_a_file_cut_to_under_half_the_live_weeks_rows_is_refused_and_goes_live_o
 
     assert asked.returncode == 0, asked.stderr[-2000:]
     assert reader.read("SELECT week, count(*) FROM candidates_ranked GROUP BY week") == [(NEXT_WEEK, kept)]
+
+
+@pytest.mark.parametrize("share", ["-0.1", "1.5"])
+def test_a_row_drop_outside_0_to_1_is_refused_naming_the_setting(share, settings):
+    settings["pipeline"]["max_row_drop"] = share
+    apply_settings(settings)
+
+    with pytest.raises(ValueError, match=rf"\[pipeline\] max_row_drop: {share} must be 0 to 1"):
+        config.pipeline().least_rows_kept()
 
 
 def test_extra_columns_of_every_loadable_type_go_live_with_faithful_types(settings, config_file, input_dir, conn):
