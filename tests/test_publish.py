@@ -440,6 +440,8 @@ def test_the_planner_knows_each_week_the_moment_it_goes_live_or_is_rolled_back_t
     run_tasks(WeeklyRecs(week=WEEK))
     first = distinct_items()
     keep_a_quarter_of_the_similar_items(input_dir)
+    settings["pipeline"]["max_row_drop"] = "1"  # a week meant to be smaller, not a file cut short
+    apply_settings(settings, config_file)
 
     assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
 
