@@ -124,9 +124,11 @@ class StagingTask(WeekTask):
         if live is None or self.week < live:
             return
         path, _ = self.planned_columns()
-        rows, name = contracts.open_parquet(path).metadata.num_rows, publish.week_table(cur, self.table, live)
-        before = catalog.estimated_rows(cur, name)
-        before = publish.row_count(cur, name) if before is None else before
+        rows = contracts.open_parquet(path).metadata.num_rows
+        live_table = publish.week_table(cur, self.table, live)
+        before = catalog.estimated_rows(cur, live_table)
+        if before is None:
+            before = publish.row_count(cur, live_table)
         settings = config.pipeline()
         if rows < settings.least_rows_kept() * before:
             raise ContractError(path, None, f"{rows:,} rows, where the live week {live} of {self.table} has about "
