@@ -102,6 +102,7 @@ class StagingTask(WeekTask):
     unique_key: tuple[str, ...] = ()
     lookup_key: tuple[str, ...] = ()
     served = False  # read by the web service: its readers are granted SELECT on the live name
+    made_at_cutoff = False  # its file is made anew for each week's cutoff: never the same two weeks running
 
     def planned_columns(self) -> tuple[Path, pa.Schema]:
         """The file that shapes this table, and the table's columns for the week (before anything is staged)."""
@@ -136,12 +137,28 @@ class StagingTask(WeekTask):
                                 "would go (a file cut short?); if the week is meant to be smaller, rerun with "
                                 "--pipeline-max-row-drop 1")
 
+    def check_not_repeated(self, cur) -> None:
+        """Refuse a file made at each week's cutoff that is, byte for byte in its footer, the one the
+        live week of this table was loaded from: a modelling stage that did not run for this week
+        left last week's file where this week's should be, and it would go live as this week's, the
+        success message saying all was well. A redo or a backfill loads what it is given."""
+        live = publish.live_week(cur, self.table) if self.made_at_cutoff else None
+        if live is None or self.week <= live or config.pipeline().allow_same_files:
+            return
+        path, _ = self.planned_columns()
+        if publish.source_digest(cur, publish.week_table(cur, self.table, live)) == contracts.footer_digest(path):
+            raise ContractError(path, None, f"the very file the live week {live} of {self.table} was loaded from "
+                                "(the same parquet footer): candidates are made at each week's cutoff, so this "
+                                "week's were not made? If the week is meant to repeat them, rerun with "
+                                "--pipeline-allow-same-files")
+
     def holds_output(self, cur) -> bool:
         """Staged, live or archived: a stage dropped because a later week went live must be redone."""
         return publish.holds_week(cur, self.table, self.week)
 
-    def stage(self, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> int:
-        """Returns the rows staged; 0 when a concurrent run of the same week staged first."""
+    def stage(self, batches: Iterable[pa.RecordBatch], schema: pa.Schema, source: Path | None = None) -> int:
+        """Returns the rows staged; 0 when a concurrent run of the same week staged first. The `source`
+        file, where one is loaded, is noted on the week's table (`publish.note_source`)."""
         with self.marking_once() as transaction:
             if transaction is None:
                 return 0
@@ -151,6 +168,8 @@ class StagingTask(WeekTask):
             rows = db.copy_in(cur, staged, batches, schema, frozen=True)  # created just above
             self.set_status_message(f"indexing {rows:,} rows of {self.table}")
             self.index(cur, staged, schema.names)
+            if source is not None:
+                publish.note_source(cur, staged, source, contracts.footer_digest(source))
         log.info("%s staged %d rows for %s", self, rows, self.table)
         self.set_status_message(f"staged {rows:,} rows for {self.table}")
         return rows

@@ -103,6 +103,9 @@ class pipeline(luigi.Config):  # noqa: N801
     holdout_share = luigi.FloatParameter(default=0.2, description="share of train users held out for validation")
     max_row_drop = luigi.FloatParameter(default=0.5, description="largest share of a live table's rows a week "
                                         "may go live without (a file cut short upstream); 1: any week goes live")
+    allow_same_files = luigi.BoolParameter(default=False, description="let a week's candidates files be the very "
+                                           "files the live week was loaded from (refused by default: a stage that "
+                                           "did not run)")
     max_ndcg_drop = luigi.FloatParameter(default=0.02, description="largest NDCG@10 drop the quality gate accepts")
     gate_sigmas = luigi.FloatParameter(default=2.0, description="nor does it refuse a drop within this many "
                                        "standard errors of the validation's NDCG@10")

@@ -27,7 +27,7 @@ class CheckInputs(WeekTask):
     """Every file's whole schema, and the train file's positives, before anything of the week is staged;
     and that the week's tables can go live: the readers exist, what depends on a live table keeps
     every column it uses, no file the web service's tables are made of holds far fewer rows than the
-    live week, and a backfill would be kept.
+    live week, no candidates file is the one the live week was loaded from, and a backfill would be kept.
 
     Values are checked as each file streams into its table: a file is read once.
     """
@@ -62,6 +62,7 @@ class CheckInputs(WeekTask):
             for task in week.published():
                 task.check_dependents(cur)
                 task.check_not_cut_short(cur)
+                task.check_not_repeated(cur)
 
 
 class LoadTask(StagingTask):
@@ -82,7 +83,7 @@ class LoadTask(StagingTask):
         try:
             self.stage(self.reporting(batches, parquet.metadata.num_rows,
                                       "loaded {done:,} of {total:,} rows into " + self.table),
-                       schema.append(WEEK_FIELD))
+                       schema.append(WEEK_FIELD), source=path)
         except psycopg2.errors.UniqueViolation as error:
             raise contracts.duplicate_key_error(path, contract.unique_key(schema.names),
                                                 error.diag.message_detail) from None
@@ -120,8 +121,10 @@ class OnlineRecs(LoadTask):
 class TrainCandidates(LoadTask):
     contract = contracts.CANDIDATES_TRAIN
     table = published_table("candidates_train")
+    made_at_cutoff = True
 
 
 class InferenceCandidates(LoadTask):
     contract = contracts.CANDIDATES_INFERENCE
     table = published_table("candidates_inference")
+    made_at_cutoff = True

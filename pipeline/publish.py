@@ -32,6 +32,7 @@ import re
 import zlib
 from collections.abc import Iterable
 from datetime import date, datetime
+from pathlib import Path
 
 import psycopg2.errors
 from psycopg2 import sql
@@ -43,6 +44,7 @@ _WEEK = re.compile(r"__(\d{8})$")
 _STAGED = re.compile(r"__staged_(\d{8})$")
 _REPLACED = re.compile(r"__\d{8}_replaced_\d+")
 _WEEK_NOTE = re.compile(r"week=(\d{4}-\d{2}-\d{2})")
+_SOURCE_NOTE = re.compile(r"loaded from .*, parquet footer sha256 ([0-9a-f]{64})", re.DOTALL)
 WEEK_CHECK = "week_is"
 _STAGED_OPTIONS = ("autovacuum_enabled", "vacuum_truncate")  # off while staged (`stage`), and the pipeline's
 _STAGED_STORAGE = sql.SQL(", ").join(sql.SQL("{} = false").format(sql.Identifier(option)) for option in _STAGED_OPTIONS)
@@ -89,6 +91,19 @@ def _note_week(cur, table: str, week: date) -> None:
     if comment is None or _WEEK_NOTE.fullmatch(comment):
         cur.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
             sql.Identifier(table), sql.Literal(f"week={week.isoformat()}")))
+
+
+def note_source(cur, name: str, path: Path, digest: str) -> None:
+    """The file a week's table was loaded from, in the table's comment: what a later week's file is
+    compared with, kept as long as the week's table is, and read by whoever asks where it came from."""
+    cur.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
+        sql.Identifier(name), sql.Literal(f"loaded from {path}, parquet footer sha256 {digest}")))
+
+
+def source_digest(cur, name: str) -> str | None:
+    """The footer digest `note_source` left on a week's table; None on a table loaded before it did."""
+    noted = _SOURCE_NOTE.fullmatch(catalog.comment(cur, name) or "")
+    return noted.group(1) if noted else None
 
 
 def week_table(cur, table: str, week: date) -> str:

@@ -291,14 +291,15 @@ def settings(tmp_path, pg_socket_dir, database, input_dir) -> Iterator[dict[str,
 
 
 def week_settings(socket_dir: str, database: str, input_dir: Path, folder: Path) -> dict[str, dict[str, str]]:
-    """The tests' pipeline: the sample week's files into a database of the embedded server, a
+    """The tests' pipeline: the sample week's files into a database of the embedded server, as every
+    week (so the suite lets a week repeat the live week's files, which a shop's pipeline refuses), a
     short fit (30 iterations rank the sample's 300 users well enough for every assertion). Models,
     and luigi's pid files, go in the test's own folder: luigi refuses a command line that runs
     already, and the same `luigi --module pipeline WeeklyRecs ...` runs in tests side by side."""
     return {"core": {"lock_pid_dir": str(folder / "luigi-pids")},
             "postgres": {"host": socket_dir, "database": database, "user": "postgres"},
             "pipeline": {"input_dir": str(input_dir), "model_dir": str(folder / "models"), "iterations": "30",
-                         "retention": "4"}}
+                         "retention": "4", "allow_same_files": "true"}}
 
 
 def apply_settings(values: dict[str, dict[str, str]], path: Path | None = None) -> None:

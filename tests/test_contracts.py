@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import config
-from pipeline.contracts import CANDIDATES_TRAIN, ContractError, check_positives
+from pipeline.contracts import CANDIDATES_TRAIN, ContractError, check_positives, footer_digest
 from tests.conftest import NEXT_WEEK, WEEK, apply_settings, live_state, query, run_luigi
 
 TASK_FAILED = 30  # [retcode] task_failed in luigi.cfg
@@ -25,6 +25,11 @@ LIBRARY_ERRORS = re.compile(r"Arrow(Invalid|TypeError|NotImplementedError)|psyco
 def rewrite(folder, file, change):
     path = folder / file
     pq.write_table(change(pq.read_table(path)), path)
+
+
+def without_last_user(table: pa.Table) -> pa.Table:
+    """The same export with one user fewer: a file of another week, as far as its bytes go."""
+    return table.filter(pc.not_equal(table.column("user_id"), pc.max(table.column("user_id"))))
 
 
 def replace_column(table: pa.Table, name: str, values) -> pa.Table:
@@ -209,6 +214,54 @@ def test_a_file_cut_to_under_half_the_live_weeks_rows_is_refused_and_goes_live_o
 
     assert asked.returncode == 0, asked.stderr[-2000:]
     assert reader.read("SELECT week, count(*) FROM candidates_ranked GROUP BY week") == [(NEXT_WEEK, kept)]
+
+
+def test_a_footer_digest_tells_two_exports_apart_and_a_copy_alike(sample_week, tmp_path):
+    path = sample_week / "candidates_inference.parquet"
+    copy, other = tmp_path / "copy.parquet", tmp_path / "other.parquet"
+    copy.write_bytes(path.read_bytes())
+    pq.write_table(without_last_user(pq.read_table(path)), other)
+
+    assert footer_digest(copy) == footer_digest(path)
+    assert footer_digest(other) != footer_digest(path)
+
+
+@pytest.mark.published_week
+def test_candidates_the_live_week_was_loaded_from_are_refused_as_the_next_weeks_and_go_live_only_when_asked(
+        settings, config_file, input_dir, conn, reader):
+    """A modelling stage that did not run leaves last week's files where this week's should be; going
+    live, they would be served as this week's and the success message would say all was well."""
+    settings["pipeline"]["allow_same_files"] = "false"  # a shop's default; the suite's weeks share one sample
+    apply_settings(settings, config_file)
+    rewrite(input_dir, "candidates_train.parquet", without_last_user)  # the train export ran, the other did not
+    path = input_dir / "candidates_inference.parquet"
+    before = live_state(conn)
+
+    refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", NEXT_WEEK.isoformat())
+
+    assert refused.returncode == TASK_FAILED
+    assert (f"ContractError: {path}: the very file the live week {WEEK} of candidates_inference was loaded from "
+            "(the same parquet footer)") in refused.stderr
+    assert live_state(conn) == before
+
+    asked = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", NEXT_WEEK.isoformat(),
+                      "--pipeline-allow-same-files")
+
+    assert asked.returncode == 0, asked.stderr[-2000:]
+    assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(NEXT_WEEK,)]
+
+
+@pytest.mark.published_week
+def test_new_candidates_files_go_live_as_the_next_week_by_default(settings, config_file, input_dir, reader):
+    settings["pipeline"]["allow_same_files"] = "false"
+    apply_settings(settings, config_file)
+    for file in ("candidates_train.parquet", "candidates_inference.parquet"):
+        rewrite(input_dir, file, without_last_user)
+
+    published = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", NEXT_WEEK.isoformat())
+
+    assert published.returncode == 0, published.stderr[-2000:]
+    assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(NEXT_WEEK,)]
 
 
 @pytest.mark.parametrize("share", ["-0.1", "1.5"])
