@@ -115,7 +115,7 @@ class StagingTask(WeekTask):
         for column, problem in publish.refused_changes(cur, self.table, columns):
             raise ContractError(path, column, problem)
 
-    def check_not_cut_short(self, cur) -> None:
+    def check_not_cut_short(self, cur, least_kept: float) -> None:
         """Refuse a week whose file holds far fewer rows than the live week of this table: a file cut
         short upstream (an export that stopped, a job that saw a part of the users) passes every
         contract, and going live it would take most users' recommendations from the web service for
@@ -130,12 +130,11 @@ class StagingTask(WeekTask):
         before = catalog.estimated_rows(cur, live_table)
         if before is None:
             before = publish.row_count(cur, live_table)
-        settings = config.pipeline()
-        if rows < settings.least_rows_kept() * before:
+        if rows < least_kept * before:
             raise ContractError(path, None, f"{rows:,} rows, where the live week {live} of {self.table} has about "
-                                f"{before:,}: more than [pipeline] max_row_drop = {settings.max_row_drop:g} of them "
-                                "would go (a file cut short?); if the week is meant to be smaller, rerun with "
-                                "--pipeline-max-row-drop 1")
+                                f"{before:,}: more than [pipeline] max_row_drop = "
+                                f"{config.pipeline().max_row_drop:g} of them would go (a file cut short?); if the "
+                                "week is meant to be smaller, rerun with --pipeline-max-row-drop 1")
 
     def check_not_repeated(self, cur) -> None:
         """Refuse a file made at each week's cutoff that is, byte for byte in its footer, the one the

@@ -53,6 +53,7 @@ class CheckInputs(WeekTask):
     def check_live_tables(self) -> None:
         from pipeline.wrapper import WeeklyRecs  # the week's tables; the wrapper's module imports this one
 
+        least_kept = config.pipeline().least_rows_kept()  # a setting out of range is refused on a first week too
         with db.connection() as conn, conn.cursor() as cur:
             missing = publish.missing_roles(cur, config.postgres().readers)
             if missing:
@@ -61,7 +62,7 @@ class CheckInputs(WeekTask):
             week.check_kept(cur)
             for task in week.published():
                 task.check_dependents(cur)
-                task.check_not_cut_short(cur)
+                task.check_not_cut_short(cur, least_kept)
                 task.check_not_repeated(cur)
 
 

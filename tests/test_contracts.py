@@ -273,6 +273,17 @@ def test_a_row_drop_outside_0_to_1_is_refused_naming_the_setting(share, settings
         config.pipeline().least_rows_kept()
 
 
+def test_a_row_drop_outside_0_to_1_fails_the_first_week_before_anything_is_staged(settings, config_file, conn):
+    settings["pipeline"]["max_row_drop"] = "1.5"
+    apply_settings(settings, config_file)
+
+    refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", WEEK.isoformat())
+
+    assert refused.returncode == TASK_FAILED
+    assert "ValueError: [pipeline] max_row_drop: 1.5 must be 0 to 1" in refused.stderr
+    assert query(conn, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'") == []
+
+
 def test_extra_columns_of_every_loadable_type_go_live_with_faithful_types(settings, config_file, input_dir, conn):
     moment = datetime.datetime(2026, 11, 20, 9, 30, tzinfo=datetime.UTC)
     def change(table):
