@@ -108,14 +108,22 @@ class StagingTask(WeekTask):
         """The file that shapes this table, and the table's columns for the week (before anything is staged)."""
         raise NotImplementedError
 
-    def check_dependents(self, cur) -> None:
-        """Refuse a week whose columns an object depending on the live table would not survive."""
+    def check_against_live(self, cur, least_kept: float) -> None:
+        """Refuse, before anything is staged, a week that this table's live week shows to be wrong
+        (`least_kept`: `[pipeline] max_row_drop`'s share of rows a week must keep). The file and the
+        columns are planned once for the three checks."""
         path, schema = self.planned_columns()
+        self._check_dependents(cur, path, schema)
+        self._check_not_cut_short(cur, path, least_kept)
+        self._check_not_repeated(cur, path)
+
+    def _check_dependents(self, cur, path: Path, schema: pa.Schema) -> None:
+        """Refuse a week whose columns an object depending on the live table would not survive."""
         columns = {field.name: pgcopy.pg_type(field.type) for field in schema}
         for column, problem in publish.refused_changes(cur, self.table, columns):
             raise ContractError(path, column, problem)
 
-    def check_not_cut_short(self, cur, least_kept: float) -> None:
+    def _check_not_cut_short(self, cur, path: Path, least_kept: float) -> None:
         """Refuse a week whose file holds far fewer rows than the live week of this table: a file cut
         short upstream (an export that stopped, a job that saw a part of the users) passes every
         contract, and going live it would take most users' recommendations from the web service for
@@ -124,7 +132,6 @@ class StagingTask(WeekTask):
         live = publish.live_week(cur, self.table) if self.served else None
         if live is None or self.week < live:
             return
-        path, _ = self.planned_columns()
         rows = contracts.open_parquet(path).metadata.num_rows
         live_table = publish.week_table(cur, self.table, live)
         before = catalog.estimated_rows(cur, live_table)
@@ -136,7 +143,7 @@ class StagingTask(WeekTask):
                                 f"{config.pipeline().max_row_drop:g} of them would go (a file cut short?); if the "
                                 "week is meant to be smaller, rerun with --pipeline-max-row-drop 1")
 
-    def check_not_repeated(self, cur) -> None:
+    def _check_not_repeated(self, cur, path: Path) -> None:
         """Refuse a file made at each week's cutoff that is, byte for byte in its footer, the one the
         live week of this table was loaded from: a modelling stage that did not run for this week
         left last week's file where this week's should be, and it would go live as this week's, the
@@ -144,7 +151,6 @@ class StagingTask(WeekTask):
         live = publish.live_week(cur, self.table) if self.made_at_cutoff else None
         if live is None or self.week <= live or config.pipeline().allow_same_files:
             return
-        path, _ = self.planned_columns()
         if publish.source_digest(cur, publish.week_table(cur, self.table, live)) == contracts.footer_digest(path):
             raise ContractError(path, None, f"the very file the live week {live} of {self.table} was loaded from "
                                 "(the same parquet footer): candidates are made at each week's cutoff, so this "

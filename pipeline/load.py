@@ -61,9 +61,7 @@ class CheckInputs(WeekTask):
             week = WeeklyRecs(week=self.week)
             week.check_kept(cur)
             for task in week.published():
-                task.check_dependents(cur)
-                task.check_not_cut_short(cur, least_kept)
-                task.check_not_repeated(cur)
+                task.check_against_live(cur, least_kept)
 
 
 class LoadTask(StagingTask):
