@@ -23,7 +23,7 @@ class WeeklyRecs(WeekTask):
     """
 
     table = "weekly_recs"
-    notes: tuple[str, ...] = ()  # for the success message: what logical replicas miss, what failed once live
+    notes: tuple[str, ...] = ()  # for the success message: what logical replicas miss, what repeats, what failed
 
     def requires(self) -> list[WeekTask]:
         return [DefaultRecs(week=self.week), OnlineRecs(week=self.week), RankCandidates(week=self.week)]
@@ -49,7 +49,7 @@ class WeeklyRecs(WeekTask):
         tables, what = self.live_names(), f"week {self.week} not published"
         with db.connection() as conn, conn.cursor() as cur:
             self.check_kept(cur)
-            said = self.said([*self.not_replicated(cur), *self.reshaped(cur)])
+            said = self.said([*self.not_replicated(cur), *self.reshaped(cur), *self.repeated(cur)])
         live_locks.prepare_to_attach({table: publish.staged_name(table, self.week) for table in tables}, self.week,
                                      what, self.set_status_message)
         try:
@@ -104,6 +104,22 @@ class WeeklyRecs(WeekTask):
         which goes to the archives, changes none."""
         return [note for table in self.live_names() if (publish.live_week(cur, table) or self.week) <= self.week
                 and (note := publish.columns_changed(cur, table, publish.staged_name(table, self.week)))]
+
+    def repeated(self, cur) -> list[str]:
+        """The tables loaded from the very file their live week was (`publish.source_digest`): the
+        popular and the similar items may stay the same for a week, and the candidates do only when
+        asked (`[pipeline] allow_same_files`), but a week of last week's rows is not to pass for a
+        new one unsaid."""
+        notes = []
+        for table in self.live_names():
+            live = publish.live_week(cur, table)
+            if live is None or live >= self.week:
+                continue
+            digest = publish.source_digest(cur, publish.staged_name(table, self.week))
+            if digest is not None and digest == publish.source_digest(cur, publish.week_table(cur, table, live)):
+                notes.append(f"{table}: loaded from the very file the live week {live} was, so its rows are that "
+                             "week's again")
+        return notes
 
     def print_summary(self) -> None:
         with db.connection() as conn:

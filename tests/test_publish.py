@@ -386,6 +386,20 @@ def test_a_live_name_that_logical_replication_publishes_goes_live_saying_its_sub
     assert text.count("logical replication") == 1
 
 
+@pytest.mark.published_week
+def test_a_week_loaded_from_the_live_weeks_files_goes_live_saying_which_tables_repeat_it(bot_api, config_file,
+                                                                                      input_dir):
+    """The popular items may stay the same for a week; a week of last week's rows is not to pass unsaid."""
+    similar = input_dir / "similar.parquet"
+    pq.write_table(pq.read_table(similar).slice(1), similar)  # only the similar items were made anew
+
+    text = next_week_published_saying(config_file, bot_api, (
+        f"default_recs: loaded from the very file the live week {WEEK} was, so its rows are that week's again"))
+
+    repeated = [line.split(":")[0] for line in text.splitlines() if "loaded from the very file" in line]
+    assert repeated == ["default_recs", "candidates_train", "candidates_inference"]  # the suite allows the last two
+
+
 def test_a_reader_role_that_does_not_exist_is_refused_by_name_before_anything_is_staged(settings, config_file,
                                                                                       conn):
     settings["postgres"]["readers"] = '["websvc_nobody"]'
