@@ -148,10 +148,10 @@ class StagingTask(WeekTask):
         live week of this table was loaded from: a modelling stage that did not run for this week
         left last week's file where this week's should be, and it would go live as this week's, the
         success message saying all was well. A redo or a backfill loads what it is given."""
-        live = publish.live_week(cur, self.table) if self.made_at_cutoff else None
-        if live is None or self.week <= live or config.pipeline().allow_same_files:
+        if not self.made_at_cutoff or config.pipeline().allow_same_files:
             return
-        if publish.source_digest(cur, publish.week_table(cur, self.table, live)) == contracts.footer_digest(path):
+        live = publish.live_week_repeated(cur, self.table, self.week, contracts.footer_digest(path))
+        if live is not None:
             raise ContractError(path, None, f"the very file the live week {live} of {self.table} was loaded from "
                                 "(the same parquet footer): candidates are made at each week's cutoff, so this "
                                 "week's were not made? If the week is meant to repeat them, rerun with "

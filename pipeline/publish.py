@@ -106,6 +106,15 @@ def source_digest(cur, name: str) -> str | None:
     return noted.group(1) if noted else None
 
 
+def live_week_repeated(cur, table: str, week: date, digest: str | None) -> date | None:
+    """The live week of `table` whose file had the footer `digest` (`source_digest`), where `week`
+    comes after it: the week that `week`, so loaded, would serve again. None otherwise."""
+    live = live_week(cur, table)
+    if digest is None or live is None or live >= week:
+        return None
+    return live if source_digest(cur, week_table(cur, table, live)) == digest else None
+
+
 def week_table(cur, table: str, week: date) -> str:
     """The physical table that holds `week` of `table`: staged, live or archived."""
     for name in (staged_name(table, week), week_name(table, week)):

@@ -110,16 +110,10 @@ class WeeklyRecs(WeekTask):
         popular and the similar items may stay the same for a week, and the candidates do only when
         asked (`[pipeline] allow_same_files`), but a week of last week's rows is not to pass for a
         new one unsaid."""
-        notes = []
-        for table in self.live_names():
-            live = publish.live_week(cur, table)
-            if live is None or live >= self.week:
-                continue
-            digest = publish.source_digest(cur, publish.staged_name(table, self.week))
-            if digest is not None and digest == publish.source_digest(cur, publish.week_table(cur, table, live)):
-                notes.append(f"{table}: loaded from the very file the live week {live} was, so its rows are that "
-                             "week's again")
-        return notes
+        repeated = {table: publish.live_week_repeated(cur, table, self.week, publish.source_digest(
+            cur, publish.staged_name(table, self.week))) for table in self.live_names()}
+        return [f"{table}: loaded from the very file the live week {live} was, so its rows are that week's again"
+                for table, live in repeated.items() if live is not None]
 
     def print_summary(self) -> None:
         with db.connection() as conn:
