@@ -161,9 +161,10 @@ class StagingTask(WeekTask):
         """Staged, live or archived: a stage dropped because a later week went live must be redone."""
         return publish.holds_week(cur, self.table, self.week)
 
-    def stage(self, batches: Iterable[pa.RecordBatch], schema: pa.Schema, source: Path | None = None) -> int:
+    def stage(self, batches: Iterable[pa.RecordBatch], schema: pa.Schema,
+              source: tuple[Path, str] | None = None) -> int:
         """Returns the rows staged; 0 when a concurrent run of the same week staged first. The `source`
-        file, where one is loaded, is noted on the week's table (`publish.note_source`)."""
+        file and its footer digest, where one is loaded, are noted on the week's table (`publish.note_source`)."""
         with self.marking_once() as transaction:
             if transaction is None:
                 return 0
@@ -174,7 +175,7 @@ class StagingTask(WeekTask):
             self.set_status_message(f"indexing {rows:,} rows of {self.table}")
             self.index(cur, staged, schema.names)
             if source is not None:
-                publish.note_source(cur, staged, source, contracts.footer_digest(source))
+                publish.note_source(cur, staged, *source)
         log.info("%s staged %d rows for %s", self, rows, self.table)
         self.set_status_message(f"staged {rows:,} rows for {self.table}")
         return rows

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import luigi
 import psycopg2.errors
+import psycopg2.extras
 import pyarrow as pa
 import pyarrow.parquet as pq
+from psycopg2 import sql
 
-from pipeline import config, contracts, db, publish
+from pipeline import catalog, config, contracts, db, publish
 from pipeline.base import StagingTask, WeekTask, published_table
 from pipeline.events.tasks import CandidatesAtCutoff, TrainFromOutcomes
 
+log = logging.getLogger("luigi-interface")
 BATCH_ROWS = 64_000
 WEEK_FIELD = pa.field("week", pa.date32())
 
@@ -29,7 +33,9 @@ class CheckInputs(WeekTask):
     every column it uses, no file the web service's tables are made of holds far fewer rows than the
     live week, no candidates file is the one the live week was loaded from, and a backfill would be kept.
 
-    Values are checked as each file streams into its table: a file is read once.
+    Values are checked as each file streams into its table: a file is read once. What was checked is
+    kept, each file with its footer digest, in the table `week_inputs`: a file replaced since (a
+    re-export after a failed run, or one landing while the week runs) is checked again before it loads.
     """
 
     table = "week_inputs"
@@ -43,12 +49,56 @@ class CheckInputs(WeekTask):
     def run(self) -> None:
         settings = config.pipeline()
         folder = settings.week_input_dir(self.week)
+        footers = self.footers()  # before the checks: a file replaced during them is not the one recorded
         contracts.check_week(folder, week_contracts())
         contracts.check_positives(folder / contracts.CANDIDATES_TRAIN.file, contracts.CANDIDATES_TRAIN,
                                   settings.random_seed, settings.holdout_share, settings.holdout)
         self.check_live_tables()
-        with self.marking_once():
-            pass
+        with self.marking_once() as transaction:
+            if transaction is not None:
+                self.record(transaction[1], footers)
+
+    def footers(self) -> dict[str, str | None]:
+        """Each of the week's files, by path, with its footer digest; None where there is none to read."""
+        folder = config.pipeline().week_input_dir(self.week)
+        footers = {}
+        for path in (folder / contract.file for contract in week_contracts()):
+            try:
+                footers[str(path)] = contracts.footer_digest(path)
+            except OSError:
+                footers[str(path)] = None
+        return footers
+
+    def record(self, cur, footers: dict[str, str | None]) -> None:
+        table = sql.Identifier(self.table)
+        cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (week date, file text, footer_sha256 text NOT NULL,"
+                            " checked timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (week, file))").format(table))
+        cur.execute(sql.SQL("DELETE FROM {} WHERE week = %s").format(table), (self.week,))
+        psycopg2.extras.execute_values(cur, sql.SQL("INSERT INTO {} (week, file, footer_sha256) VALUES %s").format(
+            table).as_string(cur), [(self.week, path, footer) for path, footer in footers.items()])
+
+    def checked(self, cur) -> dict[str, str]:
+        """The week's files as they were checked, by path: their footer digests."""
+        if not catalog.exists(cur, self.table):
+            return {}
+        cur.execute(sql.SQL("SELECT file, footer_sha256 FROM {} WHERE week = %s").format(sql.Identifier(self.table)),
+                    (self.week,))
+        return dict(cur.fetchall())
+
+    def holds_output(self, cur) -> bool:
+        """The week's files are still the ones checked: the marker alone would vouch for any file put there since."""
+        checked = self.checked(cur)
+        replaced = [path for path, footer in self.footers().items() if checked.get(path) != footer]
+        for path in replaced:
+            log.warning("%s is not the file checked for week %s: the week's files are checked again", path, self.week)
+        return not replaced
+
+    def refuse_unchecked(self, path: Path, footer: str) -> None:
+        """Refuse to load a file other than the one checked: one replaced between the check and its load."""
+        with db.connection() as conn, conn.cursor() as cur:
+            if self.checked(cur).get(str(path)) != footer:
+                raise contracts.ContractError(path, None, f"replaced since the week's files were checked "
+                                              f"(CheckInputs, week {self.week}): rerun the week to check it again")
 
     def check_live_tables(self) -> None:
         from pipeline.wrapper import WeeklyRecs  # the week's tables; the wrapper's module imports this one
@@ -74,7 +124,8 @@ class LoadTask(StagingTask):
 
     def run(self) -> None:
         contract = self.full_contract()
-        path, parquet = self.input_file()
+        path, parquet, footer = self.input_file()
+        self.requires().refuse_unchecked(path, footer)
         schema = contracts.output_schema(contract, path, parquet.schema_arrow)
         checker = contracts.BatchChecker(contract, path, schema)
         batches = (batch.append_column("week", contracts.date_column(self.week, batch.num_rows))
@@ -82,17 +133,18 @@ class LoadTask(StagingTask):
         try:
             self.stage(self.reporting(batches, parquet.metadata.num_rows,
                                       "loaded {done:,} of {total:,} rows into " + self.table),
-                       schema.append(WEEK_FIELD), source=path)
+                       schema.append(WEEK_FIELD), source=(path, footer))
         except psycopg2.errors.UniqueViolation as error:
             raise contracts.duplicate_key_error(path, contract.unique_key(schema.names),
                                                 error.diag.message_detail) from None
 
-    def input_file(self) -> tuple[Path, pq.ParquetFile]:
+    def input_file(self) -> tuple[Path, pq.ParquetFile, str]:
+        """The week's file, open, and its footer digest."""
         path = config.pipeline().week_input_dir(self.week) / self.contract.file
-        return path, contracts.open_parquet(path)
+        return path, *contracts.opened_with_footer(path)
 
     def planned_columns(self) -> tuple[Path, pa.Schema]:
-        path, parquet = self.input_file()
+        path, parquet, _ = self.input_file()
         return path, contracts.output_schema(self.full_contract(), path, parquet.schema_arrow).append(WEEK_FIELD)
 
     def full_contract(self) -> contracts.Contract:

@@ -403,10 +403,11 @@ def dba_keys_the_popular_items_to_a_catalogue(conn) -> None:
 
 def live_state(conn) -> tuple:
     """What the web service reads, byte for byte: the five live tables, their week comments, the
-    archives, the metrics and the weeks marked whole. A failed week may leave staged tables only."""
+    archives, the metrics and the weeks marked whole. A failed week may leave staged tables and its
+    bookkeeping only (markers, a model, the files it checked)."""
     tables = query(conn, "SELECT relname, obj_description(oid, 'pg_class') FROM pg_class WHERE relkind IN ('r', 'p')"
                          " AND relname NOT LIKE '%%\\_\\_staged\\_%%' AND relnamespace = 'public'::regnamespace"
-                         " AND relname NOT IN ('table_updates', 'ranker_models') ORDER BY 1")
+                         " AND relname NOT IN ('table_updates', 'ranker_models', 'week_inputs') ORDER BY 1")
     weeks = [m for m in markers(conn) if m.startswith("WeeklyRecs")]
     return {name: (comment, table_snapshot(conn, name)) for name, comment in tables}, weeks
 

@@ -216,6 +216,25 @@ def test_a_file_cut_to_under_half_the_live_weeks_rows_is_refused_and_goes_live_o
     assert reader.read("SELECT week, count(*) FROM candidates_ranked GROUP BY week") == [(NEXT_WEEK, kept)]
 
 
+@pytest.mark.published_week
+def test_a_file_replaced_after_a_failed_run_is_checked_again_before_it_loads(settings, config_file, input_dir, conn):
+    """A week that failed after its files were checked is rerun on whatever files are there then: a
+    re-export meets the checks the first export met, here the cut-short one."""
+    duplicate_candidates(input_dir, settings)  # passes CheckInputs, fails at the load's unique index
+    before = live_state(conn)
+    failed = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", NEXT_WEEK.isoformat())
+    assert failed.returncode == TASK_FAILED and "duplicate rows" in failed.stderr
+    path = input_dir / "candidates_inference.parquet"
+    rewrite(input_dir, path.name, lambda table: table.slice(0, table.num_rows * 2 // 5))  # the re-export, cut short
+
+    rerun = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", NEXT_WEEK.isoformat())
+
+    assert rerun.returncode == TASK_FAILED
+    assert f"{path} is not the file checked for week {NEXT_WEEK}: the week's files are checked again" in rerun.stderr
+    assert f"ContractError: {path}: {pq.read_metadata(path).num_rows:,} rows, where the live week" in rerun.stderr
+    assert live_state(conn) == before
+
+
 def test_a_footer_digest_tells_two_exports_apart_and_a_copy_alike(sample_week, tmp_path):
     path = sample_week / "candidates_inference.parquet"
     copy, other = tmp_path / "copy.parquet", tmp_path / "other.parquet"

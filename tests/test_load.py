@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import DefaultRecs, InferenceCandidates, OnlineRecs, TrainCandidates
+from pipeline.contracts import ContractError
 from pipeline.load import CheckInputs
 from tests.conftest import NEXT_WEEK, ROOT, WEEK, query, run_tasks, staged
 
@@ -56,6 +57,22 @@ def test_a_load_never_imports_pandas(config_file, conn):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines()[-1] == "[]"
     assert query(conn, f"SELECT count(*) FROM \"{staged('candidates_inference')}\"")[0][0] > 0
+
+
+def test_a_load_refuses_a_file_replaced_since_the_weeks_files_were_checked(settings, input_dir, conn):
+    """What goes live is what CheckInputs checked: a file replaced between the check and its load
+    (an export landing late, while the week runs) is refused, and the next run checks it."""
+    assert run_tasks(CheckInputs(week=WEEK)).name == "SUCCESS"
+    path = input_dir / "candidates_inference.parquet"
+    pq.write_table(pq.read_table(path).slice(1), path)
+
+    with pytest.raises(ContractError, match=f"{path}: replaced since the week's files were checked"):
+        InferenceCandidates(week=WEEK).run()
+    assert query(conn, f"SELECT to_regclass('{staged('candidates_inference')}')") == [(None,)]
+
+    assert run_tasks(InferenceCandidates(week=WEEK)).name == "SUCCESS"  # checked again, then loaded
+    assert query(conn, f"SELECT count(*) FROM \"{staged('candidates_inference')}\"")[0][0] == \
+        pq.read_metadata(path).num_rows
 
 
 def test_column_types_follow_the_arrow_schema(settings, conn):

@@ -58,7 +58,7 @@ def assert_the_reader_sees_exactly_the_live_week(conn, reader, week) -> list[str
         conn, "SELECT item_id, week FROM default_recs ORDER BY items_cnt DESC, item_id LIMIT 3")
     internal = [name for (name,) in query(conn, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
                                                 " AND (tablename LIKE '%%\\_\\_%%' OR tablename IN"
-                                                " ('table_updates', 'ranker_models', 'candidates_train',"
+                                                " ('table_updates', 'ranker_models', 'week_inputs', 'candidates_train',"
                                                 "  'candidates_inference'))")]
     for table in internal:
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):
@@ -81,7 +81,7 @@ def test_grants_views_functions_and_policies_hold_through_seven_weeks_a_rollback
         assert run_tasks(WeeklyRecs(week=week), DefaultRecs(week=week + timedelta(weeks=1))).name == "SUCCESS"
         refused = assert_the_reader_sees_exactly_the_live_week(conn, reader, week)
         assert {publish.staged_name("default_recs", week + timedelta(weeks=1)), "table_updates", "ranker_models",
-                publish.week_name("candidates_ranked", week)} <= set(refused)
+                "week_inputs", publish.week_name("candidates_ranked", week)} <= set(refused)
         assert top_ten_only()
 
     for table in PUBLISHED_TABLES:  # retention 4: the oldest two weeks are gone
