@@ -70,6 +70,7 @@ class CheckInputs(WeekTask):
         return footers
 
     def record(self, cur, footers: dict[str, str | None]) -> None:
+        """In the marker's transaction, in place of what an earlier check of the week recorded."""
         table = sql.Identifier(self.table)
         cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (week date, file text, footer_sha256 text NOT NULL,"
                             " checked timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (week, file))").format(table))
@@ -125,7 +126,7 @@ class LoadTask(StagingTask):
     def run(self) -> None:
         contract = self.full_contract()
         path, parquet, footer = self.input_file()
-        self.requires().refuse_unchecked(path, footer)
+        CheckInputs(week=self.week).refuse_unchecked(path, footer)
         schema = contracts.output_schema(contract, path, parquet.schema_arrow)
         checker = contracts.BatchChecker(contract, path, schema)
         batches = (batch.append_column("week", contracts.date_column(self.week, batch.num_rows))
