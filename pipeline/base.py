@@ -180,6 +180,9 @@ class StagingTask(WeekTask):
         self.set_status_message(f"staged {rows:,} rows for {self.table}")
         return rows
 
+    def check_file_unchanged(self, cur) -> None:
+        """Refuse a stage made of a file that has been replaced since (nothing by default: made of no file)."""
+
     def go_live_alongside(self, cur) -> None:
         """Write what goes live in the same transaction as the week's tables (nothing by default)."""
 

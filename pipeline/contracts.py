@@ -165,6 +165,14 @@ def footer_digest(path: Path) -> str:
         return _footer_digest(file)
 
 
+def present_footer(path: Path) -> str | None:
+    """The `footer_digest` of the file there now; None where there is none to read."""
+    try:
+        return footer_digest(path)
+    except OSError:
+        return None
+
+
 def opened_with_footer(path: Path) -> tuple[pq.ParquetFile, str]:
     """The file and its `footer_digest`, read through one handle: the rows read later are those of the
     file digested, whatever replaces the path meanwhile."""

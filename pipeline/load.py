@@ -61,13 +61,7 @@ class CheckInputs(WeekTask):
     def footers(self) -> dict[str, str | None]:
         """Each of the week's files, by path, with its footer digest; None where there is none to read."""
         folder = config.pipeline().week_input_dir(self.week)
-        footers = {}
-        for path in (folder / contract.file for contract in week_contracts()):
-            try:
-                footers[str(path)] = contracts.footer_digest(path)
-            except OSError:
-                footers[str(path)] = None
-        return footers
+        return {str(folder / c.file): contracts.present_footer(folder / c.file) for c in week_contracts()}
 
     def record(self, cur, footers: dict[str, str | None]) -> None:
         """In the marker's transaction, in place of what an earlier check of the week recorded."""
@@ -141,8 +135,23 @@ class LoadTask(StagingTask):
 
     def input_file(self) -> tuple[Path, pq.ParquetFile, str]:
         """The week's file, open, and its footer digest."""
-        path = config.pipeline().week_input_dir(self.week) / self.contract.file
+        path = self.path()
         return path, *contracts.opened_with_footer(path)
+
+    def path(self) -> Path:
+        return config.pipeline().week_input_dir(self.week) / self.contract.file
+
+    def check_file_unchanged(self, cur) -> None:
+        """Refuse a file replaced after this week's table was staged from it (the re-export that fixes a
+        week the quality gate refused): what was staged, and what was made of it, would go live, and the
+        rerun's fit would learn from the rows of before. A stage is done, as Luigi's targets are; a redo
+        loads the file there now."""
+        noted = publish.source_digest(cur, publish.staged_name(self.table, self.week))  # None once live
+        there = contracts.present_footer(self.path())
+        if noted is not None and there is not None and there != noted:
+            raise contracts.ContractError(self.path(), None, f"replaced after {self.table} was staged from it for "
+                                          f"week {self.week}: python -m pipeline.redo {self.week} and a rerun load "
+                                          "the file there now")
 
     def planned_columns(self) -> tuple[Path, pa.Schema]:
         path, parquet, _ = self.input_file()

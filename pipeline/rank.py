@@ -78,6 +78,8 @@ class TrainRanker(WeekTask):
         with tempfile.TemporaryDirectory(prefix="training-", dir=model_dir) as work:
             folder = Path(work)
             with db.connection(autocommit=True) as conn, conn.cursor() as cur:  # closed before the fits
+                for task in inputs.values():
+                    task.check_file_unchanged(cur)
                 ranker = Ranker.from_settings(settings, read_week(conn, inputs["popularity"].table, self.week,
                                                                   ["item_id", "items_cnt"]).to_pandas())
                 train_table = publish.week_table(cur, inputs["train"].table, self.week)

@@ -49,6 +49,8 @@ class WeeklyRecs(WeekTask):
         tables, what = self.live_names(), f"week {self.week} not published"
         with db.connection() as conn, conn.cursor() as cur:
             self.check_kept(cur)
+            for task in self.published():
+                task.check_file_unchanged(cur)
             said = self.said([*self.not_replicated(cur), *self.reshaped(cur), *self.repeated(cur)])
         live_locks.prepare_to_attach({table: publish.staged_name(table, self.week) for table in tables}, self.week,
                                      what, self.set_status_message)

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import WeeklyRecs, redo
+from pipeline import TrainCandidates, WeeklyRecs, redo
 from tests.conftest import (
     NEXT_WEEK,
     PUBLISHED_TABLES,
@@ -18,6 +18,7 @@ from tests.conftest import (
     WEEK,
     markers,
     query,
+    run_luigi,
     run_module,
     run_tasks,
     table_snapshot,
@@ -38,6 +39,26 @@ def test_redo_forgets_the_weeks_markers_and_keeps_its_tables_until_it_runs_again
     assert {table: table_snapshot(conn, table) for table in PUBLISHED_TABLES} == published
     assert run_tasks(WeeklyRecs(week=WEEK)).name == "SUCCESS"
     assert len(markers(conn)) == 18
+
+
+def test_a_file_replaced_after_its_load_staged_is_refused_before_the_fit_and_a_redo_loads_it(
+        settings, config_file, input_dir, conn):
+    """The re-export that fixes a week the quality gate refused: the train rows staged before it would
+    be fitted on again (and the gate refuse them again), so the run says which file and what to do."""
+    assert run_tasks(TrainCandidates(week=WEEK)).name == "SUCCESS"
+    path = input_dir / "candidates_train.parquet"
+    pq.write_table(pq.read_table(path).slice(1), path)  # the re-export
+
+    refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", WEEK.isoformat())
+
+    assert refused.returncode == 30
+    assert (f"ContractError: {path}: replaced after candidates_train was staged from it for week {WEEK}: "
+            f"python -m pipeline.redo {WEEK} and a rerun load the file there now") in refused.stderr
+    assert query(conn, "SELECT to_regclass('ranker_models')") == [(None,)]  # refused before the fit, nothing stored
+    assert run_module(config_file, "redo", str(WEEK)).returncode == 0
+    redone = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", WEEK.isoformat())
+    assert redone.returncode == 0, redone.stderr[-2000:]
+    assert query(conn, "SELECT count(*) FROM candidates_train")[0][0] == pq.read_metadata(path).num_rows
 
 
 @pytest.mark.published_week

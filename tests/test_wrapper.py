@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pyarrow.parquet as pq
 import pytest
 
-from pipeline import WeeklyRecs
+from pipeline import DefaultRecs, OnlineRecs, RankCandidates, WeeklyRecs
 from tests.conftest import (
     NEXT_WEEK,
     PUBLISHED_TABLES,
@@ -127,3 +128,21 @@ def test_stages_of_a_week_that_never_went_live_are_dropped_when_a_later_week_goe
     assert tables == ["candidates_train", "candidates_train__20261121", "candidates_train__20261205"]  # no 11-28
     assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"  # its rerun loads it again, to the archive
     assert query(conn, "SELECT DISTINCT week FROM candidates_train__20261128") == [(NEXT_WEEK,)]
+
+
+@pytest.mark.published_week
+def test_a_week_staged_whole_is_not_put_live_once_a_file_it_was_staged_from_is_replaced(
+        settings, config_file, input_dir, conn):
+    """The swap is the last place to see it: what went live would be the file of before, named as this week's."""
+    assert run_tasks(RankCandidates(week=NEXT_WEEK), DefaultRecs(week=NEXT_WEEK),
+                     OnlineRecs(week=NEXT_WEEK)).name == "SUCCESS"
+    path = input_dir / "similar.parquet"
+    pq.write_table(pq.read_table(path).slice(1), path)
+    before = live_state(conn)
+
+    refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", NEXT_WEEK.isoformat())
+
+    assert refused.returncode == 30
+    assert f"ContractError: {path}: replaced after online_recs was staged from it for week {NEXT_WEEK}" in \
+        refused.stderr
+    assert live_state(conn) == before
