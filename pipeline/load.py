@@ -139,6 +139,7 @@ class LoadTask(StagingTask):
         return path, *contracts.opened_with_footer(path)
 
     def path(self) -> Path:
+        """Where the week's file is: `[pipeline] input_dir` for the week, and the contract's file name."""
         return config.pipeline().week_input_dir(self.week) / self.contract.file
 
     def check_file_unchanged(self, cur) -> None:
@@ -146,16 +147,18 @@ class LoadTask(StagingTask):
         week the quality gate refused): what was staged, and what was made of it, would go live, and the
         rerun's fit would learn from the rows of before. A stage is done, as Luigi's targets are; a redo
         loads the file there now."""
+        path = self.path()
         noted = publish.source_digest(cur, publish.staged_name(self.table, self.week))  # None once live
-        there = contracts.present_footer(self.path())
+        there = contracts.present_footer(path)
         if noted is not None and there is not None and there != noted:
-            raise contracts.ContractError(self.path(), None, f"replaced after {self.table} was staged from it for "
+            raise contracts.ContractError(path, None, f"replaced after {self.table} was staged from it for "
                                           f"week {self.week}: python -m pipeline.redo {self.week} and a rerun load "
                                           "the file there now")
 
     def planned_columns(self) -> tuple[Path, pa.Schema]:
-        path, parquet, _ = self.input_file()
-        return path, contracts.output_schema(self.full_contract(), path, parquet.schema_arrow).append(WEEK_FIELD)
+        path = self.path()
+        schema = contracts.open_parquet(path).schema_arrow  # the schema alone: no footer digest to take
+        return path, contracts.output_schema(self.full_contract(), path, schema).append(WEEK_FIELD)
 
     def full_contract(self) -> contracts.Contract:
         """This file's contract as the week's check sees it."""

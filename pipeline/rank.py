@@ -83,8 +83,7 @@ class TrainRanker(WeekTask):
                 ranker = Ranker.from_settings(settings, read_week(conn, inputs["popularity"].table, self.week,
                                                                   ["item_id", "items_cnt"]).to_pandas())
                 train_table = publish.week_table(cur, inputs["train"].table, self.week)
-                available = rows_available(settings.week_input_dir(self.week) / CANDIDATES_TRAIN.file,
-                                           publish.row_count(cur, train_table))
+                available = rows_available(inputs["train"].path(), publish.row_count(cur, train_table))
                 self.set_status_message(f"reading a sample of {available:,} train candidates back")
                 self.sample_written(conn, train_table, ranker, available, folder / training.SAMPLE)
                 train_items = item_stats(conn, train_table)
@@ -248,7 +247,7 @@ class RankCandidates(StagingTask):
         settings = config.pipeline()
         if settings.shards:
             return settings.shards
-        path = settings.week_input_dir(self.week) / InferenceCandidates.contract.file
+        path = InferenceCandidates(week=self.week).path()
         return max(1, math.ceil(pq.read_metadata(path).num_rows / settings.rows_per_shard)) if path.is_file() else None
 
     def shards(self, count: int) -> list[ScoreShard]:
