@@ -41,6 +41,13 @@ def comment(cur, table: str) -> str | None:
     return cur.fetchone()[0]
 
 
+def constraint_comment(cur, table: str, constraint: str) -> str | None:
+    cur.execute("SELECT obj_description(oid, 'pg_constraint') FROM pg_constraint"
+                " WHERE conrelid = to_regclass(%s) AND conname = %s", (f'"{table}"', constraint))
+    found = cur.fetchone()
+    return found[0] if found else None
+
+
 def attached(cur, table: str) -> list[str]:
     cur.execute("SELECT relname FROM pg_inherits JOIN pg_class ON pg_class.oid = inhrelid"
                 " WHERE inhparent = to_regclass(%s)", (f'"{table}"',))

@@ -94,15 +94,21 @@ def _note_week(cur, table: str, week: date) -> None:
 
 
 def note_source(cur, name: str, path: Path, digest: str) -> None:
-    """The file a week's table was loaded from, in the table's comment: what a later week's file is
-    compared with, kept as long as the week's table is, and read by whoever asks where it came from."""
-    cur.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
-        sql.Identifier(name), sql.Literal(f"loaded from {path}, parquet footer sha256 {digest}")))
+    """The file a week's table was loaded from: what a later week's file is compared with, kept as
+    long as the week's table is, and read by whoever asks where it came from. It sits on the
+    pipeline's own week check, not on the table: a table's comment is the DBA's to write, and one
+    they wrote on a week's table would otherwise hide its file from every check that compares it."""
+    cur.execute(sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS {}").format(
+        sql.Identifier(WEEK_CHECK), sql.Identifier(name),
+        sql.Literal(f"loaded from {path}, parquet footer sha256 {digest}")))
 
 
 def source_digest(cur, name: str) -> str | None:
-    """The footer digest `note_source` left on a week's table; None on a table loaded before it did."""
-    noted = _SOURCE_NOTE.fullmatch(catalog.comment(cur, name) or "")
+    """The footer digest `note_source` left on a week's table; None on a table loaded before it did.
+    Versions before 2026-12-06 noted it in the table's own comment, which is read where the week
+    check has none."""
+    note = catalog.constraint_comment(cur, name, WEEK_CHECK) or catalog.comment(cur, name)
+    noted = _SOURCE_NOTE.fullmatch(note or "")
     return noted.group(1) if noted else None
 
 

@@ -271,6 +271,27 @@ def test_candidates_the_live_week_was_loaded_from_are_refused_as_the_next_weeks_
 
 
 @pytest.mark.published_week
+def test_a_dbas_comment_on_the_live_weeks_table_stays_and_hides_nothing_from_the_repeated_file_check(
+        settings, config_file, input_dir, conn):
+    """A week's table is the DBA's to document, as a live name is; the file it was loaded from is
+    noted on the pipeline's own week check, which a DBA's comment on the table leaves alone."""
+    settings["pipeline"]["allow_same_files"] = "false"
+    apply_settings(settings, config_file)
+    documented = f"candidates_inference__{WEEK:%Y%m%d}"
+    conn.cursor().execute(f"COMMENT ON TABLE {documented} IS 'what the web service ranks: ask #recs'")
+    rewrite(input_dir, "candidates_train.parquet", without_last_user)
+    before = live_state(conn)
+
+    refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", NEXT_WEEK.isoformat())
+
+    assert refused.returncode == TASK_FAILED
+    assert "the very file the live week" in refused.stderr
+    assert live_state(conn) == before
+    assert query(conn, "SELECT obj_description(%s::regclass, 'pg_class')", documented) == [
+        ("what the web service ranks: ask #recs",)]
+
+
+@pytest.mark.published_week
 def test_new_candidates_files_go_live_as_the_next_week_by_default(settings, config_file, input_dir, reader):
     settings["pipeline"]["allow_same_files"] = "false"
     apply_settings(settings, config_file)
