@@ -234,6 +234,14 @@ def referenced(cur, table: str) -> list[str]:
     return [name for (name,) in cur.fetchall()]
 
 
+def referencing_keys(cur, table: str) -> list[tuple[str, str]]:
+    """The foreign keys of other tables that reference `table`, each with the table it is on (not
+    the copies PostgreSQL makes of a key for each partition on either side)."""
+    cur.execute("SELECT conname, conrelid::regclass::text FROM pg_constraint WHERE confrelid = to_regclass(%s)"
+                " AND contype = 'f' AND conparentid = 0 ORDER BY 1, 2", (f'"{table}"',))
+    return cur.fetchall()
+
+
 def publications(cur, table: str) -> list[str]:
     """The logical replication publications that carry `table` or its weeks' tables (without
     `publish_via_partition_root`, a publication lists a partitioned table's partitions)."""

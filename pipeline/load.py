@@ -29,9 +29,10 @@ def week_contracts() -> tuple[contracts.Contract, ...]:
 
 class CheckInputs(WeekTask):
     """Every file's whole schema, and the train file's positives, before anything of the week is staged;
-    and that the week's tables can go live: the readers exist, what depends on a live table keeps
-    every column it uses, no file the web service's tables are made of holds far fewer rows than the
-    live week, no candidates file is the one the live week was loaded from, and a backfill would be kept.
+    and that the week's tables can go live: the readers exist, no other table's foreign key references
+    a live table, what depends on a live table keeps every column it uses, no file the web service's
+    tables are made of holds far fewer rows than the live week, no candidates file is the one the
+    live week was loaded from, and a backfill would be kept.
 
     Values are checked as each file streams into its table: a file is read once. What was checked is
     kept, each file with its footer digest, in the table `week_inputs`: a file replaced since (a
@@ -104,7 +105,7 @@ class CheckInputs(WeekTask):
             if missing:
                 raise ValueError(f"[postgres] readers: no role named {', '.join(map(repr, missing))} in the database")
             week = WeeklyRecs(week=self.week)
-            week.check_kept(cur)
+            week.check_can_go_live(cur)
             for task in week.published():
                 task.check_against_live(cur, least_kept)
 

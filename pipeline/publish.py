@@ -365,6 +365,17 @@ def refused_changes(cur, table: str, columns: dict[str, str]) -> list[tuple[str,
     return problems
 
 
+def refused_references(cur, table: str) -> list[str]:
+    """The foreign keys that reference the live `table` from another table, which no week could be
+    put live past: PostgreSQL will not detach a partition that a row references, and each week
+    replaces every row of the live week, the only rows such a key can reference."""
+    return [f"{table}: the foreign key {key} of {owner} references it, and each week replaces every row of "
+            f"{table}: PostgreSQL will not detach the live week while a row of {owner} references it, so no "
+            f"later week nor a rollback could go live (ALTER TABLE {owner} DROP CONSTRAINT {key}, or have it "
+            "reference a table of the shop's own)"
+            for key, owner in catalog.referencing_keys(cur, table)]
+
+
 def archived_weeks(cur, table: str) -> list[date]:
     """Newest first; neither the live week nor staged weeks are archives."""
     live = live_week(cur, table)

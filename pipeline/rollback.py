@@ -72,6 +72,8 @@ def _target(cur, tables: list[str], week: date | None) -> date:
         for column, problem in publish.refused_changes(cur, table, catalog.table_columns(
                 cur, publish.week_name(table, target))):
             raise RollbackError(f"{publish.week_name(table, target)}, column {column!r}: {problem}; nothing changed")
+        for problem in publish.refused_references(cur, table):
+            raise RollbackError(f"{problem}; nothing changed")
     return target
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import date
 
 import psycopg2
 
@@ -48,7 +49,7 @@ class WeeklyRecs(WeekTask):
     def run(self) -> None:
         tables, what = self.live_names(), f"week {self.week} not published"
         with db.connection() as conn, conn.cursor() as cur:
-            self.check_kept(cur)
+            self.check_can_go_live(cur)
             for task in self.published():
                 task.check_file_unchanged(cur)
             said = self.said([*self.not_replicated(cur), *self.reshaped(cur), *self.repeated(cur)])
@@ -70,21 +71,29 @@ class WeeklyRecs(WeekTask):
         })
         self.notes = (*said, *(f"live, but failed, for the next publish to do: {step}" for step in failed))
 
-    def check_kept(self, cur) -> None:
-        """A backfill goes to the archives, of which a publish keeps the newest `retention`: one older
-        than those would be dropped the moment it went live, its work lost and its markers saying
-        done. Refused before anything of the week is staged (`CheckInputs`), and again before the swap."""
-        retention = config.pipeline().retention
+    def check_can_go_live(self, cur) -> None:
+        """Refuse a week that could never go live, or never stay: before anything of the week is
+        staged (`CheckInputs`), and again before the swap."""
         for table in self.live_names():
             live = publish.live_week(cur, table)
-            if live is None or self.week >= live:
-                continue  # the week goes live
-            kept = publish.kept_archives([*publish.archived_weeks(cur, table), self.week], retention)
-            if self.week not in kept:
-                archives = f" and the archived weeks {', '.join(map(str, kept))}" if kept else ""
-                raise ValueError(f"week {self.week} is older than what [pipeline] retention = {retention} keeps of "
-                                 f"{table} (the live week {live}{archives}): backfilled, it would be archived and "
-                                 "dropped at once; raise [pipeline] retention to keep it")
+            if live is None:
+                continue
+            if self.week >= live:
+                for problem in publish.refused_references(cur, table):
+                    raise ValueError(problem)
+            else:
+                self.check_kept(cur, table, live)
+
+    def check_kept(self, cur, table: str, live: date) -> None:
+        """A backfill goes to the archives, of which a publish keeps the newest `retention`: one older
+        than those would be dropped the moment it went live, its work lost and its markers saying done."""
+        retention = config.pipeline().retention
+        kept = publish.kept_archives([*publish.archived_weeks(cur, table), self.week], retention)
+        if self.week not in kept:
+            archives = f" and the archived weeks {', '.join(map(str, kept))}" if kept else ""
+            raise ValueError(f"week {self.week} is older than what [pipeline] retention = {retention} keeps of "
+                             f"{table} (the live week {live}{archives}): backfilled, it would be archived and "
+                             "dropped at once; raise [pipeline] retention to keep it")
 
     def said(self, notes: list[str]) -> list[str]:
         """What the week's going live does that its readers should know of, in the log (and in the

@@ -664,6 +664,32 @@ def test_a_week_that_breaks_a_foreign_key_the_dba_made_fails_before_the_swap_nam
     assert live_state(conn) == before
 
 
+@pytest.mark.published_week
+def test_a_foreign_key_to_a_live_name_is_refused_before_anything_is_staged_as_no_later_week_could_go_live(
+        config_file, conn, reader):
+    """A row can reference only the live week's rows, and PostgreSQL will not detach the week it references:
+    the swap would fail after the whole week's work, and every week's after it."""
+    run_tasks(WeeklyRecs(week=NEXT_WEEK))  # an archive to roll back to
+    conn.cursor().execute("ALTER TABLE candidates_ranked ADD PRIMARY KEY (week, user_id, item_id);"
+                          " CREATE TABLE clicks (week date, user_id bigint, item_id bigint, CONSTRAINT clicked_from"
+                          "  FOREIGN KEY (week, user_id, item_id) REFERENCES candidates_ranked);"
+                          " INSERT INTO clicks SELECT week, user_id, item_id FROM candidates_ranked LIMIT 1")
+    before = live_state(conn)
+    later = NEXT_WEEK + timedelta(weeks=1)
+
+    refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(later))
+    not_rolled_back = run_module(config_file, "rollback")
+
+    refusal = "candidates_ranked: the foreign key clicked_from of clicks references it"
+    assert refused.returncode == 30
+    assert f"ValueError: {refusal}" in refused.stderr
+    assert not_rolled_back.returncode != 0
+    assert f"rollback refused: {refusal}" in not_rolled_back.stderr
+    assert live_state(conn) == before
+    assert not any(catalog.exists(conn.cursor(), staged(table, later)) for table in PUBLISHED_TABLES)
+    assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(NEXT_WEEK,)]
+
+
 def test_constraints_the_dba_put_on_a_live_name_hold_for_every_later_week_or_refuse_it(settings, config_file,
                                                                                        conn, reader):
     run_tasks(WeeklyRecs(week=WEEK))
