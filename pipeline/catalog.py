@@ -122,6 +122,22 @@ def dependent_objects(cur, table: str) -> list[tuple[str, str, int, str]]:
     return cur.fetchall()
 
 
+def materialized_views_over(cur, table: str) -> list[tuple[str, bool]]:
+    """The populated materialized views that read `table`, directly or through views and other
+    materialized views, those read by others after them; each with whether it may be refreshed
+    `CONCURRENTLY`: it has a unique index on plain columns over all its rows."""
+    cur.execute(
+        "WITH RECURSIVE over(oid, depth) AS (SELECT to_regclass(%s)::oid, 0 UNION"
+        "  SELECT r.ev_class, over.depth + 1 FROM over JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass"
+        "   AND d.refobjid = over.oid AND d.classid = 'pg_rewrite'::regclass"
+        "  JOIN pg_rewrite r ON r.oid = d.objid WHERE r.ev_class <> over.oid AND over.depth < 32)"
+        " SELECT c.oid::regclass::text, EXISTS (SELECT FROM pg_index i WHERE i.indrelid = c.oid AND i.indisunique"
+        "  AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL)"
+        " FROM over JOIN pg_class c ON c.oid = over.oid WHERE c.relkind = 'm' AND c.relispopulated"
+        " GROUP BY c.oid ORDER BY max(over.depth), 1", (f'"{table}"',))
+    return cur.fetchall()
+
+
 def statistics_objects(cur, table: str) -> dict[str, list[str]]:
     """The extended statistics (`CREATE STATISTICS`) on each column of `table`: dropping the column
     drops them with it, unasked; a retype keeps them."""

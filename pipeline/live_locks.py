@@ -215,6 +215,44 @@ def analyze_live_names(tables: Iterable[str], week: date) -> None:
                             _why_kept(table, refused))
 
 
+def refresh_materialized_views(tables: Iterable[str], week: date) -> list[str]:
+    """After the swap, the DBA's materialized views over the live names that now hold `week`, each
+    refreshed `CONCURRENTLY` in a transaction of its own: their readers read the former rows until it
+    commits, and never wait for it (it locks out writers, of which a materialized view has none).
+    Otherwise a view the web service reads would serve the first week it was made on, every week
+    after, and say nothing. What cannot be refreshed so is left as it is, and named with why, as
+    notes for the success message."""
+    with db.connection() as conn, conn.cursor() as cur:
+        live = [table for table in tables if publish.live_week(cur, table) == week]  # not a backfill
+        views = dict.fromkeys(view for table in live for view in catalog.materialized_views_over(cur, table))
+        notes = [f"materialized view {view} still holds the rows of before week {week}: {why}"
+                 for view, concurrently in views if (why := _not_refreshed(conn, view, concurrently))]
+    for note in notes:
+        log.warning("%s", note)
+    return notes
+
+
+def _not_refreshed(conn, view: str, concurrently: bool) -> str | None:
+    """Why `view` could not be refreshed concurrently; None once it is."""
+    if not concurrently:
+        return ("without a unique index it cannot be refreshed CONCURRENTLY, and a refresh would lock out its "
+                f"readers (give it one, or REFRESH MATERIALIZED VIEW {view} when it suits them)")
+    with conn.cursor() as cur:
+        try:
+            bounded(cur)  # `view` as regclass prints it: quoted and qualified where it must be
+            cur.execute(sql.SQL("REFRESH MATERIALIZED VIEW CONCURRENTLY {}").format(sql.SQL(view)))
+            conn.commit()
+        except psycopg2.errors.InsufficientPrivilege:
+            conn.rollback()
+            cur.execute("SELECT current_user")
+            return (f"the pipeline's role may not refresh it (GRANT MAINTAIN ON {view} TO {cur.fetchone()[0]}, "
+                    "PostgreSQL 17 and later; or its owner refreshes it)")
+        except psycopg2.Error as refused:
+            conn.rollback()
+            return _why_kept(view, refused)
+    return None
+
+
 def drop_obsolete(lock_names: Iterable[str], tables: Iterable[str], week: date, retention: int) -> None:
     """What `week` going live left behind (`publish.obsolete`) goes after the swap, not in it.
 

@@ -53,7 +53,8 @@ def roll_back(week: date | None = None) -> date:
     live_locks.prepare_to_attach({table: publish.week_name(table, target) for table in tables}, target, what)
     live_locks.when_unblocked(lambda: _put_live(tables, target), publish.swapped(tables, target), what)
     live_locks.after_the_swap(target, {
-        "sampling the live names": lambda: live_locks.analyze_live_names(tables, target)})
+        "sampling the live names": lambda: live_locks.analyze_live_names(tables, target),
+        "refreshing the materialized views over them": lambda: live_locks.refresh_materialized_views(tables, target)})
     return target
 
 

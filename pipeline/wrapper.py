@@ -62,14 +62,17 @@ class WeeklyRecs(WeekTask):
                 raise
             log.warning("week %s is live: the connection was lost as the swap committed (%s)", self.week,
                         db.first_line(lost))
+        stale: list[str] = []
         failed = live_locks.after_the_swap(self.week, {
             "sampling the live names": lambda: live_locks.analyze_live_names(tables, self.week),
+            "refreshing the materialized views over them": lambda: stale.extend(
+                live_locks.refresh_materialized_views(tables, self.week)),
             "dropping what the week left behind": lambda: live_locks.drop_obsolete(
                 self.lock_names(), tables, self.week, config.pipeline().retention),
             "housekeeping": lambda: housekeeping.after_going_live(self.week),
             "counting the rows for the summary": self.print_summary,
         })
-        self.notes = (*said, *(f"live, but failed, for the next publish to do: {step}" for step in failed))
+        self.notes = (*said, *stale, *(f"live, but failed, for the next publish to do: {step}" for step in failed))
 
     def check_can_go_live(self, cur) -> None:
         """Refuse a week that could never go live, or never stay: before anything of the week is

@@ -690,6 +690,59 @@ def test_a_foreign_key_to_a_live_name_is_refused_before_anything_is_staged_as_no
     assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(NEXT_WEEK,)]
 
 
+@pytest.mark.published_week
+def test_the_dbas_materialized_views_take_each_week_after_the_swap_and_their_readers_never_wait(
+        config_file, conn, reader):
+    """A materialized view over a live name keeps the rows it was made of: the web service reading
+    it would be served the first week, every week after, and nobody told."""
+    conn.cursor().execute(f"""
+        CREATE MATERIALIZED VIEW service_top AS SELECT user_id, item_id, rank, week FROM candidates_ranked
+            WHERE rank <= 10;
+        CREATE UNIQUE INDEX ON service_top (user_id, item_id);
+        CREATE VIEW popular_now AS SELECT item_id, items_cnt, week FROM default_recs;
+        CREATE MATERIALIZED VIEW popular_top AS SELECT item_id, week FROM popular_now ORDER BY items_cnt DESC
+            LIMIT 5;
+        CREATE UNIQUE INDEX ON popular_top (item_id);
+        CREATE MATERIALIZED VIEW weeks_online AS SELECT DISTINCT week FROM online_recs;
+        GRANT SELECT ON service_top, popular_top, weeks_online TO {reader.name};""")
+    analyst = reader.connect("analyst")
+    analyst.cursor().execute("SELECT count(*) FROM service_top")  # held, in an open transaction, throughout
+
+    published = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK))
+
+    assert published.returncode == 0, published.stderr[-2000:]
+    analyst.rollback()
+    for view in ("service_top", "popular_top"):
+        assert reader.read(f"SELECT DISTINCT week FROM {view}") == [(NEXT_WEEK,)], view
+    assert reader.read("SELECT week FROM weeks_online") == [(WEEK,)]  # no unique index: left, and named
+    assert (f"materialized view weeks_online still holds the rows of before week {NEXT_WEEK}: without a unique "
+            "index it cannot be refreshed CONCURRENTLY") in published.stderr
+    assert run_module(config_file, "rollback").returncode == 0
+    assert reader.read("SELECT DISTINCT week FROM service_top") == [(WEEK,)]
+    analyst.close()
+
+
+def test_a_materialized_view_the_pipelines_role_may_not_refresh_is_named_with_the_grant_that_lets_it(
+        pipeline_role, config_file, pg_socket_dir, database):
+    run_tasks(WeeklyRecs(week=WEEK))
+    views = ("users_ranked", "users_maintained")
+    with admin_connection(pg_socket_dir, database) as dba:  # the DBA's views, not the pipeline's role's
+        for view in views:
+            dba.cursor().execute(f"CREATE MATERIALIZED VIEW {view} AS SELECT DISTINCT week, user_id FROM"
+                                 f" candidates_ranked; CREATE UNIQUE INDEX ON {view} (week, user_id)")
+        dba.cursor().execute(f"GRANT MAINTAIN ON users_maintained TO {pipeline_role}")
+        try:
+            published = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK))
+
+            assert published.returncode == 0, published.stderr[-2000:]
+            assert query(dba, "SELECT DISTINCT week FROM users_maintained") == [(NEXT_WEEK,)]
+            assert query(dba, "SELECT DISTINCT week FROM users_ranked") == [(WEEK,)]
+            assert (f"materialized view users_ranked still holds the rows of before week {NEXT_WEEK}: the pipeline's "
+                    f"role may not refresh it (GRANT MAINTAIN ON users_ranked TO {pipeline_role}") in published.stderr
+        finally:  # before the pipeline's role and its tables go
+            dba.cursor().execute(f"DROP MATERIALIZED VIEW {', '.join(views)}")
+
+
 def test_constraints_the_dba_put_on_a_live_name_hold_for_every_later_week_or_refuse_it(settings, config_file,
                                                                                        conn, reader):
     run_tasks(WeeklyRecs(week=WEEK))
