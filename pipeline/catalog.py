@@ -250,6 +250,15 @@ def referenced(cur, table: str) -> list[str]:
     return [name for (name,) in cur.fetchall()]
 
 
+def foreign_owner(cur, table: str) -> str | None:
+    """The role that owns `table`, where the current role does not have its rights (not it, nor a
+    role it inherits); None otherwise."""
+    cur.execute("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = to_regclass(%s)"
+                " AND NOT pg_has_role(current_user, relowner, 'USAGE')", (f'"{table}"',))
+    found = cur.fetchone()
+    return found[0] if found else None
+
+
 def referencing_keys(cur, table: str) -> list[tuple[str, str]]:
     """The foreign keys of other tables that reference `table`, each with the table it is on (not
     the copies PostgreSQL makes of a key for each partition on either side)."""

@@ -365,15 +365,26 @@ def refused_changes(cur, table: str, columns: dict[str, str]) -> list[tuple[str,
     return problems
 
 
-def refused_references(cur, table: str) -> list[str]:
-    """The foreign keys that reference the live `table` from another table, which no week could be
-    put live past: PostgreSQL will not detach a partition that a row references, and each week
-    replaces every row of the live week, the only rows such a key can reference."""
-    return [f"{table}: the foreign key {key} of {owner} references it, and each week replaces every row of "
-            f"{table}: PostgreSQL will not detach the live week while a row of {owner} references it, so no "
-            f"later week nor a rollback could go live (ALTER TABLE {owner} DROP CONSTRAINT {key}, or have it "
-            "reference a table of the shop's own)"
-            for key, owner in catalog.referencing_keys(cur, table)]
+def refused_swaps(cur, table: str) -> list[str]:
+    """What would keep any week from going live in `table`, seen in the catalog before the week's
+    work rather than at the swap after it: a live name a DBA gave to a role whose rights the
+    pipeline's role lacks (only an owner attaches and detaches partitions); and a foreign key of
+    another table that references it, which no week could be put live past: PostgreSQL will not
+    detach a partition that a row references, and each week replaces every row of the live week,
+    the only rows such a key can reference."""
+    refused = []
+    if owner := catalog.foreign_owner(cur, table):
+        cur.execute("SELECT current_user")
+        role = cur.fetchone()[0]
+        refused.append(f"{table} belongs to role {owner}, whose rights the pipeline's role {role} does not have: "
+                       f"it could not put a week live there (ALTER TABLE {table} OWNER TO {role}, or GRANT {owner} "
+                       f"TO {role})")
+    refused += [f"{table}: the foreign key {key} of {owner} references it, and each week replaces every row of "
+                f"{table}: PostgreSQL will not detach the live week while a row of {owner} references it, so no "
+                f"later week nor a rollback could go live (ALTER TABLE {owner} DROP CONSTRAINT {key}, or have it "
+                "reference a table of the shop's own)"
+                for key, owner in catalog.referencing_keys(cur, table)]
+    return refused
 
 
 def archived_weeks(cur, table: str) -> list[date]:

@@ -73,7 +73,7 @@ def _target(cur, tables: list[str], week: date | None) -> date:
         for column, problem in publish.refused_changes(cur, table, catalog.table_columns(
                 cur, publish.week_name(table, target))):
             raise RollbackError(f"{publish.week_name(table, target)}, column {column!r}: {problem}; nothing changed")
-        for problem in publish.refused_references(cur, table):
+        for problem in publish.refused_swaps(cur, table):
             raise RollbackError(f"{problem}; nothing changed")
     return target
 

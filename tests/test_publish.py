@@ -722,6 +722,27 @@ def test_the_dbas_materialized_views_take_each_week_after_the_swap_and_their_rea
     analyst.close()
 
 
+def test_a_live_name_a_dba_gave_to_another_role_is_refused_before_anything_is_staged_naming_the_way_back(
+        pipeline_role, config_file, conn, pg_socket_dir, database):
+    """Only a table's owner may attach and detach its partitions: the swap would fail after the week's work."""
+    run_tasks(WeeklyRecs(week=WEEK))
+    with admin_connection(pg_socket_dir, database) as dba:
+        dba.cursor().execute(f"CREATE ROLE shop_{pipeline_role};"
+                             f" ALTER TABLE default_recs OWNER TO shop_{pipeline_role}")
+        try:
+            before = live_state(dba)
+            refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK))
+
+            assert refused.returncode == 30
+            assert (f"ValueError: default_recs belongs to role shop_{pipeline_role}, whose rights the pipeline's role "
+                    f"{pipeline_role} does not have: it could not put a week live there (ALTER TABLE default_recs "
+                    f"OWNER TO {pipeline_role}, or GRANT shop_{pipeline_role} TO {pipeline_role})") in refused.stderr
+            assert live_state(dba) == before
+            assert not any(catalog.exists(conn.cursor(), staged(table, NEXT_WEEK)) for table in PUBLISHED_TABLES)
+        finally:
+            dba.cursor().execute(f"ALTER TABLE default_recs OWNER TO {pipeline_role}; DROP ROLE shop_{pipeline_role}")
+
+
 def test_a_materialized_view_the_pipelines_role_may_not_refresh_is_named_with_the_grant_that_lets_it(
         pipeline_role, config_file, pg_socket_dir, database):
     run_tasks(WeeklyRecs(week=WEEK))
