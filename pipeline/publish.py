@@ -46,6 +46,7 @@ _REPLACED = re.compile(r"__\d{8}_replaced_\d+")
 _WEEK_NOTE = re.compile(r"week=(\d{4}-\d{2}-\d{2})")
 _SOURCE_NOTE = re.compile(r"loaded from .*, parquet footer sha256 ([0-9a-f]{64})", re.DOTALL)
 WEEK_CHECK = "week_is"
+LIVE_CHANNEL = "weekly_recs_live"
 _STAGED_OPTIONS = ("autovacuum_enabled", "vacuum_truncate")  # off while staged (`stage`), and the pipeline's
 _STAGED_STORAGE = sql.SQL(", ").join(sql.SQL("{} = false").format(sql.Identifier(option)) for option in _STAGED_OPTIONS)
 
@@ -461,6 +462,15 @@ def _put_live(cur, table: str, week: date, source: str) -> None:
     cur.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ({})").format(
         sql.Identifier(table), sql.Identifier(target), sql.Literal(week)))
     _note_week(cur, table, week)
+    _announce(cur, week)
+
+
+def _announce(cur, week: date) -> None:
+    """The week now live, to whoever listens (`LISTEN weekly_recs_live`): a web service that caches
+    the week's rows drops them the moment they change, rather than at their next expiry. Sent at
+    commit, so never for a swap that did not happen; once per transaction, as PostgreSQL delivers a
+    notification repeated in one transaction once."""
+    cur.execute("SELECT pg_notify(%s, %s)", (LIVE_CHANNEL, week.isoformat()))
 
 
 def _left_to_autovacuum(cur, name: str) -> None:

@@ -6,6 +6,7 @@ Read as the web service reads: as a login role of its own (`[postgres] readers`)
 
 from __future__ import annotations
 
+import select
 import unittest.mock
 import uuid
 from collections.abc import Iterator
@@ -465,6 +466,37 @@ def test_the_planner_knows_each_week_the_moment_it_goes_live_or_is_rolled_back_t
                      publish.week_name(table, NEXT_WEEK)) == [(True,)], table
     assert run_module(config_file, "rollback").returncode == 0
     assert planned_groups(reader, "online_recs", "itemid_1") == distinct_items() == first
+
+
+def heard(listener, wait_s: float = 5) -> list[str]:
+    """What a `LISTEN`ing connection was told, waiting up to `wait_s` for the first word."""
+    if not listener.notifies:
+        select.select([listener], [], [], wait_s)
+    listener.poll()
+    payloads = [notification.payload for notification in listener.notifies]
+    listener.notifies.clear()
+    return payloads
+
+
+@pytest.mark.published_week
+def test_a_web_service_listening_hears_each_week_once_as_it_goes_live_or_is_rolled_back_to_and_not_a_refused_one(
+        settings, config_file, input_dir, reader):
+    """A web service that caches the week's rows learns that they changed the moment they do."""
+    listener = reader.connect("web-service-cache")
+    listener.autocommit = True
+    listener.cursor().execute(f"LISTEN {publish.LIVE_CHANNEL}")
+
+    assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
+    assert heard(listener) == [str(NEXT_WEEK)]  # one word for the five tables
+    assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(NEXT_WEEK,)]
+
+    assert run_module(config_file, "rollback").returncode == 0
+    assert heard(listener) == [str(WEEK)]
+
+    (input_dir / "similar.parquet").write_bytes(b"not parquet")
+    assert run_tasks(WeeklyRecs(week=NEXT_WEEK + timedelta(weeks=1))).name != "SUCCESS"
+    assert heard(listener, wait_s=0.5) == []
+    listener.close()
 
 
 def test_a_stage_is_left_to_the_pipeline_and_a_week_to_autovacuum_once_it_is_live_or_archived(settings, conn):
