@@ -166,7 +166,7 @@ def main() -> None:
         write_sample_week(base / "week", users=USERS)
         settings = {"postgres": {"host": socket, "database": "postgres", "readers": f'["{ROLE}"]'},
                     "pipeline": {"input_dir": str(base / "week"), "model_dir": str(base / "models"),
-                                 "iterations": "50"}}
+                                 "iterations": "50", "allow_same_files": "true"}}  # one sample, every week
         for section, values in settings.items():
             config.override(section, values)
         cfg = base / "bench.cfg"
