@@ -250,6 +250,12 @@ def referenced(cur, table: str) -> list[str]:
     return [name for (name,) in cur.fetchall()]
 
 
+def current_role(cur) -> str:
+    """The role the pipeline's statements run as, for the grants a message asks a DBA for."""
+    cur.execute("SELECT current_user")
+    return cur.fetchone()[0]
+
+
 def foreign_owner(cur, table: str) -> str | None:
     """The role that owns `table`, where the current role does not have its rights (not it, nor a
     role it inherits); None otherwise."""

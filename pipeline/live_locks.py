@@ -244,9 +244,8 @@ def _not_refreshed(conn, view: str, concurrently: bool) -> str | None:
             conn.commit()
         except psycopg2.errors.InsufficientPrivilege:
             conn.rollback()
-            cur.execute("SELECT current_user")
-            return (f"the pipeline's role may not refresh it (GRANT MAINTAIN ON {view} TO {cur.fetchone()[0]}, "
-                    "PostgreSQL 17 and later; or its owner refreshes it)")
+            return (f"the pipeline's role may not refresh it (GRANT MAINTAIN ON {view} TO {catalog.current_role(cur)}"
+                    ", PostgreSQL 17 and later; or its owner refreshes it)")
         except psycopg2.Error as refused:
             conn.rollback()
             return _why_kept(view, refused)

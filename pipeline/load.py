@@ -29,8 +29,9 @@ def week_contracts() -> tuple[contracts.Contract, ...]:
 
 class CheckInputs(WeekTask):
     """Every file's whole schema, and the train file's positives, before anything of the week is staged;
-    and that the week's tables can go live: the readers exist, no other table's foreign key references
-    a live table, what depends on a live table keeps every column it uses, no file the web service's
+    and that the week's tables can go live: the readers exist, every live table is the pipeline's role's
+    to swap and no other table's foreign key references one, what depends on a live table keeps every
+    column it uses, no file the web service's
     tables are made of holds far fewer rows than the live week, no candidates file is the one the
     live week was loaded from, and a backfill would be kept.
 

@@ -375,8 +375,7 @@ def refused_swaps(cur, table: str) -> list[str]:
     the only rows such a key can reference."""
     refused = []
     if owner := catalog.foreign_owner(cur, table):
-        cur.execute("SELECT current_user")
-        role = cur.fetchone()[0]
+        role = catalog.current_role(cur)
         refused.append(f"{table} belongs to role {owner}, whose rights the pipeline's role {role} does not have: "
                        f"it could not put a week live there (ALTER TABLE {table} OWNER TO {role}, or GRANT {owner} "
                        f"TO {role})")
