@@ -31,9 +31,8 @@ class CheckInputs(WeekTask):
     """Every file's whole schema, and the train file's positives, before anything of the week is staged;
     and that the week's tables can go live: the readers exist, every live table is the pipeline's role's
     to swap and no other table's foreign key references one, what depends on a live table keeps every
-    column it uses, no file the web service's
-    tables are made of holds far fewer rows than the live week, no candidates file is the one the
-    live week was loaded from, and a backfill would be kept.
+    column it uses, no file the web service's tables are made of holds far fewer rows than the live
+    week, no candidates file is the one the live week was loaded from, and a backfill would be kept.
 
     Values are checked as each file streams into its table: a file is read once. What was checked is
     kept, each file with its footer digest, in the table `week_inputs`: a file replaced since (a
