@@ -183,7 +183,7 @@ def go_live(cur, tables: Iterable[str], week: date) -> None:
     missing = [table for table in tables if not catalog.exists(cur, staged_name(table, week))]
     if missing:
         raise LookupError(f"week {week} cannot go live: not staged in {', '.join(missing)}")
-    _lock_live_names(cur, tables)
+    _lock_live_names(cur, tables, [table for table in tables if (live_week(cur, table) or week) <= week])
     for table in tables:
         current = live_week(cur, table)
         if current is not None and week < current:
@@ -196,7 +196,7 @@ def go_live(cur, tables: Iterable[str], week: date) -> None:
 def roll_back(cur, tables: Iterable[str], week: date) -> None:
     """Put the archived `week` live in every table; the live week stays as its archive."""
     tables = list(tables)
-    _lock_live_names(cur, tables)
+    _lock_live_names(cur, tables, tables)
     for table in tables:
         _put_live(cur, table, week, week_name(table, week))
         _left_to_autovacuum(cur, week_name(table, week))  # an archive staged before `stage` said so
@@ -429,8 +429,19 @@ def row_count(cur, table: str) -> int:
     return cur.fetchone()[0]
 
 
-def _lock_live_names(cur, tables: list[str]) -> None:
+def refuse_swaps(cur, tables: Iterable[str]) -> None:
+    for table in tables:
+        for problem in refused_swaps(cur, table):
+            raise ValueError(problem)
+
+
+def _lock_live_names(cur, tables: list[str], swapping: list[str]) -> None:
     """All live names at once, before any change: a reader waits for the swap, never for a half of it.
+
+    Those `swapping` are refused (`refused_swaps`) before the lock, which a role that lost a live
+    name may not take, and again under it: a publish may wait for readers long after the week was
+    checked, and a DBA's key or change of owner made meanwhile would otherwise fail the swap with
+    PostgreSQL's bare error. Once the lock is held, neither can be made.
 
     They come in the graph's order (`WeeklyRecs.live_names`), the popular items first, the ranking
     last, and are locked the other way round: in the order the web service's reads take them
@@ -438,10 +449,12 @@ def _lock_live_names(cur, tables: list[str]) -> None:
     would ask for the popular items the swap has taken while the swap waits for the ranking: on
     the primary the request waits out the attempt's `lock_timeout`, and on a standby, whose replay
     cannot give up, the standby cancels the request as a deadlock."""
+    refuse_swaps(cur, swapping)
     live = [table for table in reversed(tables) if catalog.exists(cur, table)]
     if live:
         cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
             sql.SQL(", ").join(map(sql.Identifier, live))))
+    refuse_swaps(cur, swapping)
 
 
 def _put_live(cur, table: str, week: date, source: str) -> None:

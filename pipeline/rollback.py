@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     week = WeeklyRecs(week=args.week).week if args.week else None
     try:
         print(f"week {roll_back(week)} is live again in {', '.join(published_tables())}")
-    except (RollbackError, live_locks.LiveTablesBusy) as error:
+    except (RollbackError, live_locks.LiveTablesBusy, ValueError) as error:  # ValueError: `publish.refuse_swaps`
         raise SystemExit(f"rollback refused: {error}") from None
 
 

@@ -82,8 +82,7 @@ class WeeklyRecs(WeekTask):
             if live is None:
                 continue
             if self.week >= live:
-                for problem in publish.refused_swaps(cur, table):
-                    raise ValueError(problem)
+                publish.refuse_swaps(cur, [table])
             else:
                 self.check_kept(cur, table, live)
 

@@ -147,6 +147,35 @@ def test_past_its_wait_a_publish_fails_naming_the_blocker_and_changes_nothing(
     assert live_week(conn) == NEXT_WEEK
 
 
+def test_a_foreign_key_a_dba_adds_while_the_publish_waits_is_refused_at_the_swap_naming_it(
+        next_week_staged, config_file, conn, reader):
+    """The week was checked before it waited; the key came after, and the swap sees it under its locks,
+    which no key can be added past: the week fails naming it, as it would have before anything was
+    staged, and not with PostgreSQL's bare error from detaching the week a row references."""
+    conn.cursor().execute("ALTER TABLE candidates_ranked ADD PRIMARY KEY (week, user_id, item_id)")
+    report = reader.connect("long-report")
+    report.cursor().execute("SELECT count(*) FROM default_recs")
+    before = live_state(conn)
+    publishing = start_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK))
+
+    time.sleep(3)
+    conn.cursor().execute("CREATE TABLE clicks (week date, user_id bigint, item_id bigint, CONSTRAINT clicked_from"
+                          "  FOREIGN KEY (week, user_id, item_id) REFERENCES candidates_ranked);"
+                          " INSERT INTO clicks SELECT week, user_id, item_id FROM candidates_ranked LIMIT 1")
+    still_waiting = publishing.poll() is None
+    report.rollback()
+    _, errors = publishing.communicate(timeout=60)
+
+    assert still_waiting
+    assert publishing.returncode == 30
+    assert "ValueError: candidates_ranked: the foreign key clicked_from of clicks references it" in errors
+    assert "ForeignKeyViolation" not in errors
+    tables, weeks = live_state(conn)
+    del tables["clicks"]
+    assert (tables, weeks) == before
+    report.close()
+
+
 def test_idle_blockers_are_terminated_only_when_asked(next_week_staged, settings, conn, long_report):
     settings["pipeline"].update(terminate_idle_blockers="true", idle_blocker_seconds="1")
     apply_settings(settings)
