@@ -4,7 +4,8 @@ The names a table takes, for `default_recs`:
 
     default_recs                    the live name the web service reads: a partitioned table that
                                     keeps its identity (grants, views, functions on it) for ever;
-                                    the one partition attached to it is the live week
+                                    the week's table attached to it is the live week (beside
+                                    any partition a DBA attached, which stays)
     default_recs__20261121          a week's table: attached while the week is live, an archive
                                     for rollback otherwise (the last `retention` of them are kept)
     default_recs__staged_20261128   a week loaded and indexed but not live: not an archive, never
@@ -80,9 +81,21 @@ def live_week(cur, table: str) -> date | None:
     if catalog.kind(cur, table) == "r":
         noted = _WEEK_NOTE.fullmatch(catalog.comment(cur, table) or "")
         return date.fromisoformat(noted.group(1)) if noted else None
-    weeks = [_week(match) for name in catalog.attached(cur, table)
-             if (match := _WEEK.fullmatch(name.removeprefix(table)))]
+    weeks = [_week(_WEEK.fullmatch(name.removeprefix(table))) for name in _attached_weeks(cur, table)]
     return weeks[0] if weeks else None
+
+
+def _attached_weeks(cur, table: str) -> list[str]:
+    """The week's table attached to the live name: one, or none before the first week."""
+    return [name for name in catalog.attached(cur, table) if _WEEK.fullmatch(name.removeprefix(table))]
+
+
+def _dbas_partitions(cur, table: str) -> list[str]:
+    """Partitions a DBA attached to the live name beside the week, of rows the shop serves whatever
+    the week (a `DEFAULT` one, or one for values no week has): theirs, so no week detaches them, nor
+    is tuned like them, nor drops or retypes a column of their rows (`refused_changes`)."""
+    weeks = _attached_weeks(cur, table)
+    return [name for name in catalog.attached(cur, table) if name not in weeks]
 
 
 def _note_week(cur, table: str, week: date) -> None:
@@ -240,7 +253,7 @@ def tune_like_the_live_week(cur, table: str, name: str) -> None:
     down to the week attached then, never to later ones. Before `name` is sampled, so that its
     statistics are gathered as the DBA asked. `autovacuum_enabled` and `vacuum_truncate` stay the
     pipeline's (`stage`, `_left_to_autovacuum`)."""
-    live = [attached for attached in catalog.attached(cur, table) if attached != name]
+    live = [attached for attached in _attached_weeks(cur, table) if attached != name]
     if not live:
         return
     changes = _options_changed(sql.SQL(""), catalog.storage_parameters(cur, name),
@@ -341,11 +354,14 @@ def missing_roles(cur, roles: Iterable[str]) -> list[str]:
 
 def refused_changes(cur, table: str, columns: dict[str, str]) -> list[tuple[str, str]]:
     """What of a week's `columns` (name: PostgreSQL type) the objects that depend on the live
-    `table` would not survive: a column they use that the week drops or retypes; and a column that
-    a role was granted by name, which it reads, or that a DBA's extended statistics are on, dropped
-    (a retyped one keeps both)."""
+    `table`, a DBA's partition among them, would not survive: a column they use that the week drops
+    or retypes; and a column that a role was granted by name, which it reads, or that a DBA's
+    extended statistics are on, dropped (a retyped one keeps both)."""
     live = catalog.table_columns(cur, table)
     used = catalog.dependents(cur, table)
+    for partition in _dbas_partitions(cur, table):  # retyped, their rows' values would go (`_reshape`)
+        for column in live:
+            used.setdefault(column, []).append(f"partition {partition}")
     dbas = [constraint for constraint in catalog.constraints(cur, table) if constraint.name != WEEK_CHECK]
     for constraint in dbas:  # dropping or retyping a column would drop them with it
         for column in constraint.columns:
@@ -464,7 +480,7 @@ def _put_live(cur, table: str, week: date, source: str) -> None:
         _partition_in_place(cur, table)
     elif kind is None:
         _create_partitioned(cur, table, catalog.table_columns(cur, source))
-    for attached in catalog.attached(cur, table):
+    for attached in _attached_weeks(cur, table):
         cur.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
             sql.Identifier(table), sql.Identifier(attached)))
     target = week_name(table, week)
@@ -512,7 +528,8 @@ def _create_partitioned(cur, table: str, columns: dict[str, str]) -> None:
 
 
 def _reshape(cur, table: str, columns: dict[str, str]) -> None:
-    """The live name takes the week's columns; nothing is attached, so this changes only the catalog.
+    """The live name takes the week's columns; no week is attached, so this changes only the catalog
+    (a DBA's partition keeps every column, `refused_changes`, and takes the week's new ones).
 
     A retyped column keeps its place, grants, comment and statistics settings (no row to convert:
     `USING NULL`). Dependent objects make PostgreSQL refuse to drop or retype a column they use,

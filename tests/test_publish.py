@@ -723,6 +723,31 @@ def test_a_foreign_key_to_a_live_name_is_refused_before_anything_is_staged_as_no
 
 
 @pytest.mark.published_week
+def test_a_partition_a_dba_attached_beside_the_weeks_stays_live_through_each_publish_and_rollback(
+        config_file, conn, reader):
+    """Rows the shop serves whatever the week (pinned by its merchandisers, say) in a partition of
+    the DBA's own: each week swaps only the week's table, and may not drop or retype their columns."""
+    conn.cursor().execute("CREATE TABLE pinned (LIKE candidates_ranked);"
+                          " INSERT INTO pinned SELECT * FROM candidates_ranked LIMIT 1;"
+                          " UPDATE pinned SET week = NULL, item_id = -1;"
+                          " ALTER TABLE candidates_ranked ATTACH PARTITION pinned DEFAULT")
+    weeks_served = "SELECT DISTINCT week FROM candidates_ranked WHERE week IS NOT NULL"
+
+    published = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK))
+
+    assert published.returncode == 0, published.stderr[-2000:]
+    assert reader.read("SELECT item_id FROM candidates_ranked WHERE week IS NULL") == [(-1,)]
+    assert reader.read(weeks_served) == [(NEXT_WEEK,)]
+    assert run_module(config_file, "rollback").returncode == 0
+    assert reader.read("SELECT item_id FROM candidates_ranked WHERE week IS NULL") == [(-1,)]
+    assert reader.read(weeks_served) == [(WEEK,)]
+    columns = catalog.table_columns(conn.cursor(), "candidates_ranked")
+    refused = publish.refused_changes(conn.cursor(), "candidates_ranked", {**columns, "cb_score": "text"})
+    assert refused == [("cb_score", "the week's 'cb_score' is text, not double precision, and partition pinned "
+                                    "uses it in candidates_ranked")]
+
+
+@pytest.mark.published_week
 def test_the_dbas_materialized_views_take_each_week_after_the_swap_and_their_readers_never_wait(
         config_file, conn, reader):
     """A materialized view over a live name keeps the rows it was made of: the web service reading
