@@ -94,8 +94,7 @@ def _dbas_partitions(cur, table: str) -> list[str]:
     """Partitions a DBA attached to the live name beside the week, of rows the shop serves whatever
     the week (a `DEFAULT` one, or one for values no week has): theirs, so no week detaches them, nor
     is tuned like them, nor drops or retypes a column of their rows (`refused_changes`)."""
-    weeks = _attached_weeks(cur, table)
-    return [name for name in catalog.attached(cur, table) if name not in weeks]
+    return [name for name in catalog.attached(cur, table) if not _WEEK.fullmatch(name.removeprefix(table))]
 
 
 def _note_week(cur, table: str, week: date) -> None:
@@ -446,6 +445,7 @@ def row_count(cur, table: str) -> int:
 
 
 def refuse_swaps(cur, tables: Iterable[str]) -> None:
+    """The first of `refused_swaps` for any of `tables`, as the error a week or a rollback fails with."""
     for table in tables:
         for problem in refused_swaps(cur, table):
             raise ValueError(problem)
