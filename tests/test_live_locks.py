@@ -158,7 +158,11 @@ def test_a_foreign_key_a_dba_adds_while_the_publish_waits_is_refused_at_the_swap
     before = live_state(conn)
     publishing = start_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK))
 
-    time.sleep(3)
+    keyed_like_the_live_name = ("SELECT count(*) FROM pg_constraint WHERE contype = 'p'"  # past the week's check
+                                f" AND conrelid = to_regclass('{staged('candidates_ranked', NEXT_WEEK)}')")
+    deadline = time.monotonic() + 60
+    while query(conn, keyed_like_the_live_name) == [(0,)] and time.monotonic() < deadline:
+        time.sleep(0.1)
     conn.cursor().execute("CREATE TABLE clicks (week date, user_id bigint, item_id bigint, CONSTRAINT clicked_from"
                           "  FOREIGN KEY (week, user_id, item_id) REFERENCES candidates_ranked);"
                           " INSERT INTO clicks SELECT week, user_id, item_id FROM candidates_ranked LIMIT 1")
@@ -169,7 +173,7 @@ def test_a_foreign_key_a_dba_adds_while_the_publish_waits_is_refused_at_the_swap
     assert still_waiting
     assert publishing.returncode == 30
     assert "ValueError: candidates_ranked: the foreign key clicked_from of clicks references it" in errors
-    assert "ForeignKeyViolation" not in errors
+    assert "in _lock_live_names" in errors and "ForeignKeyViolation" not in errors
     tables, weeks = live_state(conn)
     del tables["clicks"]
     assert (tables, weeks) == before
