@@ -149,9 +149,10 @@ def test_past_its_wait_a_publish_fails_naming_the_blocker_and_changes_nothing(
 
 def test_a_foreign_key_a_dba_adds_while_the_publish_waits_is_refused_at_the_swap_naming_it(
         next_week_staged, config_file, conn, reader):
-    """The week was checked before it waited; the key came after, and the swap sees it under its locks,
-    which no key can be added past: the week fails naming it, as it would have before anything was
-    staged, and not with PostgreSQL's bare error from detaching the week a row references."""
+    """The week was checked before it waited; the key came after, and the swap looks again as it takes
+    the live names and once it holds them, past which no key can be added: the week fails naming it, as
+    it would have before anything was staged, not with PostgreSQL's error from detaching the week a row
+    references."""
     conn.cursor().execute("ALTER TABLE candidates_ranked ADD PRIMARY KEY (week, user_id, item_id)")
     report = reader.connect("long-report")
     report.cursor().execute("SELECT count(*) FROM default_recs")
