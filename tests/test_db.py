@@ -284,10 +284,13 @@ def test_a_table_that_is_not_there_when_read_is_a_lookup_error_naming_it(conn):
 def test_a_read_through_the_driver_leaves_no_connection_of_its_own_open(conn):
     """Each connection of the pipeline's is a slot of the role's `CONNECTION LIMIT` and a server process:
     the driver's database object, which a process keeps to learn the server's types once, holds none."""
-    conn.cursor().execute("CREATE TABLE src AS SELECT g AS id FROM generate_series(1, 2000) g")
+    # rows of 9.6 kB once read (stored compressed): each range is several of the driver's batches of
+    # 16 MB, so that a range is still being read, its connection open, when the first batch arrives
+    conn.cursor().execute("CREATE TABLE src AS SELECT g AS id, repeat(md5(g::text), 300) AS payload"
+                          " FROM generate_series(1, 8000) g")
     others = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
               " AND backend_type = 'client backend' AND pid <> pg_backend_pid()")
-    schema = pa.schema([("id", pa.int64())])
+    schema = pa.schema([("id", pa.int64()), ("payload", pa.string())])
 
     reading = db.stream_table(conn, "src", schema)
     first = next(reading)
@@ -297,7 +300,7 @@ def test_a_read_through_the_driver_leaves_no_connection_of_its_own_open(conn):
     while query(conn, others) != [(0,)] and time.monotonic() < deadline:
         time.sleep(0.05)  # a server process ends just after its client closes the connection
 
-    assert rows == 2000 and while_reading >= [(1,)]
+    assert rows == 8000 and first.num_rows < 4000 and while_reading >= [(1,)]
     assert query(conn, others) == [(0,)]
 
 
