@@ -195,13 +195,13 @@ def go_live(cur, tables: Iterable[str], week: date) -> None:
     missing = [table for table in tables if not catalog.exists(cur, staged_name(table, week))]
     if missing:
         raise LookupError(f"week {week} cannot go live: not staged in {', '.join(missing)}")
-    _lock_live_names(cur, tables, [table for table in tables if (live_week(cur, table) or week) <= week])
+    swapping = [table for table in tables if (live_week(cur, table) or week) <= week]  # the others: a backfill
+    _lock_live_names(cur, tables, swapping)
     for table in tables:
-        current = live_week(cur, table)
-        if current is not None and week < current:
-            _rename(cur, staged_name(table, week), week_name(table, week))
-        else:
+        if table in swapping:
             _put_live(cur, table, week, staged_name(table, week))
+        else:
+            _rename(cur, staged_name(table, week), week_name(table, week))
         _left_to_autovacuum(cur, week_name(table, week))
 
 
