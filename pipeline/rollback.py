@@ -83,7 +83,10 @@ def _put_live(tables: list[str], week: date) -> None:
         publish.lock(cur, WeeklyRecs.table, *tables)
         _target(cur, tables, week)  # still whole, now that no publish can change it
         live_locks.bounded(cur)
-        publish.roll_back(cur, tables, week)
+        try:
+            publish.roll_back(cur, tables, week)
+        except ValueError as refused:  # a DBA's key or owner since `_target` looked (`publish.refuse_swaps`)
+            raise RollbackError(f"{refused}; nothing changed") from None
         publish.grant_readers(cur, this_week().served_tables(), config.postgres().readers)
         conn.commit()
 
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     week = WeeklyRecs(week=args.week).week if args.week else None
     try:
         print(f"week {roll_back(week)} is live again in {', '.join(published_tables())}")
-    except (RollbackError, live_locks.LiveTablesBusy, ValueError) as error:  # ValueError: `publish.refuse_swaps`
+    except (RollbackError, live_locks.LiveTablesBusy) as error:
         raise SystemExit(f"rollback refused: {error}") from None
 
 
