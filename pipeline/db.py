@@ -353,6 +353,14 @@ def copy_in(cur, table: str, batches: Iterable[pa.RecordBatch], schema: pa.Schem
     return rows
 
 
+def copied_frozen(cur, source: str, target: str,
+                  watched: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]] = iter) -> int:
+    """The rows of `source`, which other transactions wrote, into `target`, which the caller's
+    transaction created, by `copy_in` with `frozen`; the rows copied. `watched` sees the batches go by."""
+    schema = read_schema(cur, source)
+    return copy_in(cur, target, watched(stream_table(cur.connection, source, schema)), schema, frozen=True)
+
+
 def _write_binary(sink, batches: Iterable[pa.RecordBatch], pg_types: list[str]) -> int:
     rows = 0
     sink.write(pgcopy.SIGNATURE)
@@ -416,6 +424,7 @@ def stream_table(conn, table: str, schema: pa.Schema) -> Iterator[pa.RecordBatch
     One connection's read is bound by the client decoding one stream on one core (about 1.6M rows/s
     here); parallel ranges read the table about 1.2x faster on two cores. Memory holds a batch or
     two a stream. Each range is a read of its own: the tables read so are week tables, written once.
+    `conn` is used by the call only, so that the caller's COPY may have it while the rows come.
     """
     with conn.cursor() as cur:
         cur.execute("SELECT pg_relation_size(to_regclass(%s)) / current_setting('block_size')::int", (f'"{table}"',))
@@ -428,7 +437,7 @@ def stream_table(conn, table: str, schema: pa.Schema) -> Iterator[pa.RecordBatch
         sql.SQL(" AND ctid < {}::tid").format(sql.Literal(f"({end},0)")) if end is not None else sql.SQL(""))
         for start, end in zip(starts, [*starts[1:], None], strict=True)]
     columns = sql.SQL(", ").join(map(sql.Identifier, schema.names))
-    yield from _as_they_come([stream_out(conn, sql.SQL("SELECT {} FROM {} WHERE {}").format(
+    return _as_they_come([stream_out(conn, sql.SQL("SELECT {} FROM {} WHERE {}").format(
         columns, sql.Identifier(table), blocks_range), schema) for blocks_range in ranges])
 
 

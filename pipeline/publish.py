@@ -26,7 +26,6 @@ point leaves the live tables, their comments and the archives exactly as they we
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import re
@@ -35,7 +34,6 @@ from collections.abc import Iterable
 from datetime import date, datetime
 from pathlib import Path
 
-import psycopg2.errors
 from psycopg2 import sql
 
 from pipeline import catalog
@@ -152,8 +150,9 @@ def holds_week(cur, table: str, week: date) -> bool:
     return True
 
 
-def stage(cur, table: str, week: date, columns: sql.Composable) -> str:
-    """A fresh staging table for the week; the caller has dropped one a forgotten run left.
+def stage(cur, table: str, week: date, columns: sql.Composable, name: str | None = None) -> str:
+    """A fresh staging table for the week, `name` or `staged_name`; the caller has dropped one a
+    forgotten run left.
 
     Its week check makes attaching it a catalog change: PostgreSQL sees that no row can break the
     partition's bound without scanning one. Autovacuum leaves it alone until it goes live: a
@@ -163,7 +162,7 @@ def stage(cur, table: str, week: date, columns: sql.Composable) -> str:
     truncating takes an exclusive lock, which a standby replays, waiting for its readers of the
     live week while every later read there queues behind it.
     """
-    staged = staged_name(table, week)
+    staged = name or staged_name(table, week)
     build_beside(cur, table)
     cur.execute(sql.SQL("CREATE TABLE {} ({}, CONSTRAINT {} {}) WITH ({})").format(
         sql.Identifier(staged), columns, sql.Identifier(WEEK_CHECK), _week_check(week), _STAGED_STORAGE))
@@ -285,18 +284,6 @@ def _options_changed(altered: sql.Composable, present: dict[str, str], wanted: d
     if resetting:
         clauses.append(altered + sql.SQL("RESET ({})").format(sql.SQL(", ").join(map(sql.Identifier, resetting))))
     return clauses
-
-
-def freeze(cur, name: str) -> None:
-    """What `COPY ... FREEZE` does for a table one transaction created and loaded (`db.copy_in`), for
-    a staged table several transactions filled (the ranking's shards): every row frozen, every page
-    all-visible, before anyone reads it, so that no reader's first pass writes the pages again.
-    `cur` autocommits: VACUUM runs outside a transaction. A concurrent run of the same week that
-    holds the table (indexing it, putting it live) is not waited for (SKIP_LOCKED): the week is then
-    autovacuum's, as any table. A standby's replay of it cancels readers there whose snapshots are
-    older than the shards, as autovacuum's first vacuum of the live week did before (README)."""
-    with contextlib.suppress(psycopg2.errors.UndefinedTable):  # that run has put it live meanwhile
-        cur.execute(sql.SQL("VACUUM (FREEZE, SKIP_LOCKED) {}").format(sql.Identifier(name)))
 
 
 def validate(cur, name: str) -> None:

@@ -1,6 +1,6 @@
 """The ranking stage: one model fit a week, scoring split by user into shards any worker can take.
 
-    RankCandidates(week)          stages candidates_ranked once every shard is in; indexes it
+    RankCandidates(week)          stages candidates_ranked once every shard is in: copied frozen, indexed
     ├── TrainCandidates(week), InferenceCandidates(week)
     ├── TrainRanker(week)         validates, gates, fits on at most max_train_rows of whole users,
     │                             and shares the model through PostgreSQL (table ranker_models)
@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from psycopg2 import sql
 
-from pipeline import catalog, config, db, publish
+from pipeline import catalog, config, db, live_locks, publish
 from pipeline.base import StagingTask, WeekTask, published_table
 from pipeline.contracts import CANDIDATES_TRAIN
 from pipeline.events.tasks import AVAILABLE_ROWS
@@ -256,20 +256,31 @@ class RankCandidates(StagingTask):
     def run(self) -> Iterator[list[ScoreShard]]:
         yield self.shards(self.shard_count())  # already complete when they were scheduled with the week
         staged = publish.staged_name(self.table, self.week)
-        self.set_status_message("freezing the ranked candidates")
-        with db.connection(autocommit=True) as conn, conn.cursor() as cur:
-            publish.freeze(cur, staged)
         with self.marking_once() as transaction:
             if transaction is None:
                 return
             _, cur = transaction
-            ranked = publish.row_count(cur, staged)
             expected = publish.row_count(cur, publish.week_table(cur, self.inputs()["inference"].table, self.week))
+            ranked = self.written_again_frozen(cur, staged, expected)
             if ranked != expected:
                 raise RuntimeError(f"{staged} holds {ranked:,} rows but the week has {expected:,} inference "
                                    f"candidates; redo the week (python -m pipeline.redo {self.week})")
             self.set_status_message(f"indexing {ranked:,} ranked candidates")
             self.index(cur, staged, list(self.unique_key))
+
+    def written_again_frozen(self, cur, staged: str, expected: int) -> int:
+        """The shards' rows, copied by `COPY ... FREEZE` into a table this transaction creates, which
+        then takes the staged table's place; the rows copied. The shards fill the staged table in
+        transactions of their own, and no vacuum can freeze rows for a snapshot older than them: a
+        reader in `REPEATABLE READ` since before the week would find the live ranking empty."""
+        frozen = publish.stage(cur, self.table, self.week, sql.SQL("LIKE {}").format(sql.Identifier(staged)),
+                               name=f"{staged}_frozen")
+        rows = db.copied_frozen(cur, staged, frozen, lambda batches: self.reporting(
+            batches, expected, "writing {done:,} of {total:,} ranked candidates frozen"))
+        live_locks.dropped_when_unheld(cur, staged, f"{self.table} for week {self.week} not staged",
+                                       self.set_status_message)
+        cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(frozen), sql.Identifier(staged)))
+        return rows
 
     def go_live_alongside(self, cur) -> None:
         """The week's metrics row, in the transaction that puts its ranking live."""
