@@ -56,6 +56,17 @@ def test_ranks_are_one_to_n_per_user_in_score_order(settings, conn):
         assert scores == sorted(scores, reverse=True)
 
 
+def test_the_shards_rows_are_staged_whole_and_the_table_of_their_own_writes_is_gone(settings, conn):
+    """Written again by `COPY ... FREEZE` in the stage's transaction, so that a snapshot older than
+    the week sees them (`test_publish`), into a table that takes the staged ranking's name."""
+    assert run_tasks(RankCandidates(week=WEEK)).name == "SUCCESS"
+
+    ranking_tables = query(conn, "SELECT tablename FROM pg_tables WHERE tablename LIKE 'candidates\\_ranked\\_\\_%'")
+    assert ranking_tables == [(staged("candidates_ranked"),)]
+    assert query(conn, f"SELECT count(*) FROM {staged('candidates_ranked')}") == \
+        query(conn, f"SELECT count(*) FROM {staged('candidates_inference')}")
+
+
 @pytest.mark.published_week
 def test_ranked_table_holds_every_inference_candidate_with_its_columns(settings, conn):
     assert query(conn, "SELECT count(*) FROM candidates_ranked") == \
