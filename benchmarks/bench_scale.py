@@ -20,6 +20,7 @@ from pathlib import Path
 from bench import LUIGI, ROOT, WEEK, Bench, build, fits_peak_mb, week_folder
 
 from pipeline import DefaultRecs, InferenceCandidates, TrainCandidates, db
+from pipeline.rank import TrainRanker
 
 SIZES = (1_000_000, 8_000_000)
 SHARDS = 4
@@ -53,14 +54,12 @@ def ranking_stage(settings_file: Path, workers: int) -> tuple[float, float]:
 
 
 def forget_scoring() -> None:
-    """The shards and the staged ranking of the week are undone; the model stays."""
+    """The shards and the staged ranking of the week are undone, as a new model undoes them; the model stays."""
+    model = TrainRanker(week=WEEK)
+    model.set_status_message = print  # Luigi's worker sets it; here none runs the task
     with db.connection() as conn, conn.cursor() as cur:
-        cur.execute("DELETE FROM table_updates WHERE target_table = 'candidates_ranked__staged_20261121'"
-                    " OR update_id LIKE 'RankCandidates%'")
-        cur.execute("TRUNCATE candidates_ranked__staged_20261121")
-        cur.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'candidates_ranked__staged_20261121'")
-        for (index,) in cur.fetchall():
-            cur.execute(f'DROP INDEX "{index}"')
+        cur.execute("DELETE FROM table_updates WHERE update_id LIKE 'RankCandidates%'")
+        model.fresh_scoring(cur)
         conn.commit()
 
 

@@ -54,11 +54,11 @@ class WeekTask(luigi.Task):
     def lock_names(self) -> tuple[str, ...]:
         return (self.table,)
 
-    def fresh_stage(self, cur, table: str, columns: sql.Composable) -> str:
+    def fresh_stage(self, cur, table: str, columns: sql.Composable, logged: bool = True) -> str:
         """The week's staging table of `table`, replacing one a forgotten run left once no one holds it."""
         live_locks.dropped_when_unheld(cur, publish.staged_name(table, self.week),
                                        f"{table} for week {self.week} not staged", self.set_status_message)
-        return publish.stage(cur, table, self.week, columns)
+        return publish.stage(cur, table, self.week, columns, logged=logged)
 
     def reporting(self, batches: Iterator[pa.RecordBatch], total: int, message: str) -> Iterator[pa.RecordBatch]:
         """Rows done so far, shown in the visualizer every 16 batches and at the end.

@@ -286,6 +286,8 @@ def connection(to: Server | None = None, autocommit: bool = False) -> Iterator[p
 class MarkerTarget(PostgresTarget):
     """Luigi's marker row, created race-free so that many workers may start at once."""
 
+    unlogged = False  # `marker(..., unlogged=True)`
+
     def connect(self) -> psycopg2.extensions.connection:
         """Through `Server.connect`, whose errors name the server and never the password."""
         return server().connect()
@@ -294,15 +296,22 @@ class MarkerTarget(PostgresTarget):
         with connection() as conn, conn.cursor() as cur:
             publish.lock(cur, self.marker_table)
             cur.execute(sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} (update_id TEXT PRIMARY KEY, target_table TEXT,"
-                " inserted TIMESTAMP DEFAULT NOW())").format(sql.Identifier(self.marker_table)))
+                "CREATE {}TABLE IF NOT EXISTS {} (update_id TEXT PRIMARY KEY, target_table TEXT,"
+                " inserted TIMESTAMP DEFAULT NOW())").format(sql.SQL("UNLOGGED " if self.unlogged else ""),
+                                                             sql.Identifier(self.marker_table)))
             conn.commit()
 
 
-def marker(table: str, update_id: str) -> MarkerTarget:
+def marker(table: str, update_id: str, unlogged: bool = False) -> MarkerTarget:
+    """`update_id`'s marker of `table`. For an `unlogged` table, in a table of markers that is one as
+    well (`<marker table>_unlogged`): a crash of the server empties every unlogged table, and takes
+    the marker with the rows it marks, so that the task is done again."""
     current = server()
-    return MarkerTarget(current.host, current.database, current.user, current.password,
-                        table, update_id, port=current.port)
+    target = MarkerTarget(current.host, current.database, current.user, current.password,
+                          table, update_id, port=current.port)
+    if unlogged:
+        target.marker_table, target.unlogged = f"{target.marker_table}_unlogged", True
+    return target
 
 
 def copy_in(cur, table: str, batches: Iterable[pa.RecordBatch], schema: pa.Schema, frozen: bool = False) -> int:

@@ -150,9 +150,9 @@ def holds_week(cur, table: str, week: date) -> bool:
     return True
 
 
-def stage(cur, table: str, week: date, columns: sql.Composable, name: str | None = None) -> str:
-    """A fresh staging table for the week, `name` or `staged_name`; the caller has dropped one a
-    forgotten run left.
+def stage(cur, table: str, week: date, columns: sql.Composable, name: str | None = None, logged: bool = True) -> str:
+    """A fresh staging table for the week, `name` or `staged_name` (not `logged`: `UNLOGGED`); the
+    caller has dropped one a forgotten run left.
 
     Its week check makes attaching it a catalog change: PostgreSQL sees that no row can break the
     partition's bound without scanning one. Autovacuum leaves it alone until it goes live: a
@@ -164,8 +164,9 @@ def stage(cur, table: str, week: date, columns: sql.Composable, name: str | None
     """
     staged = name or staged_name(table, week)
     build_beside(cur, table)
-    cur.execute(sql.SQL("CREATE TABLE {} ({}, CONSTRAINT {} {}) WITH ({})").format(
-        sql.Identifier(staged), columns, sql.Identifier(WEEK_CHECK), _week_check(week), _STAGED_STORAGE))
+    cur.execute(sql.SQL("CREATE {}TABLE {} ({}, CONSTRAINT {} {}) WITH ({})").format(
+        sql.SQL("" if logged else "UNLOGGED "), sql.Identifier(staged), columns, sql.Identifier(WEEK_CHECK),
+        _week_check(week), _STAGED_STORAGE))
     return staged
 
 

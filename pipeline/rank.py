@@ -120,12 +120,10 @@ class TrainRanker(WeekTask):
         written(batches, schema, path)
 
     def store(self, fitted: Path, kept: Path, inference_items: pa.Table, validation: dict) -> None:
-        """The model row, and a fresh staged ranking for the shards to fill: old shards are void.
+        """The model row, and a fresh staged ranking for the shards to fill (`fresh_scoring`).
 
         The model is fitted into this run's own folder and moved to `kept` whole, by the run that stores
         it: two runs of the week fitting into one file at once stored a model half-written by the other."""
-        ranked = RankCandidates(week=self.week).table
-        staged = publish.staged_name(ranked, self.week)
         with self.marking_once() as transaction:
             if transaction is None:
                 return
@@ -137,12 +135,21 @@ class TrainRanker(WeekTask):
             cur.execute(sql.SQL("INSERT INTO {} (week, model, item_stats, metrics) VALUES (%s, %s, %s, %s)").format(
                 sql.Identifier(self.table)), (self.week, fitted.read_bytes(), _ipc(inference_items),
                                               json.dumps(validation)))
-            inference = publish.week_table(cur, InferenceCandidates(week=self.week).table, self.week)
-            self.fresh_stage(cur, ranked, sql.SQL("LIKE {}, cb_score double precision, rank integer")
-                             .format(sql.Identifier(inference)))
-            cur.execute(sql.SQL("DELETE FROM {} WHERE target_table = %s").format(
-                sql.Identifier(self.output().marker_table)), (staged,))
+            self.fresh_scoring(cur)
             os.replace(fitted, kept)
+
+    def fresh_scoring(self, cur) -> None:
+        """A fresh staged ranking for the week's shards to fill, and their markers gone: old shards are void.
+
+        `UNLOGGED`: once every shard is in, their rows are written again, frozen (`RankCandidates`), so
+        that logging them as well would double the WAL of the week's largest table, which every standby
+        replays and an archive keeps. A crash of the server empties the table, and the shards' markers
+        with it (`ScoreShard.output`): the shards score again."""
+        ranked = RankCandidates(week=self.week).table
+        inference = publish.week_table(cur, InferenceCandidates(week=self.week).table, self.week)
+        self.fresh_stage(cur, ranked, sql.SQL("LIKE {}, cb_score double precision, rank integer").format(
+            sql.Identifier(inference)), logged=False)
+        forget_scored_shards(cur, self.week)
 
     def check_quality(self, validation: dict, previous: tuple[float, float] | None) -> None:
         """Refuses a drop beyond both `max_ndcg_drop` and `gate_sigmas` standard errors of the drop:
@@ -175,6 +182,10 @@ class ScoreShard(WeekTask):
     @property
     def table(self) -> str:  # the marker names the staged ranking, so a new model voids the shard
         return publish.staged_name(RankCandidates(week=self.week).table, self.week)
+
+    def output(self) -> db.MarkerTarget:
+        """Unlogged, as the rows it marks are (`TrainRanker.fresh_scoring`)."""
+        return db.marker(self.table, self.task_id, unlogged=True)
 
     def requires(self) -> TrainRanker:
         return TrainRanker(week=self.week)
@@ -299,6 +310,16 @@ class RankCandidates(StagingTask):
                             " || jsonb_build_object('week', r.week, 'trained_at', r.trained_at))).* FROM {models} r"
                             " WHERE r.week = %s").format(table=table, models=sql.Identifier(model_table.table)),
                     (self.week,))
+
+
+def forget_scored_shards(cur, week: date) -> int:
+    """Delete the markers of the week's scoring shards; how many there were."""
+    shards = ScoreShard(week=week, shard=0, shards=1).output()
+    if not catalog.exists(cur, shards.marker_table):
+        return 0
+    cur.execute(sql.SQL("DELETE FROM {} WHERE target_table = %s").format(sql.Identifier(shards.marker_table)),
+                (shards.table,))
+    return cur.rowcount
 
 
 def sampled_users(conn, table: str, available: int) -> list[int]:

@@ -13,10 +13,10 @@ from datetime import date
 
 from psycopg2 import sql
 
-from pipeline import db, publish
+from pipeline import db
 from pipeline.base import WeekTask
 from pipeline.load import CheckInputs
-from pipeline.rank import RankCandidates, TrainRanker
+from pipeline.rank import TrainRanker, forget_scored_shards
 from pipeline.wrapper import WeeklyRecs
 
 
@@ -28,13 +28,12 @@ def week_tasks(week: date) -> list[WeekTask]:
 def forget_week(week: date) -> int:
     """Delete the week's marker rows, its scoring shards' too; returns how many there were."""
     tasks = week_tasks(week)
-    marker_table = tasks[0].output().marker_table
-    shards_of = publish.staged_name(RankCandidates(week=week).table, week)
     with db.connection() as conn, conn.cursor() as cur:
-        cur.execute(sql.SQL("DELETE FROM {} WHERE update_id = ANY(%s) OR target_table = %s").format(
-            sql.Identifier(marker_table)), ([task.task_id for task in tasks], shards_of))
+        cur.execute(sql.SQL("DELETE FROM {} WHERE update_id = ANY(%s)").format(
+            sql.Identifier(tasks[0].output().marker_table)), ([task.task_id for task in tasks],))
+        forgotten = cur.rowcount + forget_scored_shards(cur, week)
         conn.commit()
-        return cur.rowcount
+        return forgotten
 
 
 if __name__ == "__main__":

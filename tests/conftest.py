@@ -380,7 +380,10 @@ def query(conn, statement: str, *params) -> list[tuple]:
 
 
 def markers(conn) -> list[str]:
-    return [row[0] for row in query(conn, "SELECT update_id FROM table_updates ORDER BY update_id")]
+    """Every task's marker: the scoring shards' are in a table of their own (`db.marker`, `unlogged`)."""
+    shards = "UNION ALL SELECT update_id FROM table_updates_unlogged" if query(
+        conn, "SELECT to_regclass('table_updates_unlogged') IS NOT NULL")[0][0] else ""
+    return [row[0] for row in query(conn, f"SELECT update_id FROM table_updates {shards} ORDER BY update_id")]
 
 
 def staged(table: str, week=WEEK) -> str:
@@ -407,7 +410,8 @@ def live_state(conn) -> tuple:
     bookkeeping only (markers, a model, the files it checked)."""
     tables = query(conn, "SELECT relname, obj_description(oid, 'pg_class') FROM pg_class WHERE relkind IN ('r', 'p')"
                          " AND relname NOT LIKE '%%\\_\\_staged\\_%%' AND relnamespace = 'public'::regnamespace"
-                         " AND relname NOT IN ('table_updates', 'ranker_models', 'week_inputs') ORDER BY 1")
+                         " AND relname NOT IN ('table_updates', 'table_updates_unlogged', 'ranker_models',"
+                         " 'week_inputs') ORDER BY 1")
     weeks = [m for m in markers(conn) if m.startswith("WeeklyRecs")]
     return {name: (comment, table_snapshot(conn, name)) for name, comment in tables}, weeks
 

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -19,12 +20,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import DefaultRecs, OnlineRecs, WeeklyRecs, db
+from pipeline import DefaultRecs, OnlineRecs, RankCandidates, WeeklyRecs, db
 from tests.conftest import (
     NEXT_WEEK,
     PUBLISHED_TABLES,
     TELEGRAM_ENV,
     WEEK,
+    Reader,
     admin_connection,
     apply_settings,
     free_port,
@@ -106,18 +108,19 @@ def test_a_database_that_is_down_fails_the_run_naming_the_server(settings, confi
 
 
 @pytest.fixture
-def throwaway_server(tmp_path) -> tuple[str, list]:
-    """A server of this test's own, so that restarting it leaves the session's server alone."""
+def throwaway_server(tmp_path) -> tuple[str, Callable[..., None]]:
+    """A server of this test's own, so that restarting it leaves the session's server alone; and
+    its restart (`mode="immediate"`: as after a crash, recovering from the WAL)."""
     pgserver = db.embedded_package()
     data, pg_ctl_program = tmp_path / "throwaway", pgserver.utils.POSTGRES_VERSIONS[18] / "pg_ctl"
     server = pgserver.get_server(data, cleanup_mode=None)
     as_user = db.server_process_user()
 
-    def pg_ctl(action: str) -> None:  # with a log file, so the server does not hold our pipes
-        subprocess.run([pg_ctl_program, "-D", data, "-l", data / "log", "-m", "fast", "-w", action],
+    def pg_ctl(action: str, mode: str = "fast") -> None:  # with a log file, so the server does not hold our pipes
+        subprocess.run([pg_ctl_program, "-D", data, "-l", data / "log", "-m", mode, "-w", action],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **as_user)
 
-    yield str(server.get_postmaster_info().socket_dir), lambda: pg_ctl("restart")
+    yield str(server.get_postmaster_info().socket_dir), lambda mode="fast": pg_ctl("restart", mode)
     pg_ctl("stop")
 
 
@@ -139,6 +142,29 @@ def test_a_database_restart_fails_the_task_cleanly_and_the_rerun_completes(
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     with admin_connection(socket_dir) as conn:
         assert query(conn, "SELECT count(*) FROM candidates_inference__staged_20261121") == [(LARGE_ROWS,)]
+
+
+def test_a_crash_of_the_server_after_the_shards_scored_has_them_score_again_and_the_week_go_live_whole(
+        settings, config_file, throwaway_server):
+    """The shards' rows go to an unlogged table, which a crash empties, and so do their markers: the
+    rerun scores them again, where markers that outlived the rows would stage an empty ranking."""
+    socket_dir, restart = throwaway_server
+    web_service = Reader(socket_dir, "postgres")
+    with admin_connection(socket_dir) as admin:
+        admin.cursor().execute(f"CREATE ROLE {web_service.name} LOGIN")
+    settings["postgres"].update(host=socket_dir, database="postgres", readers=f'["{web_service.name}"]')
+    apply_settings(settings, config_file)
+    ranking = RankCandidates(week=WEEK)
+    assert run_tasks(*ranking.shards(ranking.shard_count())).name == "SUCCESS"
+    with admin_connection(socket_dir) as admin:
+        scored = query(admin, f"SELECT count(*) FROM {staged(ranking.table)}")[0][0]
+
+    restart(mode="immediate")
+
+    with admin_connection(socket_dir) as admin:
+        assert query(admin, f"SELECT count(*) FROM {staged(ranking.table)}") == [(0,)]
+    assert run_tasks(WeeklyRecs(week=WEEK)).name == "SUCCESS"
+    assert web_service.read("SELECT count(*), count(DISTINCT user_id) FROM candidates_ranked") == [(scored, 300)]
 
 
 @pytest.mark.parametrize("defaults", [{}, {"default_transaction_isolation": "repeatable read"},
@@ -184,7 +210,7 @@ def test_an_interrupted_week_resumes_with_only_the_tasks_not_done(settings, conf
     assert "running   TrainCandidates" in result.stderr
     after = dict(query(conn, "SELECT update_id, inserted FROM table_updates"))
     assert all(after[update_id] == inserted for update_id, inserted in done_before)
-    assert len(after) == 9
+    assert len(markers(conn)) == 9
 
 
 def test_a_connection_lost_after_the_swap_leaves_the_week_live_reported_published_and_the_rest_to_the_next_publish(

@@ -59,7 +59,8 @@ def assert_the_reader_sees_exactly_the_live_week(conn, reader, week) -> list[str
         conn, "SELECT item_id, week FROM default_recs ORDER BY items_cnt DESC, item_id LIMIT 3")
     internal = [name for (name,) in query(conn, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
                                                 " AND (tablename LIKE '%%\\_\\_%%' OR tablename IN"
-                                                " ('table_updates', 'ranker_models', 'week_inputs', 'candidates_train',"
+                                                " ('table_updates', 'table_updates_unlogged', 'ranker_models',"
+                                                "  'week_inputs', 'candidates_train',"
                                                 "  'candidates_inference'))")]
     for table in internal:
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):

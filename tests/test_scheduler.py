@@ -119,7 +119,7 @@ def test_two_workers_against_one_luigid_split_the_scoring_shards_each_run_once(l
     shards = [re.findall(r"running   ScoreShard\(week=2026-11-21, shard=(\d), shards=4\)", log) for log in logs]
     assert sorted(shards[0] + shards[1]) == ["0", "1", "2", "3"]  # every shard once, by one worker or the other
     assert shards[0] and shards[1], shards  # both workers scored
-    assert query(conn, "SELECT count(*) FROM table_updates WHERE update_id LIKE 'ScoreShard%%'") == [(4,)]
+    assert query(conn, "SELECT count(*) FROM table_updates_unlogged WHERE update_id LIKE 'ScoreShard%%'") == [(4,)]
     assert query(conn, "SELECT count(*), count(DISTINCT (user_id, item_id)) FROM candidates_ranked") == [(6000, 6000)]
     progress = [luigid.api("get_task_progress_percentage", task_id=ScoreShard(week=WEEK, shard=k, shards=4).task_id)
                 for k in range(4)]
