@@ -41,8 +41,12 @@ class WeekTask(luigi.Task):
         return db.marker(config.checked_identifier(self.table, f"[{type(self).__name__}] table"), self.task_id)
 
     def complete(self) -> bool:
+        return self.marked_by(self.output())
+
+    def marked_by(self, marker: db.MarkerTarget) -> bool:
+        """`marker` is there, and so is what it stands for (`holds_output`)."""
         with db.connection() as conn:
-            if not self.output().exists(conn):
+            if not marker.exists(conn):
                 return False
             with conn.cursor() as cur:
                 return self.holds_output(cur)

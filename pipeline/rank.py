@@ -187,6 +187,11 @@ class ScoreShard(WeekTask):
         """Unlogged, as the rows it marks are (`TrainRanker.fresh_scoring`)."""
         return db.marker(self.table, self.task_id, unlogged=True)
 
+    def complete(self) -> bool:
+        """Marked beside its rows; or, for a week whose shards a version before 2026-12-06 scored
+        into a logged table, where that version marked them (a week half done across an upgrade)."""
+        return super().complete() or self.marked_by(db.marker(self.table, self.task_id))
+
     def requires(self) -> TrainRanker:
         return TrainRanker(week=self.week)
 
@@ -313,13 +318,16 @@ class RankCandidates(StagingTask):
 
 
 def forget_scored_shards(cur, week: date) -> int:
-    """Delete the markers of the week's scoring shards; how many there were."""
-    shards = ScoreShard(week=week, shard=0, shards=1).output()
-    if not catalog.exists(cur, shards.marker_table):
-        return 0
-    cur.execute(sql.SQL("DELETE FROM {} WHERE target_table = %s").format(sql.Identifier(shards.marker_table)),
-                (shards.table,))
-    return cur.rowcount
+    """Delete the markers of the week's scoring shards, where they are and where a version before
+    2026-12-06 put them (`ScoreShard.complete`); how many there were."""
+    shards = ScoreShard(week=week, shard=0, shards=1)
+    forgotten = 0
+    for markers in (shards.output(), db.marker(shards.table, shards.task_id)):
+        if catalog.exists(cur, markers.marker_table):
+            cur.execute(sql.SQL("DELETE FROM {} WHERE target_table = %s").format(
+                sql.Identifier(markers.marker_table)), (shards.table,))
+            forgotten += cur.rowcount
+    return forgotten
 
 
 def sampled_users(conn, table: str, available: int) -> list[int]:

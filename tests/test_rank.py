@@ -67,6 +67,22 @@ def test_the_shards_rows_are_staged_whole_and_the_table_of_their_own_writes_is_g
         query(conn, f"SELECT count(*) FROM {staged('candidates_inference')}")
 
 
+def test_a_week_whose_shards_the_version_before_scored_is_staged_from_them_after_an_upgrade(settings, conn):
+    """That version wrote the shards' rows to a logged table and marked them in Luigi's own table of
+    markers: scored again, they would be there twice."""
+    ranking = RankCandidates(week=WEEK)
+    assert run_tasks(*ranking.shards(ranking.shard_count())).name == "SUCCESS"
+    scored = query(conn, f"SELECT count(*) FROM {staged(ranking.table)}")[0][0]
+    conn.cursor().execute(f"ALTER TABLE {staged(ranking.table)} SET LOGGED;"
+                          " INSERT INTO table_updates SELECT * FROM table_updates_unlogged;"
+                          " DELETE FROM table_updates_unlogged")
+
+    assert run_tasks(ranking).name == "SUCCESS"
+
+    assert query(conn, f"SELECT count(*), count(DISTINCT (user_id, item_id)) FROM {staged(ranking.table)}") == [
+        (scored, scored)]
+
+
 @pytest.mark.published_week
 def test_ranked_table_holds_every_inference_candidate_with_its_columns(settings, conn):
     assert query(conn, "SELECT count(*) FROM candidates_ranked") == \
