@@ -36,9 +36,10 @@ class WeekTask(luigi.Task):
 
     week = week_parameter()
     table: str = ""
+    checked_name = staticmethod(config.checked_identifier)
 
     def output(self) -> db.MarkerTarget:
-        return db.marker(config.checked_identifier(self.table, f"[{type(self).__name__}] table"), self.task_id)
+        return db.marker(self.checked_name(self.table, f"[{type(self).__name__}] table"), self.task_id)
 
     def complete(self) -> bool:
         return self.marked_by(self.output())
@@ -105,6 +106,7 @@ class StagingTask(WeekTask):
 
     unique_key: tuple[str, ...] = ()
     lookup_key: tuple[str, ...] = ()
+    checked_name = staticmethod(config.checked_published_name)
     served = False  # read by the web service: its readers are granted SELECT on the live name
     made_at_cutoff = False  # its file is made anew for each week's cutoff: never the same two weeks running
 

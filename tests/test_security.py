@@ -22,6 +22,22 @@ def test_a_table_name_that_is_not_an_identifier_is_refused_before_any_sql(settin
     assert query(conn, "SELECT count(*) FROM table_updates") == [(2,)]  # CheckInputs and DefaultRecs
 
 
+def test_a_table_name_its_weeks_would_take_past_63_characters_is_refused_and_the_longest_allowed_goes_live_whole(
+        settings, config_file, conn, reader):
+    """PostgreSQL cuts a longer name without an error: the week's tables would lose what tells them apart."""
+    settings["RankCandidates"] = {"table": "r" * 40}
+    apply_settings(settings, config_file)
+
+    refused = run_luigi(config_file, "RankCandidates", "--local-scheduler", "--week", "2026-11-21")
+
+    assert refused.returncode != 0
+    assert f"[RankCandidates] table: '{'r' * 40}' is 40 characters" in refused.stderr and "at most 39" in refused.stderr
+    settings["RankCandidates"] = {"table": "r" * 39}
+    apply_settings(settings, config_file)
+    assert run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", "2026-11-21").returncode == 0
+    assert reader.read(f"SELECT count(*) FROM {'r' * 39}") == query(conn, "SELECT count(*) FROM candidates_inference")
+
+
 def test_a_configured_table_name_is_used_as_given(settings, config_file, conn):
     settings["DefaultRecs"] = {"table": "popular_items"}
     apply_settings(settings, config_file)
