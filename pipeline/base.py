@@ -106,7 +106,7 @@ class StagingTask(WeekTask):
 
     unique_key: tuple[str, ...] = ()
     lookup_key: tuple[str, ...] = ()
-    checked_name = staticmethod(config.checked_published_name)
+    checked_name = staticmethod(publish.checked_live_name)
     served = False  # read by the web service: its readers are granted SELECT on the live name
     made_at_cutoff = False  # its file is made anew for each week's cutoff: never the same two weeks running
 

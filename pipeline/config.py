@@ -19,7 +19,6 @@ import luigi.configuration
 
 ROOT = Path(__file__).resolve().parent.parent
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_LONGEST_WEEK_NAME = "__staged_20261121_frozen"  # the most a week adds to a published table's name (`rank`)
 
 
 class postgres(luigi.Config):  # noqa: N801 - the section name in luigi.cfg
@@ -261,15 +260,4 @@ def checked_identifier(name: str, setting: str) -> str:
     """Table names reach SQL only as identifiers; a name that is not a plain one is refused."""
     if not _IDENTIFIER.match(name):
         raise ValueError(f"{setting}: {name!r} is not a valid table name (lowercase letters, digits, _)")
-    return name
-
-
-def checked_published_name(name: str, setting: str) -> str:
-    """A published table's name, which each week's tables take with more after it: PostgreSQL cuts a
-    name past 63 characters without an error, and the week's tables would lose what tells them apart."""
-    longest = 63 - len(_LONGEST_WEEK_NAME)
-    if len(checked_identifier(name, setting)) > longest:
-        raise ValueError(f"{setting}: {name!r} is {len(name)} characters, and a week's tables take it with up to "
-                         f"{len(_LONGEST_WEEK_NAME)} more ({name}{_LONGEST_WEEK_NAME}), past the 63 at which "
-                         f"PostgreSQL cuts a name: at most {longest}")
     return name

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from psycopg2 import sql
 
-from pipeline import catalog
+from pipeline import catalog, config
 
 log = logging.getLogger("luigi-interface")
 _WEEK = re.compile(r"__(\d{8})$")
@@ -63,6 +63,24 @@ def week_name(table: str, week: date) -> str:
 
 def staged_name(table: str, week: date) -> str:
     return f"{table}__staged_{week:%Y%m%d}"
+
+
+def frozen_copy_name(table: str, week: date) -> str:
+    """The longest name a week gives a table: the ranking's frozen copy of its shards' rows while it is
+    made (`RankCandidates.written_again_frozen`), before it takes `staged_name`."""
+    return f"{staged_name(table, week)}_frozen"
+
+
+def checked_live_name(name: str, setting: str) -> str:
+    """A published table's name, which each week's tables take with more after it: PostgreSQL cuts a
+    name past 63 characters without an error, and the week's tables would lose what tells them apart."""
+    added = frozen_copy_name("", date(2026, 11, 21))
+    longest = 63 - len(added)
+    if len(config.checked_identifier(name, setting)) > longest:
+        raise ValueError(f"{setting}: {name!r} is {len(name)} characters, and a week's tables take it with up to "
+                         f"{len(added)} more ({name}{added}), past the 63 at which PostgreSQL cuts a name: "
+                         f"at most {longest}")
+    return name
 
 
 def swapped(tables: Iterable[str], week: date) -> list[str]:

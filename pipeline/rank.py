@@ -187,10 +187,13 @@ class ScoreShard(WeekTask):
         """Unlogged, as the rows it marks are (`TrainRanker.fresh_scoring`)."""
         return db.marker(self.table, self.task_id, unlogged=True)
 
+    def markers(self) -> tuple[db.MarkerTarget, db.MarkerTarget]:
+        """Where it is marked (`output`), and where a version before 2026-12-06 marked the shards it
+        scored into a logged table (a week half done across an upgrade)."""
+        return self.output(), db.marker(self.table, self.task_id)
+
     def complete(self) -> bool:
-        """Marked beside its rows; or, for a week whose shards a version before 2026-12-06 scored
-        into a logged table, where that version marked them (a week half done across an upgrade)."""
-        return super().complete() or self.marked_by(db.marker(self.table, self.task_id))
+        return any(self.marked_by(marker) for marker in self.markers())
 
     def requires(self) -> TrainRanker:
         return TrainRanker(week=self.week)
@@ -290,7 +293,7 @@ class RankCandidates(StagingTask):
         transactions of their own, and no vacuum can freeze rows for a snapshot older than them: a
         reader in `REPEATABLE READ` since before the week would find the live ranking empty."""
         frozen = publish.stage(cur, self.table, self.week, sql.SQL("LIKE {}").format(sql.Identifier(staged)),
-                               name=f"{staged}_frozen")
+                               name=publish.frozen_copy_name(self.table, self.week))
         rows = db.copied_frozen(cur, staged, frozen, lambda batches: self.reporting(
             batches, expected, "writing {done:,} of {total:,} ranked candidates frozen"))
         live_locks.dropped_when_unheld(cur, staged, f"{self.table} for week {self.week} not staged",
@@ -318,14 +321,14 @@ class RankCandidates(StagingTask):
 
 
 def forget_scored_shards(cur, week: date) -> int:
-    """Delete the markers of the week's scoring shards, where they are and where a version before
-    2026-12-06 put them (`ScoreShard.complete`); how many there were."""
+    """Delete the markers of the week's scoring shards, wherever they are (`ScoreShard.markers`); how
+    many there were."""
     shards = ScoreShard(week=week, shard=0, shards=1)
     forgotten = 0
-    for markers in (shards.output(), db.marker(shards.table, shards.task_id)):
-        if catalog.exists(cur, markers.marker_table):
+    for marker in shards.markers():
+        if catalog.exists(cur, marker.marker_table):
             cur.execute(sql.SQL("DELETE FROM {} WHERE target_table = %s").format(
-                sql.Identifier(markers.marker_table)), (shards.table,))
+                sql.Identifier(marker.marker_table)), (shards.table,))
             forgotten += cur.rowcount
     return forgotten
 
