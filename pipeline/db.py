@@ -250,10 +250,11 @@ def server_process_user() -> dict[str, str]:
 
 def handed_to_server(*paths: Path) -> None:
     """`paths` owned by the user the embedded server runs as, which must write there (a standby's
-    folder, a tablespace's)."""
+    folder, a tablespace's), and the folders above them open for it to pass through."""
     as_user = server_process_user()
     for path in paths if as_user else ():
         shutil.chown(path, as_user["user"])
+        embedded_package().utils.ensure_prefix_permissions(path)
 
 
 def standbys() -> dict[str, Server]:

@@ -49,10 +49,12 @@ def pg_socket_dir(tmp_path_factory) -> Iterator[str]:
     server.cleanup()
 
 
-@pytest.fixture(scope="session")
-def tcp_server(tmp_path_factory) -> Iterator[dict[str, str]]:
-    """A second, separate PostgreSQL (the embedded package's v16 binaries) on a TCP port, password required."""
-    bin_dir, folder = db.embedded_package().utils.POSTGRES_VERSIONS[16], tmp_path_factory.mktemp("tcp")
+@pytest.fixture(scope="session", params=[15, 16], ids=lambda version: f"PostgreSQL {version}")
+def tcp_server(request, tmp_path_factory) -> Iterator[dict[str, str]]:
+    """A second, separate PostgreSQL on a TCP port, password required, of an older version than the
+    embedded server's 18: Debian's 15, the oldest that upstream still supports, and the embedded
+    package's 16."""
+    bin_dir, folder = server_binaries(request.param), tmp_path_factory.mktemp("tcp")
     password, port = f"pw-{uuid.uuid4().hex}", free_port()
     (folder / "pwfile").write_text(password)
     as_user = db.server_process_user()
@@ -87,6 +89,14 @@ def pooler(pg_socket_dir, tmp_path_factory) -> Iterator[dict[str, str]]:
     yield {"host": "127.0.0.1", "port": str(port)}
     process.terminate()
     process.wait()
+
+
+def server_binaries(version: int) -> Path:
+    """The folder of PostgreSQL `version`'s programs: the embedded package's, else Debian's."""
+    embedded = db.embedded_package().utils.POSTGRES_VERSIONS.get(version)
+    if embedded is not None:
+        return embedded
+    return Path(installed_program(f"/usr/lib/postgresql/{version}/bin/postgres", f"postgresql-{version}")).parent
 
 
 def free_port() -> int:
