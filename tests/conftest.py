@@ -336,6 +336,19 @@ def config_file(settings, tmp_path) -> Path:
     return tmp_path / "luigi.cfg"
 
 
+SERVER_VERSION = db.embedded_package().utils.TARGET_POSTGRES_VERSION  # 18; 16 with PGSERVER_POSTGRES_VERSION=16
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A spec marked `server_since` of what the tests' server's version does not have yet skips, naming
+    it, on a developer's machine; on CI, whose server is 18, it would fail instead."""
+    for marker in item.iter_markers("server_since"):
+        version, feature = marker.args
+        if version > SERVER_VERSION:
+            message = f"the tests' server is PostgreSQL {SERVER_VERSION}: {feature} came in {version}"
+            pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+
+
 def installed_program(name: str, package: str) -> str:
     """The program's path. Without it a test is skipped on a developer's machine and fails on CI,
     where `.ci/run` installs it: a test that skipped itself there would pass unseen."""

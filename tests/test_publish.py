@@ -802,6 +802,7 @@ def test_a_live_name_a_dba_gave_to_another_role_is_refused_before_anything_is_st
             dba.cursor().execute(f"ALTER TABLE default_recs OWNER TO {pipeline_role}; DROP ROLE shop_{pipeline_role}")
 
 
+@pytest.mark.server_since(17, "GRANT MAINTAIN")
 def test_a_materialized_view_the_pipelines_role_may_not_refresh_is_named_with_the_grant_that_lets_it(
         pipeline_role, config_file, pg_socket_dir, database):
     run_tasks(WeeklyRecs(week=WEEK))

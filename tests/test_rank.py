@@ -243,6 +243,7 @@ def test_a_dbas_idle_in_transaction_timeout_never_ends_the_ranking_while_it_read
     assert query(conn, f"SELECT count(*) FROM {staged('candidates_ranked')}") == [(6000,)]
 
 
+@pytest.mark.server_since(17, "transaction_timeout")
 def test_a_dbas_transaction_timeout_never_ends_a_shard_that_scores_for_longer(settings, database, pg_socket_dir,
                                                                              conn, monkeypatch):
     """PostgreSQL 17's `transaction_timeout` ends any session whose transaction lasts longer; a shop's
