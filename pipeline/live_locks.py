@@ -244,12 +244,25 @@ def _not_refreshed(conn, view: str, concurrently: bool) -> str | None:
             conn.commit()
         except psycopg2.errors.InsufficientPrivilege:
             conn.rollback()
-            return (f"the pipeline's role may not refresh it (GRANT MAINTAIN ON {view} TO {catalog.current_role(cur)}"
-                    ", PostgreSQL 17 and later; or its owner refreshes it)")
+            return f"the pipeline's role may not refresh it ({_grant_to_refresh(cur, view)})"
         except psycopg2.Error as refused:
             conn.rollback()
             return _why_kept(view, refused)
     return None
+
+
+def _grant_to_refresh(cur, view: str) -> str:
+    """What lets the pipeline's role refresh `view`: `MAINTAIN` on it since PostgreSQL 17; before
+    that, only its owner's rights refresh it, which membership in the owner's role gives."""
+    role = catalog.current_role(cur)
+    if cur.connection.server_version >= _MAINTAIN_SINCE:
+        return f"GRANT MAINTAIN ON {view} TO {role}, PostgreSQL 17 and later; or its owner refreshes it"
+    cur.execute("SELECT quote_ident(pg_get_userbyid(relowner)) FROM pg_class WHERE oid = %s::regclass", (view,))
+    (owner,) = cur.fetchone()
+    return f"GRANT {owner} TO {role}: before PostgreSQL 17 only its owner's rights refresh it; or {owner} refreshes it"
+
+
+_MAINTAIN_SINCE = 170000  # the first `server_version` with the MAINTAIN privilege
 
 
 def drop_obsolete(lock_names: Iterable[str], tables: Iterable[str], week: date, retention: int) -> None:

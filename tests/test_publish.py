@@ -10,6 +10,7 @@ import select
 import unittest.mock
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import timedelta
 
 import psycopg2
@@ -822,6 +823,41 @@ def test_a_materialized_view_the_pipelines_role_may_not_refresh_is_named_with_th
                     f"role may not refresh it (GRANT MAINTAIN ON users_ranked TO {pipeline_role}") in published.stderr
         finally:  # before the pipeline's role and its tables go
             dba.cursor().execute(f"DROP MATERIALIZED VIEW {', '.join(views)}")
+
+
+def test_before_postgresql_17_a_materialized_view_the_pipelines_role_may_not_refresh_names_its_owners_role(
+        tcp_server, tmp_path, sample_week):
+    """Before 17 there is no MAINTAIN to grant: only the view's owner's rights refresh it."""
+    database, role = f"mv_{uuid.uuid4().hex[:8]}", f"recs_{uuid.uuid4().hex[:8]}"
+    superuser = {key: tcp_server[key] for key in ("host", "port", "user", "password")}
+    with closing(psycopg2.connect(**superuser, dbname="postgres")) as server:
+        server.autocommit = True
+        server.cursor().execute(f"CREATE DATABASE {database}")
+        server.cursor().execute(f"CREATE ROLE {role} LOGIN PASSWORD '{role}'")
+    config = tmp_path / "tcp.cfg"
+    config.write_text(f"[postgres]\nhost = {tcp_server['host']}\nport = {tcp_server['port']}\nuser = {role}\n"
+                      f"database = {database}\n[pipeline]\ninput_dir = {sample_week}\nmodel_dir = {tmp_path}\n"
+                      "iterations = 30\nallow_same_files = true\n")
+    with closing(psycopg2.connect(**superuser, dbname=database)) as dba:
+        dba.autocommit = True
+        dba.cursor().execute(f"GRANT CREATE ON SCHEMA public TO {role}")
+        assert run_luigi(config, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK),
+                         env={"PGPASSWORD": role}).returncode == 0
+        dba.cursor().execute("CREATE MATERIALIZED VIEW users_ranked AS SELECT DISTINCT week, user_id FROM"
+                             " candidates_ranked; CREATE UNIQUE INDEX ON users_ranked (week, user_id)")
+
+        published = run_luigi(config, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK),
+                              env={"PGPASSWORD": role})
+
+        assert published.returncode == 0, published.stderr[-2000:]
+        assert query(dba, "SELECT DISTINCT week FROM users_ranked") == [(WEEK,)]
+        assert (f"materialized view users_ranked still holds the rows of before week {NEXT_WEEK}: the pipeline's role"
+                f" may not refresh it (GRANT {tcp_server['user']} TO {role}: before PostgreSQL 17 only its owner's"
+                f" rights refresh it; or {tcp_server['user']} refreshes it)") in published.stderr
+        dba.cursor().execute(f"GRANT {tcp_server['user']} TO {role}")
+        assert run_luigi(config, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK + timedelta(weeks=1)),
+                         env={"PGPASSWORD": role}).returncode == 0
+        assert query(dba, "SELECT DISTINCT week FROM users_ranked") == [(NEXT_WEEK + timedelta(weeks=1),)]
 
 
 def test_constraints_the_dba_put_on_a_live_name_hold_for_every_later_week_or_refuse_it(settings, config_file,
