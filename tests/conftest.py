@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import NoReturn
 
 import luigi
 import luigi.configuration
@@ -340,24 +341,28 @@ SERVER_VERSION = db.embedded_package().utils.TARGET_POSTGRES_VERSION  # 18; 16 w
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """A spec marked `server_since` of what the tests' server's version does not have yet skips, naming
-    it, on a developer's machine; on CI, whose server is 18, it would fail instead."""
+    """A spec marked `server_since` of what the tests' server's version does not have yet is not run
+    (`skipped_off_ci`: CI's server is 18)."""
     for marker in item.iter_markers("server_since"):
         version, feature = marker.args
         if version > SERVER_VERSION:
-            message = f"the tests' server is PostgreSQL {SERVER_VERSION}: {feature} came in {version}"
-            pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+            skipped_off_ci(f"the tests' server is PostgreSQL {SERVER_VERSION}: {feature} came in {version}")
 
 
 def installed_program(name: str, package: str) -> str:
-    """The program's path. Without it a test is skipped on a developer's machine and fails on CI,
-    where `.ci/run` installs it: a test that skipped itself there would pass unseen."""
+    """The program's path; without it the test is not run (`skipped_off_ci`: `.ci/run` installs it)."""
     __tracebackhide__ = True  # the skip is reported at the test's line
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed (apt-get install {package}; .ci/run installs it)"
-        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+        skipped_off_ci(f"{name} is not installed (apt-get install {package}; .ci/run installs it)")
     return path
+
+
+def skipped_off_ci(why: str) -> NoReturn:
+    """A test that cannot run here is skipped on a developer's machine and fails on CI, which has all
+    it needs: a test that skipped itself there would pass unseen."""
+    __tracebackhide__ = True
+    pytest.fail(why) if os.environ.get("CI") else pytest.skip(why)
 
 
 def run_tasks(*tasks: luigi.Task) -> luigi.LuigiStatusCode:
