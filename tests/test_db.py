@@ -123,6 +123,19 @@ def test_a_dbas_statement_timeout_for_the_shops_queries_ends_none_of_the_weeks_a
     assert query(conn, "SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]
 
 
+def test_a_dbas_idle_session_timeout_ends_none_of_the_weeks_sessions(settings, config_file, pg_socket_dir, database,
+                                                                   conn):
+    """A shop ends sessions left idle (`idle_session_timeout`, PostgreSQL 14). A task's connection
+    waits between its statements, outside any transaction, while the driver reads the week through
+    connections of its own: minutes for a shop's week, a millisecond here."""
+    set_for_the_database(pg_socket_dir, database, idle_session_timeout="1ms")
+
+    went_live = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK))
+
+    assert went_live.returncode == 0, went_live.stderr[-2000:]
+    assert query(conn, "SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]
+
+
 def test_a_dbas_connection_limit_on_the_pipelines_role_is_met_with_fewer_read_streams_and_one_too_low_says_so(
         settings, config_file, pipeline_role, pg_socket_dir, database):
     """A shop's DBA caps the pipeline's role so that the web service's pool always finds a connection;
