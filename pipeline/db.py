@@ -56,11 +56,14 @@ class Server:
         waits for another run of the same week (`marking_once`) as long as that one takes. And READ
         COMMITTED: the waiting run must then see the other's marker, which a snapshot taken before
         the wait, as REPEATABLE READ takes it, does not. No `idle_session_timeout`: a task's
-        connection waits, outside any transaction, while the ranker fits or a publish backs off. Where
-        the server's version is known, no `transaction_timeout` either (`_without_transaction_timeout`)."""
+        connection waits, outside any transaction, while the driver reads the week. UTF-8, which the
+        binary `COPY`'s text is written and read in: under another `client_encoding` the server took
+        a week's strings for that encoding's, and they went live garbled. Where the server's version
+        is known, no `transaction_timeout` either (`_without_transaction_timeout`)."""
         lifted = " -c transaction_timeout=0" if server_version >= _TRANSACTION_TIMEOUT_SINCE else ""
         return (f"-c statement_timeout={round(self.statement_timeout * 1000)} -c lock_timeout=0"
-                rf" -c idle_session_timeout=0 -c default_transaction_isolation=read\ committed{lifted}")
+                r" -c idle_session_timeout=0 -c client_encoding=UTF8"
+                rf" -c default_transaction_isolation=read\ committed{lifted}")
 
     def __str__(self) -> str:
         where = f"unix socket {self.host}" if self.host.startswith("/") else f"{self.host}:{self.port}"

@@ -7,9 +7,11 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 
 import psycopg2
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from psycopg2 import sql
 
@@ -134,6 +136,23 @@ def test_a_dbas_idle_session_timeout_ends_none_of_the_weeks_sessions(settings, c
 
     assert went_live.returncode == 0, went_live.stderr[-2000:]
     assert query(conn, "SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]
+
+
+def test_a_dbas_client_encoding_for_the_shops_sessions_changes_none_of_the_weeks_strings(
+        config_file, pg_socket_dir, database, input_dir, reader):
+    """A shop whose older clients speak LATIN1 sets it for the database; the week's text is UTF-8."""
+    popular = pq.read_table(input_dir / "top_popular.parquet")
+    titles = pa.array([f"café n°{item} ✓ 𝄞" for item in popular["item_id"].to_pylist()])
+    pq.write_table(popular.append_column("title", titles), input_dir / "top_popular.parquet")
+    set_for_the_database(pg_socket_dir, database, client_encoding="LATIN1")
+
+    went_live = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK))
+
+    assert went_live.returncode == 0, went_live.stderr[-2000:]
+    with closing(psycopg2.connect(host=pg_socket_dir, dbname=database, user=reader.name, password=reader.name,
+                                  client_encoding="UTF8")) as web_service, web_service.cursor() as cur:
+        cur.execute("SELECT item_id, title FROM default_recs ORDER BY item_id")
+        assert cur.fetchall() == sorted(zip(popular["item_id"].to_pylist(), titles.to_pylist(), strict=True))
 
 
 def test_a_dbas_connection_limit_on_the_pipelines_role_is_met_with_fewer_read_streams_and_one_too_low_says_so(
