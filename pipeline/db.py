@@ -62,7 +62,7 @@ class Server:
         is known, no `transaction_timeout` either (`_without_transaction_timeout`)."""
         lifted = " -c transaction_timeout=0" if server_version >= _TRANSACTION_TIMEOUT_SINCE else ""
         return (f"-c statement_timeout={round(self.statement_timeout * 1000)} -c lock_timeout=0"
-                r" -c idle_session_timeout=0 -c client_encoding=UTF8"
+                " -c idle_session_timeout=0 -c client_encoding=UTF8"
                 rf" -c default_transaction_isolation=read\ committed{lifted}")
 
     def __str__(self) -> str:
