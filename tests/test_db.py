@@ -222,6 +222,23 @@ def test_a_connection_pooler_in_front_of_the_server_stops_the_week_before_any_ta
             "itself") in refused.stderr
 
 
+@pytest.mark.parametrize("tcp_server", [13], indirect=True, ids=["PostgreSQL 13"])
+def test_a_server_older_than_postgresql_14_stops_the_week_before_any_task_saying_so(tcp_server, tmp_path, sample_week):
+    config = tmp_path / "old.cfg"
+    config.write_text(f"[postgres]\nhost = {tcp_server['host']}\nport = {tcp_server['port']}\n"
+                      f"user = {tcp_server['user']}\ndatabase = postgres\n[pipeline]\ninput_dir = {sample_week}\n")
+
+    refused = run_luigi(config, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK),
+                        env={"PGPASSWORD": tcp_server["password"]})
+
+    assert refused.returncode == 35  # scheduling failed: no task ran
+    assert (f"ConnectionError: cannot connect to PostgreSQL at 127.0.0.1:{tcp_server['port']}, database 'postgres'"
+            " as 'weekly': ") in refused.stderr
+    assert ("; the server is older than PostgreSQL 14, the oldest the pipeline runs on: upgrade it, or point "
+            "[postgres] host at one of 14 or later") in refused.stderr
+    assert tcp_server["password"] not in refused.stdout + refused.stderr
+
+
 def test_a_wrong_password_is_refused_without_showing_it(tcp_server, settings):
     settings["postgres"].update(host=tcp_server["host"], port=tcp_server["port"], user=tcp_server["user"],
                                 password="not-the-password-123")
