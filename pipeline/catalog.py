@@ -256,6 +256,21 @@ def current_role(cur) -> str:
     return cur.fetchone()[0]
 
 
+class Creation(NamedTuple):
+    """Where a table named without a schema is made: `schema`, the first of the role's
+    `search_path` that exists (None: none does), and whether the role may make tables there."""
+
+    schema: str | None
+    allowed: bool
+    search_path: str
+
+
+def creation(cur) -> Creation:
+    cur.execute("SELECT current_schema(), coalesce(has_schema_privilege(current_schema(), 'CREATE'), false),"
+                " current_setting('search_path')")
+    return Creation(*cur.fetchone())
+
+
 def foreign_owner(cur, table: str) -> str | None:
     """The role that owns `table`, where the current role does not have its rights (not it, nor a
     role it inherits); None otherwise."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import date
@@ -305,3 +306,32 @@ def _first(mask: pa.Array) -> int:
 def duplicate_key_error(path: Path, key: tuple[str, ...], detail: str) -> ContractError:
     """Turn PostgreSQL's unique-index failure into the contract's words, with its example key."""
     return ContractError(path, ", ".join(key), f"duplicate rows: {detail}")
+
+
+def untranslatable_error(path: Path, message: str, copy_context: str) -> ContractError:
+    """Turn PostgreSQL's refusal of a character that its database's encoding (one that is not UTF8)
+    has none for into the file's words: the row (the `COPY`'s line, the file's rows being its lines in
+    order), and the column whose value there holds the character."""
+    line = re.search(r"line (\d+)", copy_context or "")
+    if line is None:  # the server's messages in another language
+        return ContractError(path, None, f"{message} ({copy_context}): {_NOT_IN_ENCODING}")
+    row = int(line[1])
+    hex_bytes = re.findall(r"0x([0-9a-f]{2})", message)
+    character = bytes.fromhex("".join(hex_bytes)).decode(errors="replace")
+    return ContractError(path, _column_holding(path, row - 1, character), f"row {row:,}: {message}: {_NOT_IN_ENCODING}")
+
+
+_NOT_IN_ENCODING = ("the database's encoding cannot hold it (a database created with ENCODING 'UTF8' holds every "
+                    "character)")
+
+
+def _column_holding(path: Path, index: int, character: str) -> str | None:
+    """The first text column whose value in row `index` of the file holds `character`."""
+    parquet = pq.ParquetFile(path)
+    for group in range(parquet.num_row_groups):
+        rows = parquet.metadata.row_group(group).num_rows
+        if index < rows:
+            row = parquet.read_row_group(group).slice(index, 1).to_pylist()[0]
+            return next((name for name, value in row.items() if isinstance(value, str) and character in value), None)
+        index -= rows
+    return None

@@ -101,6 +101,7 @@ class CheckInputs(WeekTask):
 
         least_kept = config.pipeline().least_rows_kept()  # a setting out of range is refused on a first week too
         with db.connection() as conn, conn.cursor() as cur:
+            refuse_without_schema(cur)
             missing = publish.missing_roles(cur, config.postgres().readers)
             if missing:
                 raise ValueError(f"[postgres] readers: no role named {', '.join(map(repr, missing))} in the database")
@@ -108,6 +109,27 @@ class CheckInputs(WeekTask):
             week.check_can_go_live(cur)
             for task in week.published():
                 task.check_against_live(cur, least_kept)
+
+
+def refuse_without_schema(cur) -> None:
+    """Refuse a week whose tables the role could not make: no schema of its `search_path` exists (a
+    DBA's `"$user"` before its schema), or the first that does is not the role's to create in (the
+    `public` schema of a database it does not own, since PostgreSQL 15). PostgreSQL's own words come
+    at the first table and name neither the role nor the setting."""
+    made = catalog.creation(cur)
+    if made.allowed:
+        return
+    server = config.postgres()
+    role, database = catalog.current_role(cur), server.database
+    if made.schema is None:
+        raise ValueError(f"[postgres] user {role!r} has no schema to make the week's tables in, in database "
+                         f"{database!r}: none of its search_path ({made.search_path}) exists (CREATE SCHEMA {role} "
+                         f"AUTHORIZATION {role}, or ALTER ROLE {role} IN DATABASE {database} SET search_path = a "
+                         "schema it may create in)")
+    raise ValueError(f"[postgres] user {role!r} may not make tables in schema {made.schema!r}, the first of its "
+                     f"search_path ({made.search_path}) that exists in database {database!r} (GRANT CREATE ON "
+                     f"SCHEMA {made.schema} TO {role}, or ALTER ROLE {role} IN DATABASE {database} SET search_path "
+                     "= a schema of its own)")
 
 
 class LoadTask(StagingTask):
@@ -133,6 +155,8 @@ class LoadTask(StagingTask):
         except psycopg2.errors.UniqueViolation as error:
             raise contracts.duplicate_key_error(path, contract.unique_key(schema.names),
                                                 error.diag.message_detail) from None
+        except psycopg2.errors.UntranslatableCharacter as error:
+            raise contracts.untranslatable_error(path, error.diag.message_primary, error.diag.context) from None
 
     def input_file(self) -> tuple[Path, pq.ParquetFile, str]:
         """The week's file, open, and its footer digest."""

@@ -190,10 +190,14 @@ def published_week(pg_socket_dir, sample_week, tmp_path_factory) -> Iterator[str
 
 @pytest.fixture
 def database(pg_socket_dir, request) -> Iterator[str]:
-    """A database of the test's own: empty, or for a test marked `published_week` a copy of that one."""
+    """A database of the test's own: empty, or for a test marked `published_week` a copy of that one,
+    or for one marked `database_encoding` empty in that encoding."""
     name = f"test_{uuid.uuid4().hex[:12]}"
-    marked = request.node.get_closest_marker("published_week")
-    template = f' TEMPLATE "{request.getfixturevalue("published_week")}"' if marked else ""
+    template = ""
+    if request.node.get_closest_marker("published_week"):
+        template = f' TEMPLATE "{request.getfixturevalue("published_week")}"'
+    if encoding := request.node.get_closest_marker("database_encoding"):
+        template = f" TEMPLATE template0 ENCODING '{encoding.args[0]}' LOCALE 'C'"
     with admin_connection(pg_socket_dir) as admin:
         admin.cursor().execute(f'CREATE DATABASE "{name}"{template}')
     yield name

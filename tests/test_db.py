@@ -155,6 +155,29 @@ def test_a_dbas_client_encoding_for_the_shops_sessions_changes_none_of_the_weeks
         assert cur.fetchall() == sorted(zip(popular["item_id"].to_pylist(), titles.to_pylist(), strict=True))
 
 
+@pytest.mark.database_encoding("LATIN1")
+def test_a_character_a_latin1_database_cannot_hold_stops_the_week_naming_file_row_and_column_and_the_live_week_stays(
+        config_file, input_dir, reader):
+    """A shop's older database, made in LATIN1: what LATIN1 holds goes live as it was in the file, and a
+    file with a character it has none for is refused, before anything of the week goes live."""
+    popular = pq.read_table(input_dir / "top_popular.parquet")
+    titles = [f"café n°{item}" for item in popular["item_id"].to_pylist()]
+    pq.write_table(popular.append_column("title", pa.array(titles)), input_dir / "top_popular.parquet")
+    went_live = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK))
+    assert went_live.returncode == 0, went_live.stderr[-2000:]
+    pq.write_table(popular.append_column("title", pa.array([*titles[:2], titles[2] + " ✓", *titles[3:]])),
+                   input_dir / "top_popular.parquet")
+
+    refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK))
+
+    assert refused.returncode != 0
+    assert (f"{input_dir / 'top_popular.parquet'}, column 'title': row 3: character with byte sequence 0xe2 0x9c "
+            '0x93 in encoding "UTF8" has no equivalent in encoding "LATIN1": the database\'s encoding cannot hold it'
+            ) in refused.stderr, refused.stderr[-3000:]
+    assert reader.read("SELECT DISTINCT week FROM default_recs") == [(WEEK,)]
+    assert sorted(reader.read("SELECT title FROM default_recs")) == sorted((title,) for title in titles)
+
+
 def test_a_dbas_connection_limit_on_the_pipelines_role_is_met_with_fewer_read_streams_and_one_too_low_says_so(
         settings, config_file, pipeline_role, pg_socket_dir, database):
     """A shop's DBA caps the pipeline's role so that the web service's pool always finds a connection;
