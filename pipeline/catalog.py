@@ -1,7 +1,8 @@
 """What PostgreSQL's catalog says of a table: what it is (its kind, columns, comment, partitions, disk,
 tuning), and what others built on it, which a week going live must keep: views and SQL functions,
 grants, constraints, indexes and statistics a DBA made, the tables its foreign keys reference, the
-publications that carry it. Reads only; `pipeline.publish` makes the changes.
+publications that carry it; and which of PostgreSQL's later features the server has. Reads only;
+`pipeline.publish` makes the changes.
 """
 
 from __future__ import annotations
@@ -9,6 +10,14 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from psycopg2 import sql
+
+SINCE = {"transaction_timeout": 170000, "MAINTAIN": 170000, "ANALYZE ONLY": 180000}
+"""The first `server_version` of each thing the pipeline uses only where the server has it (it runs
+on PostgreSQL 14 and later)."""
+
+
+def server_has(server_version: int, feature: str) -> bool:
+    return server_version >= SINCE[feature]
 
 
 def kind(cur, table: str) -> str | None:

@@ -31,7 +31,7 @@ import pyarrow.csv as pacsv
 from luigi.contrib.postgres import PostgresTarget
 from psycopg2 import sql
 
-from pipeline import config, pgcopy, publish
+from pipeline import catalog, config, pgcopy, publish
 
 log = logging.getLogger("luigi-interface")
 
@@ -60,7 +60,7 @@ class Server:
         binary `COPY`'s text is written and read in: under another `client_encoding` the server took
         a week's strings for that encoding's, and they went live garbled. Where the server's version
         is known, no `transaction_timeout` either (`_without_transaction_timeout`)."""
-        lifted = " -c transaction_timeout=0" if server_version >= _TRANSACTION_TIMEOUT_SINCE else ""
+        lifted = " -c transaction_timeout=0" if catalog.server_has(server_version, "transaction_timeout") else ""
         return (f"-c statement_timeout={round(self.statement_timeout * 1000)} -c lock_timeout=0"
                 " -c idle_session_timeout=0 -c client_encoding=UTF8"
                 rf" -c default_transaction_isolation=read\ committed{lifted}")
@@ -121,12 +121,11 @@ class Server:
             host=self.host, port=self.port, dbname=self.database, user=self.user, password=self.password,
             connect_timeout=10, target_session_attrs=self.session, options=self.options(),
         ), psycopg2.OperationalError)
-        if conn.server_version >= _TRANSACTION_TIMEOUT_SINCE:
+        if catalog.server_has(conn.server_version, "transaction_timeout"):
             _without_transaction_timeout(conn)
         return conn
 
 
-_TRANSACTION_TIMEOUT_SINCE = 170000  # the first `server_version` with `transaction_timeout`
 SLOT_WAIT = 2.0  # seconds a connection refused for want of a slot is tried again for (`Server.opened`)
 _Connection = TypeVar("_Connection")
 

@@ -255,14 +255,11 @@ def _grant_to_refresh(cur, view: str) -> str:
     """What lets the pipeline's role refresh `view`: `MAINTAIN` on it since PostgreSQL 17; before
     that, only its owner's rights refresh it, which membership in the owner's role gives."""
     role = catalog.current_role(cur)
-    if cur.connection.server_version >= _MAINTAIN_SINCE:
+    if catalog.server_has(cur.connection.server_version, "MAINTAIN"):
         return f"GRANT MAINTAIN ON {view} TO {role}, PostgreSQL 17 and later; or its owner refreshes it"
     cur.execute("SELECT quote_ident(pg_get_userbyid(relowner)) FROM pg_class WHERE oid = %s::regclass", (view,))
     (owner,) = cur.fetchone()
     return f"GRANT {owner} TO {role}: before PostgreSQL 17 only its owner's rights refresh it; or {owner} refreshes it"
-
-
-_MAINTAIN_SINCE = 170000  # the first `server_version` with the MAINTAIN privilege
 
 
 def drop_obsolete(lock_names: Iterable[str], tables: Iterable[str], week: date, retention: int) -> None:

@@ -318,7 +318,7 @@ def analyze(cur, name: str) -> None:
     """The planner's statistics of `name`. For a live name, its own, over the week attached, which
     autovacuum never gathers for a partitioned table, and which the planner reads for every join
     and grouping over the name; not its partition's again where the server can leave them out."""
-    only = catalog.kind(cur, name) == "p" and cur.connection.server_version >= 180000  # ANALYZE ONLY came in 18
+    only = catalog.kind(cur, name) == "p" and catalog.server_has(cur.connection.server_version, "ANALYZE ONLY")
     cur.execute(sql.SQL("ANALYZE {}{}").format(sql.SQL("ONLY " if only else ""), sql.Identifier(name)))
 
 
