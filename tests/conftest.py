@@ -326,6 +326,16 @@ def week_settings(socket_dir: str, database: str, input_dir: Path, folder: Path)
                          "retention": "4", "allow_same_files": "true"}}
 
 
+def tcp_config(server: dict[str, str], folder: Path, input_dir: Path, **postgres: str) -> Path:
+    """A config file in `folder` for `luigi` run against `server` (`tcp_server`'s: its superuser and
+    database `postgres`, unless `postgres` says otherwise) on `input_dir`'s files, as `week_settings`:
+    its pid files in `folder`, as the same command may run in another test at the same time."""
+    settings = week_settings(server["host"], "postgres", input_dir, folder)
+    settings["postgres"].update({"port": server["port"], "user": server["user"], **postgres})
+    write_settings(settings, folder / "tcp.cfg")
+    return folder / "tcp.cfg"
+
+
 def apply_settings(values: dict[str, dict[str, str]], path: Path | None = None) -> None:
     config = luigi.configuration.get_config()
     for section, keys in values.items():

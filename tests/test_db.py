@@ -28,6 +28,7 @@ from tests.conftest import (
     run_luigi,
     run_tasks,
     set_for_the_database,
+    tcp_config,
 )
 
 
@@ -62,11 +63,7 @@ def current_database() -> str:
 
 
 def test_a_week_runs_against_a_separate_server_over_tcp_with_a_password(tcp_server, tmp_path, sample_week):
-    config = tmp_path / "tcp.cfg"
-    config.write_text(
-        f"[postgres]\nhost = {tcp_server['host']}\nport = {tcp_server['port']}\n"
-        f"user = {tcp_server['user']}\ndatabase = postgres\n"
-        f"[pipeline]\ninput_dir = {sample_week}\nmodel_dir = {tmp_path / 'models'}\niterations = 30\n")
+    config = tcp_config(tcp_server, tmp_path, sample_week)
 
     result = run_luigi(config, "WeeklyRecs", "--local-scheduler", "--week", "2026-11-21",
                        env={"PGPASSWORD": tcp_server["password"]})
@@ -247,9 +244,7 @@ def test_a_connection_pooler_in_front_of_the_server_stops_the_week_before_any_ta
 
 @pytest.mark.parametrize("tcp_server", [13], indirect=True, ids=["PostgreSQL 13"])
 def test_a_server_older_than_postgresql_14_stops_the_week_before_any_task_saying_so(tcp_server, tmp_path, sample_week):
-    config = tmp_path / "old.cfg"
-    config.write_text(f"[postgres]\nhost = {tcp_server['host']}\nport = {tcp_server['port']}\n"
-                      f"user = {tcp_server['user']}\ndatabase = postgres\n[pipeline]\ninput_dir = {sample_week}\n")
+    config = tcp_config(tcp_server, tmp_path, sample_week)
 
     refused = run_luigi(config, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK),
                         env={"PGPASSWORD": tcp_server["password"]})

@@ -36,6 +36,7 @@ from tests.conftest import (
     run_module,
     run_tasks,
     staged,
+    tcp_config,
 )
 
 SERVED = ("default_recs", "online_recs", "candidates_ranked", "model_metrics")
@@ -865,10 +866,7 @@ def test_before_postgresql_17_a_materialized_view_the_pipelines_role_may_not_ref
         server.autocommit = True
         server.cursor().execute(f"CREATE DATABASE {database}")
         server.cursor().execute(f"CREATE ROLE {role} LOGIN PASSWORD '{role}'")
-    config = tmp_path / "tcp.cfg"
-    config.write_text(f"[postgres]\nhost = {tcp_server['host']}\nport = {tcp_server['port']}\nuser = {role}\n"
-                      f"database = {database}\n[pipeline]\ninput_dir = {sample_week}\nmodel_dir = {tmp_path}\n"
-                      "iterations = 30\nallow_same_files = true\n")
+    config = tcp_config(tcp_server, tmp_path, sample_week, user=role, database=database)
     with closing(psycopg2.connect(**superuser, dbname=database)) as dba:
         dba.autocommit = True
         dba.cursor().execute(f"GRANT CREATE ON SCHEMA public TO {role}")

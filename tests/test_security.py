@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import apply_settings, query, run_luigi
+from tests.conftest import apply_settings, query, run_luigi, tcp_config
 
 INJECTION = 'default_recs"; DROP TABLE table_updates; --'
 
@@ -49,10 +49,8 @@ def test_a_configured_table_name_is_used_as_given(settings, config_file, conn):
 @pytest.mark.parametrize("password_from", ["environment", "config file"])
 def test_the_database_password_never_reaches_the_output(tcp_server, tmp_path, input_dir, password_from):
     (input_dir / "similar.parquet").unlink()  # a failing run prints tracebacks: the most to leak from
-    config = tmp_path / "tcp.cfg"
-    in_file = f"password = {tcp_server['password']}\n" if password_from == "config file" else ""
-    config.write_text(f"[postgres]\nhost = 127.0.0.1\nport = {tcp_server['port']}\nuser = {tcp_server['user']}\n"
-                      f"{in_file}[pipeline]\ninput_dir = {input_dir}\nmodel_dir = {tmp_path}\n")
+    in_file = {"password": tcp_server["password"]} if password_from == "config file" else {}
+    config = tcp_config(tcp_server, tmp_path, input_dir, **in_file)
     env = {"PGPASSWORD": tcp_server["password"]} if password_from == "environment" else {}
 
     failed = run_luigi(config, "WeeklyRecs", "--local-scheduler", "--week", "2026-10-03", env=env)
