@@ -314,7 +314,8 @@ def untranslatable_error(path: Path, message: str, copy_context: str) -> Contrac
     order), and the column whose value there holds the character."""
     line = re.search(r"line (\d+)", copy_context or "")
     if line is None:  # the server's messages in another language
-        return ContractError(path, None, f"{message} ({copy_context}): {_NOT_IN_ENCODING}")
+        where = f" ({copy_context.splitlines()[0]})" if copy_context else ""
+        return ContractError(path, None, f"{message}{where}: {_NOT_IN_ENCODING}")
     row = int(line[1])
     hex_bytes = re.findall(r"0x([0-9a-f]{2})", message)
     character = bytes.fromhex("".join(hex_bytes)).decode(errors="replace")

@@ -119,8 +119,7 @@ def refuse_without_schema(cur) -> None:
     made = catalog.creation(cur)
     if made.allowed:
         return
-    server = config.postgres()
-    role, database = catalog.current_role(cur), server.database
+    role, database = catalog.current_role(cur), config.postgres().database
     if made.schema is None:
         raise ValueError(f"[postgres] user {role!r} has no schema to make the week's tables in, in database "
                          f"{database!r}: none of its search_path ({made.search_path}) exists (CREATE SCHEMA {role} "
