@@ -58,11 +58,13 @@ class Server:
         the wait, as REPEATABLE READ takes it, does not. No `idle_session_timeout`: a task's
         connection waits, outside any transaction, while the driver reads the week. UTF-8, which the
         binary `COPY`'s text is written and read in: under another `client_encoding` the server took
-        a week's strings for that encoding's, and they went live garbled. Where the server's version
-        is known, no `transaction_timeout` either (`_without_transaction_timeout`)."""
+        a week's strings for that encoding's, and they went live garbled. Writable transactions, which
+        a database made read-only by default for its other sessions refused: libpq took it for a
+        standby (a standby's recovery still refuses writes, and libpq the standby). Where the server's
+        version is known, no `transaction_timeout` either (`_without_transaction_timeout`)."""
         lifted = " -c transaction_timeout=0" if catalog.server_has(server_version, "transaction_timeout") else ""
         return (f"-c statement_timeout={round(self.statement_timeout * 1000)} -c lock_timeout=0"
-                " -c idle_session_timeout=0 -c client_encoding=UTF8"
+                " -c idle_session_timeout=0 -c client_encoding=UTF8 -c default_transaction_read_only=off"
                 rf" -c default_transaction_isolation=read\ committed{lifted}")
 
     def __str__(self) -> str:

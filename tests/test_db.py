@@ -135,6 +135,18 @@ def test_a_dbas_idle_session_timeout_ends_none_of_the_weeks_sessions(settings, c
     assert query(conn, "SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]
 
 
+def test_a_database_read_only_by_default_for_the_shops_sessions_takes_the_week_as_pg_restore_would(
+        config_file, pg_socket_dir, database, reader):
+    """A DBA keeps analysts' sessions from writing by default (`default_transaction_read_only`); the
+    pipeline, like `pg_restore`, writes regardless. libpq took such a database for a standby."""
+    set_for_the_database(pg_socket_dir, database, default_transaction_read_only="on")
+
+    went_live = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK))
+
+    assert went_live.returncode == 0, went_live.stderr[-2000:]
+    assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]
+
+
 def test_a_dbas_client_encoding_for_the_shops_sessions_changes_none_of_the_weeks_strings(
         config_file, pg_socket_dir, database, input_dir, reader):
     """A shop whose older clients speak LATIN1 sets it for the database; the week's text is UTF-8."""
