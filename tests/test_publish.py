@@ -378,7 +378,7 @@ def test_the_live_names_go_where_the_pipelines_role_is_pointed_with_a_same_named
 
 
 def test_a_role_with_no_schema_to_make_tables_in_is_refused_before_anything_naming_the_role_and_what_to_do(
-        pipeline_role, config_file, pg_socket_dir, database):
+        pipeline_role, reader, config_file, pg_socket_dir, database):
     """PostgreSQL 15 and later give no role but the database's owner `CREATE` on `public`, and a DBA
     may point the role at a schema not made yet; PostgreSQL's own words name neither."""
     role = pipeline_role
@@ -388,7 +388,8 @@ def test_a_role_with_no_schema_to_make_tables_in_is_refused_before_anything_nami
         dba.cursor().execute(f"ALTER ROLE {role} IN DATABASE {database} SET search_path = \"$user\"")
         no_schema = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK))
         made_nothing = query(dba, "SELECT count(*) FROM pg_class WHERE relowner = %s::regrole", role)
-        dba.cursor().execute(f"CREATE SCHEMA {role} AUTHORIZATION {role}")
+        dba.cursor().execute(f"CREATE SCHEMA {role} AUTHORIZATION {role};"
+                             f" GRANT USAGE ON SCHEMA {role} TO {reader.name}")
         went_live = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK))
 
         assert not_allowed.returncode == 30
@@ -403,7 +404,7 @@ def test_a_role_with_no_schema_to_make_tables_in_is_refused_before_anything_nami
                 ) in no_schema.stderr, no_schema.stderr[-3000:]
         assert made_nothing == [(0,)]
         assert went_live.returncode == 0, went_live.stderr[-2000:]
-        assert query(dba, f"SELECT DISTINCT week FROM {role}.candidates_ranked") == [(WEEK,)]
+        assert reader.read(f"SELECT DISTINCT week FROM {role}.candidates_ranked") == [(WEEK,)]
 
 
 @pytest.mark.published_week
