@@ -311,12 +311,14 @@ def duplicate_key_error(path: Path, key: tuple[str, ...], detail: str) -> Contra
 def untranslatable_error(path: Path, message: str, copy_context: str) -> ContractError:
     """Turn PostgreSQL's refusal of a character that its database's encoding (one that is not UTF8)
     has none for into the file's words: the row (the `COPY`'s line, the file's rows being its lines in
-    order), and the column whose value there holds the character."""
-    line = re.search(r"line (\d+)", copy_context or "")
-    if line is None:  # the server's messages in another language
-        where = f" ({copy_context.splitlines()[0]})" if copy_context else ""
-        return ContractError(path, None, f"{message}{where}: {_NOT_IN_ENCODING}")
-    row = int(line[1])
+    order), and the column whose value there holds the character. The context is `COPY <table>, line
+    <n>` in the server's language (`COPY <table>, Zeile <n>`, `<table>のCOPY、行 <n>`): the line is
+    the first number after the table's name."""
+    after_table = re.split(r", |、", copy_context.splitlines()[0], maxsplit=1)[1:] if copy_context else []
+    line = re.search(r"\d+", after_table[0]) if after_table else None
+    if line is None:
+        return ContractError(path, None, f"{message}: {_NOT_IN_ENCODING}")
+    row = int(line[0])
     hex_bytes = re.findall(r"0x([0-9a-f]{2})", message)
     character = bytes.fromhex("".join(hex_bytes)).decode(errors="replace")
     return ContractError(path, _column_holding(path, row - 1, character), f"row {row:,}: {message}: {_NOT_IN_ENCODING}")

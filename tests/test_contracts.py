@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import config
-from pipeline.contracts import CANDIDATES_TRAIN, ContractError, check_positives, footer_digest
+from pipeline.contracts import CANDIDATES_TRAIN, ContractError, check_positives, footer_digest, untranslatable_error
 from tests.conftest import NEXT_WEEK, WEEK, apply_settings, live_state, query, run_luigi
 
 TASK_FAILED = 30  # [retcode] task_failed in luigi.cfg
@@ -407,3 +407,21 @@ def test_the_positives_check_splits_as_the_ranker_does_when_it_holds_out_the_lat
     assert str(refused.value) == (f"{path}, column 'target': {positive_users} users have a positive: {latest_positive} "
                                   f"in the latest outcome week (2026-11-14) and {positive_users - latest_positive} "
                                   "to train on; each needs at least 5")
+
+
+@pytest.mark.parametrize("context", ["COPY default_recs__staged_20261128, line 3",
+                                     "COPY default_recs__staged_20261128, Zeile 3",
+                                     "default_recs__staged_20261128のCOPY、行 3"],
+                         ids=["English", "German", "Japanese"])
+def test_a_character_the_database_cannot_hold_is_named_by_row_and_column_whatever_the_servers_language(
+        tmp_path, context):
+    """PostgreSQL names the `COPY`'s line in its own language; the file's row 3 is in its second row group."""
+    path = tmp_path / "top_popular.parquet"
+    pq.write_table(pa.table({"item_id": [1, 2, 3], "note": ["a", "b", "c"], "title": ["x", "y ✓", "café ✓"]}), path,
+                   row_group_size=2)
+    message = "Zeichen mit Byte-Folge 0xe2 0x9c 0x93 in Kodierung »UTF8« hat keine Entsprechung in Kodierung »LATIN1«"
+
+    error = untranslatable_error(path, message, context)
+
+    assert str(error) == (f"{path}, column 'title': row 3: {message}: the database's encoding cannot hold it (a "
+                          "database created with ENCODING 'UTF8' holds every character)")
