@@ -58,13 +58,12 @@ class Server:
         the wait, as REPEATABLE READ takes it, does not. No `idle_session_timeout`: a task's
         connection waits, outside any transaction, while the driver reads the week. UTF-8, which the
         binary `COPY`'s text is written and read in: under another `client_encoding` the server took
-        a week's strings for that encoding's, and they went live garbled. Writable transactions, which
-        a database made read-only by default for its other sessions refused: libpq took it for a
-        standby (a standby's recovery still refuses writes, and libpq the standby). Where the server's
-        version is known, no `transaction_timeout` either (`_without_transaction_timeout`)."""
+        a week's strings for that encoding's, and they went live garbled. Not `default_transaction_read_only`:
+        a DBA who makes a database read-only by default keeps writers out of it (`_why_read_only`). Where
+        the server's version is known, no `transaction_timeout` either (`_without_transaction_timeout`)."""
         lifted = " -c transaction_timeout=0" if catalog.server_has(server_version, "transaction_timeout") else ""
         return (f"-c statement_timeout={round(self.statement_timeout * 1000)} -c lock_timeout=0"
-                " -c idle_session_timeout=0 -c client_encoding=UTF8 -c default_transaction_read_only=off"
+                " -c idle_session_timeout=0 -c client_encoding=UTF8"
                 rf" -c default_transaction_isolation=read\ committed{lifted}")
 
     def __str__(self) -> str:
@@ -84,8 +83,7 @@ class Server:
         the pipeline knows it."""
         reason = redact(first_line(error), self.password)
         if "read-only" in reason:
-            reason += ("; a standby takes no writes: point [postgres] host at the primary, or list the servers "
-                       "(host = db1,db2) and the pipeline takes the one that is")
+            reason += self._why_read_only()
         if "unsupported startup parameter" in reason:
             reason += ("; the pipeline sets its own statement_timeout, lock_timeout and isolation in libpq's options, "
                        "which this connection pooler refuses: point [postgres] host at PostgreSQL itself (a pooler "
@@ -98,6 +96,25 @@ class Server:
                        "task's, and a whole-table read's or one that looks for the readers of the tables it waits "
                        "for): lower read_streams or --workers, or raise the role's CONNECTION LIMIT")
         return ConnectionError(f"cannot connect to {self}: {reason}")
+
+    def _why_read_only(self) -> str:
+        """libpq's `session is read-only` is said alike of a standby and of a primary whose sessions a
+        DBA made read-only by default (`default_transaction_read_only`, for the database or the role:
+        a database being migrated away, a logical replica); a session that may be read-only tells
+        which. The pipeline never overrides the latter: the DBA exempts its role."""
+        try:
+            with closing(dataclasses.replace(self, session="any").connect()) as conn, conn.cursor() as cur:
+                cur.execute("SELECT pg_is_in_recovery()")
+                (standby,) = cur.fetchone()
+        except ConnectionError:
+            standby = True
+        if standby:
+            return ("; a standby takes no writes: point [postgres] host at the primary, or list the servers "
+                    "(host = db1,db2) and the pipeline takes the one that is")
+        return (f"; not a standby: a DBA made the sessions of {self.user!r} in database {self.database!r} read-only "
+                "by default (default_transaction_read_only = on, for the database or the role), which keeps writers "
+                f"out; to let the pipeline write: ALTER ROLE {self.user} IN DATABASE {self.database} SET "
+                "default_transaction_read_only = off")
 
     def opened(self, open_connection: Callable[[], _Connection], refusal: type[Exception]) -> _Connection:
         """What `open_connection` opens; a `refusal` it raises becomes `refused`. One refused for want
