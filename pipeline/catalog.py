@@ -260,30 +260,34 @@ def referenced(cur, table: str) -> list[str]:
 
 
 def current_role(cur) -> str:
-    """The role the pipeline's statements run as, for the grants a message asks a DBA for."""
-    cur.execute("SELECT current_user")
+    """The role the pipeline's statements run as, spelled as SQL needs it (`quote_ident`): the grants
+    a message asks a DBA for run as pasted, whatever the role's name."""
+    cur.execute("SELECT quote_ident(current_user)")
     return cur.fetchone()[0]
 
 
 class Creation(NamedTuple):
     """Where a table named without a schema is made: `schema`, the first of the role's
-    `search_path` that exists (None: none does), and whether the role may make tables there."""
+    `search_path` that exists (None: none does), and whether the role may make tables there; with
+    the role and the database, each name spelled as SQL needs it, for the grant that lets it."""
 
     schema: str | None
     allowed: bool
     search_path: str
+    role: str
+    database: str
 
 
 def creation(cur) -> Creation:
-    cur.execute("SELECT current_schema(), coalesce(has_schema_privilege(current_schema(), 'CREATE'), false),"
-                " current_setting('search_path')")
+    cur.execute("SELECT quote_ident(current_schema()), coalesce(has_schema_privilege(current_schema(), 'CREATE'),"
+                " false), current_setting('search_path'), quote_ident(current_user), quote_ident(current_database())")
     return Creation(*cur.fetchone())
 
 
 def foreign_owner(cur, table: str) -> str | None:
-    """The role that owns `table`, where the current role does not have its rights (not it, nor a
-    role it inherits); None otherwise."""
-    cur.execute("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = to_regclass(%s)"
+    """The role that owns `table`, spelled as SQL needs it, where the current role does not have its
+    rights (not it, nor a role it inherits); None otherwise."""
+    cur.execute("SELECT quote_ident(pg_get_userbyid(relowner)) FROM pg_class WHERE oid = to_regclass(%s)"
                 " AND NOT pg_has_role(current_user, relowner, 'USAGE')", (f'"{table}"',))
     found = cur.fetchone()
     return found[0] if found else None

@@ -104,17 +104,17 @@ class Server:
         which. The pipeline never overrides the latter: the DBA exempts its role."""
         try:
             with closing(dataclasses.replace(self, session="any").connect()) as conn, conn.cursor() as cur:
-                cur.execute("SELECT pg_is_in_recovery()")
-                (standby,) = cur.fetchone()
+                cur.execute("SELECT pg_is_in_recovery(), quote_ident(current_user), quote_ident(current_database())")
+                standby, role, database = cur.fetchone()
         except ConnectionError:
             standby = True
         if standby:
             return ("; a standby takes no writes: point [postgres] host at the primary, or list the servers "
                     "(host = db1,db2) and the pipeline takes the one that is")
-        return (f"; not a standby: a DBA made the sessions of {self.user!r} in database {self.database!r} read-only "
-                "by default (default_transaction_read_only = on, for the database or the role), which keeps writers "
-                f"out; to let the pipeline write: ALTER ROLE {self.user} IN DATABASE {self.database} SET "
-                "default_transaction_read_only = off")
+        return (f"; not a standby: a DBA made the sessions of {role} in database {database} read-only by default "
+                "(default_transaction_read_only = on, for the database or the role), which keeps writers out; to "
+                f"let the pipeline write: ALTER ROLE {role} IN DATABASE {database} SET default_transaction_read_only "
+                "= off")
 
     def opened(self, open_connection: Callable[[], _Connection], refusal: type[Exception]) -> _Connection:
         """What `open_connection` opens; a `refusal` it raises becomes `refused`. One refused for want

@@ -119,14 +119,14 @@ def refuse_without_schema(cur) -> None:
     made = catalog.creation(cur)
     if made.allowed:
         return
-    role, database = catalog.current_role(cur), config.postgres().database
+    role, database = made.role, made.database
     if made.schema is None:
-        raise ValueError(f"[postgres] user {role!r} has no schema to make the week's tables in, in database "
-                         f"{database!r}: none of its search_path ({made.search_path}) exists (CREATE SCHEMA {role} "
+        raise ValueError(f"[postgres] user {role} has no schema to make the week's tables in, in database "
+                         f"{database}: none of its search_path ({made.search_path}) exists (CREATE SCHEMA {role} "
                          f"AUTHORIZATION {role}, or ALTER ROLE {role} IN DATABASE {database} SET search_path = a "
                          "schema it may create in)")
-    raise ValueError(f"[postgres] user {role!r} may not make tables in schema {made.schema!r}, the first of its "
-                     f"search_path ({made.search_path}) that exists in database {database!r} (GRANT CREATE ON "
+    raise ValueError(f"[postgres] user {role} may not make tables in schema {made.schema}, the first of its "
+                     f"search_path ({made.search_path}) that exists in database {database} (GRANT CREATE ON "
                      f"SCHEMA {made.schema} TO {role}, or ALTER ROLE {role} IN DATABASE {database} SET search_path "
                      "= a schema of its own)")
 

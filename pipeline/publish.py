@@ -195,11 +195,12 @@ def build_beside(cur, table: str) -> None:
     place = catalog.tablespace(cur, table)
     if place is None:
         return
-    cur.execute("SELECT has_tablespace_privilege(%s, 'CREATE'), current_user", (place,))
-    allowed, role = cur.fetchone()
+    cur.execute("SELECT has_tablespace_privilege(%s, 'CREATE'), quote_ident(%s), quote_ident(current_user)",
+                (place, place))
+    allowed, spelled, role = cur.fetchone()
     if not allowed:
-        raise PermissionError(f"{table}: its weeks belong on tablespace {place}, where the pipeline's role may not "
-                              f"create tables (GRANT CREATE ON TABLESPACE {place} TO {role})")
+        raise PermissionError(f"{table}: its weeks belong on tablespace {spelled}, where the pipeline's role may not "
+                              f"create tables (GRANT CREATE ON TABLESPACE {spelled} TO {role})")
     cur.execute(sql.SQL("SET LOCAL default_tablespace = {}").format(sql.Identifier(place)))
 
 

@@ -264,16 +264,17 @@ def reader(pg_socket_dir, database, settings, tmp_path) -> Iterator[Reader]:
 
 
 @pytest.fixture
-def pipeline_role(settings, config_file, pg_socket_dir, database) -> Iterator[str]:
-    """The pipeline as a shop runs it: a login role that owns its tables and is no superuser."""
-    role = f"recs_{uuid.uuid4().hex[:8]}"
+def pipeline_role(request, settings, config_file, pg_socket_dir, database) -> Iterator[str]:
+    """The pipeline as a shop runs it: a login role that owns its tables and is no superuser, named
+    `recs_...` or, parametrised indirectly, by a name SQL must quote (`"Shop Recs_..."`)."""
+    role = f"{getattr(request, 'param', 'recs')}_{uuid.uuid4().hex[:8]}"
     with admin_connection(pg_socket_dir, database) as admin:
-        admin.cursor().execute(f"CREATE ROLE {role} LOGIN; GRANT CREATE ON SCHEMA public TO {role}")
+        admin.cursor().execute(f'CREATE ROLE "{role}" LOGIN; GRANT CREATE ON SCHEMA public TO "{role}"')
         settings["postgres"]["user"] = role
         apply_settings(settings, config_file)
         yield role
         admin.cursor().execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
-        admin.cursor().execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+        admin.cursor().execute(f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')
 
 
 @pytest.fixture

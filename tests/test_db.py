@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -135,21 +136,25 @@ def test_a_dbas_idle_session_timeout_ends_none_of_the_weeks_sessions(settings, c
     assert query(conn, "SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]
 
 
+@pytest.mark.parametrize("pipeline_role", ["Shop Recs"], indirect=True)
 def test_a_database_read_only_by_default_stops_the_week_saying_so_and_takes_it_once_the_role_is_exempted(
-        config_file, pg_socket_dir, database, reader):
+        pipeline_role, config_file, pg_socket_dir, database, reader):
     """A DBA makes a database read-only by default to keep writers out (one being migrated away, a
-    logical replica): the pipeline respects it, and says so in place of libpq's words of a standby."""
+    logical replica): the pipeline respects it, and says so in place of libpq's words of a standby,
+    with the exemption spelled to run as pasted (the role's name is one SQL must quote)."""
+    role = f'"{pipeline_role}"'
     set_for_the_database(pg_socket_dir, database, default_transaction_read_only="on")
 
     refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK))
+    advised = re.search(r"to let the pipeline write: (ALTER ROLE .+? = off)", refused.stderr)
     with admin_connection(pg_socket_dir) as dba:  # from another database: this one's sessions are read-only
-        dba.cursor().execute(f"ALTER ROLE postgres IN DATABASE {database} SET default_transaction_read_only = off")
+        dba.cursor().execute(advised[1])
     went_live = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK))
 
     assert refused.returncode == 35  # scheduling failed: no task ran
-    assert (f"session is read-only; not a standby: a DBA made the sessions of 'postgres' in database {database!r} "
+    assert (f"session is read-only; not a standby: a DBA made the sessions of {role} in database {database} "
             "read-only by default (default_transaction_read_only = on, for the database or the role), which keeps "
-            f"writers out; to let the pipeline write: ALTER ROLE postgres IN DATABASE {database} SET "
+            f"writers out; to let the pipeline write: ALTER ROLE {role} IN DATABASE {database} SET "
             "default_transaction_read_only = off") in refused.stderr, refused.stderr[-3000:]
     assert "a standby takes no writes" not in refused.stderr
     assert went_live.returncode == 0, went_live.stderr[-2000:]
