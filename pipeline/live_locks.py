@@ -71,9 +71,11 @@ class Blocker:
                 f"{self.relation}{where}")
 
 
-def bounded(cur) -> None:
-    """Every lock this transaction waits for from now on, it waits for at most `lock_timeout`."""
-    cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{round(config.pipeline().lock_timeout * 1000)}ms",))
+def bounded(cur, seconds: float | None = None) -> None:
+    """Every lock this transaction waits for from now on, it waits for at most `seconds`, by default
+    `lock_timeout`."""
+    seconds = config.pipeline().lock_timeout if seconds is None else seconds
+    cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{round(seconds * 1000)}ms",))
 
 
 def when_unblocked(work: Callable[[], T], tables: Iterable[str], what: str,
@@ -221,7 +223,12 @@ def refresh_materialized_views(tables: Iterable[str], week: date) -> list[str]:
     commits, and never wait for it (it locks out writers, of which a materialized view has none).
     Otherwise a view the web service reads would serve the first week it was made on, every week
     after, and say nothing. What cannot be refreshed so is left as it is, and named with why, as
-    notes for the success message."""
+    notes for the success message.
+
+    Its lock is one no reader's conflicts with, so it waits for maintenance on the view as long as a
+    publish waits (`publish_wait`), holding up no one: autovacuum, often at work on a view the last
+    refresh changed, gives way to it after the server's `deadlock_timeout`, and a DBA's `VACUUM` is
+    waited out. Given up after a `lock_timeout`, the view would serve the former week until the next."""
     with db.connection() as conn, conn.cursor() as cur:
         live = [table for table in tables if publish.live_week(cur, table) == week]  # not a backfill
         views = dict.fromkeys(view for table in live for view in catalog.materialized_views_over(cur, table))
@@ -239,7 +246,8 @@ def _not_refreshed(conn, view: str, concurrently: bool) -> str | None:
                 f"readers (give it one, or REFRESH MATERIALIZED VIEW {view} when it suits them)")
     with conn.cursor() as cur:
         try:
-            bounded(cur)  # `view` as regclass prints it: quoted and qualified where it must be
+            bounded(cur, config.pipeline().publish_wait)
+            log.info("refreshing materialized view %s", view)  # as regclass prints it: quoted, qualified where need be
             cur.execute(sql.SQL("REFRESH MATERIALIZED VIEW CONCURRENTLY {}").format(sql.SQL(view)))
             conn.commit()
         except psycopg2.errors.InsufficientPrivilege:

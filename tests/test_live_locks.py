@@ -600,3 +600,34 @@ def test_a_live_name_held_by_maintenance_after_the_swap_keeps_its_statistics_for
     assert query(conn, sampled, "online_recs") == [(False,)]
     assert query(conn, sampled, "candidates_ranked") == [(True,)]
     vacuum.close()
+
+
+def test_a_materialized_view_under_vacuum_takes_the_week_once_the_vacuum_ends_and_its_readers_never_wait(
+        next_week_staged, config_file, conn, reader, pg_socket_dir, database):
+    """Autovacuum or a DBA's `VACUUM` holds a materialized view against its refresh, often right
+    after a publish's refresh changed many of its rows: a refresh given up after a `lock_timeout`
+    would serve the web service the former week until the next. The refresh's lock is one no
+    reader's conflicts with, so waiting for it holds up no one."""
+    conn.cursor().execute("CREATE MATERIALIZED VIEW service_top AS SELECT user_id, item_id, rank, week"
+                          " FROM candidates_ranked WHERE rank <= 10;"
+                          " CREATE UNIQUE INDEX ON service_top (user_id, item_id);"
+                          f" GRANT SELECT ON service_top TO {reader.name}")
+    vacuum = psycopg2.connect(host=pg_socket_dir, dbname=database, user="postgres", application_name="nightly-vacuum")
+    vacuum.cursor().execute("ANALYZE service_top")  # its lock, a VACUUM's, held while the transaction lasts
+    refresh_waits = ("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'service_top'::regclass")
+
+    publishing = start_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK))
+    deadline = time.monotonic() + 60
+    while query(conn, refresh_waits) == [(0,)] and publishing.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(2)  # past a lock_timeout, and past the deadlock_timeout that ends an autovacuum in the way
+    waited_for_the_vacuum = publishing.poll() is None
+    read_meanwhile = reader.read("SELECT DISTINCT week FROM service_top")
+    vacuum.rollback()  # the vacuum ends
+    _, errors = publishing.communicate(timeout=60)
+
+    assert waited_for_the_vacuum and read_meanwhile == [(WEEK,)]
+    assert publishing.returncode == 0, errors[-2000:]
+    assert reader.read("SELECT DISTINCT week FROM service_top") == [(NEXT_WEEK,)]
+    assert "still holds the rows" not in errors
+    vacuum.close()
