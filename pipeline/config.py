@@ -8,6 +8,8 @@ environment (see `pipeline.notify`).
 from __future__ import annotations
 
 import glob
+import math
+import operator
 import os
 import re
 from dataclasses import dataclass
@@ -21,12 +23,23 @@ ROOT = Path(__file__).resolve().parent.parent
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
+def number(kind: type[int] | type[float], least: float, most: float = math.inf, exclusive: bool = False,
+           **parameter) -> luigi.NumericalParameter:
+    """A number setting that Luigi refuses outside `least` to `most` (`exclusive`: the bounds too)
+    as it reads the config, naming the section and the key, so before any task: found at first
+    use, a value out of range failed a week after its loads, or deep in CatBoost or PostgreSQL in
+    words that name no setting."""
+    within = operator.lt if exclusive else operator.le
+    return luigi.NumericalParameter(var_type=kind, min_value=least, max_value=most, left_op=within, right_op=within,
+                                    **parameter)
+
+
 class postgres(luigi.Config):  # noqa: N801 - the section name in luigi.cfg
     """Where the pipeline publishes. An empty host means the embedded server."""
 
     host = luigi.Parameter(default="", description="server host or unix-socket dir, or several (db1,db2: the "
                            "primary of them); empty: embedded")
-    port = luigi.IntParameter(default=5432)
+    port = number(int, 1, 65535, default=5432)
     database = luigi.Parameter(default="postgres")
     user = luigi.Parameter(default="postgres")
     password = luigi.Parameter(default="", significant=False, visibility=0)
@@ -34,10 +47,10 @@ class postgres(luigi.Config):  # noqa: N801 - the section name in luigi.cfg
     readers = luigi.ListParameter(default=[], description="roles granted SELECT on the served tables at every publish")
     standbys = luigi.ListParameter(default=[], description="hot standbys read from, as host or host:port (the "
                                    "primary's database, user and password): going live waits for their readers too")
-    statement_timeout = luigi.FloatParameter(default=0.0, description="seconds any statement of the pipeline's may "
+    statement_timeout = number(float, 0, default=0.0, description="seconds any statement of the pipeline's may "
                                              "run; 0: no limit, whatever the database or the role sets (as pg_dump)")
-    read_streams = luigi.IntParameter(default=4, description="connections a whole-table read of the ranking uses "
-                                      "at once, at most one a core: a worker holds up to 2 + read_streams")
+    read_streams = number(int, 1, default=4, description="connections a whole-table read of the ranking uses "
+                          "at once, at most one a core: a worker holds up to 2 + read_streams")
 
     def resolved_host(self) -> str:
         return self.host or os.environ.get("PGHOST", "")
@@ -51,8 +64,6 @@ class postgres(luigi.Config):  # noqa: N801 - the section name in luigi.cfg
     def streams_at_once(self) -> int:
         """A whole-table read's connections: parallel ranges read faster only while each has a core to
         decode on, and each is one more connection of the pipeline's role, which a DBA may limit."""
-        if self.read_streams < 1:
-            raise ValueError(f"[postgres] read_streams: {self.read_streams} must be at least 1")
         return min(self.read_streams, os.cpu_count() or 1)
 
 
@@ -90,7 +101,7 @@ class pipeline(luigi.Config):  # noqa: N801
                                    description="files: the modelling stage's four files; events: made from [events]")
     input_dir = luigi.Parameter(default="data", description="folder of the week's parquet files; {week} is replaced")
     model_dir = luigi.Parameter(default="models")
-    retention = luigi.IntParameter(default=4, description="how many earlier weeks stay for rollback")
+    retention = number(int, 0, default=4, description="how many earlier weeks stay for rollback")
     features = luigi.OptionalListParameter(default=None, description="the ranker's features; default: the source's")
     cat_features = luigi.OptionalListParameter(default=None, description="which features are categorical")
     derived_features = luigi.OptionalListParameter(default=None, description="features computed by "
@@ -100,31 +111,32 @@ class pipeline(luigi.Config):  # noqa: N801
     holdout = luigi.ChoiceParameter(default="users", choices=["users", "latest_week"], description="what the "
                                     "validation holds out: a share of the train users, or, where train rows carry "
                                     "their outcome week, the latest week (learning on the weeks before it)")
-    holdout_share = luigi.FloatParameter(default=0.2, description="share of train users held out for validation")
-    max_row_drop = luigi.FloatParameter(default=0.5, description="largest share of a live table's rows a week "
-                                        "may go live without (a file cut short upstream); 1: any week goes live")
+    holdout_share = number(float, 0, 1, exclusive=True, default=0.2, description="share of train users held out for "
+                           "validation")
+    max_row_drop = number(float, 0, 1, default=0.5, description="largest share of a live table's rows a week "
+                          "may go live without (a file cut short upstream); 1: any week goes live")
     allow_same_files = luigi.BoolParameter(default=False, description="let a week's candidates files be the very "
                                            "files the live week was loaded from (refused by default: a stage that "
                                            "did not run)")
     max_ndcg_drop = luigi.FloatParameter(default=0.02, description="largest NDCG@10 drop the quality gate accepts")
     gate_sigmas = luigi.FloatParameter(default=2.0, description="nor does it refuse a drop within this many "
                                        "standard errors of the validation's NDCG@10")
-    iterations = luigi.IntParameter(default=300)
+    iterations = number(int, 1, default=300)
     thread_count = luigi.IntParameter(default=-1)
     random_seed = luigi.IntParameter(default=42)
-    max_train_rows = luigi.IntParameter(default=250_000, description="the model learns from a sample of whole users"
-                                        " up to this (a fit's memory and time grow with it, see the README)")
-    shards = luigi.IntParameter(default=0, description="scoring shards by user; 0: one per rows_per_shard rows")
-    rows_per_shard = luigi.IntParameter(default=5_000_000, description="inference rows per shard when shards = 0")
-    publish_wait = luigi.FloatParameter(default=1800.0, description="seconds a publish or rollback waits for "
-                                        "readers holding the live tables before it fails")
-    lock_timeout = luigi.FloatParameter(default=0.1, description="seconds each attempt waits for a lock: the "
-                                        "longest a reader queues behind a publish")
+    max_train_rows = number(int, 1, default=250_000, description="the model learns from a sample of whole users"
+                            " up to this (a fit's memory and time grow with it, see the README)")
+    shards = number(int, 0, default=0, description="scoring shards by user; 0: one per rows_per_shard rows")
+    rows_per_shard = number(int, 1, default=5_000_000, description="inference rows per shard when shards = 0")
+    publish_wait = number(float, 0, default=1800.0, description="seconds a publish or rollback waits for "
+                          "readers holding the live tables before it fails")
+    lock_timeout = number(float, 0, default=0.1, description="seconds each attempt waits for a lock: the "
+                          "longest a reader queues behind a publish")
     terminate_idle_blockers = luigi.BoolParameter(default=False, description="end sessions that hold a live table "
                                                   "while idle in a transaction, instead of waiting for them")
-    idle_blocker_seconds = luigi.FloatParameter(default=60.0, description="how long a session must have been idle "
-                                                "in its transaction before terminate_idle_blockers ends it: a web "
-                                                "request is idle between its statements for a moment")
+    idle_blocker_seconds = number(float, 0, default=60.0, description="how long a session must have been idle "
+                                  "in its transaction before terminate_idle_blockers ends it: a web "
+                                  "request is idle between its statements for a moment")
 
     def ranker_features(self) -> RankerFeatures:
         """The features set here, each list falling back to what the source provides."""
@@ -135,8 +147,6 @@ class pipeline(luigi.Config):  # noqa: N801
 
     def least_rows_kept(self) -> float:
         """The share of a live table's rows a week must hold to go live (`max_row_drop`)."""
-        if not 0 <= self.max_row_drop <= 1:
-            raise ValueError(f"[pipeline] max_row_drop: {self.max_row_drop} must be 0 to 1")
         return 1 - self.max_row_drop
 
     def week_input_dir(self, week: date) -> Path:
@@ -160,32 +170,33 @@ class events(luigi.Config):  # noqa: N801
     items_path = luigi.Parameter(default="data/events/items.parquet")
     weights = luigi.DictParameter(default={}, description="weight of each event name; 1 for names not listed")
     cutoff = luigi.Parameter(default="21:00", description="HH:MM UTC on the week's Saturday; later events wait")
-    label_days = luigi.IntParameter(default=7, description="days after a cutoff whose events label its candidates")
-    train_weeks = luigi.IntParameter(default=12, description="earlier weeks whose outcomes the ranker learns from")
-    candidates_per_user = luigi.IntParameter(default=100)
-    users_per_shard = luigi.IntParameter(default=50_000, description="active users whose candidates one "
-                                         "CandidateShard makes (a task any worker on any host may take)")
-    history_days = luigi.IntParameter(default=365, description="days of events before the cutoff that the ALS "
-                                      "fit and the features read: a week's cost does not grow with the shop's age")
-    active_days = luigi.IntParameter(default=182, description="users with an event in these days before the cutoff "
-                                     "get candidates; the web service serves the others default_recs")
-    popular_days = luigi.IntParameter(default=7, description="window of recent popularity")
-    default_days = luigi.IntParameter(default=28, description="window of top_popular.parquet: the default_recs "
-                                      "the web service serves users without candidates, new ones first of all")
-    new_days = luigi.IntParameter(default=450, description="items released (the items file's `released`) in "
-                                  "these days before the cutoff are the new source's, most popular first")
-    recent_days = luigi.IntParameter(default=28, description="window of the recent histories whose co-occurring "
-                                     "items are candidates")
-    cooccurrence_neighbours = luigi.IntParameter(default=20, description="neighbours kept per item by the "
-                                                 "co-occurrence source")
-    top_popular = luigi.IntParameter(default=100, description="rows of top_popular.parquet")
-    similar_per_item = luigi.IntParameter(default=10, description="neighbours per item in similar.parquet")
-    factors = luigi.IntParameter(default=32, description="ALS factors")
-    als_iterations = luigi.IntParameter(default=15)
-    regularization = luigi.FloatParameter(default=0.05)
-    alpha = luigi.FloatParameter(default=2.0, description="ALS confidence per unit of event weight")
-    max_lag_hours = luigi.FloatParameter(default=48.0, description="the newest event before a cutoff may be at "
-                                         "most this old, or the week is refused (a stalled export)")
+    label_days = number(int, 1, 7, default=7, description="days after a cutoff whose events label its candidates: "
+                        "at most 7, so that a week's outcomes are known by the next week's cutoff")
+    train_weeks = number(int, 1, default=12, description="earlier weeks whose outcomes the ranker learns from")
+    candidates_per_user = number(int, 1, default=100)
+    users_per_shard = number(int, 1, default=50_000, description="active users whose candidates one "
+                             "CandidateShard makes (a task any worker on any host may take)")
+    history_days = number(int, 1, default=365, description="days of events before the cutoff that the ALS "
+                          "fit and the features read: a week's cost does not grow with the shop's age")
+    active_days = number(int, 1, default=182, description="users with an event in these days before the cutoff "
+                         "get candidates; the web service serves the others default_recs")
+    popular_days = number(int, 1, default=7, description="window of recent popularity")
+    default_days = number(int, 1, default=28, description="window of top_popular.parquet: the default_recs "
+                          "the web service serves users without candidates, new ones first of all")
+    new_days = number(int, 0, default=450, description="items released (the items file's `released`) in "
+                      "these days before the cutoff are the new source's, most popular first")
+    recent_days = number(int, 1, default=28, description="window of the recent histories whose co-occurring "
+                         "items are candidates")
+    cooccurrence_neighbours = number(int, 1, default=20, description="neighbours kept per item by the "
+                                     "co-occurrence source")
+    top_popular = number(int, 1, default=100, description="rows of top_popular.parquet")
+    similar_per_item = number(int, 1, default=10, description="neighbours per item in similar.parquet")
+    factors = number(int, 1, default=32, description="ALS factors")
+    als_iterations = number(int, 1, default=15)
+    regularization = number(float, 0, default=0.05)
+    alpha = number(float, 0, exclusive=True, default=2.0, description="ALS confidence per unit of event weight")
+    max_lag_hours = number(float, 0, default=48.0, description="the newest event before a cutoff may be at "
+                           "most this old, or the week is refused (a stalled export)")
 
     def cutoff_of(self, week: date) -> datetime:
         try:
@@ -195,9 +206,6 @@ class events(luigi.Config):  # noqa: N801
         return datetime.combine(week, at, tzinfo=UTC)
 
     def label_window(self) -> timedelta:
-        if not 1 <= self.label_days <= 7:
-            raise ValueError(f"[events] label_days: {self.label_days} must be 1 to 7, so that a week's outcomes "
-                             "are known by the next week's cutoff")
         return timedelta(days=self.label_days)
 
     def resolved_events_path(self) -> Path:
@@ -226,8 +234,8 @@ class telegram(luigi.Config):  # noqa: N801
     api_url = luigi.Parameter(default="https://api.telegram.org", description="Bot API base URL")
     notify = luigi.ListParameter(default=["SUCCESS", "FAILURE", "BROKEN_TASK", "PROCESS_FAILURE", "TIMEOUT"],
                                  description="Luigi events that send a message")
-    timeout = luigi.FloatParameter(default=5.0, description="seconds to wait for the Bot API")
-    max_retry_after = luigi.FloatParameter(default=30.0, description="longest wait a 429 may ask for")
+    timeout = number(float, 0, exclusive=True, default=5.0, description="seconds to wait for the Bot API")
+    max_retry_after = number(float, 0, default=30.0, description="longest wait a 429 may ask for")
     log_location = luigi.Parameter(default="var/log/weekly-recs.log",
                                    description="where failure messages tell you to look")
 

@@ -99,7 +99,7 @@ class CheckInputs(WeekTask):
     def check_live_tables(self) -> None:
         from pipeline.wrapper import WeeklyRecs  # the week's tables; the wrapper's module imports this one
 
-        least_kept = config.pipeline().least_rows_kept()  # a setting out of range is refused on a first week too
+        least_kept = config.pipeline().least_rows_kept()
         with db.connection() as conn, conn.cursor() as cur:
             refuse_without_schema(cur)
             missing = publish.missing_roles(cur, config.postgres().readers)

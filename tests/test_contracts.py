@@ -14,7 +14,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import config
 from pipeline.contracts import CANDIDATES_TRAIN, ContractError, check_positives, footer_digest, untranslatable_error
 from tests.conftest import NEXT_WEEK, WEEK, apply_settings, live_state, query, run_luigi
 
@@ -302,26 +301,6 @@ def test_new_candidates_files_go_live_as_the_next_week_by_default(settings, conf
 
     assert published.returncode == 0, published.stderr[-2000:]
     assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(NEXT_WEEK,)]
-
-
-@pytest.mark.parametrize("share", ["-0.1", "1.5"])
-def test_a_row_drop_outside_0_to_1_is_refused_naming_the_setting(share, settings):
-    settings["pipeline"]["max_row_drop"] = share
-    apply_settings(settings)
-
-    with pytest.raises(ValueError, match=rf"\[pipeline\] max_row_drop: {share} must be 0 to 1"):
-        config.pipeline().least_rows_kept()
-
-
-def test_a_row_drop_outside_0_to_1_fails_the_first_week_before_anything_is_staged(settings, config_file, conn):
-    settings["pipeline"]["max_row_drop"] = "1.5"
-    apply_settings(settings, config_file)
-
-    refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", WEEK.isoformat())
-
-    assert refused.returncode == TASK_FAILED
-    assert "ValueError: [pipeline] max_row_drop: 1.5 must be 0 to 1" in refused.stderr
-    assert query(conn, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'") == []
 
 
 def test_extra_columns_of_every_loadable_type_go_live_with_faithful_types(settings, config_file, input_dir, conn):

@@ -244,14 +244,6 @@ def test_a_tasks_connection_opened_as_the_last_one_closes_waits_for_its_slot_ins
     assert connected == 200
 
 
-def test_read_streams_below_one_is_refused_naming_the_setting(settings):
-    settings["postgres"]["read_streams"] = "0"
-    apply_settings(settings)
-
-    with pytest.raises(ValueError, match=r"\[postgres\] read_streams: 0 must be at least 1"):
-        config.postgres().streams_at_once()
-
-
 def test_a_connection_pooler_in_front_of_the_server_stops_the_week_before_any_task_saying_why(
         settings, config_file, pooler):
     """The pipeline's sessions set their own values at startup (libpq `options`), which PgBouncer refuses;
