@@ -172,8 +172,10 @@ def first_line(error: BaseException) -> str:
 
 
 def described(error: BaseException) -> str:
-    """An error as alerts and warnings name it: its type and its first line."""
-    return f"{type(error).__name__}: {first_line(error)}"
+    """An error as alerts and warnings name it: its type and its first line, and so its cause's, where
+    it was raised from one (Luigi names a setting it could not read, its cause the value and why)."""
+    cause = f" ({described(error.__cause__)})" if error.__cause__ is not None else ""
+    return f"{type(error).__name__}: {first_line(error)}{cause}"
 
 
 def redact(text: str, *secrets: str) -> str:

@@ -57,6 +57,18 @@ def test_a_broken_input_file_sends_a_failure_naming_the_task_and_file(bot_api, c
     assert "candidates_train.parquet" in text and "ContractError" in text
 
 
+def test_a_setting_out_of_range_sends_a_failure_naming_the_key_the_value_and_the_range(bot_api, config_file):
+    result = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", "2026-11-21",
+                       "--pipeline-max-row-drop", "1.5", env=TELEGRAM_ENV)
+
+    assert result.returncode == 35  # scheduling failed: no task ran
+    texts = bot_api.texts()
+    assert texts  # one for each task whose dependencies Luigi could not read
+    for text in texts:
+        assert ("ValueError: pipeline[args=(), kwargs={}]: Error when parsing the default value of 'max_row_drop' "
+                "(ValueError: 1.5 is not in the set of float in [0, 1])") in text
+
+
 @pytest.mark.parametrize("reply", [SERVER_ERROR, HANG], ids=["500", "hang"])
 def test_the_week_completes_when_telegram_errs_or_hangs(bot_api, config_file, reply):
     bot_api.replies = [reply]
