@@ -294,10 +294,12 @@ def foreign_owner(cur, table: str) -> str | None:
 
 
 def referencing_keys(cur, table: str) -> list[tuple[str, str]]:
-    """The foreign keys of other tables that reference `table`, each with the table it is on (not
-    the copies PostgreSQL makes of a key for each partition on either side)."""
-    cur.execute("SELECT conname, conrelid::regclass::text FROM pg_constraint WHERE confrelid = to_regclass(%s)"
-                " AND contype = 'f' AND conparentid = 0 ORDER BY 1, 2", (f'"{table}"',))
+    """The foreign keys of other tables that reference `table`, each with the table it is on, both
+    spelled as SQL needs them (not the copies PostgreSQL makes of a key for each partition on
+    either side)."""
+    cur.execute("SELECT quote_ident(conname), conrelid::regclass::text FROM pg_constraint"
+                " WHERE confrelid = to_regclass(%s) AND contype = 'f' AND conparentid = 0 ORDER BY 1, 2",
+                (f'"{table}"',))
     return cur.fetchall()
 
 

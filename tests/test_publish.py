@@ -740,16 +740,16 @@ def test_a_foreign_key_to_a_live_name_is_refused_before_anything_is_staged_as_no
     the swap would fail after the whole week's work, and every week's after it."""
     run_tasks(WeeklyRecs(week=NEXT_WEEK))  # an archive to roll back to
     conn.cursor().execute("ALTER TABLE candidates_ranked ADD PRIMARY KEY (week, user_id, item_id);"
-                          " CREATE TABLE clicks (week date, user_id bigint, item_id bigint, CONSTRAINT clicked_from"
-                          "  FOREIGN KEY (week, user_id, item_id) REFERENCES candidates_ranked);"
-                          " INSERT INTO clicks SELECT week, user_id, item_id FROM candidates_ranked LIMIT 1")
+                          ' CREATE TABLE "Shop Clicks" (week date, user_id bigint, item_id bigint, CONSTRAINT'
+                          '  "Clicked From" FOREIGN KEY (week, user_id, item_id) REFERENCES candidates_ranked);'
+                          ' INSERT INTO "Shop Clicks" SELECT week, user_id, item_id FROM candidates_ranked LIMIT 1')
     before = live_state(conn)
     later = NEXT_WEEK + timedelta(weeks=1)
 
     refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(later))
     not_rolled_back = run_module(config_file, "rollback")
 
-    refusal = "candidates_ranked: the foreign key clicked_from of clicks references it"
+    refusal = 'candidates_ranked: the foreign key "Clicked From" of "Shop Clicks" references it'
     assert refused.returncode == 30
     assert f"ValueError: {refusal}" in refused.stderr
     assert not_rolled_back.returncode != 0
@@ -757,6 +757,8 @@ def test_a_foreign_key_to_a_live_name_is_refused_before_anything_is_staged_as_no
     assert live_state(conn) == before
     assert not any(catalog.exists(conn.cursor(), staged(table, later)) for table in PUBLISHED_TABLES)
     assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(NEXT_WEEK,)]
+    conn.cursor().execute(re.search(r"\((ALTER TABLE .+?), or have it", refused.stderr)[1])  # as pasted
+    assert catalog.referencing_keys(conn.cursor(), "candidates_ranked") == []
 
 
 @pytest.mark.published_week
