@@ -226,9 +226,10 @@ def refresh_materialized_views(tables: Iterable[str], week: date) -> list[str]:
     notes for the success message.
 
     Its lock is one no reader's conflicts with, so it waits for maintenance on the view as long as a
-    publish waits (`publish_wait`), holding up no one: autovacuum, often at work on a view the last
-    refresh changed, gives way to it after the server's `deadlock_timeout`, and a DBA's `VACUUM` is
-    waited out. Given up after a `lock_timeout`, the view would serve the former week until the next."""
+    publish waits (`publish_wait`, at least a `lock_timeout`), holding up no one: autovacuum, often
+    at work on a view the last refresh changed, gives way to it after the server's
+    `deadlock_timeout`, and a DBA's `VACUUM` is waited out. Given up after a `lock_timeout`, the
+    view would serve the former week until the next."""
     with db.connection() as conn, conn.cursor() as cur:
         live = [table for table in tables if publish.live_week(cur, table) == week]  # not a backfill
         views = dict.fromkeys(view for table in live for view in catalog.materialized_views_over(cur, table))
@@ -246,7 +247,8 @@ def _not_refreshed(conn, view: str, concurrently: bool) -> str | None:
                 f"readers (give it one, or REFRESH MATERIALIZED VIEW {view} when it suits them)")
     with conn.cursor() as cur:
         try:
-            bounded(cur, config.pipeline().publish_wait)
+            settings = config.pipeline()
+            bounded(cur, max(settings.publish_wait, settings.lock_timeout))  # PostgreSQL's 0: no limit
             log.info("refreshing materialized view %s", view)  # as regclass prints it: quoted, qualified where need be
             cur.execute(sql.SQL("REFRESH MATERIALIZED VIEW CONCURRENTLY {}").format(sql.SQL(view)))
             conn.commit()
