@@ -180,8 +180,11 @@ def _made_ready(conn, table: str, name: str, week: date) -> None:
                 raise
 
 
-def after_the_swap(week: date, steps: dict[str, Callable[[], object]]) -> list[str]:
-    """Run what follows the swap of `week`, step by step, and return the steps that failed.
+def after_the_swap(week: date, steps: dict[str, Callable[[], object]],
+                   report: Callable[[str], None] = log.info) -> list[str]:
+    """Run what follows the swap of `week`, step by step, and return the steps that failed; `report`
+    is told each step as it starts (the visualizer shows why a live week's run goes on: a refresh
+    waiting for a `VACUUM`).
 
     The week is live once the swap commits: a step after it that fails (the connection lost, the
     server restarting) must not report the week failed, nor stop the steps after it. Each one is
@@ -189,6 +192,7 @@ def after_the_swap(week: date, steps: dict[str, Callable[[], object]]) -> list[s
     what it finds, not for what one week left)."""
     failed = []
     for step, run in steps.items():
+        report(f"week {week} is live; {step}")
         try:
             run()
         except (psycopg2.Error, OSError) as error:

@@ -71,7 +71,7 @@ class WeeklyRecs(WeekTask):
                 self.lock_names(), tables, self.week, config.pipeline().retention),
             "housekeeping": lambda: housekeeping.after_going_live(self.week),
             "counting the rows for the summary": self.print_summary,
-        })
+        }, self.set_status_message)
         self.notes = (*said, *stale, *(f"live, but failed, for the next publish to do: {step}" for step in failed))
 
     def check_can_go_live(self, cur) -> None:

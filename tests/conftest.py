@@ -458,6 +458,23 @@ def dba_keys_the_popular_items_to_a_catalogue(conn) -> None:
                           "  ADD CONSTRAINT catalogued FOREIGN KEY (item_id) REFERENCES catalogue")
 
 
+def dba_materializes_the_top_10(conn, reader: Reader) -> None:
+    """A DBA's materialized view of each user's top 10 of the live ranking, for the web service:
+    refreshable `CONCURRENTLY` (a unique index), granted to its role."""
+    conn.cursor().execute("CREATE MATERIALIZED VIEW service_top AS SELECT user_id, item_id, rank, week"
+                          " FROM candidates_ranked WHERE rank <= 10;"
+                          " CREATE UNIQUE INDEX ON service_top (user_id, item_id);"
+                          f" GRANT SELECT ON service_top TO {reader.name}")
+
+
+def maintenance_holding(socket_dir: str, database: str, relation: str) -> psycopg2.extensions.connection:
+    """A session holding `relation` as autovacuum or a DBA's `VACUUM` does (`SHARE UPDATE
+    EXCLUSIVE`), until it is rolled back: an `ANALYZE` in a transaction left open."""
+    session = psycopg2.connect(host=socket_dir, dbname=database, user="postgres", application_name="nightly-vacuum")
+    session.cursor().execute(sql.SQL("ANALYZE {}").format(sql.Identifier(relation)))
+    return session
+
+
 def live_state(conn) -> tuple:
     """What the web service reads, byte for byte: the five live tables, their week comments, the
     archives, the metrics and the weeks marked whole. A failed week may leave staged tables and its

@@ -34,7 +34,9 @@ from tests.conftest import (
     admin_connection,
     apply_settings,
     dba_keys_the_popular_items_to_a_catalogue,
+    dba_materializes_the_top_10,
     live_state,
+    maintenance_holding,
     query,
     replayed,
     run_luigi,
@@ -608,12 +610,8 @@ def test_a_materialized_view_under_vacuum_takes_the_week_once_the_vacuum_ends_an
     after a publish's refresh changed many of its rows: a refresh given up after a `lock_timeout`
     would serve the web service the former week until the next. The refresh's lock is one no
     reader's conflicts with, so waiting for it holds up no one."""
-    conn.cursor().execute("CREATE MATERIALIZED VIEW service_top AS SELECT user_id, item_id, rank, week"
-                          " FROM candidates_ranked WHERE rank <= 10;"
-                          " CREATE UNIQUE INDEX ON service_top (user_id, item_id);"
-                          f" GRANT SELECT ON service_top TO {reader.name}")
-    vacuum = psycopg2.connect(host=pg_socket_dir, dbname=database, user="postgres", application_name="nightly-vacuum")
-    vacuum.cursor().execute("ANALYZE service_top")  # its lock, a VACUUM's, held while the transaction lasts
+    dba_materializes_the_top_10(conn, reader)
+    vacuum = maintenance_holding(pg_socket_dir, database, "service_top")
     refresh_waits = ("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'service_top'::regclass")
 
     publishing = start_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK))

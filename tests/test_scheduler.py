@@ -12,8 +12,10 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
+import luigi
 import pyarrow.parquet as pq
 import pytest
 
@@ -24,8 +26,10 @@ from tests.conftest import (
     ROOT,
     WEEK,
     apply_settings,
+    dba_materializes_the_top_10,
     free_port,
     installed_program,
+    maintenance_holding,
     markers,
     query,
     run_luigi,
@@ -162,15 +166,9 @@ def test_a_publish_waiting_for_a_reader_shows_in_luigid_whom_it_waits_for(luigid
     report = reader.connect("quarterly-report")
     report.cursor().execute("SELECT count(*) FROM default_recs")  # and keeps its transaction open
     pid = report.get_backend_pid()
-    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_file)}
-    worker = subprocess.Popen([str(Path(sys.executable).with_name("luigi")), "--module", "pipeline", "WeeklyRecs",
-                               "--week", "2026-11-28", *luigid.args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    publishing, message, deadline = WeeklyRecs(week=NEXT_WEEK).task_id, "", time.monotonic() + 120
-    while f"pid {pid}" not in message and time.monotonic() < deadline:
-        time.sleep(0.5)
-        message = luigid.api("get_task_status_message", task_id=publishing).get("statusMessage") or ""
+    worker = start_week(luigid, config_file, NEXT_WEEK)
 
+    message = status_once(luigid, WeeklyRecs(week=NEXT_WEEK), f"pid {pid}")
     report.close()
     _, errors = worker.communicate(timeout=120)
 
@@ -178,3 +176,39 @@ def test_a_publish_waiting_for_a_reader_shows_in_luigid_whom_it_waits_for(luigid
     assert f"pid {pid} (quarterly-report, idle in transaction" in message, message
     assert "holding default_recs" in message
     assert worker.returncode == 0, errors[-2000:]
+
+
+def test_a_live_weeks_run_going_on_shows_in_luigid_the_step_it_is_at(
+        luigid, settings, config_file, conn, reader, pg_socket_dir, database):
+    """After the swap the week is live, and its run may go on: a materialized view's refresh waits
+    for a `VACUUM` of it, as long as a publish would wait."""
+    run_tasks(WeeklyRecs(week=WEEK))
+    dba_materializes_the_top_10(conn, reader)
+    vacuum = maintenance_holding(pg_socket_dir, database, "service_top")
+    worker = start_week(luigid, config_file, NEXT_WEEK)
+
+    message = status_once(luigid, WeeklyRecs(week=NEXT_WEEK), "materialized views")
+    vacuum.rollback()
+    _, errors = worker.communicate(timeout=120)
+
+    assert message == f"week {NEXT_WEEK} is live; refreshing the materialized views over them"
+    assert worker.returncode == 0, errors[-2000:]
+    assert reader.read("SELECT DISTINCT week FROM service_top") == [(NEXT_WEEK,)]
+    vacuum.close()
+
+
+def start_week(luigid: Luigid, config_file: Path, week: date) -> subprocess.Popen:
+    """`luigi ... WeeklyRecs --week` through `luigid`, in the background."""
+    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_file)}
+    return subprocess.Popen([str(Path(sys.executable).with_name("luigi")), "--module", "pipeline", "WeeklyRecs",
+                             "--week", str(week), *luigid.args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def status_once(luigid: Luigid, task: luigi.Task, holding: str, timeout: float = 120) -> str:
+    """The task's status message in `luigid` once it holds `holding` (the last one seen, past `timeout`)."""
+    message, deadline = "", time.monotonic() + timeout
+    while holding not in message and time.monotonic() < deadline:
+        time.sleep(0.5)
+        message = luigid.api("get_task_status_message", task_id=task.task_id).get("statusMessage") or ""
+    return message
