@@ -205,10 +205,10 @@ def start_week(luigid: Luigid, config_file: Path, week: date) -> subprocess.Pope
                             stderr=subprocess.PIPE, text=True)
 
 
-def status_once(luigid: Luigid, task: luigi.Task, holding: str, timeout: float = 120) -> str:
-    """The task's status message in `luigid` once it holds `holding` (the last one seen, past `timeout`)."""
+def status_once(luigid: Luigid, task: luigi.Task, showing: str, timeout: float = 120) -> str:
+    """The task's status message in `luigid` once it shows `showing` (the last one seen, past `timeout`)."""
     message, deadline = "", time.monotonic() + timeout
-    while holding not in message and time.monotonic() < deadline:
+    while showing not in message and time.monotonic() < deadline:
         time.sleep(0.5)
         message = luigid.api("get_task_status_message", task_id=task.task_id).get("statusMessage") or ""
     return message
