@@ -31,6 +31,7 @@ from tests.conftest import (
     admin_connection,
     apply_settings,
     dba_keys_the_popular_items_to_a_catalogue,
+    dba_materializes_the_top_10,
     live_state,
     query,
     run_luigi,
@@ -791,16 +792,14 @@ def test_the_dbas_materialized_views_take_each_week_after_the_swap_and_their_rea
         config_file, conn, reader):
     """A materialized view over a live name keeps the rows it was made of: the web service reading
     it would be served the first week, every week after, and nobody told."""
+    dba_materializes_the_top_10(conn, reader)  # service_top
     conn.cursor().execute(f"""
-        CREATE MATERIALIZED VIEW service_top AS SELECT user_id, item_id, rank, week FROM candidates_ranked
-            WHERE rank <= 10;
-        CREATE UNIQUE INDEX ON service_top (user_id, item_id);
         CREATE VIEW popular_now AS SELECT item_id, items_cnt, week FROM default_recs;
         CREATE MATERIALIZED VIEW popular_top AS SELECT item_id, week FROM popular_now ORDER BY items_cnt DESC
             LIMIT 5;
         CREATE UNIQUE INDEX ON popular_top (item_id);
         CREATE MATERIALIZED VIEW weeks_online AS SELECT DISTINCT week FROM online_recs;
-        GRANT SELECT ON service_top, popular_top, weeks_online TO {reader.name};""")
+        GRANT SELECT ON popular_top, weeks_online TO {reader.name};""")
     analyst = reader.connect("analyst")
     analyst.cursor().execute("SELECT count(*) FROM service_top")  # held, in an open transaction, throughout
 
