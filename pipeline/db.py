@@ -320,6 +320,14 @@ class MarkerTarget(PostgresTarget):
         """Through `Server.connect`, whose errors name the server and never the password."""
         return server().connect()
 
+    def touch_once(self) -> None:
+        """The marker, in a transaction of its own, unless a concurrent run has just written it."""
+        self.create_marker_table()
+        with connection() as conn, conn.cursor() as cur:
+            cur.execute(sql.SQL("INSERT INTO {} (update_id, target_table) VALUES (%s, %s) ON CONFLICT DO NOTHING")
+                        .format(sql.Identifier(self.marker_table)), (self.update_id, self.table))
+            conn.commit()
+
     def create_marker_table(self) -> None:
         with connection() as conn, conn.cursor() as cur:
             publish.lock(cur, self.marker_table)

@@ -188,8 +188,9 @@ def after_the_swap(week: date, steps: dict[str, Callable[[], object]],
 
     The week is live once the swap commits: a step after it that fails (the connection lost, the
     server restarting) must not report the week failed, nor stop the steps after it. Each one is
-    named in a warning, and the next publish does it again (it samples, drops and keeps house for
-    what it finds, not for what one week left)."""
+    named in a warning, and a rerun of the week (`WeeklyRecs.settle`) or the next publish does it
+    again: each step samples, refreshes, drops and keeps house for what it finds, not for what one
+    week left."""
     failed = []
     for step, run in steps.items():
         report(f"week {week} is live; {step}")
@@ -197,7 +198,8 @@ def after_the_swap(week: date, steps: dict[str, Callable[[], object]],
             run()
         except (psycopg2.Error, OSError) as error:
             why = db.redact(db.described(error), config.postgres().resolved_password())
-            log.warning("week %s is live, but %s failed, for the next publish to do: %s", week, step, why)
+            log.warning("week %s is live, but %s failed, for a rerun or the next publish to do: %s", week, step,
+                        why)
             failed.append(f"{step} ({why})")
     return failed
 

@@ -26,11 +26,13 @@ def week_tasks(week: date) -> list[WeekTask]:
 
 
 def forget_week(week: date) -> int:
-    """Delete the week's marker rows, its scoring shards' too; returns how many there were."""
+    """Delete the week's marker rows, its scoring shards' and its settling's too; returns how many
+    there were."""
     tasks = week_tasks(week)
+    update_ids = [task.task_id for task in tasks] + [WeeklyRecs(week=week).settled().update_id]
     with db.connection() as conn, conn.cursor() as cur:
         cur.execute(sql.SQL("DELETE FROM {} WHERE update_id = ANY(%s)").format(
-            sql.Identifier(tasks[0].output().marker_table)), ([task.task_id for task in tasks],))
+            sql.Identifier(tasks[0].output().marker_table)), (update_ids,))
         forgotten = cur.rowcount + forget_scored_shards(cur, week)
         conn.commit()
         return forgotten

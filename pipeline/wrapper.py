@@ -20,7 +20,8 @@ class WeeklyRecs(WeekTask):
 
     Until then the web service reads last week, all of it; after any failure it still does. The
     swap never keeps the web service waiting: it takes the live names only when no one holds them
-    (`pipeline.live_locks`), and shows in the visualizer whom it waits for.
+    (`pipeline.live_locks`), and shows in the visualizer whom it waits for. Then it settles the week
+    (`settle`), and only a settled week is complete.
     """
 
     table = "weekly_recs"
@@ -46,7 +47,44 @@ class WeeklyRecs(WeekTask):
             return {task.table: publish.row_count(cur, publish.week_table(cur, task.table, self.week))
                     for task in self.published()}
 
+    def complete(self) -> bool:
+        """Live and settled: a run stopped after the swap (killed while a refresh waits for a `VACUUM`,
+        or a step failed) leaves the week live and what follows the swap to its next run."""
+        with db.connection() as conn:
+            return self.output().exists(conn) and self.settled().exists(conn)
+
+    def is_live(self) -> bool:
+        """The swap committed: the week's marker is written in its transaction."""
+        return self.marked_by(self.output())
+
+    def settled(self) -> db.MarkerTarget:
+        """The marker of the steps after the swap, written once each of them has run."""
+        return db.marker(self.table, f"{self.task_id}_settled")
+
     def run(self) -> None:
+        said = [] if self.is_live() else self.go_live()
+        self.notes = (*said, *self.settle())
+
+    def settle(self) -> list[str]:
+        """What follows the swap, and the week marked settled once none of it failed; returns the
+        notes for the success message: the views left stale and the steps that failed."""
+        tables, stale = self.live_names(), []
+        failed = live_locks.after_the_swap(self.week, {
+            "sampling the live names": lambda: live_locks.analyze_live_names(tables, self.week),
+            "refreshing the materialized views over them": lambda: stale.extend(
+                live_locks.refresh_materialized_views(tables, self.week)),
+            "dropping what the week left behind": lambda: live_locks.drop_obsolete(
+                self.lock_names(), tables, self.week, config.pipeline().retention),
+            "housekeeping": lambda: housekeeping.after_going_live(self.week),
+            "counting the rows for the summary": self.print_summary,
+        }, self.set_status_message)
+        if not failed:
+            self.settled().touch_once()
+        return [*stale, *(f"live, but failed, for a rerun or the next publish to do: {step}"
+                          for step in failed)]
+
+    def go_live(self) -> list[str]:
+        """Checks the week once more and swaps it live; returns what its readers should know of it."""
         tables, what = self.live_names(), f"week {self.week} not published"
         with db.connection() as conn, conn.cursor() as cur:
             self.check_can_go_live(cur)
@@ -58,21 +96,11 @@ class WeeklyRecs(WeekTask):
         try:
             live_locks.when_unblocked(self.put_live, publish.swapped(tables, self.week), what, self.set_status_message)
         except psycopg2.OperationalError as lost:
-            if not self.complete():  # the connection was lost before the swap committed: nothing changed
+            if not self.is_live():  # the connection was lost before the swap committed: nothing changed
                 raise
             log.warning("week %s is live: the connection was lost as the swap committed (%s)", self.week,
                         db.first_line(lost))
-        stale: list[str] = []
-        failed = live_locks.after_the_swap(self.week, {
-            "sampling the live names": lambda: live_locks.analyze_live_names(tables, self.week),
-            "refreshing the materialized views over them": lambda: stale.extend(
-                live_locks.refresh_materialized_views(tables, self.week)),
-            "dropping what the week left behind": lambda: live_locks.drop_obsolete(
-                self.lock_names(), tables, self.week, config.pipeline().retention),
-            "housekeeping": lambda: housekeeping.after_going_live(self.week),
-            "counting the rows for the summary": self.print_summary,
-        }, self.set_status_message)
-        self.notes = (*said, *stale, *(f"live, but failed, for the next publish to do: {step}" for step in failed))
+        return said
 
     def check_can_go_live(self, cur) -> None:
         """Refuse a week that could never go live, or never stay: before anything of the week is

@@ -31,8 +31,9 @@ def test_three_missed_weeks_go_live_in_turn_oldest_first_each_from_its_own_files
     assert query(conn, "SELECT count(*) FROM candidates_ranked") == [(300 * 20,)]
     assert query(conn, "SELECT count(*) FROM candidates_ranked__20261114") == [(250 * 20,)]
     assert query(conn, "SELECT count(*) FROM candidates_ranked__20261107") == [(200 * 20,)]
-    went_live = query(conn, "SELECT update_id FROM table_updates WHERE update_id LIKE 'WeeklyRecs%%' ORDER BY inserted")
-    assert [update_id[11:21] for (update_id,) in went_live] == ["2026_11_07", "2026_11_14", "2026_11_21"]
+    settled = query(conn, "SELECT update_id FROM table_updates WHERE update_id LIKE 'WeeklyRecs%%settled'"
+                          " ORDER BY inserted")
+    assert [update_id[11:21] for (update_id,) in settled] == ["2026_11_07", "2026_11_14", "2026_11_21"]
     second = run_luigi(config_file, *backfill)
     assert second.returncode == 0
     assert "ran successfully" not in second.stderr and "complete ones were encountered" in second.stderr

@@ -55,7 +55,8 @@ def test_the_crontab_command_runs_the_week_under_crons_environment(cron_config, 
                              "/bin/sh", "-c", command], capture_output=True, text=True, timeout=300)
 
     assert result.returncode == 0, (ROOT / "var" / "log" / "weekly-recs.log").read_text()[-2000:]
-    assert query(conn, "SELECT count(*) FROM table_updates WHERE update_id LIKE 'WeeklyRecs_2026%'") == [(1,)]
+    # the week live and settled
+    assert query(conn, "SELECT count(*) FROM table_updates WHERE update_id LIKE 'WeeklyRecs_2026%'") == [(2,)]
     assert "weekly-recs: week" in (ROOT / "var" / "log" / "weekly-recs.log").read_text()
 
 

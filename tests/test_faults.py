@@ -180,7 +180,7 @@ def test_two_runs_of_the_same_week_at_once_publish_each_table_once_whatever_the_
     assert [run.returncode for run in runs] == [0, 0], [err[-1500:] for _, err in results]
     assert query(conn, "SELECT tablename FROM pg_tables WHERE tablename LIKE '%\\_\\_%' ESCAPE '\\' ORDER BY 1") == \
         sorted((f"{table}__20261121",) for table in PUBLISHED_TABLES)  # the live week's partitions: no stage left
-    assert len(markers(conn)) == 9
+    assert len(markers(conn)) == 10
     for table, file in zip(PUBLISHED_TABLES[:4], ("top_popular", "similar", "candidates_train",
                                                    "candidates_inference"), strict=True):
         rows = pq.read_metadata(input_dir / f"{file}.parquet").num_rows
@@ -210,10 +210,10 @@ def test_an_interrupted_week_resumes_with_only_the_tasks_not_done(settings, conf
     assert "running   TrainCandidates" in result.stderr
     after = dict(query(conn, "SELECT update_id, inserted FROM table_updates"))
     assert all(after[update_id] == inserted for update_id, inserted in done_before)
-    assert len(markers(conn)) == 9
+    assert len(markers(conn)) == 10
 
 
-def test_a_connection_lost_after_the_swap_leaves_the_week_live_reported_published_and_the_rest_to_the_next_publish(
+def test_a_connection_lost_after_the_swap_leaves_the_week_live_reported_published_and_the_rest_to_a_rerun(
         bot_api, config_file, conn, reader):
     forgotten = staged("default_recs", date(2026, 11, 14))
     run_tasks(DefaultRecs(week=date(2026, 11, 14)))  # a week that never went live: the publish drops its stage
@@ -229,13 +229,23 @@ def test_a_connection_lost_after_the_swap_leaves_the_week_live_reported_publishe
 
     assert result.returncode == 0, result.stderr[-2000:]
     assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]
-    assert ("week 2026-11-21 is live, but dropping what the week left behind failed, for the next publish to do: "
-            in result.stderr)
+    assert ("week 2026-11-21 is live, but dropping what the week left behind failed, for a rerun or the next "
+            "publish to do: " in result.stderr)
     assert "housekeeping failed" not in result.stderr and "weekly-recs: week 2026-11-21 published" in result.stdout
     [text] = bot_api.texts()
     assert "week 2026-11-21 published" in text and "FAILED" not in text
-    assert "live, but failed, for the next publish to do: dropping what the week left behind (" in text
+    assert "live, but failed, for a rerun or the next publish to do: dropping what the week left behind (" in text
     assert query(conn, "SELECT to_regclass(%s) IS NOT NULL", forgotten) == [(True,)]
+
+    conn.cursor().execute("DROP EVENT TRIGGER lost_after_the_swap")
+    rerun = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", "2026-11-21")
+
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "running   WeeklyRecs" in rerun.stderr and "running   DefaultRecs" not in rerun.stderr
+    assert query(conn, "SELECT to_regclass(%s) IS NOT NULL", forgotten) == [(False,)]
+    assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]
+    assert "complete ones were encountered" in run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week",
+                                                         "2026-11-21").stderr
 
 
 class CommitUnheard:

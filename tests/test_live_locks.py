@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -612,12 +615,9 @@ def test_a_materialized_view_under_vacuum_takes_the_week_once_the_vacuum_ends_an
     reader's conflicts with, so waiting for it holds up no one."""
     dba_materializes_the_top_10(conn, reader)
     vacuum = maintenance_holding(pg_socket_dir, database, "service_top")
-    refresh_waits = ("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'service_top'::regclass")
 
     publishing = start_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK))
-    deadline = time.monotonic() + 60
-    while query(conn, refresh_waits) == [(0,)] and publishing.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    until_its_refresh_waits(conn, publishing)
     time.sleep(2)  # past a lock_timeout, and past the deadlock_timeout that ends an autovacuum in the way
     waited_for_the_vacuum = publishing.poll() is None
     read_meanwhile = reader.read("SELECT DISTINCT week FROM service_top")
@@ -629,3 +629,35 @@ def test_a_materialized_view_under_vacuum_takes_the_week_once_the_vacuum_ends_an
     assert reader.read("SELECT DISTINCT week FROM service_top") == [(NEXT_WEEK,)]
     assert "still holds the rows" not in errors
     vacuum.close()
+
+
+def test_a_run_killed_while_a_refresh_waits_leaves_the_week_live_and_its_rerun_refreshes_the_view(
+        next_week_staged, config_file, conn, reader, pg_socket_dir, database):
+    """The week's marker is written in the swap: were it the only one, a rerun would find the week
+    done, and the web service would read the former week from the view until the next publish."""
+    dba_materializes_the_top_10(conn, reader)
+    vacuum = maintenance_holding(pg_socket_dir, database, "service_top")
+    publishing = start_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK))
+    until_its_refresh_waits(conn, publishing)
+
+    os.killpg(publishing.pid, signal.SIGKILL)  # the machine goes down, an operator stops the run
+    publishing.communicate()
+    vacuum.rollback()
+    read_after_the_kill = reader.read("SELECT DISTINCT week FROM service_top")
+    rerun = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK))
+
+    assert read_after_the_kill == [(WEEK,)]
+    assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(NEXT_WEEK,)]
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "running   WeeklyRecs" in rerun.stderr and "running   RankCandidates" not in rerun.stderr
+    assert reader.read("SELECT DISTINCT week FROM service_top") == [(NEXT_WEEK,)]
+    assert f"weekly-recs: week {NEXT_WEEK} published" in rerun.stdout
+    vacuum.close()
+
+
+def until_its_refresh_waits(conn, publishing: subprocess.Popen) -> None:
+    """Until the publish's refresh of `service_top` waits for its lock (or the publish ends)."""
+    refresh_waits = "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'service_top'::regclass"
+    deadline = time.monotonic() + 60
+    while query(conn, refresh_waits) == [(0,)] and publishing.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)

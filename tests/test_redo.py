@@ -33,12 +33,12 @@ def test_redo_forgets_the_weeks_markers_and_keeps_its_tables_until_it_runs_again
                           text=True, env={"LUIGI_CONFIG_PATH": str(config_file), "PATH": "/usr/bin:/bin"})
 
     assert redo.returncode == 0, redo.stderr
-    assert "week 2026-11-21: 9 markers forgotten" in redo.stdout
+    assert "week 2026-11-21: 10 markers forgotten" in redo.stdout
     assert not any("2026_11_21" in marker for marker in markers(conn))
-    assert len(markers(conn)) == 9  # the other week's
+    assert len(markers(conn)) == 10  # the other week's
     assert {table: table_snapshot(conn, table) for table in PUBLISHED_TABLES} == published
     assert run_tasks(WeeklyRecs(week=WEEK)).name == "SUCCESS"
-    assert len(markers(conn)) == 18
+    assert len(markers(conn)) == 20
 
 
 def test_a_file_replaced_after_its_load_staged_is_refused_before_the_fit_and_a_redo_loads_it(

@@ -101,7 +101,7 @@ def test_two_workers_at_once_run_every_task_once(luigid, config_file, input_dir,
     # a worker that saw tasks run by the other ends with [retcode] already_running (10) or not_run (25)
     assert all(worker.returncode in (0, 10, 25) for worker in workers), [err[-1500:] for _, err in outputs]
     assert luigid.api("task_list", status="FAILED") == {}
-    assert len(markers(conn)) == 9
+    assert len(markers(conn)) == 10
     for table, file in zip(PUBLISHED_TABLES[:4], ("top_popular", "similar", "candidates_train",
                                                    "candidates_inference"), strict=True):
         assert query(conn, f'SELECT count(*) FROM "{table}"') == [(pq.read_metadata(input_dir / f"{file}.parquet")

@@ -28,7 +28,7 @@ def test_a_week_publishes_every_table_and_prints_a_summary(config_file, conn):
     for table in PUBLISHED_TABLES:
         (count,) = query(conn, f'SELECT count(*) FROM "{table}"')[0]
         assert f"{table}" in result.stdout and f"{count:,} rows" in result.stdout
-    assert len(markers(conn)) == 9  # CheckInputs, five staged tables, TrainRanker, one shard, WeeklyRecs
+    assert len(markers(conn)) == 10  # CheckInputs, five staged tables, TrainRanker, one shard, WeeklyRecs twice
 
 
 def test_a_rerun_of_a_done_week_runs_nothing_and_changes_nothing(config_file, conn):
