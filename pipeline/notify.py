@@ -1,6 +1,7 @@
 """Telegram messages from Luigi's event handlers: one on a finished week, one on every failure.
 
-Handlers are registered on `WeekTask`, so every pipeline task reports its failures. With
+Handlers are registered on `WeekTask`, so every pipeline task reports its failures, those that
+stop a run before any task (a `complete()` or `requires()` that raised) included. With
 `--workers N` they run in the forked task process, so each message is built only from the task,
 the database and this process's start time, all of which that process has. Sending never raises:
 an outage, a 429 or a bad token is logged (without the token) and the run goes on.
@@ -97,13 +98,43 @@ def _enabled(event: str) -> bool:
 
 def _report_failure(event: str):
     def handler(task: luigi.Task, problem: BaseException | str) -> None:
-        if _enabled(event):
+        if _enabled(event) and _first_at_scheduling(event, problem):
             send(failure_message(task, problem))
     return handler
 
 
+_SCHEDULING_PROBLEMS: set[str] = set()
+
+
+def _first_at_scheduling(event: str, problem: BaseException | str) -> bool:
+    """Whether `problem` is new to this run's scheduling: one bad setting breaks every task that
+    reads it, and is one message, not one a task. Failures of tasks that ran are each their own."""
+    if event != "BROKEN_TASK":
+        return True
+    described = db.described(problem) if isinstance(problem, BaseException) else problem
+    new = described not in _SCHEDULING_PROBLEMS
+    _SCHEDULING_PROBLEMS.add(described)
+    return new
+
+
 for _event in ("FAILURE", "BROKEN_TASK", "PROCESS_FAILURE", "TIMEOUT"):
     WeekTask.event_handler(getattr(luigi.Event, _event))(_report_failure(_event))
+
+
+@WeekTask.event_handler(luigi.Event.DEPENDENCY_MISSING)
+def _report_unchecked(task: luigi.Task) -> None:
+    """A task whose `complete()` raised as the run was scheduled (the database down at 21:05): Luigi
+    runs nothing and tells its handlers only `DEPENDENCY_MISSING`, without the error (it fires no
+    `BROKEN_TASK` for it, and sends its own e-mail alone), so the check is made once more here to
+    name it. Luigi fires the event for this and for an external task's missing data, of which the
+    pipeline has none."""
+    try:
+        task.complete()
+    except Exception as error:  # what Luigi caught: it says why the week did not run
+        problem: BaseException | str = error
+    else:
+        problem = "its complete() raised as the run was scheduled, and not when checked again: see the log"
+    _report_failure("BROKEN_TASK")(task, problem)
 
 
 @WeekTask.event_handler(luigi.Event.SUCCESS)
