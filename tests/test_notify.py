@@ -143,3 +143,19 @@ def test_failure_messages_stay_under_telegrams_limit_and_hide_secrets(settings, 
 
     assert len(text) <= notify.TELEGRAM_LIMIT
     assert TOKEN not in text and "hunter2" not in text
+
+
+def test_a_central_scheduler_down_as_cron_fires_sends_a_failure_naming_it(bot_api, config_file, settings, conn):
+    """Cron's command runs the week through `luigid`; one that is not there runs nothing, and says so."""
+    settings.setdefault("core", {}).update({"rpc-retry-attempts": "2", "rpc-retry-wait": "1"})  # of 3, 30 s
+    apply_settings(settings, config_file)
+    port = free_port()
+
+    result = run_luigi(config_file, "WeeklyRecs", "--week", "2026-11-21", "--scheduler-port", str(port),
+                       env=TELEGRAM_ENV)
+
+    assert result.returncode == 40  # Luigi's unhandled exception: no task ran
+    [text] = bot_api.texts()
+    assert text.startswith("weekly-recs FAILED: WeeklyRecs for week 2026-11-21\n")
+    assert f"RPCError: Errors (2 attempts) when connecting to remote scheduler 'http://localhost:{port}'" in text
+    assert query(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
