@@ -48,10 +48,13 @@ class WeeklyRecs(WeekTask):
                     for task in self.published()}
 
     def complete(self) -> bool:
-        """Live and settled: a run stopped after the swap (killed while a refresh waits for a `VACUUM`,
-        or a step failed) leaves the week live and what follows the swap to its next run."""
-        with db.connection() as conn:
-            return self.output().exists(conn) and self.settled().exists(conn)
+        """Put live, and settled: a run stopped after the swap (killed while a refresh waits for a
+        `VACUUM`, or a step failed) leaves what follows the swap to its next run. A week no longer
+        live needs none of it: the publish or rollback that replaced it did those steps since (and
+        so every week put live before settling was marked is complete)."""
+        with db.connection() as conn, conn.cursor() as cur:
+            return self.output().exists(conn) and (
+                self.settled().exists(conn) or publish.live_week(cur, self.live_names()[0]) != self.week)
 
     def is_live(self) -> bool:
         """The swap committed: the week's marker is written in its transaction."""

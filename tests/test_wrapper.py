@@ -54,6 +54,22 @@ def test_a_second_week_is_published_and_the_first_kept_for_rollback(settings, co
     assert table_snapshot(conn, "candidates_ranked__20261121") == first
 
 
+@pytest.mark.published_week
+def test_the_live_week_is_complete_once_settled_and_a_week_replaced_since_needs_no_settling(settings, conn):
+    """What follows the swap is done for the live week; a week put live before the settling was
+    marked, or left unsettled by a run that stopped, needs none once another week replaced it."""
+    first, second = WeeklyRecs(week=WEEK), WeeklyRecs(week=NEXT_WEEK)
+    run_tasks(second)
+    unsettle = "DELETE FROM table_updates WHERE update_id = %s"
+
+    conn.cursor().execute(unsettle, (first.settled().update_id,))
+    conn.cursor().execute(unsettle, (second.settled().update_id,))
+
+    assert first.complete() and not second.complete()
+    assert run_tasks(second).name == "SUCCESS" and second.complete()
+    assert second.settled().update_id in markers(conn)
+
+
 def test_archives_older_than_the_retention_are_dropped(settings, conn):
     settings["pipeline"]["retention"] = "1"
     apply_settings(settings)
