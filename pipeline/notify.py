@@ -92,13 +92,13 @@ def failure_message(task: luigi.Task, problem: BaseException | str) -> str:
     return text[:TELEGRAM_LIMIT]
 
 
-def _enabled(event: str) -> bool:
+def enabled(event: str) -> bool:
     return event in config.telegram().notify
 
 
 def _report_failure(event: str):
     def handler(task: luigi.Task, problem: BaseException | str) -> None:
-        if _enabled(event) and _first_at_scheduling(event, problem):
+        if enabled(event) and _first_at_scheduling(event, problem):
             send(failure_message(task, problem))
     return handler
 
@@ -139,7 +139,7 @@ def _report_unchecked(task: luigi.Task) -> None:
 
 @WeekTask.event_handler(luigi.Event.SUCCESS)
 def _report_week(task: luigi.Task) -> None:
-    if isinstance(task, WeeklyRecs) and _enabled("SUCCESS"):
+    if isinstance(task, WeeklyRecs) and enabled("SUCCESS"):
         try:
             send(success_message(task))
         except Exception as error:  # a report must never fail the week it reports

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from croniter import croniter
 
-from tests.conftest import ROOT, apply_settings, installed_program, query
+from tests.conftest import ROOT, TELEGRAM_ENV, apply_settings, installed_program, query
 
 CRONTAB = ROOT / "deploy" / "crontab"
 
@@ -60,16 +60,26 @@ def test_the_crontab_command_runs_the_week_under_crons_environment(cron_config, 
     assert "weekly-recs: week" in (ROOT / "var" / "log" / "weekly-recs.log").read_text()
 
 
-def test_a_firing_while_the_last_week_still_runs_does_not_start(cron_config, tmp_path):
+def test_a_firing_while_the_last_week_still_runs_does_not_start_and_says_so(cron_config, bot_api, tmp_path, conn):
+    """A run still going a week after cron fired it is stuck, and its handlers say nothing of it."""
     _, _, command = crontab_entries()
     (ROOT / "var").mkdir(exist_ok=True)
+    log = ROOT / "var" / "log" / "weekly-recs.log"
+    logged_before = log.stat().st_size if log.exists() else 0
+    environment = {**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV}
     holder = subprocess.Popen(["flock", str(ROOT / "var" / "cron.lock"), "sleep", "30"])
     try:
-        result = subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in cron_environment(cron_config, tmp_path).items()),
-                                 "/bin/sh", "-c", command], capture_output=True, text=True, timeout=60)
+        result = subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in environment.items()), "/bin/sh", "-c", command],
+                                capture_output=True, text=True, timeout=60)
     finally:
         holder.kill()
-    assert result.returncode == 1  # flock -n: the lock is held, nothing started
+
+    assert result.returncode == 75  # flock -E 75: the lock is held, nothing started
+    [text] = bot_api.texts()
+    assert text.startswith("weekly-recs FAILED: WeeklyRecs for week ")
+    assert "not started: the run cron fired before it still holds var/cron.lock" in text
+    assert "not started: the run cron fired before it" in log.read_text()[logged_before:]
+    assert query(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
 
 
 def compose() -> dict:
