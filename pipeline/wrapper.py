@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import date
+from datetime import date, timedelta
 
 import psycopg2
 
@@ -93,7 +93,7 @@ class WeeklyRecs(WeekTask):
             self.check_can_go_live(cur)
             for task in self.published():
                 task.check_file_unchanged(cur)
-            said = self.said([*self.not_replicated(cur), *self.reshaped(cur), *self.repeated(cur)])
+            said = self.said([*self.missed(cur), *self.not_replicated(cur), *self.reshaped(cur), *self.repeated(cur)])
         live_locks.prepare_to_attach({table: publish.staged_name(table, self.week) for table in tables}, self.week,
                                      what, self.set_status_message)
         try:
@@ -134,6 +134,18 @@ class WeeklyRecs(WeekTask):
         for note in notes:
             log.warning("week %s: %s", self.week, note)
         return notes
+
+    def missed(self, cur) -> list[str]:
+        """The weeks between the live week and this one that never went live. A run that dies with
+        its host (a reboot, the OOM killer) sends no message, and the web service serves the week
+        before it for a week more: its week is said at the next one that goes live."""
+        live = publish.live_week(cur, self.live_names()[0])
+        if live is None or self.week - live <= timedelta(weeks=1):
+            return []
+        first, last = live + timedelta(weeks=1), self.week - timedelta(weeks=1)
+        weeks = ", ".join(str(first + timedelta(weeks=n)) for n in range((last - first).days // 7 + 1))
+        return [f"never published, between the live week {live} and this one: {weeks} (a run that died with its "
+                f"host says nothing; `WeeklyRecsRange --start {first} --stop {last}` archives them)"]
 
     def not_replicated(self, cur) -> list[str]:
         """A week goes live by attaching its table, which logical decoding never sees: a subscriber of
