@@ -124,9 +124,9 @@ for _event in ("FAILURE", "BROKEN_TASK", "PROCESS_FAILURE", "TIMEOUT"):
 @WeekTask.event_handler(luigi.Event.DEPENDENCY_MISSING)
 def _report_unchecked(task: luigi.Task) -> None:
     """A task whose `complete()` raised as the run was scheduled (the database down at 21:05): Luigi
-    runs nothing and tells its handlers only `DEPENDENCY_MISSING`, without the error (it fires no
-    `BROKEN_TASK` for it, and sends its own e-mail alone), so the check is made once more here to
-    name it. Luigi fires the event for this and for an external task's missing data, of which the
+    runs nothing and tells its handlers only `DEPENDENCY_MISSING`, without the error (no
+    `BROKEN_TASK`: only Luigi's own e-mail, where one is set up, carries it), so the check is made
+    once more here to name it. Luigi fires the event for this and for an external task's missing data, of which the
     pipeline has none."""
     try:
         task.complete()
