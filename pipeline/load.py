@@ -101,34 +101,11 @@ class CheckInputs(WeekTask):
 
         least_kept = config.pipeline().least_rows_kept()
         with db.connection() as conn, conn.cursor() as cur:
-            refuse_without_schema(cur)
-            missing = publish.missing_roles(cur, config.postgres().readers)
-            if missing:
-                raise ValueError(f"[postgres] readers: no role named {', '.join(map(repr, missing))} in the database")
+            publish.refuse_unfit_role(cur)
             week = WeeklyRecs(week=self.week)
             week.check_can_go_live(cur)
             for task in week.published():
                 task.check_against_live(cur, least_kept)
-
-
-def refuse_without_schema(cur) -> None:
-    """Refuse a week whose tables the role could not make: no schema of its `search_path` exists (a
-    DBA's `"$user"` before its schema), or the first that does is not the role's to create in (the
-    `public` schema of a database it does not own, since PostgreSQL 15). PostgreSQL's own words come
-    at the first table and name neither the role nor the setting."""
-    made = catalog.creation(cur)
-    if made.allowed:
-        return
-    role, database = made.role, made.database
-    if made.schema is None:
-        raise ValueError(f"[postgres] user {role} has no schema to make the week's tables in, in database "
-                         f"{database}: none of its search_path ({made.search_path}) exists (CREATE SCHEMA {role} "
-                         f"AUTHORIZATION {role}, or ALTER ROLE {role} IN DATABASE {database} SET search_path = a "
-                         "schema it may create in)")
-    raise ValueError(f"[postgres] user {role} may not make tables in schema {made.schema}, the first of its "
-                     f"search_path ({made.search_path}) that exists in database {database} (GRANT CREATE ON "
-                     f"SCHEMA {made.schema} TO {role}, or ALTER ROLE {role} IN DATABASE {database} SET search_path "
-                     "= a schema of its own)")
 
 
 class LoadTask(StagingTask):

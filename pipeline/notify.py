@@ -1,7 +1,7 @@
 """Telegram messages from Luigi's event handlers: one on a finished week, one on every failure.
 
-Handlers are registered on `WeekTask`, so every pipeline task reports its failures, those that
-stop a run before any task (a `complete()` or `requires()` that raised) included. With
+Handlers are registered on `WeekTask` and `EventTask`, so every pipeline task reports its failures,
+those that stop a run before any task (a `complete()` or `requires()` that raised) included. With
 `--workers N` they run in the forked task process, so each message is built only from the task,
 the database and this process's start time, all of which that process has. Sending never raises:
 an outage, a 429 or a bad token is logged (without the token) and the run goes on.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Callable
 from datetime import date
 
 import luigi
@@ -20,6 +21,7 @@ import requests
 
 from pipeline import config, db
 from pipeline.base import WeekTask
+from pipeline.events.tasks import EventTask
 from pipeline.wrapper import WeeklyRecs
 
 log = logging.getLogger("luigi-interface")
@@ -96,38 +98,48 @@ def enabled(event: str) -> bool:
     return event in config.telegram().notify
 
 
-def _report_failure(event: str):
+def _on_every_task(event: str) -> Callable:
+    """Registers a handler of `event` on every task of the week's graph: the loads, the ranking and
+    the wrapper (`WeekTask`), and the events stage (`EventTask`), whose failures were said by no
+    message before 2026-12-07."""
+    def register(handler: Callable) -> Callable:
+        for task_class in (WeekTask, EventTask):
+            task_class.event_handler(event)(handler)
+        return handler
+    return register
+
+
+def _report_failure(event: str) -> Callable:
     def handler(task: luigi.Task, problem: BaseException | str) -> None:
-        if enabled(event) and _first_at_scheduling(event, problem):
+        if enabled(event) and _not_yet_said(problem):
             send(failure_message(task, problem))
     return handler
 
 
-_SCHEDULING_PROBLEMS: set[str] = set()
+_SAID: set[str] = set()
 
 
-def _first_at_scheduling(event: str, problem: BaseException | str) -> bool:
-    """Whether `problem` is new to this run's scheduling: one bad setting breaks every task that
-    reads it, and is one message, not one a task. Failures of tasks that ran are each their own."""
-    if event != "BROKEN_TASK":
-        return True
+def _not_yet_said(problem: BaseException | str) -> bool:
+    """One problem, one message: a bad setting, or a role that may not publish, breaks every task
+    that reads it, as the run is scheduled or as each one runs. Within a process: with `--workers N`
+    each task's process says its own."""
     described = db.described(problem) if isinstance(problem, BaseException) else problem
-    new = described not in _SCHEDULING_PROBLEMS
-    _SCHEDULING_PROBLEMS.add(described)
+    new = described not in _SAID
+    _SAID.add(described)
     return new
 
 
 for _event in ("FAILURE", "BROKEN_TASK", "PROCESS_FAILURE", "TIMEOUT"):
-    WeekTask.event_handler(getattr(luigi.Event, _event))(_report_failure(_event))
+    _on_every_task(getattr(luigi.Event, _event))(_report_failure(_event))
 
 
-@WeekTask.event_handler(luigi.Event.DEPENDENCY_MISSING)
+@_on_every_task(luigi.Event.DEPENDENCY_MISSING)
 def _report_unchecked(task: luigi.Task) -> None:
     """A task whose `complete()` raised as the run was scheduled (the database down at 21:05): Luigi
     runs nothing and tells its handlers only `DEPENDENCY_MISSING`, without the error (no
     `BROKEN_TASK`: only Luigi's own e-mail, where one is set up, carries it), so the check is made
-    once more here to name it. Luigi fires the event for this and for an external task's missing data, of which the
-    pipeline has none."""
+    once more here to name it. Luigi fires the event for this and for an external task's missing
+    data, of which the pipeline has none."""
     try:
         task.complete()
     except Exception as error:  # what Luigi caught: it says why the week did not run

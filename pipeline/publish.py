@@ -351,6 +351,37 @@ def grant_readers(cur, tables: Iterable[str], readers: Iterable[str]) -> None:
                 cur.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(table), sql.Identifier(role)))
 
 
+def refuse_unfit_role(cur) -> None:
+    """Refuse a week that the pipeline's role could not publish whatever its files: no schema to make
+    its tables in, or a reader to grant them to that does not exist. Checked before the week's
+    files are checked (`CheckInputs`), and first of all before the events stage makes them, which
+    may take an hour on a shop's first week."""
+    refuse_without_schema(cur)
+    missing = missing_roles(cur, config.postgres().readers)
+    if missing:
+        raise ValueError(f"[postgres] readers: no role named {', '.join(map(repr, missing))} in the database")
+
+
+def refuse_without_schema(cur) -> None:
+    """Refuse a week whose tables the role could not make: no schema of its `search_path` exists (a
+    DBA's `"$user"` before its schema), or the first that does is not the role's to create in (the
+    `public` schema of a database it does not own, since PostgreSQL 15). PostgreSQL's own words come
+    at the first table and name neither the role nor the setting."""
+    made = catalog.creation(cur)
+    if made.allowed:
+        return
+    role, database = made.role, made.database
+    if made.schema is None:
+        raise ValueError(f"[postgres] user {role} has no schema to make the week's tables in, in database "
+                         f"{database}: none of its search_path ({made.search_path}) exists (CREATE SCHEMA {role} "
+                         f"AUTHORIZATION {role}, or ALTER ROLE {role} IN DATABASE {database} SET search_path = a "
+                         "schema it may create in)")
+    raise ValueError(f"[postgres] user {role} may not make tables in schema {made.schema}, the first of its "
+                     f"search_path ({made.search_path}) that exists in database {database} (GRANT CREATE ON "
+                     f"SCHEMA {made.schema} TO {role}, or ALTER ROLE {role} IN DATABASE {database} SET search_path "
+                     "= a schema of its own)")
+
+
 def missing_roles(cur, roles: Iterable[str]) -> list[str]:
     roles = list(roles)
     cur.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (roles,))

@@ -31,7 +31,7 @@ import luigi
 import luigi.format
 import pyarrow.parquet as pq
 
-from pipeline import config
+from pipeline import config, db, publish
 from pipeline.base import week_parameter
 from pipeline.contracts import CANDIDATES_INFERENCE, CANDIDATES_TRAIN, SIMILAR, TOP_POPULAR, open_parquet
 
@@ -83,6 +83,8 @@ class CutoffModel(EventTask):
         from pipeline.events import candidates, inputs, popularity
         from pipeline.events.history import History
 
+        with db.connection() as conn, conn.cursor() as cur:  # before fits a role unfit to publish would waste
+            publish.refuse_unfit_role(cur)
         self.remove_stale()
         settings = config.events()
         cutoff = settings.cutoff_of(self.week)

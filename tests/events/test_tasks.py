@@ -24,7 +24,18 @@ from pipeline.events.inputs import read_items, read_window
 from pipeline.events.tasks import CandidatesAtCutoff, CandidateShard, CutoffModel, TrainFromOutcomes
 from pipeline.validation import held_out
 from pipeline.wrapper import WeeklyRecs
-from tests.conftest import CUTOFF, PUBLISHED_TABLES, WEEK, apply_settings, live_state, query, run_tasks
+from tests.conftest import (
+    CUTOFF,
+    PUBLISHED_TABLES,
+    TELEGRAM_ENV,
+    WEEK,
+    admin_connection,
+    apply_settings,
+    live_state,
+    query,
+    run_luigi,
+    run_tasks,
+)
 from tests.events.test_inputs import events_file
 
 
@@ -228,3 +239,21 @@ def test_a_week_resumed_by_other_code_fits_again_and_remakes_its_shards(events_s
     ran = result.summary_text.split("ran successfully")[1]
     assert "CutoffModel(" in ran and "CandidateShard(" in ran, result.summary_text
     assert week_file(CANDIDATES_INFERENCE.file).equals(uninterrupted)
+
+
+def test_a_role_that_could_not_publish_is_refused_before_the_events_stage_fits_anything(
+        events_settings, pipeline_role, bot_api, config_file, tmp_path, pg_socket_dir, database):
+    """A shop's first week fits every train week's sources first (an hour for `make bench-week`'s shop): a
+    role left without `CREATE` on `public` (PostgreSQL 15 and later) was refused only after them."""
+    with admin_connection(pg_socket_dir, database) as dba:
+        dba.cursor().execute(f'REVOKE CREATE ON SCHEMA public FROM "{pipeline_role}"')
+
+    result = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK), env=TELEGRAM_ENV)
+
+    assert result.returncode == 30
+    assert f"ValueError: [postgres] user {pipeline_role} may not make tables in schema public" in result.stderr
+    assert not list((tmp_path / "weeks").rglob("*.*"))  # no fit, no file of any week
+    assert result.stderr.count("may not make tables in schema public") > 1  # each train week's fit: one problem
+    [text] = bot_api.texts()  # the events stage's tasks sent none before 2026-12-07
+    assert text.startswith("weekly-recs FAILED: CutoffModel for week ")
+    assert f"GRANT CREATE ON SCHEMA public TO {pipeline_role}" in text
