@@ -143,7 +143,9 @@ class WeeklyRecs(WeekTask):
         if live is None or self.week - live <= timedelta(weeks=1):
             return []
         first, last = live + timedelta(weeks=1), self.week - timedelta(weeks=1)
-        weeks = ", ".join(str(first + timedelta(weeks=n)) for n in range((last - first).days // 7 + 1))
+        count = (last - first).days // 7 + 1
+        weeks = (", ".join(str(first + timedelta(weeks=n)) for n in range(count)) if count <= 4
+                 else f"{count} weeks, {first} to {last}")
         return [f"never published, between the live week {live} and this one: {weeks} (a run that died with its "
                 f"host says nothing; `WeeklyRecsRange --start {first} --stop {last}` archives them)"]
 

@@ -83,6 +83,8 @@ def test_weeks_that_never_went_live_are_named_when_a_later_one_does(bot_api, con
             ) in text
     assert "never published" not in run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week",
                                               "2026-12-19").stderr
+    assert ("never published, between the live week 2026-12-19 and this one: 6 weeks, 2026-12-26 to 2027-01-30 "
+            in run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", "2027-02-06").stderr)
 
 
 def test_archives_older_than_the_retention_are_dropped(settings, conn):
