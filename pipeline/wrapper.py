@@ -54,11 +54,15 @@ class WeeklyRecs(WeekTask):
         so every week put live before settling was marked is complete)."""
         with db.connection() as conn, conn.cursor() as cur:
             return self.output().exists(conn) and (
-                self.settled().exists(conn) or publish.live_week(cur, self.live_names()[0]) != self.week)
+                self.settled().exists(conn) or self.live_week(cur) != self.week)
 
     def is_live(self) -> bool:
         """The swap committed: the week's marker is written in its transaction."""
         return self.marked_by(self.output())
+
+    def live_week(self, cur) -> date | None:
+        """The week the web service reads: the one its tables hold, which go live together."""
+        return publish.live_week(cur, self.live_names()[0])
 
     def settled(self) -> db.MarkerTarget:
         """The marker of the steps after the swap, written once each of them has run."""
@@ -139,7 +143,7 @@ class WeeklyRecs(WeekTask):
         """The weeks between the live week and this one that never went live. A run that dies with
         its host (a reboot, the OOM killer) sends no message, and the web service serves the week
         before it for a week more: its week is said at the next one that goes live."""
-        live = publish.live_week(cur, self.live_names()[0])
+        live = self.live_week(cur)
         if live is None or self.week - live <= timedelta(weeks=1):
             return []
         first, last = live + timedelta(weeks=1), self.week - timedelta(weeks=1)
