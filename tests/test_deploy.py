@@ -4,6 +4,8 @@ itself, and docker-compose's services agree with what the pipeline reads."""
 from __future__ import annotations
 
 import configparser
+import os
+import signal
 import subprocess
 from datetime import datetime
 
@@ -14,6 +16,7 @@ from croniter import croniter
 from tests.conftest import ROOT, TELEGRAM_ENV, apply_settings, installed_program, query
 
 CRONTAB = ROOT / "deploy" / "crontab"
+LOG = ROOT / "var" / "log" / "weekly-recs.log"
 
 
 def crontab_entries() -> tuple[dict[str, str], str, str]:
@@ -31,7 +34,8 @@ def test_the_week_fires_every_saturday_at_21_05():
     firings = croniter(schedule, datetime(2026, 11, 24, 12, 0))
     assert [firings.get_next(datetime) for _ in range(2)] == [datetime(2026, 11, 28, 21, 5),
                                                              datetime(2026, 12, 5, 21, 5)]
-    assert ".venv/bin/luigi --module pipeline WeeklyRecs" in command
+    assert "deploy/run-week" in command
+    assert ".venv/bin/luigi --module pipeline WeeklyRecs" in (ROOT / "deploy" / "run-week").read_text()
 
 
 def cron_environment(config_file, tmp_path) -> dict[str, str]:
@@ -48,38 +52,81 @@ def cron_config(settings, config_file):
     return config_file
 
 
-def test_the_crontab_command_runs_the_week_under_crons_environment(cron_config, tmp_path, conn):
+def cron_fires(environment: dict[str, str], timeout: float = 300) -> tuple[int, str]:
+    """Runs the crontab's command as cron would with `environment` only: its exit status and what it logged."""
     _, _, command = crontab_entries()
+    logged_before = LOG.stat().st_size if LOG.exists() else 0
+    result = subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in environment.items()), "/bin/sh", "-c", command],
+                            capture_output=True, text=True, timeout=timeout)
+    return result.returncode, LOG.read_text()[logged_before:]
 
-    result = subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in cron_environment(cron_config, tmp_path).items()),
-                             "/bin/sh", "-c", command], capture_output=True, text=True, timeout=300)
 
-    assert result.returncode == 0, (ROOT / "var" / "log" / "weekly-recs.log").read_text()[-2000:]
+def test_the_crontab_command_runs_the_week_under_crons_environment(cron_config, tmp_path, conn):
+    status, logged = cron_fires(cron_environment(cron_config, tmp_path))
+
+    assert status == 0, logged[-2000:]
     # the week live and settled
     assert query(conn, "SELECT count(*) FROM table_updates WHERE update_id LIKE 'WeeklyRecs_2026%'") == [(2,)]
-    assert "weekly-recs: week" in (ROOT / "var" / "log" / "weekly-recs.log").read_text()
+    assert "weekly-recs: week" in logged
 
 
 def test_a_firing_while_the_last_week_still_runs_does_not_start_and_says_so(cron_config, bot_api, tmp_path, conn):
     """A run still going a week after cron fired it is stuck, and its handlers say nothing of it."""
-    _, _, command = crontab_entries()
     (ROOT / "var").mkdir(exist_ok=True)
-    log = ROOT / "var" / "log" / "weekly-recs.log"
-    logged_before = log.stat().st_size if log.exists() else 0
-    environment = {**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV}
-    holder = subprocess.Popen(["flock", str(ROOT / "var" / "cron.lock"), "sleep", "30"])
+    holder = subprocess.Popen(["flock", str(ROOT / "var" / "cron.lock"), "sleep", "30"], start_new_session=True)
     try:
-        result = subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in environment.items()), "/bin/sh", "-c", command],
-                                capture_output=True, text=True, timeout=60)
+        status, logged = cron_fires({**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV}, timeout=60)
     finally:
-        holder.kill()
+        os.killpg(holder.pid, signal.SIGKILL)  # flock and its sleep, which holds the lock too
+        holder.wait()
 
-    assert result.returncode == 75  # flock -E 75: the lock is held, nothing started
+    assert status == 75  # flock -E 75: the lock is held, nothing started
     [text] = bot_api.texts()
     assert text.startswith("weekly-recs FAILED: WeeklyRecs for week ")
     assert "not started: the run cron fired before it still holds var/cron.lock" in text
-    assert "not started: the run cron fired before it" in log.read_text()[logged_before:]
+    assert "not started: the run cron fired before it" in logged
     assert query(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+
+
+def test_a_run_whose_install_is_broken_says_so_with_the_import_error(cron_config, bot_api, tmp_path, conn):
+    """A dependency that no longer loads stops Luigi before any task, so no handler of the pipeline runs."""
+    broken = tmp_path / "broken" / "pyarrow"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise ImportError("libarrow.so.2100: cannot open shared object file")\n')
+    environment = {**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV, "PYTHONPATH": str(broken.parent)}
+
+    status, logged = cron_fires(environment, timeout=120)
+
+    assert status not in (0, 75)  # Luigi's own status
+    [text] = bot_api.texts()
+    assert text.startswith("weekly-recs FAILED: the run of ")
+    assert "could not start\nImportError: libarrow.so.2100: cannot open shared object file\n" in text
+    assert "no task ran, the live week is unchanged" in text
+    assert text in logged
+    assert TELEGRAM_ENV["TELEGRAM_BOT_TOKEN"] not in logged
+    assert query(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+
+
+def test_a_luigi_cfg_that_does_not_parse_is_said_with_its_file_and_line(cron_config, bot_api, tmp_path):
+    cron_config.write_text(cron_config.read_text() + "\n[core]\nlocal_scheduler = false\n")
+
+    status, logged = cron_fires({**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV}, timeout=120)
+
+    assert status not in (0, 75)
+    [text] = bot_api.texts()
+    assert f"DuplicateSectionError: While reading from '{cron_config}'" in text
+    assert text in logged
+
+
+def test_a_failure_the_pipeline_reports_itself_is_said_once(cron_config, bot_api, tmp_path, settings):
+    settings["pipeline"]["input_dir"] = str(tmp_path / "no-export")
+    apply_settings(settings, cron_config)
+
+    status, _ = cron_fires({**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV})
+
+    assert status == 30  # [retcode] task_failed
+    [text] = bot_api.texts()
+    assert text.startswith("weekly-recs FAILED: CheckInputs for week ")
 
 
 def compose() -> dict:

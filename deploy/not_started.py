@@ -1,0 +1,98 @@
+"""Said when cron's run failed before the pipeline could say anything: its package does not import.
+
+    python3 -I deploy/not_started.py      (deploy/run-week runs it when Luigi's run failed)
+
+A broken install (a dependency upgraded half way, the interpreter the virtualenv points at removed by
+an OS upgrade) or a luigi.cfg that does not parse stops `luigi --module pipeline` before any task, so
+no event handler runs and, before 2026-12-07, no alert went out: the week just stayed unpublished.
+This checks whether the package imports the way the run imported it. If it does, the run's own
+handlers said what happened and this says nothing; if not, it logs and sends the error. It uses the
+standard library only, since what it reports may be the very thing that is broken, and reads
+`[telegram]` leniently from the config files the project documents, since one may be what broke.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import socket
+import subprocess
+import urllib.request
+from datetime import date
+
+VENV_PYTHON = ".venv/bin/python"
+CHECK = [VENV_PYTHON, "-P", "-c", "import pipeline"]
+
+
+def import_error() -> str:
+    """Why the package does not import under the run's interpreter and environment; '' when it does."""
+    try:
+        result = subprocess.run(CHECK, capture_output=True, text=True, timeout=600)
+    except OSError as error:
+        return f"{VENV_PYTHON}: {error.strerror}"
+    if result.returncode == 0:
+        return ""
+    # the exception's own words: the traceback's unindented last lines
+    words: list[str] = []
+    for line in reversed(result.stderr.rstrip().splitlines()):
+        if line.startswith((" ", "Traceback")):
+            break
+        words.insert(0, line.strip())
+    return " ".join(words) or f"exit status {result.returncode}"
+
+
+def telegram_settings() -> dict[str, str]:
+    """`[telegram]` from the checkout's luigi.cfg and then LUIGI_CONFIG_PATH, as Luigi reads them; a file
+    that does not parse is left out."""
+    settings: dict[str, str] = {}
+    for path in filter(None, ("luigi.cfg", os.environ.get("LUIGI_CONFIG_PATH"))):
+        parser = configparser.ConfigParser(interpolation=None, strict=False)
+        try:
+            parser.read(path)
+        except configparser.Error:
+            continue
+        if parser.has_section("telegram"):
+            settings.update(parser["telegram"])
+    return settings
+
+
+def redacted(text: str) -> str:
+    for secret in filter(None, (os.environ.get("TELEGRAM_BOT_TOKEN"), os.environ.get("PGPASSWORD"))):
+        text = text.replace(secret, "***")
+    return text
+
+
+def wanted(settings: dict[str, str]) -> bool:
+    """False only where `[telegram] notify` clearly leaves failures out."""
+    try:
+        return "FAILURE" in json.loads(settings["notify"])
+    except (KeyError, ValueError, TypeError):
+        return True
+
+
+def send(text: str, settings: dict[str, str]) -> None:
+    token, chat_id = os.environ.get("TELEGRAM_BOT_TOKEN"), os.environ.get("TELEGRAM_CHAT_ID")
+    if not token or not chat_id:
+        print("Telegram: TELEGRAM_BOT_TOKEN or TELEGRAM_CHAT_ID not set, no message sent")
+        return
+    url = f"{settings.get('api_url', 'https://api.telegram.org').rstrip('/')}/bot{token}/sendMessage"
+    body = json.dumps({"chat_id": chat_id, "text": text[:4096]}).encode()
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=float(settings.get("timeout", 5))):
+            pass
+    except (OSError, ValueError) as error:
+        print(f"Telegram message not sent: {redacted(f'{type(error).__name__}: {error}')}")
+
+
+if __name__ == "__main__":
+    if error := import_error():
+        settings = telegram_settings()
+        message = (f"weekly-recs FAILED: the run of {date.today()} could not start\n{redacted(error)}\n"
+                   f"`{' '.join(CHECK[:3])} '{CHECK[3]}'` fails in the checkout: no task ran, the live week "
+                   f"is unchanged\nhost: {socket.gethostname()}\n"
+                   f"log: {settings.get('log_location', 'var/log/weekly-recs.log')}")
+        print(message, flush=True)
+        if wanted(settings):
+            send(message, settings)
