@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import configparser
 import os
+import shutil
 import signal
 import subprocess
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 import yaml
@@ -52,13 +54,13 @@ def cron_config(settings, config_file):
     return config_file
 
 
-def cron_fires(environment: dict[str, str], timeout: float = 300) -> tuple[int, str]:
+def cron_fires(environment: dict[str, str], timeout: float = 300, log: Path = LOG) -> tuple[int, str]:
     """Runs the crontab's command as cron would with `environment` only: its exit status and what it logged."""
     _, _, command = crontab_entries()
-    logged_before = LOG.stat().st_size if LOG.exists() else 0
+    logged_before = log.stat().st_size if log.exists() else 0
     result = subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in environment.items()), "/bin/sh", "-c", command],
                             capture_output=True, text=True, timeout=timeout)
-    return result.returncode, LOG.read_text()[logged_before:]
+    return result.returncode, log.read_text()[logged_before:]
 
 
 def test_the_crontab_command_runs_the_week_under_crons_environment(cron_config, tmp_path, conn):
@@ -105,6 +107,20 @@ def test_a_run_whose_install_is_broken_says_so_with_the_import_error(cron_config
     assert text in logged
     assert TELEGRAM_ENV["TELEGRAM_BOT_TOKEN"] not in logged
     assert query(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+
+
+def test_a_checkout_whose_virtualenv_is_gone_says_so(cron_config, bot_api, tmp_path):
+    """An OS upgrade that removes the interpreter the virtualenv points at leaves no `.venv/bin/luigi` to run."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(ROOT / "deploy", checkout / "deploy")
+
+    status, logged = cron_fires({**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV,
+                                 "WEEKLY_RECS": str(checkout)}, log=checkout / "var" / "log" / "weekly-recs.log")
+
+    assert status not in (0, 75)
+    [text] = bot_api.texts()
+    assert "could not start\n.venv/bin/python: No such file or directory\n" in text
+    assert text in logged
 
 
 def test_a_luigi_cfg_that_does_not_parse_is_said_with_its_file_and_line(cron_config, bot_api, tmp_path):
