@@ -8,4 +8,5 @@ RUN python -m venv .venv && .venv/bin/pip install --no-cache-dir -e . && touch .
 COPY luigi.cfg ./
 COPY deploy ./deploy
 # cron starts jobs with an empty environment: hand it the container's (secrets come from .env via compose).
-CMD ["sh", "-c", "printenv | grep -E '^(LUIGI_CONFIG_PATH|PGPASSWORD|TELEGRAM_BOT_TOKEN|TELEGRAM_CHAT_ID)=' > /etc/environment; crontab deploy/crontab && exec cron -f"]
+# Debian's cron runs @reboot jobs only without /var/run/crond.reboot, which a restarted container keeps.
+CMD ["sh", "-c", "printenv | grep -E '^(LUIGI_CONFIG_PATH|PGPASSWORD|TELEGRAM_BOT_TOKEN|TELEGRAM_CHAT_ID)=' > /etc/environment; rm -f /var/run/crond.reboot; crontab deploy/crontab && exec cron -f"]

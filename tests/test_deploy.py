@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -21,29 +22,34 @@ CRONTAB = ROOT / "deploy" / "crontab"
 LOG = ROOT / "var" / "log" / "weekly-recs.log"
 
 
-def crontab_entries() -> tuple[dict[str, str], str, str]:
-    """(its variables, the schedule, the command) of deploy/crontab."""
+SATURDAY = "5 21 * * 6"
+RUNNING = ROOT / "var" / "run-week.running"
+
+
+def crontab() -> tuple[dict[str, str], dict[str, str]]:
+    """(its variables, its jobs: each schedule's command) of deploy/crontab."""
     lines = [line for line in CRONTAB.read_text().splitlines() if line.strip() and not line.startswith("#")]
     variables = dict(line.split("=", 1) for line in lines if "=" in line.split()[0])
-    [job] = [line for line in lines if "=" not in line.split()[0]]
-    fields = job.split(maxsplit=5)
-    return variables, " ".join(fields[:5]), fields[5]
+    jobs = [line.split(maxsplit=1 if line.startswith("@") else 5) for line in lines if "=" not in line.split()[0]]
+    return variables, {" ".join(fields[:-1]): fields[-1] for fields in jobs}
 
 
-def test_the_week_fires_every_saturday_at_21_05():
-    _, schedule, command = crontab_entries()
+def test_the_week_fires_every_saturday_at_21_05_and_at_boot():
+    _, jobs = crontab()
 
-    firings = croniter(schedule, datetime(2026, 11, 24, 12, 0))
+    assert set(jobs) == {SATURDAY, "@reboot"}
+    firings = croniter(SATURDAY, datetime(2026, 11, 24, 12, 0))
     assert [firings.get_next(datetime) for _ in range(2)] == [datetime(2026, 11, 28, 21, 5),
                                                              datetime(2026, 12, 5, 21, 5)]
-    assert "deploy/run-week" in command
-    assert ".venv/bin/luigi --module pipeline WeeklyRecs" in (ROOT / "deploy" / "run-week").read_text()
+    assert "sh deploy/run-week >>" in jobs[SATURDAY]
+    assert "sh deploy/run-week resume >>" in jobs["@reboot"]
+    assert '.venv/bin/luigi --module pipeline WeeklyRecs --week "$week"' in (ROOT / "deploy" / "run-week").read_text()
 
 
 def cron_environment(config_file, tmp_path) -> dict[str, str]:
     """What cron gives a job: its own PATH and SHELL, HOME, the crontab's variables; here also the
     test's config, which a server takes from luigi.cfg in the checkout."""
-    variables, _, _ = crontab_entries()
+    variables, _ = crontab()
     return {**variables, "HOME": str(tmp_path), "WEEKLY_RECS": str(ROOT), "LUIGI_CONFIG_PATH": str(config_file)}
 
 
@@ -51,16 +57,28 @@ def cron_environment(config_file, tmp_path) -> dict[str, str]:
 def cron_config(settings, config_file):
     settings["core"]["local_scheduler"] = "true"
     apply_settings(settings, config_file)
-    return config_file
+    RUNNING.unlink(missing_ok=True)
+    yield config_file
+    RUNNING.unlink(missing_ok=True)
 
 
-def cron_fires(environment: dict[str, str], timeout: float = 300, log: Path = LOG) -> tuple[int, str]:
-    """Runs the crontab's command as cron would with `environment` only: its exit status and what it logged."""
-    _, _, command = crontab_entries()
+def cron_job(environment: dict[str, str], schedule: str = SATURDAY) -> subprocess.Popen:
+    """The crontab's job started as cron would, with `environment` only; at boot without its wait."""
+    command = crontab()[1][schedule]
+    if schedule == "@reboot":
+        wait, command = command.split(" && ", 1)
+        assert wait.startswith("sleep ")
+    return subprocess.Popen(["env", "-i", *(f"{k}={v}" for k, v in environment.items()), "/bin/sh", "-c", command],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def cron_fires(environment: dict[str, str], timeout: float = 300, log: Path = LOG,
+               schedule: str = SATURDAY) -> tuple[int, str]:
+    """Runs a crontab job to its end: its exit status and what it logged."""
     logged_before = log.stat().st_size if log.exists() else 0
-    result = subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in environment.items()), "/bin/sh", "-c", command],
-                            capture_output=True, text=True, timeout=timeout)
-    return result.returncode, log.read_text()[logged_before:]
+    job = cron_job(environment, schedule)
+    job.communicate(timeout=timeout)
+    return job.returncode, log.read_text()[logged_before:]
 
 
 def test_the_crontab_command_runs_the_week_under_crons_environment(cron_config, tmp_path, conn):
@@ -87,6 +105,55 @@ def test_a_firing_while_the_last_week_still_runs_does_not_start_and_says_so(cron
     assert text.startswith("weekly-recs FAILED: WeeklyRecs for week ")
     assert "not started: the run cron fired before it still holds var/cron.lock" in text
     assert "not started: the run cron fired before it" in logged
+    assert query(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+
+
+def test_a_run_killed_by_a_signal_says_so_and_leaves_nothing_to_resume(cron_config, bot_api, tmp_path, conn):
+    """The OOM killer's SIGKILL ends the run before any of its handlers can speak."""
+    logged_before = LOG.stat().st_size if LOG.exists() else 0
+    job = cron_job({**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV})
+    luigi = until_found(job, "bin/luigi --module pipeline")
+    os.kill(luigi, signal.SIGKILL)
+    job.communicate(timeout=60)
+
+    assert job.returncode == 128 + signal.SIGKILL
+    [text] = bot_api.texts()
+    assert text.startswith("weekly-recs FAILED: WeeklyRecs for week ")
+    assert "killed by SIGKILL before it ended, so no task could say so (the OOM killer?" in text
+    assert text in LOG.read_text()[logged_before:]
+    assert not RUNNING.exists()  # said, so not run again at boot
+    assert query(conn, "SELECT to_regclass('candidates_ranked')") == [(None,)]
+
+
+def until_found(job: subprocess.Popen, command: str, timeout: float = 30) -> int:
+    """The pid of the process of `job`'s session running `command`, once it runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = subprocess.run(["pgrep", "-s", str(job.pid), "-f", command], capture_output=True, text=True)
+        if found.stdout.split():
+            return int(found.stdout.split()[0])
+        time.sleep(0.02)
+    raise AssertionError(f"{command} did not start")
+
+
+def test_at_boot_the_week_of_a_firing_the_host_went_down_in_runs_again(cron_config, bot_api, tmp_path, conn):
+    (ROOT / "var").mkdir(exist_ok=True)
+    RUNNING.write_text("2026-11-25\n")  # what the firing wrote as it started, on a Wednesday
+
+    status, logged = cron_fires({**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV}, schedule="@reboot")
+
+    assert status == 0, logged[-2000:]
+    cut_off, published = bot_api.texts()
+    assert cut_off.startswith("weekly-recs FAILED: WeeklyRecs for week 2026-11-21\ncut off: the host went down")
+    assert published.startswith("weekly-recs: week 2026-11-21 published")
+    assert query(conn, "SELECT count(*) FROM table_updates WHERE update_id LIKE 'WeeklyRecs_2026_11_21%'") == [(2,)]
+    assert not RUNNING.exists()
+
+
+def test_at_boot_with_no_firing_cut_off_nothing_runs(cron_config, bot_api, tmp_path, conn):
+    status, logged = cron_fires({**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV}, schedule="@reboot")
+
+    assert (status, logged, bot_api.texts()) == (0, "", [])
     assert query(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
 
 

@@ -1,0 +1,54 @@
+"""What cron's firing says where Luigi's handlers cannot: they speak only for a run that started and
+ended on its own.
+
+    python -m pipeline.cron overdue                 the run cron fired before still holds var/cron.lock
+    python -m pipeline.cron killed WEEK SIGNAL      the run was killed by a signal (the OOM killer's SIGKILL)
+    python -m pipeline.cron cut-off WEEK            at boot: the host went down while WEEK's run went on
+
+`deploy/run-week` runs these; a run whose package does not import is said by `deploy/not_started.py`,
+which needs nothing of this package. Before 2026-12-07 each of these ended silently: a stuck run
+silenced its own firing and every one after it, and a run killed by the OOM killer or cut off by a
+reboot left the week unpublished without a word. Specs in `tests/test_deploy.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from datetime import date
+
+from pipeline import notify
+from pipeline.wrapper import WeeklyRecs
+
+PROBLEMS = {
+    "overdue": "not started: the run cron fired before it still holds var/cron.lock "
+               "(stuck? `lslocks | grep cron.lock` names its process)",
+    "killed": "killed by {signal} before it ended, so no task could say so (the OOM killer? `journalctl -k | "
+              "grep -i 'killed process'`); nothing half-made went live, and a rerun resumes where it stopped",
+    "cut-off": "cut off: the host went down while it ran; cron's @reboot runs it again now",
+}
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.cron", description=__doc__.splitlines()[0])
+    parser.add_argument("problem", choices=PROBLEMS)
+    parser.add_argument("week", nargs="?", type=date.fromisoformat, default=date.today(),
+                        help="any day of the week the firing ran (default: today)")
+    parser.add_argument("signal", nargs="?", type=int, default=0, help="the signal that killed the run")
+    args = parser.parse_args(argv)
+    problem = PROBLEMS[args.problem].format(signal=signal_name(args.signal))
+    message = notify.failure_message(WeeklyRecs(week=args.week), problem)
+    print(message, flush=True)
+    if notify.enabled("FAILURE"):
+        notify.send(message)
+
+
+if __name__ == "__main__":
+    main()
