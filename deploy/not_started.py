@@ -1,14 +1,16 @@
-"""Said when cron's run failed before the pipeline could say anything: its package does not import.
+"""Said when cron's run failed before the pipeline could say anything: it could not start.
 
     python3 -I deploy/not_started.py      (deploy/run-week runs it when Luigi's run failed)
 
 A broken install (a dependency upgraded half way, the interpreter the virtualenv points at removed by
-an OS upgrade) or a luigi.cfg that does not parse stops `luigi --module pipeline` before any task, so
-no event handler runs and, before 2026-12-07, no alert went out: the week just stayed unpublished.
-This checks whether the package imports the way the run imported it. If it does, the run's own
-handlers said what happened and this says nothing; if not, it logs and sends the error. It uses the
-standard library only, since what it reports may be the very thing that is broken, and reads
-`[telegram]` leniently from the config files the project documents, since one may be what broke.
+an OS upgrade), a luigi.cfg that does not parse, or a bad value in Luigi's own `[core]`, `[worker]` or
+`[retcode]` stops `luigi --module pipeline` before any task, so no event handler runs and, before
+2026-12-07, no alert went out: the week just stayed unpublished. This makes the same start again,
+the package imported and Luigi's own settings read, under the run's interpreter and environment. If
+that works, the run's own handlers said what happened and this says nothing; if not, it logs and
+sends the error. It uses the standard library only, since what it reports may be the very thing that
+is broken, and reads `[telegram]` leniently from the config files the project documents, since one
+may be what broke.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ import urllib.request
 from datetime import date
 
 VENV_PYTHON = ".venv/bin/python"
-CHECK = [VENV_PYTHON, "-P", "-c", "import pipeline"]
+RUN_START = ("import luigi.interface, luigi.retcodes, luigi.worker, pipeline; "
+             "luigi.interface.core(); luigi.worker.worker(); luigi.retcodes.retcode()")
 
 
-def import_error() -> str:
-    """Why the package does not import under the run's interpreter and environment; '' when it does."""
+def start_error() -> str:
+    """Why the run's start fails under its interpreter and environment; '' when it does not."""
     try:
-        result = subprocess.run(CHECK, capture_output=True, text=True, timeout=600)
+        result = subprocess.run([VENV_PYTHON, "-P", "-c", RUN_START], capture_output=True, text=True, timeout=600)
     except OSError as error:
         return f"{VENV_PYTHON}: {error.strerror}"
     if result.returncode == 0:
@@ -87,12 +90,12 @@ def send(text: str, settings: dict[str, str]) -> None:
 
 
 if __name__ == "__main__":
-    if error := import_error():
+    if error := start_error():
         settings = telegram_settings()
+        log = settings.get("log_location", "var/log/weekly-recs.log")
         message = (f"weekly-recs FAILED: the run of {date.today()} could not start\n{redacted(error)}\n"
-                   f"`{' '.join(CHECK[:3])} '{CHECK[3]}'` fails in the checkout: no task ran, the live week "
-                   f"is unchanged\nhost: {socket.gethostname()}\n"
-                   f"log: {settings.get('log_location', 'var/log/weekly-recs.log')}")
+                   "the package or Luigi's own settings fail as the run starts: no task ran, the live week is "
+                   f"unchanged\nhost: {socket.gethostname()}\nlog: {log}")
         print(message, flush=True)
         if wanted(settings):
             send(message, settings)

@@ -201,6 +201,20 @@ def test_a_luigi_cfg_that_does_not_parse_is_said_with_its_file_and_line(cron_con
     assert text in logged
 
 
+def test_a_bad_value_of_luigis_own_settings_is_said_with_its_name(cron_config, bot_api, tmp_path, settings):
+    """Luigi reads `[worker]` as it starts, before any task whose handlers could say so."""
+    settings.setdefault("worker", {})["keep_alive"] = "perhaps"
+    apply_settings(settings, cron_config)
+
+    status, logged = cron_fires({**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV}, timeout=120)
+
+    assert status not in (0, 75)
+    [text] = bot_api.texts()
+    assert "could not start\nValueError: worker[args=(), kwargs={}]: Error when parsing the default value of " \
+           "'keep_alive'\n" in text
+    assert text in logged
+
+
 def test_a_failure_the_pipeline_reports_itself_is_said_once(cron_config, bot_api, tmp_path, settings):
     settings["pipeline"]["input_dir"] = str(tmp_path / "no-export")
     apply_settings(settings, cron_config)
