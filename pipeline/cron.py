@@ -23,10 +23,12 @@ from pipeline.wrapper import WeeklyRecs
 PROBLEMS = {
     "overdue": "not started: the run cron fired before it still holds var/cron.lock "
                "(stuck? `lslocks | grep cron.lock` names its process)",
-    "killed": "killed by {signal} before it ended, so no task could say so (the OOM killer? `journalctl -k | "
-              "grep -i 'killed process'`); nothing half-made went live, and a rerun resumes where it stopped",
+    "killed": "killed by {signal} before it ended, so no task could say so ({why}); nothing half-made went "
+              "live, and a rerun resumes where it stopped",
     "cut-off": "cut off: the host went down while it ran; cron's @reboot runs it again now",
 }
+WHY_KILLED = {signal.SIGTERM: "a host shutting down? then cron's @reboot runs it again at boot"}
+OOM_KILLER = "the OOM killer? `journalctl -k | grep -i 'killed process'`"
 
 
 def signal_name(number: int) -> str:
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="any day of the week the firing ran (default: today)")
     parser.add_argument("signal", nargs="?", type=int, default=0, help="the signal that killed the run")
     args = parser.parse_args(argv)
-    problem = PROBLEMS[args.problem].format(signal=signal_name(args.signal))
+    why = WHY_KILLED.get(args.signal, OOM_KILLER)
+    problem = PROBLEMS[args.problem].format(signal=signal_name(args.signal), why=why)
     message = notify.failure_message(WeeklyRecs(week=args.week), problem)
     print(message, flush=True)
     if notify.enabled("FAILURE"):

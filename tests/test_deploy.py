@@ -108,20 +108,23 @@ def test_a_firing_while_the_last_week_still_runs_does_not_start_and_says_so(cron
     assert query(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
 
 
-def test_a_run_killed_by_a_signal_says_so_and_leaves_nothing_to_resume(cron_config, bot_api, tmp_path, conn):
-    """The OOM killer's SIGKILL ends the run before any of its handlers can speak."""
+@pytest.mark.parametrize(("kill", "why", "resumed_at_boot"), [
+    (signal.SIGKILL, "(the OOM killer? ", False),
+    (signal.SIGTERM, "(a host shutting down? then cron's @reboot runs it again at boot)", True),
+])
+def test_a_run_killed_by_a_signal_says_so(kill, why, resumed_at_boot, cron_config, bot_api, tmp_path, conn):
+    """No handler of the run hears its own SIGKILL (the OOM killer's) or SIGTERM (a host shutting down)."""
     logged_before = LOG.stat().st_size if LOG.exists() else 0
     job = cron_job({**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV})
-    luigi = until_found(job, "bin/luigi --module pipeline")
-    os.kill(luigi, signal.SIGKILL)
+    os.kill(until_found(job, "bin/luigi --module pipeline"), kill)
     job.communicate(timeout=60)
 
-    assert job.returncode == 128 + signal.SIGKILL
+    assert job.returncode == 128 + kill
     [text] = bot_api.texts()
     assert text.startswith("weekly-recs FAILED: WeeklyRecs for week ")
-    assert "killed by SIGKILL before it ended, so no task could say so (the OOM killer?" in text
+    assert f"killed by {kill.name} before it ended, so no task could say so {why}" in text
     assert text in LOG.read_text()[logged_before:]
-    assert not RUNNING.exists()  # said, so not run again at boot
+    assert RUNNING.exists() == resumed_at_boot
     assert query(conn, "SELECT to_regclass('candidates_ranked')") == [(None,)]
 
 
