@@ -3,12 +3,14 @@ ended on its own.
 
     python -m pipeline.cron overdue                 the run cron fired before still holds var/cron.lock
     python -m pipeline.cron killed WEEK SIGNAL      the run was killed by a signal (the OOM killer's SIGKILL)
-    python -m pipeline.cron cut-off WEEK            at boot: the host went down while WEEK's run went on
+    python -m pipeline.cron running WEEK            the morning after: WEEK's run has not ended
+    python -m pipeline.cron cut-off WEEK            WEEK's run was cut off by its host going down
 
 `deploy/run-week` runs these; a run whose package does not import is said by `deploy/not_started.py`,
-which needs nothing of this package. Before 2026-12-07 each of these ended silently: a stuck run
-silenced its own firing and every one after it, and a run killed by the OOM killer or cut off by a
-reboot left the week unpublished without a word. Specs in `tests/test_deploy.py`.
+which needs nothing of this package. Before 2026-12-07 each of these ended silently: a stuck run was
+said by nothing until the next Saturday's firing (and silenced it and every one after it), and a run
+killed by the OOM killer or cut off by a reboot left the week unpublished without a word. Specs in
+`tests/test_deploy.py`.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ PROBLEMS = {
                "(stuck? `lslocks | grep cron.lock` names its process)",
     "killed": "killed by {signal} before it ended, so no task could say so ({why}); nothing half-made went "
               "live, and a rerun resumes where it stopped",
-    "cut-off": "cut off: the host went down while it ran; cron's @reboot runs it again now",
+    "running": "still running, hours after cron fired it (stuck? `lslocks | grep cron.lock` names its "
+               "process); the web service reads the week before until it ends",
+    "cut-off": "cut off before it ended (its host went down, or was going down: a SIGTERM); it runs again now",
 }
-WHY_KILLED = {signal.SIGTERM: "a host shutting down? then cron's @reboot runs it again at boot"}
+WHY_KILLED = {signal.SIGTERM: "a host shutting down? cron's next check, at boot or on Sunday morning, runs it again"}
 OOM_KILLER = "the OOM killer? `journalctl -k | grep -i 'killed process'`"
 
 

@@ -22,7 +22,7 @@ CRONTAB = ROOT / "deploy" / "crontab"
 LOG = ROOT / "var" / "log" / "weekly-recs.log"
 
 
-SATURDAY = "5 21 * * 6"
+SATURDAY, MORNING_AFTER = "5 21 * * 6", "0 9 * * 0"
 RUNNING = ROOT / "var" / "run-week.running"
 
 
@@ -34,15 +34,16 @@ def crontab() -> tuple[dict[str, str], dict[str, str]]:
     return variables, {" ".join(fields[:-1]): fields[-1] for fields in jobs}
 
 
-def test_the_week_fires_every_saturday_at_21_05_and_at_boot():
+def test_the_week_fires_every_saturday_at_21_05_and_is_checked_the_morning_after_and_at_boot():
     _, jobs = crontab()
 
-    assert set(jobs) == {SATURDAY, "@reboot"}
+    assert set(jobs) == {SATURDAY, MORNING_AFTER, "@reboot"}
     firings = croniter(SATURDAY, datetime(2026, 11, 24, 12, 0))
     assert [firings.get_next(datetime) for _ in range(2)] == [datetime(2026, 11, 28, 21, 5),
                                                              datetime(2026, 12, 5, 21, 5)]
+    assert croniter(MORNING_AFTER, datetime(2026, 11, 28, 21, 5)).get_next(datetime) == datetime(2026, 11, 29, 9)
     assert "sh deploy/run-week >>" in jobs[SATURDAY]
-    assert "sh deploy/run-week resume >>" in jobs["@reboot"]
+    assert "sh deploy/run-week check >>" in jobs[MORNING_AFTER] and "sh deploy/run-week check >>" in jobs["@reboot"]
     assert '.venv/bin/luigi --module pipeline WeeklyRecs --week "$week"' in (ROOT / "deploy" / "run-week").read_text()
 
 
@@ -90,17 +91,22 @@ def test_the_crontab_command_runs_the_week_under_crons_environment(cron_config, 
     assert "weekly-recs: week" in logged
 
 
-def test_a_firing_while_the_last_week_still_runs_does_not_start_and_says_so(cron_config, bot_api, tmp_path, conn):
-    """A run still going a week after cron fired it is stuck, and its handlers say nothing of it."""
+@pytest.fixture
+def a_run_going_on():
+    """var/cron.lock held, as by a run cron fired before."""
     (ROOT / "var").mkdir(exist_ok=True)
     holder = subprocess.Popen(["flock", str(ROOT / "var" / "cron.lock"), "sleep", "30"], start_new_session=True)
-    try:
-        status, logged = cron_fires({**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV}, timeout=60)
-    finally:
-        os.killpg(holder.pid, signal.SIGKILL)  # flock and its sleep, which holds the lock too
-        holder.wait()
+    yield
+    os.killpg(holder.pid, signal.SIGKILL)  # flock and its sleep, which holds the lock too
+    holder.wait()
 
-    assert status == 75  # flock -E 75: the lock is held, nothing started
+
+def test_a_firing_while_the_last_week_still_runs_does_not_start_and_says_so(a_run_going_on, cron_config, bot_api,
+                                                                             tmp_path, conn):
+    """A run still going a week after cron fired it is stuck, and its handlers say nothing of it."""
+    status, logged = cron_fires({**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV}, timeout=60)
+
+    assert status == 75  # the lock is held, nothing started
     [text] = bot_api.texts()
     assert text.startswith("weekly-recs FAILED: WeeklyRecs for week ")
     assert "not started: the run cron fired before it still holds var/cron.lock" in text
@@ -108,11 +114,11 @@ def test_a_firing_while_the_last_week_still_runs_does_not_start_and_says_so(cron
     assert query(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
 
 
-@pytest.mark.parametrize(("kill", "why", "resumed_at_boot"), [
+@pytest.mark.parametrize(("kill", "why", "run_again"), [
     (signal.SIGKILL, "(the OOM killer? ", False),
-    (signal.SIGTERM, "(a host shutting down? then cron's @reboot runs it again at boot)", True),
+    (signal.SIGTERM, "(a host shutting down? cron's next check, at boot or on Sunday morning, runs it again)", True),
 ])
-def test_a_run_killed_by_a_signal_says_so(kill, why, resumed_at_boot, cron_config, bot_api, tmp_path, conn):
+def test_a_run_killed_by_a_signal_says_so(kill, why, run_again, cron_config, bot_api, tmp_path, conn):
     """No handler of the run hears its own SIGKILL (the OOM killer's) or SIGTERM (a host shutting down)."""
     logged_before = LOG.stat().st_size if LOG.exists() else 0
     job = cron_job({**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV})
@@ -124,7 +130,7 @@ def test_a_run_killed_by_a_signal_says_so(kill, why, resumed_at_boot, cron_confi
     assert text.startswith("weekly-recs FAILED: WeeklyRecs for week ")
     assert f"killed by {kill.name} before it ended, so no task could say so {why}" in text
     assert text in LOG.read_text()[logged_before:]
-    assert RUNNING.exists() == resumed_at_boot
+    assert RUNNING.exists() == run_again  # by the next check
     assert query(conn, "SELECT to_regclass('candidates_ranked')") == [(None,)]
 
 
@@ -147,17 +153,32 @@ def test_at_boot_the_week_of_a_firing_the_host_went_down_in_runs_again(cron_conf
 
     assert status == 0, logged[-2000:]
     cut_off, published = bot_api.texts()
-    assert cut_off.startswith("weekly-recs FAILED: WeeklyRecs for week 2026-11-21\ncut off: the host went down")
+    assert cut_off.startswith("weekly-recs FAILED: WeeklyRecs for week 2026-11-21\ncut off before it ended (its host")
     assert published.startswith("weekly-recs: week 2026-11-21 published")
     assert query(conn, "SELECT count(*) FROM table_updates WHERE update_id LIKE 'WeeklyRecs_2026_11_21%'") == [(2,)]
     assert not RUNNING.exists()
 
 
-def test_at_boot_with_no_firing_cut_off_nothing_runs(cron_config, bot_api, tmp_path, conn):
-    status, logged = cron_fires({**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV}, schedule="@reboot")
+@pytest.mark.parametrize("schedule", [MORNING_AFTER, "@reboot"])
+def test_a_check_when_every_firing_ended_does_nothing(schedule, cron_config, bot_api, tmp_path, conn):
+    status, logged = cron_fires({**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV}, schedule=schedule)
 
     assert (status, logged, bot_api.texts()) == (0, "", [])
     assert query(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+
+
+def test_the_morning_after_a_run_still_going_is_said(a_run_going_on, cron_config, bot_api, tmp_path):
+    """A run stuck on Saturday night (a read that never returns) is said on Sunday morning, not a week later."""
+    RUNNING.write_text("2026-11-21\n")
+
+    status, logged = cron_fires({**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV}, timeout=60,
+                                schedule=MORNING_AFTER)
+
+    assert status == 75
+    [text] = bot_api.texts()
+    assert text.startswith("weekly-recs FAILED: WeeklyRecs for week 2026-11-21\nstill running, hours after cron")
+    assert text in logged
+    assert RUNNING.exists()  # the run's own, still going
 
 
 def test_a_run_whose_install_is_broken_says_so_with_the_import_error(cron_config, bot_api, tmp_path, conn):
@@ -251,6 +272,12 @@ def test_compose_services_give_the_pipeline_what_luigi_cfg_reads():
     assert {"TELEGRAM_BOT_TOKEN", "TELEGRAM_CHAT_ID"} <= set(services["worker"]["environment"])
     assert services["worker"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert config["pipeline"]["input_dir"].startswith("/exports/")
+
+
+def test_every_service_comes_back_with_the_host():
+    """A reboot mid-run is resumed by the worker's cron at boot, which needs the database and luigid back too."""
+    assert {name: service.get("restart") for name, service in compose()["services"].items()} == \
+        {"postgres": "unless-stopped", "luigid": "unless-stopped", "worker": "unless-stopped"}
 
 
 def test_the_worker_image_hands_crons_jobs_every_variable_compose_sets():
