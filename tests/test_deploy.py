@@ -1,5 +1,7 @@
 """What operations install: the crontab runs the week under cron's own environment, cannot overlap
-itself, and docker-compose's services agree with what the pipeline reads."""
+itself, and says every way a firing ends, those no handler of the pipeline hears included (a run
+killed, one that could not start, one still going or cut off by its host, which then runs again);
+docker-compose's services agree with what the pipeline reads."""
 
 from __future__ import annotations
 
@@ -19,11 +21,9 @@ from croniter import croniter
 from tests.conftest import ROOT, TELEGRAM_ENV, apply_settings, installed_program, query
 
 CRONTAB = ROOT / "deploy" / "crontab"
-LOG = ROOT / "var" / "log" / "weekly-recs.log"
-
-
 SATURDAY, MORNING_AFTER = "5 21 * * 6", "0 9 * * 0"
-RUNNING = ROOT / "var" / "run-week.running"
+LOG = ROOT / "var" / "log" / "weekly-recs.log"
+RUNNING = ROOT / "var" / "run-week.running"  # the week of a firing under way
 
 
 def crontab() -> tuple[dict[str, str], dict[str, str]]:
