@@ -11,19 +11,21 @@ import shutil
 import signal
 import subprocess
 import time
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
 from croniter import croniter
 
+from pipeline import cron
 from tests.conftest import ROOT, TELEGRAM_ENV, apply_settings, installed_program, query
 
 CRONTAB = ROOT / "deploy" / "crontab"
 SATURDAY, MORNING_AFTER = "5 21 * * 6", "0 9 * * 0"
 LOG = ROOT / "var" / "log" / "weekly-recs.log"
 RUNNING = ROOT / "var" / "run-week.running"  # the week of a firing under way
+FIRED = ROOT / "var" / "run-week.fired"  # the week of the latest firing
 
 
 def crontab() -> tuple[dict[str, str], dict[str, str]]:
@@ -45,6 +47,19 @@ def test_the_week_fires_every_saturday_at_21_05_and_is_checked_the_morning_after
     assert "sh deploy/run-week >>" in jobs[SATURDAY]
     assert "sh deploy/run-week check >>" in jobs[MORNING_AFTER] and "sh deploy/run-week check >>" in jobs["@reboot"]
     assert '.venv/bin/luigi --module pipeline WeeklyRecs --week "$week"' in (ROOT / "deploy" / "run-week").read_text()
+    assert f"{cron.FIRING.minute} {cron.FIRING.hour} * * 6" == SATURDAY  # what a check takes the firing's time for
+
+
+@pytest.mark.parametrize(("now", "due"), [
+    (datetime(2026, 12, 5, 21, 4), date(2026, 11, 28)),  # Saturday, before the firing
+    (datetime(2026, 12, 5, 21, 5), date(2026, 12, 5)),
+    (datetime(2026, 12, 6, 9, 0), date(2026, 12, 5)),  # the morning after
+    (datetime(2026, 12, 11, 23, 59), date(2026, 12, 5)),  # Friday
+])
+def test_the_week_due_is_that_of_the_latest_saturday_firing(now, due):
+    assert cron.due_week(now) == due
+    assert cron.unfired(due - timedelta(days=1), now) == due  # a day of the week before: its firing never came
+    assert cron.unfired(due, now) is None and cron.unfired(due + timedelta(days=6), now) is None
 
 
 def cron_environment(config_file, tmp_path) -> dict[str, str]:
@@ -58,9 +73,11 @@ def cron_environment(config_file, tmp_path) -> dict[str, str]:
 def cron_config(settings, config_file):
     settings["core"]["local_scheduler"] = "true"
     apply_settings(settings, config_file)
-    RUNNING.unlink(missing_ok=True)
+    for left in (RUNNING, FIRED):
+        left.unlink(missing_ok=True)
     yield config_file
-    RUNNING.unlink(missing_ok=True)
+    for left in (RUNNING, FIRED):
+        left.unlink(missing_ok=True)
 
 
 def cron_job(environment: dict[str, str], schedule: str = SATURDAY) -> subprocess.Popen:
@@ -160,11 +177,32 @@ def test_at_boot_the_week_of_a_firing_the_host_went_down_in_runs_again(cron_conf
 
 
 @pytest.mark.parametrize("schedule", [MORNING_AFTER, "@reboot"])
-def test_a_check_when_every_firing_ended_does_nothing(schedule, cron_config, bot_api, tmp_path, conn):
+@pytest.mark.parametrize("fired", [None, "due"], ids=["never fired", "fired"])
+def test_a_check_when_every_firing_came_and_ended_does_nothing(schedule, fired, cron_config, bot_api, tmp_path, conn):
+    if fired:
+        (ROOT / "var").mkdir(exist_ok=True)
+        FIRED.write_text(f"{cron.due_week(datetime.now())}\n")
+
     status, logged = cron_fires({**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV}, schedule=schedule)
 
     assert (status, logged, bot_api.texts()) == (0, "", [])
     assert query(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+
+
+def test_a_saturday_firing_that_never_came_is_said_and_its_week_made(cron_config, bot_api, tmp_path, conn):
+    """The host down at 21:05 (a maintenance window) and back later: cron never fires for the minute it missed."""
+    (ROOT / "var").mkdir(exist_ok=True)
+    FIRED.write_text("2026-11-14\n")
+    due = cron.due_week(datetime.now())
+
+    status, logged = cron_fires({**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV}, schedule=MORNING_AFTER)
+
+    assert status == 0, logged[-2000:]
+    unfired, published = bot_api.texts()
+    assert unfired.startswith(f"weekly-recs FAILED: WeeklyRecs for week {due}\n"
+                              "not made: cron's firing for it never came")
+    assert published.startswith(f"weekly-recs: week {due} published")
+    assert FIRED.read_text().strip() == str(due) and not RUNNING.exists()
 
 
 def test_the_morning_after_a_run_still_going_is_said(a_run_going_on, cron_config, bot_api, tmp_path):
