@@ -34,8 +34,8 @@ PROBLEMS = {
     "running": "still running, hours after cron fired it (stuck? `lslocks | grep cron.lock` names its "
                "process); the web service reads the week before until it ends",
     "cut-off": "cut off before it ended (its host went down, or was going down: a SIGTERM); it runs again now",
-    "unfired": "not made: cron's firing for it never came (the host down at 21:05 on Saturday, or cron?); "
-               "it runs now",
+    "unfired": f"not made: cron's firing for it never came (the host down at {FIRING:%H:%M} on Saturday, or "
+               "cron?); it runs now",
 }
 WHY_KILLED = {signal.SIGTERM: "a host shutting down? cron's next check, at boot or on Sunday morning, runs it again"}
 OOM_KILLER = "the OOM killer? `journalctl -k | grep -i 'killed process'`"
