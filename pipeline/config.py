@@ -232,8 +232,9 @@ class telegram(luigi.Config):  # noqa: N801
     """Where messages go. The token and chat id are read from the environment only."""
 
     api_url = luigi.Parameter(default="https://api.telegram.org", description="Bot API base URL")
-    notify = luigi.ListParameter(default=["SUCCESS", "FAILURE", "BROKEN_TASK", "PROCESS_FAILURE", "TIMEOUT"],
-                                 description="Luigi events that send a message")
+    notify = luigi.ListParameter(default=["SUCCESS", "FAILURE", "BROKEN_TASK", "PROCESS_FAILURE", "TIMEOUT",
+                                          "ROLLBACK"],
+                                 description="Luigi events that send a message, and ROLLBACK for a rollback")
     timeout = number(float, 0, exclusive=True, default=5.0, description="seconds to wait for the Bot API")
     max_retry_after = number(float, 0, default=30.0, description="longest wait a 429 may ask for")
     log_location = luigi.Parameter(default="var/log/weekly-recs.log",

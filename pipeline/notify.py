@@ -72,6 +72,13 @@ def success_message(task: WeeklyRecs) -> str:
     return "\n".join(lines)
 
 
+def say_rolled_back(restored: date, replaced: date) -> None:
+    """A rollback changes what the web service serves, as a publish does: the chat hears of both."""
+    if enabled("ROLLBACK"):
+        send(f"weekly-recs: week {restored} is live again, in place of week {replaced} (python -m pipeline.rollback)"
+             f"\nhost: {socket.gethostname()}")
+
+
 def validation_lines(conn, week: date) -> list[str]:
     """The ranker's validation NDCG@10 for the week, where the ranker has recorded one."""
     with conn.cursor() as cur:

@@ -16,7 +16,7 @@ import argparse
 import logging
 from datetime import date
 
-from pipeline import catalog, config, db, live_locks, publish
+from pipeline import catalog, config, db, live_locks, notify, publish
 from pipeline.wrapper import WeeklyRecs
 
 log = logging.getLogger("luigi-interface")
@@ -41,11 +41,11 @@ def available_weeks(cur, tables: list[str]) -> dict[date, dict[str, int | None]]
     return {week: {table: _rows(cur, table, week) for table in tables} for week in sorted(weeks, reverse=True)}
 
 
-def roll_back(week: date | None = None) -> date:
-    """Returns the week now live."""
+def roll_back(week: date | None = None) -> tuple[date, date]:
+    """Returns the week now live and the one it replaced."""
     tables = published_tables()
     with db.connection() as conn, conn.cursor() as cur:
-        target = _target(cur, tables, week)
+        replaced, target = this_week().live_week(cur), _target(cur, tables, week)
         for table in tables:
             if note := publish.columns_changed(cur, table, publish.week_name(table, target)):
                 log.warning("rollback to week %s: %s", target, note)
@@ -55,7 +55,7 @@ def roll_back(week: date | None = None) -> date:
     live_locks.after_the_swap(target, {
         "sampling the live names": lambda: live_locks.analyze_live_names(tables, target),
         "refreshing the materialized views over them": lambda: live_locks.refresh_materialized_views(tables, target)})
-    return target
+    return target, replaced
 
 
 def _target(cur, tables: list[str], week: date | None) -> date:
@@ -116,9 +116,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     week = WeeklyRecs(week=args.week).week if args.week else None
     try:
-        print(f"week {roll_back(week)} is live again in {', '.join(published_tables())}")
+        restored, replaced = roll_back(week)
     except (RollbackError, live_locks.LiveTablesBusy) as error:
         raise SystemExit(f"rollback refused: {error}") from None
+    print(f"week {restored} is live again in {', '.join(published_tables())}")
+    notify.say_rolled_back(restored, replaced)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,17 @@ import subprocess
 import pytest
 
 from pipeline import WeeklyRecs
-from tests.conftest import NEXT_WEEK, PUBLISHED_TABLES, WEEK, live_state, query, run_module, run_tasks, table_snapshot
+from tests.conftest import (
+    NEXT_WEEK,
+    PUBLISHED_TABLES,
+    TELEGRAM_ENV,
+    WEEK,
+    live_state,
+    query,
+    run_module,
+    run_tasks,
+    table_snapshot,
+)
 
 
 def rollback(config_file, *args: str) -> subprocess.CompletedProcess:
@@ -20,10 +30,14 @@ def weeks_live(conn) -> list[tuple]:
 
 
 @pytest.mark.published_week
-def test_a_rollback_puts_the_previous_week_back_in_all_five_tables_and_can_be_undone(settings, config_file, conn):
+def test_a_rollback_puts_the_previous_week_back_in_all_five_tables_and_can_be_undone(settings, config_file, conn,
+                                                                                     bot_api, monkeypatch):
     first_week = {table: table_snapshot(conn, table) for table in PUBLISHED_TABLES}
     run_tasks(WeeklyRecs(week=NEXT_WEEK))
     second_week = {table: table_snapshot(conn, table) for table in PUBLISHED_TABLES}
+    for name, value in TELEGRAM_ENV.items():
+        monkeypatch.setenv(name, value)
+    said_before = len(bot_api.texts())
 
     listed = rollback(config_file, "--list")
     back = rollback(config_file)
@@ -37,6 +51,10 @@ def test_a_rollback_puts_the_previous_week_back_in_all_five_tables_and_can_be_un
     undo = rollback(config_file, "2026-11-28")
     assert undo.returncode == 0, undo.stderr
     assert {table: table_snapshot(conn, table) for table in PUBLISHED_TABLES} == second_week
+    # the chat hears of each, as of a publish: what the web service serves changed
+    assert [text.splitlines()[0] for text in bot_api.texts()[said_before:]] == [
+        "weekly-recs: week 2026-11-21 is live again, in place of week 2026-11-28 (python -m pipeline.rollback)",
+        "weekly-recs: week 2026-11-28 is live again, in place of week 2026-11-21 (python -m pipeline.rollback)"]
 
 
 def test_a_week_that_is_not_whole_in_every_table_is_refused_and_nothing_changes(settings, config_file, conn):
