@@ -29,20 +29,27 @@ RUN_START = ("import luigi.interface, luigi.retcodes, luigi.worker, pipeline; "
 
 
 def start_error() -> str:
-    """Why the run's start fails under its interpreter and environment; '' when it does not."""
+    """Why the run's start fails under its interpreter and environment, with the cause it was raised from
+    where there is one (Luigi names a setting it could not read, its cause the value); '' when it does not."""
     try:
         result = subprocess.run([VENV_PYTHON, "-P", "-c", RUN_START], capture_output=True, text=True, timeout=600)
     except OSError as error:
         return f"{VENV_PYTHON}: {error.strerror}"
     if result.returncode == 0:
         return ""
-    # the exception's own words: the traceback's unindented last lines
+    *causes, error = result.stderr.split("\nThe above exception was the direct cause of the following exception:\n")
+    said = _exception_words(error) or f"exit status {result.returncode}"
+    return f"{said} ({_exception_words(causes[-1])})" if causes else said
+
+
+def _exception_words(traceback: str) -> str:
+    """An exception's own words in a printed traceback: its unindented last lines."""
     words: list[str] = []
-    for line in reversed(result.stderr.rstrip().splitlines()):
+    for line in reversed(traceback.rstrip().splitlines()):
         if line.startswith((" ", "Traceback")):
             break
         words.insert(0, line.strip())
-    return " ".join(words) or f"exit status {result.returncode}"
+    return " ".join(words)
 
 
 def telegram_settings() -> dict[str, str]:

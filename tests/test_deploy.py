@@ -273,7 +273,7 @@ def test_a_bad_value_of_luigis_own_settings_is_said_with_its_name(cron_config, b
     assert status not in (0, 75)
     [text] = bot_api.texts()
     assert "could not start\nValueError: worker[args=(), kwargs={}]: Error when parsing the default value of " \
-           "'keep_alive'\n" in text
+           "'keep_alive' (ValueError: cannot interpret 'perhaps' as boolean)\n" in text
     assert text in logged
 
 
