@@ -50,7 +50,7 @@ def signal_name(number: int) -> str:
 
 def due_week(now: datetime) -> date:
     """The week of cron's latest Saturday firing at or before `now`."""
-    saturday = now.date() - timedelta(days=(now.weekday() - 5) % 7)
+    saturday = WeeklyRecs(week=now.date()).week
     return saturday - timedelta(weeks=1) if saturday == now.date() and now.time() < FIRING else saturday
 
 
