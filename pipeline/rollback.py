@@ -45,7 +45,7 @@ def roll_back(week: date | None = None) -> tuple[date, date]:
     """Returns the week now live and the one it replaced."""
     tables = published_tables()
     with db.connection() as conn, conn.cursor() as cur:
-        replaced, target = this_week().live_week(cur), _target(cur, tables, week)
+        replaced, target = _target(cur, tables, week)
         for table in tables:
             if note := publish.columns_changed(cur, table, publish.week_name(table, target)):
                 log.warning("rollback to week %s: %s", target, note)
@@ -58,7 +58,8 @@ def roll_back(week: date | None = None) -> tuple[date, date]:
     return target, replaced
 
 
-def _target(cur, tables: list[str], week: date | None) -> date:
+def _target(cur, tables: list[str], week: date | None) -> tuple[date, date]:
+    """(the live week, the archived week to put back in its place): refused unless whole in every table."""
     live = {publish.live_week(cur, table) for table in tables}
     if len(live) != 1 or None in live:
         raise RollbackError(f"the published tables hold different weeks ({_weeks(live)}); nothing changed")
@@ -75,7 +76,7 @@ def _target(cur, tables: list[str], week: date | None) -> date:
             raise RollbackError(f"{publish.week_name(table, target)}, column {column!r}: {problem}; nothing changed")
         for problem in publish.refused_swaps(cur, table):
             raise RollbackError(f"{problem}; nothing changed")
-    return target
+    return current, target
 
 
 def _put_live(tables: list[str], week: date) -> None:
