@@ -19,13 +19,14 @@ import yaml
 from croniter import croniter
 
 from pipeline import cron
-from tests.conftest import ROOT, TELEGRAM_ENV, apply_settings, installed_program, query
+from tests.conftest import NEXT_WEEK, ROOT, TELEGRAM_ENV, WEEK, apply_settings, installed_program, query
 
 CRONTAB = ROOT / "deploy" / "crontab"
 SATURDAY, MORNING_AFTER = "5 21 * * 6", "0 9 * * 0"
 LOG = ROOT / "var" / "log" / "weekly-recs.log"
 RUNNING = ROOT / "var" / "run-week.running"  # the week of a firing under way
 FIRED = ROOT / "var" / "run-week.fired"  # the week of the latest firing
+FAILED = ROOT / "var" / "run-week.failed"  # the week of a firing that failed, for the next check's second try
 
 
 def crontab() -> tuple[dict[str, str], dict[str, str]]:
@@ -73,10 +74,10 @@ def cron_environment(config_file, tmp_path) -> dict[str, str]:
 def cron_config(settings, config_file):
     settings["core"]["local_scheduler"] = "true"
     apply_settings(settings, config_file)
-    for left in (RUNNING, FIRED):
+    for left in (RUNNING, FIRED, FAILED):
         left.unlink(missing_ok=True)
     yield config_file
-    for left in (RUNNING, FIRED):
+    for left in (RUNNING, FIRED, FAILED):
         left.unlink(missing_ok=True)
 
 
@@ -286,6 +287,49 @@ def test_a_failure_the_pipeline_reports_itself_is_said_once(cron_config, bot_api
     assert status == 30  # [retcode] task_failed
     [text] = bot_api.texts()
     assert text.startswith("weekly-recs FAILED: CheckInputs for week ")
+
+
+def test_a_week_whose_firing_failed_runs_once_more_at_the_next_check(cron_config, bot_api, reader, input_dir,
+                                                                     tmp_path):
+    """The export came after 21:05: by the morning after it is there, and the week is made without anyone."""
+    environment = {**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV}
+    input_dir.rename(tmp_path / "still-being-written")
+    assert cron_fires(environment)[0] == 30
+    week = cron.WeeklyRecs(week=date.fromisoformat(FAILED.read_text().strip())).week
+    (tmp_path / "still-being-written").rename(input_dir)
+
+    status, logged = cron_fires(environment, schedule=MORNING_AFTER)
+
+    assert status == 0, logged[-2000:]
+    _, second_try, published = bot_api.texts()
+    assert second_try.startswith(f"weekly-recs FAILED: WeeklyRecs for week {week}\nnot made: the run cron fired "
+                                 "for it failed (its alert said why); it runs once more now")
+    assert published.startswith(f"weekly-recs: week {week} published")
+    assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(week,)]
+    assert cron_fires(environment, schedule="@reboot") == (0, "")  # made: nothing more to do
+
+
+def test_a_week_that_fails_its_second_try_too_is_left_to_an_operator(cron_config, bot_api, input_dir, tmp_path):
+    """A bad export, or a quality gate's refusal, would only fail again at every check."""
+    environment = {**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV}
+    shutil.rmtree(input_dir)
+    assert cron_fires(environment)[0] == 30
+
+    assert cron_fires(environment, schedule=MORNING_AFTER)[0] == 30
+
+    failed, second_try, failed_again = bot_api.texts()
+    assert "runs once more now" in second_try and failed_again == failed
+    assert not FAILED.exists()
+    assert cron_fires(environment, schedule="@reboot") == (0, "")
+
+
+@pytest.mark.published_week
+def test_a_failed_week_made_by_hand_since_is_not_tried_again(settings):
+    assert cron.unmade(WEEK + timedelta(days=3)) is None  # published: its run by hand came before the check
+    assert cron.unmade(NEXT_WEEK + timedelta(days=1)) == NEXT_WEEK
+    settings["postgres"]["host"] = str(ROOT / "no-server-here")
+    apply_settings(settings)
+    assert cron.unmade(WEEK) == WEEK  # a database that cannot say: the run will, with its alert
 
 
 def compose() -> dict:
