@@ -81,6 +81,15 @@ def wanted(settings: dict[str, str]) -> bool:
         return True
 
 
+def timeout(settings: dict[str, str]) -> float:
+    """`[telegram] timeout`, or its default where it does not parse, as the pipeline reads it."""
+    try:
+        seconds = float(settings.get("timeout", 5))
+    except ValueError:
+        return 5.0
+    return seconds if seconds > 0 else 5.0
+
+
 def send(text: str, settings: dict[str, str]) -> None:
     token, chat_id = os.environ.get("TELEGRAM_BOT_TOKEN"), os.environ.get("TELEGRAM_CHAT_ID")
     if not token or not chat_id:
@@ -90,7 +99,7 @@ def send(text: str, settings: dict[str, str]) -> None:
     body = json.dumps({"chat_id": chat_id, "text": text[:4096]}).encode()
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=float(settings.get("timeout", 5))):
+        with urllib.request.urlopen(request, timeout=timeout(settings)):
             pass
     except (OSError, ValueError) as error:
         print(f"Telegram message not sent: {redacted(f'{type(error).__name__}: {error}')}")

@@ -228,12 +228,14 @@ def override(section: str, values: dict[str, str]) -> None:
     Register.clear_instance_cache()
 
 
+NOTIFIABLE = ("SUCCESS", "FAILURE", "BROKEN_TASK", "PROCESS_FAILURE", "TIMEOUT", "ROLLBACK")
+
+
 class telegram(luigi.Config):  # noqa: N801
     """Where messages go. The token and chat id are read from the environment only."""
 
     api_url = luigi.Parameter(default="https://api.telegram.org", description="Bot API base URL")
-    notify = luigi.ListParameter(default=["SUCCESS", "FAILURE", "BROKEN_TASK", "PROCESS_FAILURE", "TIMEOUT",
-                                          "ROLLBACK"],
+    notify = luigi.ListParameter(default=list(NOTIFIABLE),
                                  description="Luigi events that send a message, and ROLLBACK for a rollback")
     timeout = number(float, 0, exclusive=True, default=5.0, description="seconds to wait for the Bot API")
     max_retry_after = number(float, 0, default=30.0, description="longest wait a 429 may ask for")
@@ -247,6 +249,29 @@ class telegram(luigi.Config):  # noqa: N801
     @staticmethod
     def chat_id() -> str:
         return os.environ.get("TELEGRAM_CHAT_ID", "")
+
+
+def telegram_leniently() -> tuple[telegram, list[str]]:
+    """`[telegram]` with each value that does not parse, and a `notify` naming an event there is not,
+    replaced by its default and named: a typo in the messages' own settings must neither stop the week
+    (DESIGN #5) nor silence it. Before 2026-12-07 Luigi refused such a value inside the handlers, and
+    every message of the run, its failures' too, was lost to a traceback in the log."""
+    fallback, problems = {}, []
+    for name, parameter in telegram.get_params():
+        try:
+            value = parameter.task_value("telegram", name)
+            if name == "notify":
+                _refuse_unknown_events(value)
+        except ValueError as error:
+            fallback[name] = parameter._default  # Luigi has no public accessor of the declared default
+            written = luigi.configuration.get_config().get("telegram", name, "")
+            problems.append(f"[telegram] {name} = {written} does not parse ({error}): its default is used")
+    return telegram(**fallback), problems
+
+
+def _refuse_unknown_events(events: tuple) -> None:
+    if unknown := [str(event) for event in events if event not in NOTIFIABLE]:
+        raise ValueError(f"no event {', '.join(unknown)}: there are {', '.join(NOTIFIABLE)}")
 
 
 def _under_root(path: str) -> Path:

@@ -31,14 +31,18 @@ RUN_STARTED = time.monotonic()
 
 
 def send(text: str) -> bool:
-    """POST one message to the Bot API; True when Telegram accepted it."""
-    settings = config.telegram()
+    """POST one message to the Bot API; True when Telegram accepted it. A `[telegram]` value that does
+    not parse is named in the log and at the end of the message, which goes with its default."""
+    settings, problems = config.telegram_leniently()
+    for problem in problems:
+        log.warning("Telegram: %s", problem)
     token, chat_id = settings.token(), settings.chat_id()
     if not token or not chat_id:
         log.info("Telegram: TELEGRAM_BOT_TOKEN or TELEGRAM_CHAT_ID not set, no message sent")
         return False
     url = f"{settings.api_url.rstrip('/')}/bot{token}/sendMessage"
-    payload = {"chat_id": chat_id, "text": text[:TELEGRAM_LIMIT]}
+    footer = "".join(f"\n{problem}" for problem in problems)
+    payload = {"chat_id": chat_id, "text": text[:TELEGRAM_LIMIT - len(footer)] + footer}
     for attempt in (1, 2):
         try:
             response = requests.post(url, json=payload, timeout=settings.timeout)
@@ -91,7 +95,7 @@ def validation_lines(conn, week: date) -> list[str]:
 
 
 def failure_message(task: luigi.Task, problem: BaseException | str) -> str:
-    settings = config.telegram()
+    settings, _ = config.telegram_leniently()
     if isinstance(problem, BaseException):
         problem = db.described(problem)
     week = getattr(task, "week", "?")
@@ -102,7 +106,8 @@ def failure_message(task: luigi.Task, problem: BaseException | str) -> str:
 
 
 def enabled(event: str) -> bool:
-    return event in config.telegram().notify
+    settings, _ = config.telegram_leniently()
+    return event in settings.notify
 
 
 def _on_every_task(event: str) -> Callable:

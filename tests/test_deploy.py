@@ -278,6 +278,21 @@ def test_a_bad_value_of_luigis_own_settings_is_said_with_its_name(cron_config, b
     assert text in logged
 
 
+def test_a_run_that_could_not_start_is_said_with_a_telegram_timeout_that_does_not_parse(
+        cron_config, bot_api, tmp_path, settings):
+    """As the pipeline's own messages do, the start's goes with the timeout's default."""
+    settings["worker"] = {"keep_alive": "perhaps"}
+    settings["telegram"]["timeout"] = "soon"
+    apply_settings(settings, cron_config)
+
+    status, logged = cron_fires({**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV}, timeout=120)
+
+    assert status not in (0, 75)
+    [text] = bot_api.texts()
+    assert "could not start\nValueError: worker[" in text
+    assert text in logged
+
+
 def test_a_failure_the_pipeline_reports_itself_is_said_once(cron_config, bot_api, tmp_path, settings):
     settings["pipeline"]["input_dir"] = str(tmp_path / "no-export")
     apply_settings(settings, cron_config)

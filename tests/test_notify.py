@@ -133,6 +133,41 @@ def test_events_not_listed_in_notify_send_nothing(bot_api, config_file, settings
     assert bot_api.requests == []
 
 
+def test_a_telegram_setting_that_does_not_parse_is_named_and_the_messages_go_with_its_default(
+        bot_api, config_file, settings, input_dir):
+    """A typo in the messages' own settings must not stop the week, nor silence it: Luigi's refusal
+    came in the handlers, and took every message of the run with it."""
+    settings["telegram"].update({"notify": "SUCCESS, FAILURE", "timeout": "soon"})  # not a JSON list; no number
+    apply_settings(settings, config_file)
+    (input_dir / "top_popular.parquet").unlink()
+
+    result = run_week(config_file)
+
+    assert result.returncode == 30
+    [text] = bot_api.texts()
+    assert text.startswith("weekly-recs FAILED: CheckInputs for week 2026-11-21\n")
+    said = ("[telegram] notify = SUCCESS, FAILURE does not parse (Expecting value: line 1 column 1 (char 0)): "
+            "its default is used",
+            "[telegram] timeout = soon does not parse (could not convert string to float: 'soon'): "
+            "its default is used")
+    assert text.endswith("\n".join(said))
+    assert all(f"Telegram: {line}" in result.stderr for line in said)
+
+
+def test_notify_naming_an_event_there_is_not_sends_every_event(bot_api, settings, monkeypatch):
+    """`SUCESS` would have silenced the success message without a word."""
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
+    monkeypatch.setenv("TELEGRAM_CHAT_ID", CHAT)
+    settings["telegram"]["notify"] = '["SUCESS", "FAILURE"]'
+    apply_settings(settings)
+
+    assert notify.enabled("SUCCESS") and notify.enabled("ROLLBACK")
+    assert notify.send("weekly-recs: week 2026-11-21 published")
+    assert bot_api.texts() == ['weekly-recs: week 2026-11-21 published\n[telegram] notify = ["SUCESS", "FAILURE"] '
+                               "does not parse (no event SUCESS: there are SUCCESS, FAILURE, BROKEN_TASK, "
+                               "PROCESS_FAILURE, TIMEOUT, ROLLBACK): its default is used"]
+
+
 def test_failure_messages_stay_under_telegrams_limit_and_hide_secrets(settings, monkeypatch):
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
     problem = RuntimeError(f"dsn postgresql://u:hunter2@db/x token {TOKEN} " + "x" * 10_000)
