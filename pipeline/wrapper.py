@@ -140,9 +140,9 @@ class WeeklyRecs(WeekTask):
         return notes
 
     def missed(self, cur) -> list[str]:
-        """The weeks between the live week and this one that never went live. A run that dies with
-        its host (a reboot, the OOM killer) sends no message, and the web service serves the week
-        before it for a week more: its week is said at the next one that goes live."""
+        """The weeks between the live week and this one that never went live: the last word on a
+        week that cron's second try did not make, or that was killed or run by hand, which no check
+        of cron's runs again, while the web service served the week before it for a week more."""
         live = self.live_week(cur)
         if live is None or self.week - live <= timedelta(weeks=1):
             return []
@@ -150,8 +150,8 @@ class WeeklyRecs(WeekTask):
         count = (last - first).days // 7 + 1
         weeks = (", ".join(str(first + timedelta(weeks=n)) for n in range(count)) if count <= 4
                  else f"{count} weeks, {first} to {last}")
-        return [f"never published, between the live week {live} and this one: {weeks} (a run that died with its "
-                f"host says nothing; `WeeklyRecsRange --start {first} --stop {last}` archives them)"]
+        return [f"never published, between the live week {live} and this one: {weeks} (their runs failed twice, "
+                f"were killed, or ran by hand; `WeeklyRecsRange --start {first} --stop {last}` archives them)"]
 
     def not_replicated(self, cur) -> list[str]:
         """A week goes live by attaching its table, which logical decoding never sees: a subscriber of

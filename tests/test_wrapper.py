@@ -73,14 +73,14 @@ def test_the_live_week_is_complete_once_settled_and_a_week_replaced_since_needs_
 
 @pytest.mark.published_week
 def test_weeks_that_never_went_live_are_named_when_a_later_one_does(bot_api, config_file, conn):
-    """A run that dies with its host (a reboot, the OOM killer) sends no message of its own."""
+    """The last word on weeks no check of cron's runs again: killed, run by hand, failed twice."""
     result = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", "2026-12-12", env=TELEGRAM_ENV)
 
     assert result.returncode == 0, result.stderr[-2000:]
     [text] = bot_api.texts()
-    assert ("never published, between the live week 2026-11-21 and this one: 2026-11-28, 2026-12-05 (a run that "
-            "died with its host says nothing; `WeeklyRecsRange --start 2026-11-28 --stop 2026-12-05` archives them)"
-            ) in text
+    assert ("never published, between the live week 2026-11-21 and this one: 2026-11-28, 2026-12-05 (their runs "
+            "failed twice, were killed, or ran by hand; `WeeklyRecsRange --start 2026-11-28 --stop 2026-12-05` "
+            "archives them)") in text
     assert "never published" not in run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week",
                                               "2026-12-19").stderr
     assert ("never published, between the live week 2026-12-19 and this one: 6 weeks, 2026-12-26 to 2027-01-30 "
