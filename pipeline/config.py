@@ -262,7 +262,7 @@ def telegram_leniently() -> tuple[telegram, list[str]]:
             value = parameter.task_value("telegram", name)
             if name == "notify":
                 _refuse_unknown_events(value)
-        except ValueError as error:
+        except (ValueError, TypeError) as error:  # TypeError: a notify of JSON that is no list (5, null)
             fallback[name] = parameter._default  # Luigi has no public accessor of the declared default
             written = luigi.configuration.get_config().get("telegram", name, "")
             problems.append(f"[telegram] {name} = {written} does not parse ({error}): its default is used")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pipeline import notify
+from pipeline import config, notify
 from tests.conftest import (
     CHAT,
     HANG,
@@ -166,6 +166,17 @@ def test_notify_naming_an_event_there_is_not_sends_every_event(bot_api, settings
     assert bot_api.texts() == ['weekly-recs: week 2026-11-21 published\n[telegram] notify = ["SUCESS", "FAILURE"] '
                                "does not parse (no event SUCESS: there are SUCCESS, FAILURE, BROKEN_TASK, "
                                "PROCESS_FAILURE, TIMEOUT, ROLLBACK): its default is used"]
+
+
+@pytest.mark.parametrize(("written", "why"), [("5", "'int' object is not iterable"),
+                                            ('"FAILURE"', "no event F, A, I, L, U, R, E: there are SUCCESS, ")])
+def test_notify_that_is_no_json_list_sends_every_event(written, why, settings):
+    settings["telegram"] = {"notify": written}
+    apply_settings(settings)
+
+    [said] = config.telegram_leniently()[1]
+    assert said.startswith(f"[telegram] notify = {written} does not parse ({why}")
+    assert notify.enabled("SUCCESS")
 
 
 def test_failure_messages_stay_under_telegrams_limit_and_hide_secrets(settings, monkeypatch):
