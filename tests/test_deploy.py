@@ -379,6 +379,19 @@ def test_every_service_comes_back_with_the_host():
     assert "rm -f /var/run/crond.reboot;" in (ROOT / "Dockerfile").read_text()
 
 
+def test_the_worker_keeps_what_crons_checks_read_through_a_rebuild():
+    """A container made anew (`docker compose up -d --build`, a deploy) starts from the image: what a
+    check reads there (a week under way, fired or failed) must be in a volume, as the log is."""
+    script = (ROOT / "deploy" / "run-week").read_text()
+    state = {line.split("=", 1)[1].split()[0] for line in script.splitlines()
+             if line.startswith(("running=", "fired=", "failed="))} | {"var/cron.lock", "var/log/weekly-recs.log"}
+    mounted = [next(part for part in volume.split(":") if part.startswith("/"))
+               for volume in compose()["services"]["worker"]["volumes"]]
+    for path in state:
+        assert any(f"/opt/weekly-recs/{path}".startswith(f"{mount}/") for mount in mounted), path
+    assert "var/cron.lock" in script
+
+
 def test_the_worker_image_hands_crons_jobs_every_variable_compose_sets():
     dockerfile = (ROOT / "Dockerfile").read_text()
     for name in compose()["services"]["worker"]["environment"]:
