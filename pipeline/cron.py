@@ -10,6 +10,8 @@ ended on its own.
     python -m pipeline.cron unfired WEEK            says it
     python -m pipeline.cron unmade WEEK             prints WEEK's week if it is not made (its firing failed)
     python -m pipeline.cron failed WEEK             says that it runs once more
+    python -m pipeline.cron scheduler WEEK          prints --local-scheduler where luigid would be used and does
+                                                    not answer, and says so; nothing otherwise
 
 `deploy/run-week` runs these; a run whose package does not import is said by `deploy/not_started.py`,
 which needs nothing of this package. Before 2026-12-07 each of these ended silently: a stuck run was
@@ -17,14 +19,20 @@ said by nothing until the next Saturday's firing (and silenced it and every one 
 killed by the OOM killer or cut off by a reboot left the week unpublished without a word, and so did
 a host down at the firing's minute. And until the check's second try (also 2026-12-07) a week whose
 run failed (its export late, the database down at 21:05) waited for an operator, though its alert
-came at night and a second try in the morning would most often make it. Specs in `tests/test_deploy.py`.
+came at night and a second try in the morning would most often make it. A `luigid` down at the
+firing's minute (at boot, not started yet) cost the week too, where the local scheduler makes it as
+well. Specs in `tests/test_deploy.py`.
 """
 
 from __future__ import annotations
 
 import argparse
 import signal
+import sys
 from datetime import date, datetime, time, timedelta
+
+import luigi.interface
+import luigi.rpc
 
 from pipeline import notify
 from pipeline.wrapper import WeeklyRecs
@@ -43,7 +51,8 @@ PROBLEMS = {
     "failed": "not made: the run cron fired for it failed (its alert said why); it runs once more now, and is "
               "left to an operator if it fails again",
 }
-QUESTIONS = ("unfired-since", "unmade")
+SCHEDULER_DOWN = ("luigid does not answer ({refused}): the week runs with the local scheduler instead, unseen by "
+                  "the visualizer; start luigid (make scheduler, or docker compose up -d luigid)")
 WHY_KILLED = {signal.SIGTERM: "a host shutting down? cron's next check, at boot or on Sunday morning, runs it again"}
 OOM_KILLER = "the OOM killer? `journalctl -k | grep -i 'killed process'`"
 
@@ -77,6 +86,42 @@ def unmade(week: date) -> date | None:
         return task.week
 
 
+def unreachable_scheduler() -> str:
+    """Luigi's own words for the `luigid` a run would use where it does not answer after Luigi's own
+    retries (`[core] rpc-retry-attempts`, `rpc-retry-wait`); '' where it answers or is not used."""
+    core = luigi.interface.core()
+    if core.local_scheduler:
+        return ""
+    url = core.scheduler_url or f"http://{core.scheduler_host}:{core.scheduler_port}/"  # as Luigi makes it
+    try:
+        luigi.rpc.RemoteScheduler(url).worker_list()
+    except luigi.rpc.RPCError as error:
+        return f"{type(error).__name__}: {error}"
+    return ""
+
+
+def scheduler_flag(week: date) -> str:
+    """`--local-scheduler` for a run whose `luigid` does not answer, said: the visualizer is for
+    people, and its outage must not cost the web service its week. Luigi's own locks and the
+    database's keep each table's week made once, as on a host without `luigid`."""
+    if refused := unreachable_scheduler():
+        say(week, SCHEDULER_DOWN.format(refused=refused))
+        return "--local-scheduler"
+    return ""
+
+
+QUESTIONS = {"unfired-since": lambda week: unfired(week, datetime.now()), "unmade": unmade,
+             "scheduler": scheduler_flag}
+
+
+def say(week: date, problem: str) -> None:
+    """In the log (cron's output) and on Telegram, as a failure of the week's run."""
+    message = notify.failure_message(WeeklyRecs(week=week), problem)
+    print(message, file=sys.stderr, flush=True)
+    if notify.enabled("FAILURE"):
+        notify.send(message)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.cron", description=__doc__.splitlines()[0])
     parser.add_argument("problem", choices=[*PROBLEMS, *QUESTIONS])
@@ -85,15 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("signal", nargs="?", type=int, default=0, help="the signal that killed the run")
     args = parser.parse_args(argv)
     if args.problem in QUESTIONS:
-        found = unfired(args.week, datetime.now()) if args.problem == "unfired-since" else unmade(args.week)
-        print(found or "")
+        print(QUESTIONS[args.problem](args.week) or "")
         return
     why = WHY_KILLED.get(args.signal, OOM_KILLER)
-    problem = PROBLEMS[args.problem].format(signal=signal_name(args.signal), why=why)
-    message = notify.failure_message(WeeklyRecs(week=args.week), problem)
-    print(message, flush=True)
-    if notify.enabled("FAILURE"):
-        notify.send(message)
+    say(args.week, PROBLEMS[args.problem].format(signal=signal_name(args.signal), why=why))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,16 @@ import yaml
 from croniter import croniter
 
 from pipeline import cron
-from tests.conftest import NEXT_WEEK, ROOT, TELEGRAM_ENV, WEEK, apply_settings, installed_program, query
+from tests.conftest import (
+    NEXT_WEEK,
+    ROOT,
+    TELEGRAM_ENV,
+    WEEK,
+    apply_settings,
+    free_port,
+    installed_program,
+    query,
+)
 
 CRONTAB = ROOT / "deploy" / "crontab"
 SATURDAY, MORNING_AFTER = "5 21 * * 6", "0 9 * * 0"
@@ -107,6 +116,27 @@ def test_the_crontab_command_runs_the_week_under_crons_environment(cron_config, 
     # the week live and settled
     assert query(conn, "SELECT count(*) FROM table_updates WHERE update_id LIKE 'WeeklyRecs_2026%'") == [(2,)]
     assert "weekly-recs: week" in logged
+
+
+def test_a_firing_with_luigid_down_makes_the_week_with_the_local_scheduler_and_says_so(
+        cron_config, bot_api, reader, settings, tmp_path):
+    """The visualizer is for people: its outage (luigid not started at boot, or crashed) must not cost
+    the web service its week."""
+    settings["core"].update({"local_scheduler": "false", "scheduler_port": str(free_port()),
+                             "rpc-retry-attempts": "2", "rpc-retry-wait": "1"})  # of 3, 30 s
+    apply_settings(settings, cron_config)
+
+    status, logged = cron_fires({**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV})
+
+    assert status == 0, logged[-2000:]
+    down, published = bot_api.texts()
+    week = cron.WeeklyRecs(week=date.today()).week
+    assert down.startswith(f"weekly-recs FAILED: WeeklyRecs for week {week}\nluigid does not answer (RPCError: "
+                           f"Errors (2 attempts) when connecting to remote scheduler 'http://localhost:"
+                           f"{settings['core']['scheduler_port']}'): the week runs with the local scheduler instead")
+    assert down in logged
+    assert published.startswith(f"weekly-recs: week {week} published")
+    assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(week,)]
 
 
 @pytest.fixture
