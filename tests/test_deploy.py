@@ -19,6 +19,7 @@ import yaml
 from croniter import croniter
 
 from pipeline import cron
+from pipeline.wrapper import WeeklyRecs
 from tests.conftest import (
     NEXT_WEEK,
     ROOT,
@@ -130,7 +131,7 @@ def test_a_firing_with_luigid_down_makes_the_week_with_the_local_scheduler_and_s
 
     assert status == 0, logged[-2000:]
     down, published = bot_api.texts()
-    week = cron.WeeklyRecs(week=date.today()).week
+    week = WeeklyRecs(week=date.today()).week
     assert down.startswith(f"weekly-recs FAILED: WeeklyRecs for week {week}\nluigid does not answer (RPCError: "
                            f"Errors (2 attempts) when connecting to remote scheduler 'http://localhost:"
                            f"{settings['core']['scheduler_port']}'): the week runs with the local scheduler instead")
@@ -340,7 +341,7 @@ def test_a_week_whose_firing_failed_runs_once_more_at_the_next_check(cron_config
     environment = {**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV}
     input_dir.rename(tmp_path / "still-being-written")
     assert cron_fires(environment)[0] == 30
-    week = cron.WeeklyRecs(week=date.fromisoformat(FAILED.read_text().strip())).week
+    week = WeeklyRecs(week=date.fromisoformat(FAILED.read_text().strip())).week
     (tmp_path / "still-being-written").rename(input_dir)
 
     status, logged = cron_fires(environment, schedule=MORNING_AFTER)
