@@ -271,7 +271,7 @@ def telegram_leniently() -> tuple[telegram, list[str]]:
 
 def _refuse_unknown_events(events: tuple) -> None:
     if unknown := [str(event) for event in events if event not in NOTIFIABLE]:
-        raise ValueError(f"no event {', '.join(unknown)}: there are {', '.join(NOTIFIABLE)}")
+        raise ValueError(f"no event {', '.join(unknown)}; a JSON list of {', '.join(NOTIFIABLE)} is expected")
 
 
 def _under_root(path: str) -> Path:

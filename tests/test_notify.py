@@ -164,12 +164,12 @@ def test_notify_naming_an_event_there_is_not_sends_every_event(bot_api, settings
     assert notify.enabled("SUCCESS") and notify.enabled("ROLLBACK")
     assert notify.send("weekly-recs: week 2026-11-21 published")
     assert bot_api.texts() == ['weekly-recs: week 2026-11-21 published\n[telegram] notify = ["SUCESS", "FAILURE"] '
-                               "does not parse (no event SUCESS: there are SUCCESS, FAILURE, BROKEN_TASK, "
-                               "PROCESS_FAILURE, TIMEOUT, ROLLBACK): its default is used"]
+                               "does not parse (no event SUCESS; a JSON list of SUCCESS, FAILURE, BROKEN_TASK, "
+                               "PROCESS_FAILURE, TIMEOUT, ROLLBACK is expected): its default is used"]
 
 
 @pytest.mark.parametrize(("written", "why"), [("5", "'int' object is not iterable"),
-                                            ('"FAILURE"', "no event F, A, I, L, U, R, E: there are SUCCESS, ")])
+                                            ('"FAILURE"', "no event F, A, I, L, U, R, E; a JSON list of SUCCESS, ")])
 def test_notify_that_is_no_json_list_sends_every_event(written, why, settings):
     settings["telegram"] = {"notify": written}
     apply_settings(settings)
