@@ -9,4 +9,4 @@ COPY luigi.cfg ./
 COPY deploy ./deploy
 # cron starts jobs with an empty environment: hand it the container's (secrets come from .env via compose).
 # Debian's cron runs @reboot jobs only without /var/run/crond.reboot, which a restarted container keeps.
-CMD ["sh", "-c", "printenv | grep -E '^(LUIGI_CONFIG_PATH|PGPASSWORD|TELEGRAM_BOT_TOKEN|TELEGRAM_CHAT_ID)=' > /etc/environment; rm -f /var/run/crond.reboot; crontab deploy/crontab && exec cron -f"]
+CMD ["sh", "-c", "printenv | grep -E '^(LUIGI_CONFIG_PATH|PGPASSWORD|TELEGRAM_BOT_TOKEN|TELEGRAM_CHAT_ID|HEARTBEAT_URL)=' > /etc/environment; rm -f /var/run/crond.reboot; crontab deploy/crontab && exec cron -f"]

@@ -251,6 +251,12 @@ class telegram(luigi.Config):  # noqa: N801
         return os.environ.get("TELEGRAM_CHAT_ID", "")
 
 
+def heartbeat_url() -> str:
+    """A dead man's switch's ping URL (healthchecks.io's, Cronitor's): from the environment only,
+    since whoever holds it can say the pipeline is well."""
+    return os.environ.get("HEARTBEAT_URL", "")
+
+
 def telegram_leniently() -> tuple[telegram, list[str]]:
     """`[telegram]` with each value that does not parse, and a `notify` naming an event there is not,
     replaced by its default and named: a typo in the messages' own settings must neither stop the week

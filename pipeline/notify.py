@@ -1,4 +1,5 @@
-"""Telegram messages from Luigi's event handlers: one on a finished week, one on every failure.
+"""Telegram messages from Luigi's event handlers: one on a finished week, one on every failure; and
+a finished week's heartbeat, for a monitor outside the host.
 
 Handlers are registered on `WeekTask` and `EventTask`, so every pipeline task reports its failures,
 those that stop a run before any task (a `complete()` or `requires()` that raised) included. With
@@ -27,6 +28,7 @@ from pipeline.wrapper import WeeklyRecs
 log = logging.getLogger("luigi-interface")
 
 TELEGRAM_LIMIT = 4096
+HEARTBEAT_TIMEOUT = 10.0  # seconds: a monitor's ping endpoint answers at once, or is down
 RUN_STARTED = time.monotonic()
 
 
@@ -159,6 +161,28 @@ def _report_unchecked(task: luigi.Task) -> None:
     else:
         problem = "its complete() raised as the run was scheduled, and not when checked again: see the log"
     _report_failure("BROKEN_TASK")(task, problem)
+
+
+def beat_heart() -> bool:
+    """GET `HEARTBEAT_URL` once a week has gone live. A monitor outside the host that hears nothing
+    for a week and its grace says what nothing here can: cron, or the host, gone for good. Like a
+    message, it never fails the week; and its URL is a secret, so no line names it."""
+    url = config.heartbeat_url()
+    if not url:
+        return False
+    try:
+        requests.get(url, timeout=HEARTBEAT_TIMEOUT).raise_for_status()
+    except requests.RequestException as error:
+        answer = f" {error.response.status_code}" if error.response is not None else ""
+        log.warning("Heartbeat not sent: %s%s", type(error).__name__, answer)
+        return False
+    return True
+
+
+@WeekTask.event_handler(luigi.Event.SUCCESS)
+def _beat_for_the_week(task: luigi.Task) -> None:
+    if isinstance(task, WeeklyRecs):
+        beat_heart()
 
 
 @WeekTask.event_handler(luigi.Event.SUCCESS)

@@ -536,13 +536,52 @@ class _BotApiHandler(BaseHTTPRequestHandler):
         pass
 
 
+@contextmanager
+def serving(server: ThreadingHTTPServer) -> Iterator[ThreadingHTTPServer]:
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
 def bot_api(settings, config_file) -> Iterator[BotApi]:
-    server = BotApi()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    settings["telegram"] = {"api_url": server.url, "timeout": "1", "max_retry_after": "2"}
-    apply_settings(settings, config_file)
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(BotApi()) as server:
+        settings["telegram"] = {"api_url": server.url, "timeout": "1", "max_retry_after": "2"}
+        apply_settings(settings, config_file)
+        yield server
+
+
+class Monitor(ThreadingHTTPServer):
+    """A dead man's switch's ping endpoint (healthchecks.io's, Cronitor's): records each GET's path."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _MonitorHandler)
+        self.pings: list[str] = []
+        self.check = f"/ping/{uuid.uuid4()}"  # the check's own URL, a secret
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{self.check}"
+
+
+class _MonitorHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.server.pings.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"OK")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def monitor() -> Iterator[Monitor]:
+    with serving(Monitor()) as server:
+        yield server

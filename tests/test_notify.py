@@ -6,6 +6,7 @@ A real HTTP server on loopback plays the Bot API's `sendMessage`; the pipeline r
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 
@@ -177,6 +178,35 @@ def test_notify_that_is_no_json_list_sends_every_event(written, why, settings):
     [said] = config.telegram_leniently()[1]
     assert said.startswith(f"[telegram] notify = {written} does not parse ({why}")
     assert notify.enabled("SUCCESS")
+
+
+NO_TELEGRAM = {"TELEGRAM_BOT_TOKEN": "", "TELEGRAM_CHAT_ID": ""}
+
+
+def test_a_week_gone_live_pings_the_heartbeat_and_a_rerun_or_a_failed_week_does_not(monitor, config_file,
+                                                                                    input_dir):
+    """A monitor outside the host that hears nothing for a week and its grace says what nothing here
+    can: cron, or the host, gone for good."""
+    environment = {**NO_TELEGRAM, "HEARTBEAT_URL": monitor.url}
+
+    assert run_week(config_file, env=environment).returncode == 0
+    assert monitor.pings == [monitor.check]
+
+    assert run_week(config_file, env=environment).returncode == 0  # done already: nothing went live
+    (input_dir / "top_popular.parquet").unlink()
+    failed = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", "2026-11-28", env=environment)
+    assert failed.returncode == 30
+    assert monitor.pings == [monitor.check]
+
+
+def test_a_monitor_that_does_not_answer_never_fails_the_week_nor_shows_its_url(config_file):
+    check = f"/ping/{uuid.uuid4()}"
+
+    result = run_week(config_file, env={**NO_TELEGRAM, "HEARTBEAT_URL": f"http://127.0.0.1:{free_port()}{check}"})
+
+    assert result.returncode == 0
+    assert "Heartbeat not sent: ConnectionError" in result.stderr
+    assert check not in result.stdout + result.stderr
 
 
 def test_failure_messages_stay_under_telegrams_limit_and_hide_secrets(settings, monkeypatch):
