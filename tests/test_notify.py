@@ -221,8 +221,10 @@ def test_failure_messages_stay_under_telegrams_limit_and_hide_secrets(settings, 
     assert TOKEN not in text and "hunter2" not in text
 
 
-def test_a_central_scheduler_down_as_cron_fires_sends_a_failure_naming_it(bot_api, config_file, settings, conn):
-    """Cron's command runs the week through `luigid`; one that is not there runs nothing, and says so."""
+def test_a_run_by_hand_through_a_luigid_that_is_down_sends_a_failure_naming_it(bot_api, config_file, settings,
+                                                                                  conn):
+    """Without `--local-scheduler` the week runs through `luigid`; one that is not there runs nothing,
+    and says so (cron's firing runs the week with the local scheduler instead: `test_deploy.py`)."""
     settings.setdefault("core", {}).update({"rpc-retry-attempts": "2", "rpc-retry-wait": "1"})  # of 3, 30 s
     apply_settings(settings, config_file)
     port = free_port()
