@@ -180,14 +180,12 @@ def beat_heart() -> bool:
 
 
 @WeekTask.event_handler(luigi.Event.SUCCESS)
-def _beat_for_the_week(task: luigi.Task) -> None:
-    if isinstance(task, WeeklyRecs):
-        beat_heart()
-
-
-@WeekTask.event_handler(luigi.Event.SUCCESS)
 def _report_week(task: luigi.Task) -> None:
-    if isinstance(task, WeeklyRecs) and enabled("SUCCESS"):
+    """A week gone live: its heartbeat, whatever `notify` says, and its message."""
+    if not isinstance(task, WeeklyRecs):
+        return
+    beat_heart()
+    if enabled("SUCCESS"):
         try:
             send(success_message(task))
         except Exception as error:  # a report must never fail the week it reports
