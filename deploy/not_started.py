@@ -24,6 +24,7 @@ import urllib.request
 from datetime import date
 
 VENV_PYTHON = ".venv/bin/python"
+CONFIG_FILES = ("/etc/luigi/client.cfg", "/etc/luigi/luigi.cfg", "client.cfg", "luigi.cfg")  # Luigi's, in its order
 RUN_START = ("import luigi.interface, luigi.retcodes, luigi.worker, pipeline; "
              "luigi.interface.core(); luigi.worker.worker(); luigi.retcodes.retcode()")
 
@@ -53,10 +54,10 @@ def _exception_words(traceback: str) -> str:
 
 
 def telegram_settings() -> dict[str, str]:
-    """`[telegram]` from the checkout's luigi.cfg and then LUIGI_CONFIG_PATH, as Luigi reads them; a file
+    """`[telegram]` from the files Luigi reads, then LUIGI_CONFIG_PATH, each later one overriding; a file
     that does not parse is left out."""
     settings: dict[str, str] = {}
-    for path in filter(None, ("luigi.cfg", os.environ.get("LUIGI_CONFIG_PATH"))):
+    for path in filter(None, (*CONFIG_FILES, os.environ.get("LUIGI_CONFIG_PATH"))):
         parser = configparser.ConfigParser(interpolation=None, strict=False)
         try:
             parser.read(path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import runpy
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from croniter import croniter
+from luigi.configuration.cfg_parser import LuigiConfigParser
 
 from pipeline import cron
 from pipeline.wrapper import WeeklyRecs
@@ -282,6 +284,24 @@ def test_a_checkout_whose_virtualenv_is_gone_says_so(cron_config, bot_api, tmp_p
     [text] = bot_api.texts()
     assert "could not start\n.venv/bin/python: No such file or directory\n" in text
     assert text in logged
+
+
+def test_a_start_failure_is_sent_as_the_telegram_settings_of_any_file_luigi_reads_say(cron_config, bot_api, tmp_path):
+    """A host may keep its settings in /etc/luigi/luigi.cfg or a checkout's client.cfg, as Luigi allows:
+    not_started.py reads the same files, in Luigi's order, and here finds the Bot API in client.cfg."""
+    not_started = runpy.run_path(str(ROOT / "deploy" / "not_started.py"))
+    assert list(not_started["CONFIG_FILES"]) == LuigiConfigParser._config_paths[:4]
+    checkout = tmp_path / "checkout"
+    shutil.copytree(ROOT / "deploy", checkout / "deploy")
+    (checkout / "client.cfg").write_text(cron_config.read_text())
+    environment = {**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV, "WEEKLY_RECS": str(checkout)}
+    del environment["LUIGI_CONFIG_PATH"]
+
+    status, logged = cron_fires(environment, log=checkout / "var" / "log" / "weekly-recs.log")
+
+    assert status not in (0, 75)
+    [text] = bot_api.texts()
+    assert "could not start\n.venv/bin/python: No such file or directory\n" in text
 
 
 def test_a_luigi_cfg_that_does_not_parse_is_said_with_its_file_and_line(cron_config, bot_api, tmp_path):
