@@ -173,31 +173,73 @@ def history(shop) -> History:
                       read_items(shop / "items.parquet"))
 
 
+TEMPLATES_READER = "websvc_of_the_templates"
+TEMPLATES = ("published_week", "next_week_staged")  # the markers, each the session fixture of its template
+
+
 @pytest.fixture(scope="session")
-def published_week(pg_socket_dir, sample_week, tmp_path_factory) -> Iterator[str]:
+def templates_reader(pg_socket_dir) -> Iterator[str]:
+    """The web service's login role in the databases published once for the session: roles belong to
+    the cluster, so every copy of a template grants this one, and a copy's `reader` is it."""
+    with admin_connection(pg_socket_dir) as admin:
+        admin.cursor().execute(f"CREATE ROLE {TEMPLATES_READER} LOGIN PASSWORD '{TEMPLATES_READER}'")
+    yield TEMPLATES_READER
+    with admin_connection(pg_socket_dir) as admin:
+        admin.cursor().execute(f"DROP ROLE {TEMPLATES_READER}")
+
+
+@pytest.fixture(scope="session")
+def published_week(pg_socket_dir, sample_week, templates_reader, tmp_path_factory) -> Iterator[str]:
     """A database in which `luigi` published the sample week, made once for the session: a test marked
     `published_week` starts from a copy of it (`CREATE DATABASE ... TEMPLATE`), everything the week left
     in PostgreSQL, byte for byte, instead of publishing the week again."""
-    name = f"published_{uuid.uuid4().hex[:12]}"
-    with admin_connection(pg_socket_dir) as admin:
-        admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    folder = tmp_path_factory.mktemp("published")
-    write_settings(week_settings(pg_socket_dir, name, sample_week, folder), folder / "luigi.cfg")
-    result = run_luigi(folder / "luigi.cfg", "WeeklyRecs", "--local-scheduler", "--week", WEEK.isoformat())
-    assert result.returncode == 0, result.stderr[-2000:]
-    yield name
-    with admin_connection(pg_socket_dir) as admin:
+    with template_made(pg_socket_dir, "", sample_week, tmp_path_factory) as (name, config_file):
+        ran = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", WEEK.isoformat())
+        assert ran.returncode == 0, ran.stderr[-2000:]
+        yield name
+
+
+@pytest.fixture(scope="session")
+def next_week_staged(published_week, pg_socket_dir, sample_week, tmp_path_factory) -> Iterator[str]:
+    """A copy of `published_week` in which the next week is staged whole, waiting only for WeeklyRecs
+    to put it live: a test marked `next_week_staged` starts from a copy of it."""
+    with template_made(pg_socket_dir, published_week, sample_week, tmp_path_factory) as (name, config_file):
+        for task in ("RankCandidates", "OnlineRecs"):  # RankCandidates requires DefaultRecs
+            ran = run_luigi(config_file, task, "--local-scheduler", "--week", NEXT_WEEK.isoformat())
+            assert ran.returncode == 0, ran.stderr[-2000:]
+        yield name
+
+
+@contextmanager
+def template_made(socket_dir: str, template: str, input_dir: Path, tmp_path_factory
+                  ) -> Iterator[tuple[str, Path]]:
+    """A database for a template (a copy of `template`, if given) and a config file that runs the
+    tests' week in it with `TEMPLATES_READER` as the web service; the database dropped at the end."""
+    name = f"template_{uuid.uuid4().hex[:12]}"
+    with admin_connection(socket_dir) as admin:
+        admin.cursor().execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+    folder = tmp_path_factory.mktemp(name)
+    settings = week_settings(socket_dir, name, input_dir, folder)
+    settings["postgres"]["readers"] = json.dumps([TEMPLATES_READER])
+    write_settings(settings, folder / "luigi.cfg")
+    yield name, folder / "luigi.cfg"
+    with admin_connection(socket_dir) as admin:
         admin.cursor().execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def template_of(request: pytest.FixtureRequest) -> str | None:
+    """The template the test's database is a copy of: the session fixture its marker names."""
+    return next((marker for marker in TEMPLATES if request.node.get_closest_marker(marker)), None)
 
 
 @pytest.fixture
 def database(pg_socket_dir, request) -> Iterator[str]:
-    """A database of the test's own: empty, or for a test marked `published_week` a copy of that one,
-    or for one marked `database_encoding` empty in that encoding."""
+    """A database of the test's own: empty, or for a test marked `published_week` or `next_week_staged`
+    a copy of that template, or for one marked `database_encoding` empty in that encoding."""
     name = f"test_{uuid.uuid4().hex[:12]}"
     template = ""
-    if request.node.get_closest_marker("published_week"):
-        template = f' TEMPLATE "{request.getfixturevalue("published_week")}"'
+    if copied := template_of(request):
+        template = f' TEMPLATE "{request.getfixturevalue(copied)}"'
     if encoding := request.node.get_closest_marker("database_encoding"):
         template = f" TEMPLATE template0 ENCODING '{encoding.args[0]}' LOCALE 'C'"
     with admin_connection(pg_socket_dir) as admin:
@@ -229,14 +271,12 @@ def set_for_the_database(socket_dir: str, database: str, **settings: str) -> Non
 class Reader:
     """The web service's login role: granted what `[postgres] readers` grants, never the pipeline's owner."""
 
-    def __init__(self, socket_dir: str, database: str):
-        self.name, self.socket_dir, self.database = f"websvc_{uuid.uuid4().hex[:8]}", socket_dir, database
+    def __init__(self, socket_dir: str, database: str, name: str | None = None):
+        self.name, self.socket_dir, self.database = name or f"websvc_{uuid.uuid4().hex[:8]}", socket_dir, database
 
     def at(self, socket_dir: str) -> Reader:
         """The same role on another server: a standby, which has the primary's roles."""
-        elsewhere = Reader(socket_dir, self.database)
-        elsewhere.name = self.name
-        return elsewhere
+        return Reader(socket_dir, self.database, self.name)
 
     def connect(self, application_name: str = "web-service") -> psycopg2.extensions.connection:
         return psycopg2.connect(host=self.socket_dir, dbname=self.database, user=self.name,
@@ -251,8 +291,12 @@ class Reader:
 
 
 @pytest.fixture
-def reader(pg_socket_dir, database, settings, tmp_path) -> Iterator[Reader]:
-    """A login role of its own, listed in `[postgres] readers`."""
+def reader(pg_socket_dir, database, settings, tmp_path, request) -> Iterator[Reader]:
+    """A login role of its own, listed in `[postgres] readers`; in a copy of a template, the one its
+    week was published for (`templates_reader`), which `settings` lists."""
+    if template_of(request):
+        yield Reader(pg_socket_dir, database, TEMPLATES_READER)
+        return
     role = Reader(pg_socket_dir, database)
     with admin_connection(pg_socket_dir, database) as admin:
         admin.cursor().execute(f"CREATE ROLE {role.name} LOGIN PASSWORD '{role.name}'")
@@ -298,12 +342,15 @@ def input_dir(tmp_path, sample_week) -> Path:
 
 
 @pytest.fixture
-def settings(tmp_path, pg_socket_dir, database, input_dir) -> Iterator[dict[str, dict[str, str]]]:
-    """The pipeline pointed at this test's database and files, in-process and as a config file.
+def settings(tmp_path, pg_socket_dir, database, input_dir, request) -> Iterator[dict[str, dict[str, str]]]:
+    """The pipeline pointed at this test's database and files, in-process and as a config file; in a
+    copy of a template, with the web service its week was published for.
 
     Tests may change a value and call `apply_settings(settings)` again.
     """
     values = week_settings(pg_socket_dir, database, input_dir, tmp_path)
+    if template_of(request):
+        values["postgres"]["readers"] = json.dumps([TEMPLATES_READER])
     config = luigi.configuration.get_config()
     saved = {section: dict(config.items(section, raw=True)) for section in config.sections()}
     apply_settings(values, tmp_path / "luigi.cfg")

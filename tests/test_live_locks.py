@@ -54,13 +54,6 @@ STATEMENT_TIMEOUT_MS = 2000  # the web service's own
 
 
 @pytest.fixture
-def next_week_staged(settings, conn, reader) -> None:
-    """The first week live; the next one staged, waiting only for WeeklyRecs to put it live."""
-    run_tasks(WeeklyRecs(week=WEEK))
-    run_tasks(DefaultRecs(week=NEXT_WEEK), OnlineRecs(week=NEXT_WEEK), RankCandidates(week=NEXT_WEEK))
-
-
-@pytest.fixture
 def long_report(reader):
     """An analyst's transaction, open and idle, that has read the live ranking."""
     session = reader.connect("long-report")
@@ -93,8 +86,9 @@ def live_week(conn):
     return publish.live_week(conn.cursor(), "candidates_ranked")
 
 
+@pytest.mark.next_week_staged
 def test_a_publish_waits_for_a_reader_without_stalling_the_web_service_and_goes_live_when_it_ends(
-        next_week_staged, config_file, conn, reader, long_report):
+        config_file, conn, reader, long_report):
     publishing = start_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK))
 
     made, failed = web_service_reads(reader, seconds=4)
@@ -108,8 +102,9 @@ def test_a_publish_waits_for_a_reader_without_stalling_the_web_service_and_goes_
     assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(NEXT_WEEK,)]
 
 
+@pytest.mark.next_week_staged
 def test_while_a_reader_holds_a_live_table_the_publish_never_queues_behind_it(
-        next_week_staged, config_file, conn, long_report):
+        config_file, conn, long_report):
     """Queued behind the report, each attempt would hold up every read after it for a `lock_timeout`:
     a session seen holding the table a `lock_timeout` apart is waited for without an attempt."""
     queued_now = ("SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'relation'"
@@ -130,8 +125,9 @@ def test_while_a_reader_holds_a_live_table_the_publish_never_queues_behind_it(
     assert live_week(conn) == NEXT_WEEK
 
 
+@pytest.mark.next_week_staged
 def test_past_its_wait_a_publish_fails_naming_the_blocker_and_changes_nothing(
-        next_week_staged, settings, config_file, conn, long_report, bot_api):
+        settings, config_file, conn, long_report, bot_api):
     settings["pipeline"]["publish_wait"] = "2"
     apply_settings(settings, config_file)
     before = live_state(conn)
@@ -152,8 +148,9 @@ def test_past_its_wait_a_publish_fails_naming_the_blocker_and_changes_nothing(
     assert live_week(conn) == NEXT_WEEK
 
 
+@pytest.mark.next_week_staged
 def test_a_foreign_key_a_dba_adds_while_the_publish_waits_is_refused_at_the_swap_naming_it(
-        next_week_staged, config_file, conn, reader):
+        config_file, conn, reader):
     """The week was checked before it waited; the key came after, and the swap looks again as it takes
     the live names and once it holds them, past which no key can be added: the week fails naming it, as
     it would have before anything was staged, not with PostgreSQL's error from detaching the week a row
@@ -186,7 +183,8 @@ def test_a_foreign_key_a_dba_adds_while_the_publish_waits_is_refused_at_the_swap
     report.close()
 
 
-def test_idle_blockers_are_terminated_only_when_asked(next_week_staged, settings, conn, long_report):
+@pytest.mark.next_week_staged
+def test_idle_blockers_are_terminated_only_when_asked(settings, conn, long_report):
     settings["pipeline"].update(terminate_idle_blockers="true", idle_blocker_seconds="1")
     apply_settings(settings)
 
@@ -197,8 +195,9 @@ def test_idle_blockers_are_terminated_only_when_asked(next_week_staged, settings
         long_report.cursor().execute("SELECT 1")
 
 
+@pytest.mark.next_week_staged
 def test_a_web_request_idle_between_its_statements_is_waited_for_never_ended_as_a_forgotten_session(
-        next_week_staged, settings, conn, reader):
+        settings, conn, reader):
     """A web service that holds each request in a transaction (SQLAlchemy's session, Django's
     ATOMIC_REQUESTS) is idle in it between its statements; only a session idle for
     `idle_blocker_seconds` is a forgotten one."""
@@ -216,7 +215,8 @@ def test_a_web_request_idle_between_its_statements_is_waited_for_never_ended_as_
     assert live_week(conn) == NEXT_WEEK
 
 
-def test_a_rollback_waits_for_readers_the_same_way(next_week_staged, settings, config_file, conn, long_report):
+@pytest.mark.next_week_staged
+def test_a_rollback_waits_for_readers_the_same_way(settings, config_file, conn, long_report):
     long_report.rollback()
     run_tasks(WeeklyRecs(week=NEXT_WEEK))
     long_report.cursor().execute("SELECT count(*) FROM default_recs")  # a new report, on the new week
@@ -267,8 +267,9 @@ def test_an_archive_or_a_stage_an_analyst_is_reading_outlives_its_week_without_h
     assert publish.staged_weeks(conn.cursor(), "default_recs") == []
 
 
+@pytest.mark.next_week_staged
 def test_a_publish_held_up_by_a_reader_of_the_staged_week_names_that_reader(
-        next_week_staged, settings, config_file, conn, pg_socket_dir, database):
+        settings, config_file, conn, pg_socket_dir, database):
     settings["pipeline"]["publish_wait"] = "2"
     apply_settings(settings, config_file)
     preview = psycopg2.connect(host=pg_socket_dir, dbname=database, user="postgres", application_name="preview")
@@ -284,8 +285,9 @@ def test_a_publish_held_up_by_a_reader_of_the_staged_week_names_that_reader(
     assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
 
 
+@pytest.mark.next_week_staged
 def test_a_rerun_replaces_a_stage_someone_is_reading_once_they_end_and_past_its_wait_names_them(
-        next_week_staged, settings, config_file, conn, pg_socket_dir, database):
+        settings, config_file, conn, pg_socket_dir, database):
     settings["pipeline"]["publish_wait"] = "2"
     apply_settings(settings, config_file)
     stage = publish.staged_name("default_recs", NEXT_WEEK)
@@ -304,8 +306,9 @@ def test_a_rerun_replaces_a_stage_someone_is_reading_once_they_end_and_past_its_
     assert live_week(conn) == NEXT_WEEK
 
 
+@pytest.mark.next_week_staged
 def test_a_rerun_waiting_for_a_long_query_on_its_stage_outlasts_a_dbas_idle_in_transaction_timeout(
-        next_week_staged, config_file, conn, pg_socket_dir, database):
+        config_file, conn, pg_socket_dir, database):
     """The rerun's transaction waits between its attempts at the stage for longer than a DBA lets the
     shop's sessions idle in a transaction; the analyst's query is working, not idle, all along."""
     stage = publish.staged_name("default_recs", NEXT_WEEK)
@@ -349,8 +352,9 @@ def test_a_publish_held_up_by_a_reader_of_the_table_a_dba_foreign_key_references
     assert live_week(conn) == NEXT_WEEK
 
 
+@pytest.mark.next_week_staged
 def test_a_long_import_into_the_catalogue_a_dba_foreign_key_references_never_queues_the_shops_other_writes(
-        next_week_staged, settings, config_file, conn, pg_socket_dir, database):
+        settings, config_file, conn, pg_socket_dir, database):
     dba_keys_the_popular_items_to_a_catalogue(conn)
     settings["pipeline"]["publish_wait"] = "4"
     apply_settings(settings, config_file)
@@ -383,8 +387,17 @@ def test_a_long_import_into_the_catalogue_a_dba_foreign_key_references_never_que
     importing.close()
 
 
+@pytest.fixture
+def next_week_staged_by_the_pipelines_role(pipeline_role, settings, reader) -> None:
+    """As a `next_week_staged` copy holds it, but made by a login role of the pipeline's own, which
+    owns the tables: the template's are the superuser's."""
+    run_tasks(WeeklyRecs(week=WEEK))
+    run_tasks(DefaultRecs(week=NEXT_WEEK), OnlineRecs(week=NEXT_WEEK), RankCandidates(week=NEXT_WEEK))
+
+
 def test_an_idle_blocker_the_pipelines_role_may_not_end_is_waited_for_and_named_once(
-        pipeline_role, next_week_staged, settings, config_file, conn, long_report, pg_socket_dir, database):
+        pipeline_role, next_week_staged_by_the_pipelines_role, settings, config_file, conn, long_report,
+        pg_socket_dir, database):
     with admin_connection(pg_socket_dir, database) as admin:  # it sees others' sessions, may not end them
         admin.cursor().execute(f"GRANT pg_read_all_stats TO {pipeline_role}")
     settings["pipeline"].update(terminate_idle_blockers="true", idle_blocker_seconds="0.5", publish_wait="3")
@@ -402,8 +415,9 @@ def test_an_idle_blocker_the_pipelines_role_may_not_end_is_waited_for_and_named_
     assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
 
 
+@pytest.mark.next_week_staged
 def test_a_publish_waits_for_a_reader_on_a_standby_too_and_the_web_service_reading_there_never_stalls(
-        next_week_staged, settings, config_file, conn, reader, standby, pg_socket_dir, database):
+        settings, config_file, conn, reader, standby, pg_socket_dir, database):
     settings["postgres"]["standbys"] = json.dumps([standby])
     settings["pipeline"]["publish_wait"] = "2"
     apply_settings(settings, config_file)
@@ -475,8 +489,9 @@ def requests_running(replica, read=serving.top_k) -> Iterator[list[int]]:
             thread.join()
 
 
+@pytest.mark.next_week_staged
 def test_a_standby_never_free_of_requests_keeps_the_week_staged_rather_than_have_its_replay_cancel_them(
-        next_week_staged, settings, config_file, conn, reader, standby, pg_socket_dir, database):
+        settings, config_file, conn, reader, standby, pg_socket_dir, database):
     """The requests read the popular items first: replayed among them, the swap would hold the
     ranking while a request holding the popular items asks for it, a deadlock the standby ends by
     cancelling the request after `deadlock_timeout`."""
@@ -496,8 +511,9 @@ def test_a_standby_never_free_of_requests_keeps_the_week_staged_rather_than_have
     assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"  # the rerun, once the standby is free
 
 
+@pytest.mark.next_week_staged
 def test_a_standby_replays_the_swap_among_the_web_services_requests_without_failing_one(
-        next_week_staged, settings, config_file, conn, reader, standby, pg_socket_dir, database):
+        settings, config_file, conn, reader, standby, pg_socket_dir, database):
     """The standby not listed, the swap is replayed while requests hold the ranking: it takes the
     live names in the order the requests do, and waits for the requests in flight, not the other way."""
     replayed(pg_socket_dir, database, standby)
@@ -512,8 +528,9 @@ def test_a_standby_replays_the_swap_among_the_web_services_requests_without_fail
     assert reader.at(standby).read("SELECT DISTINCT week FROM candidates_ranked") == [(NEXT_WEEK,)]
 
 
+@pytest.mark.next_week_staged
 def test_idle_blockers_on_a_standby_are_terminated_there_when_asked(
-        next_week_staged, settings, config_file, conn, reader, standby, pg_socket_dir, database):
+        settings, config_file, conn, reader, standby, pg_socket_dir, database):
     settings["postgres"]["standbys"] = json.dumps([standby])
     settings["pipeline"].update(terminate_idle_blockers="true", idle_blocker_seconds="1", publish_wait="30")
     apply_settings(settings, config_file)
@@ -592,8 +609,9 @@ def test_a_weeks_loads_never_cancel_a_reader_on_a_standby_whose_snapshot_is_olde
     report.close()
 
 
+@pytest.mark.next_week_staged
 def test_a_standby_the_pipeline_cannot_reach_holds_nothing_up_and_is_named_once(
-        next_week_staged, settings, config_file, conn, tmp_path):
+        settings, config_file, conn, tmp_path):
     gone = str(tmp_path / "replica-being-rebuilt")
     settings["postgres"]["standbys"] = json.dumps([gone])
     apply_settings(settings, config_file)
@@ -627,8 +645,9 @@ def test_a_live_name_held_by_maintenance_after_the_swap_keeps_its_statistics_for
     vacuum.close()
 
 
+@pytest.mark.next_week_staged
 def test_a_materialized_view_under_vacuum_takes_the_week_once_the_vacuum_ends_and_its_readers_never_wait(
-        next_week_staged, config_file, conn, reader, pg_socket_dir, database):
+        config_file, conn, reader, pg_socket_dir, database):
     """Autovacuum or a DBA's `VACUUM` holds a materialized view against its refresh, often right
     after a publish's refresh changed many of its rows: a refresh given up after a `lock_timeout`
     would serve the web service the former week until the next. The refresh's lock is one no
@@ -651,8 +670,9 @@ def test_a_materialized_view_under_vacuum_takes_the_week_once_the_vacuum_ends_an
     vacuum.close()
 
 
+@pytest.mark.next_week_staged
 def test_a_run_killed_while_a_refresh_waits_leaves_the_week_live_and_its_rerun_refreshes_the_view(
-        next_week_staged, config_file, conn, reader, pg_socket_dir, database):
+        config_file, conn, reader, pg_socket_dir, database):
     """The week's marker is written in the swap: were it the only one, a rerun would find the week
     done, and the web service would read the former week from the view until the next publish."""
     dba_materializes_the_top_10(conn, reader)
