@@ -281,9 +281,9 @@ def tuning_of_week(conn, table: str, week) -> tuple[dict, dict]:
     return parameters, catalog.column_tuning(conn.cursor(), name)
 
 
+@pytest.mark.published_week
 def test_what_the_dba_tuned_on_the_live_week_every_later_week_and_a_rollback_take_before_they_are_sampled(
         settings, conn, reader):
-    run_tasks(WeeklyRecs(week=WEEK))
     live = publish.week_name("candidates_ranked", WEEK)
     conn.cursor().execute(  # PostgreSQL refuses storage parameters on the live name, and asks for them on its weeks
         f"ALTER TABLE {live} SET (parallel_workers = 4, autovacuum_vacuum_scale_factor = 0.01);"
@@ -450,8 +450,8 @@ def test_a_reader_role_that_does_not_exist_is_refused_by_name_before_anything_is
     assert query(conn, "SELECT count(*) FROM pg_tables WHERE tablename LIKE '%%\\_\\_%%'") == [(0,)]
 
 
+@pytest.mark.published_week
 def test_the_web_services_reads_as_its_own_role(settings, conn, reader):
-    run_tasks(WeeklyRecs(week=WEEK))
     (user, item), = query(conn, "SELECT user_id, item_id FROM candidates_ranked WHERE rank = 1 LIMIT 1")
     stranger = query(conn, "SELECT max(user_id) + 1 FROM candidates_ranked")[0][0]
 
@@ -648,8 +648,8 @@ def test_an_archive_the_pipeline_may_no_longer_drop_outlives_the_retention_and_t
             cur.execute(f"DROP TABLE {audited}; DROP ROLE audit_{pipeline_role}")
 
 
+@pytest.mark.published_week
 def test_an_index_the_dba_made_on_a_live_name_is_built_before_the_swap_never_in_it(settings, conn, reader):
-    run_tasks(WeeklyRecs(week=WEEK))
     conn.cursor().execute("CREATE INDEX items_ranked ON candidates_ranked (item_id, rank)")
 
     assert run_tasks(WeeklyRecs(week=NEXT_WEEK)).name == "SUCCESS"
@@ -715,9 +715,9 @@ def test_keys_the_dba_put_on_a_live_name_are_made_before_the_swap_never_in_it(se
     assert reader.read("SELECT DISTINCT week FROM default_recs") == [(weeks[-2],)]
 
 
+@pytest.mark.published_week
 def test_a_week_that_breaks_a_foreign_key_the_dba_made_fails_before_the_swap_naming_it(settings, config_file,
                                                                                        input_dir, conn):
-    run_tasks(WeeklyRecs(week=WEEK))
     dba_keys_the_popular_items_to_a_catalogue(conn)
     before = live_state(conn)
     path = input_dir / "top_popular.parquet"
@@ -894,9 +894,9 @@ def test_before_postgresql_17_a_materialized_view_the_pipelines_role_may_not_ref
         assert query(dba, "SELECT DISTINCT week FROM users_ranked") == [(NEXT_WEEK + timedelta(weeks=1),)]
 
 
+@pytest.mark.published_week
 def test_constraints_the_dba_put_on_a_live_name_hold_for_every_later_week_or_refuse_it(settings, config_file,
                                                                                        conn, reader):
-    run_tasks(WeeklyRecs(week=WEEK))
     conn.cursor().execute("ALTER TABLE candidates_ranked ALTER COLUMN user_id SET NOT NULL;"
                           " ALTER TABLE candidates_ranked ADD CONSTRAINT ranked_from_one CHECK (rank >= 1)")
 
