@@ -330,9 +330,9 @@ def test_a_rerun_waiting_for_a_long_query_on_its_stage_outlasts_a_dbas_idle_in_t
     assert live_week(conn) == NEXT_WEEK
 
 
+@pytest.mark.published_week
 def test_a_publish_held_up_by_a_reader_of_the_table_a_dba_foreign_key_references_names_that_reader(
         settings, config_file, conn, reader):
-    run_tasks(WeeklyRecs(week=WEEK))
     dba_keys_the_popular_items_to_a_catalogue(conn)
     settings["pipeline"]["publish_wait"] = "2"
     apply_settings(settings, config_file)
@@ -623,9 +623,9 @@ def test_a_standby_the_pipeline_cannot_reach_holds_nothing_up_and_is_named_once(
     assert live_week(conn) == NEXT_WEEK
 
 
+@pytest.mark.published_week
 def test_a_live_name_held_by_maintenance_after_the_swap_keeps_its_statistics_for_a_later_publish(
         settings, conn, pg_socket_dir, database, caplog):
-    run_tasks(WeeklyRecs(week=WEEK))
     with admin_connection(pg_socket_dir, database) as admin:  # as if the names had never been sampled
         admin.cursor().execute("DELETE FROM pg_statistic WHERE starelid IN"
                                " ('online_recs'::regclass, 'candidates_ranked'::regclass)")
