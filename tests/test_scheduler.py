@@ -33,7 +33,6 @@ from tests.conftest import (
     markers,
     query,
     run_luigi,
-    run_tasks,
 )
 
 ARTIFACTS = ROOT / "var" / "test-artifacts"  # git-ignored; docs/visualizer.png is one such screenshot
@@ -161,8 +160,8 @@ def test_the_visualizer_shows_the_finished_week_in_a_browser(luigid, config_file
     shutil.copy(tmp_path / "visualizer.png", ARTIFACTS / "visualizer.png")
 
 
+@pytest.mark.published_week
 def test_a_publish_waiting_for_a_reader_shows_in_luigid_whom_it_waits_for(luigid, settings, config_file, conn, reader):
-    run_tasks(WeeklyRecs(week=WEEK))
     report = reader.connect("quarterly-report")
     report.cursor().execute("SELECT count(*) FROM default_recs")  # and keeps its transaction open
     pid = report.get_backend_pid()
@@ -178,11 +177,11 @@ def test_a_publish_waiting_for_a_reader_shows_in_luigid_whom_it_waits_for(luigid
     assert worker.returncode == 0, errors[-2000:]
 
 
+@pytest.mark.published_week
 def test_a_live_weeks_run_going_on_shows_in_luigid_the_step_it_is_at(
         luigid, settings, config_file, conn, reader, pg_socket_dir, database):
     """After the swap the week is live, and its run may go on: a materialized view's refresh waits
     for a `VACUUM` of it, as long as a publish would wait."""
-    run_tasks(WeeklyRecs(week=WEEK))
     dba_materializes_the_top_10(conn, reader)
     vacuum = maintenance_holding(pg_socket_dir, database, "service_top")
     worker = start_week(luigid, config_file, NEXT_WEEK)
