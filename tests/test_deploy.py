@@ -272,10 +272,16 @@ def test_a_run_whose_install_is_broken_says_so_with_the_import_error(cron_config
     assert query(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
 
 
-def test_a_checkout_whose_virtualenv_is_gone_says_so(cron_config, bot_api, tmp_path):
-    """An OS upgrade that removes the interpreter the virtualenv points at leaves no `.venv/bin/luigi` to run."""
+def checkout_without_virtualenv(tmp_path: Path) -> Path:
+    """The deploy scripts in a checkout of their own, with no `.venv`: a run there cannot start."""
     checkout = tmp_path / "checkout"
     shutil.copytree(ROOT / "deploy", checkout / "deploy")
+    return checkout
+
+
+def test_a_checkout_whose_virtualenv_is_gone_says_so(cron_config, bot_api, tmp_path):
+    """An OS upgrade that removes the interpreter the virtualenv points at leaves no `.venv/bin/luigi` to run."""
+    checkout = checkout_without_virtualenv(tmp_path)
 
     status, logged = cron_fires({**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV,
                                  "WEEKLY_RECS": str(checkout)}, log=checkout / "var" / "log" / "weekly-recs.log")
@@ -291,8 +297,7 @@ def test_a_start_failure_is_sent_as_the_telegram_settings_of_any_file_luigi_read
     not_started.py reads the same files, in Luigi's order, and here finds the Bot API in client.cfg."""
     not_started = runpy.run_path(str(ROOT / "deploy" / "not_started.py"))
     assert list(not_started["CONFIG_FILES"]) == LuigiConfigParser._config_paths[:4]
-    checkout = tmp_path / "checkout"
-    shutil.copytree(ROOT / "deploy", checkout / "deploy")
+    checkout = checkout_without_virtualenv(tmp_path)
     (checkout / "client.cfg").write_text(cron_config.read_text())
     environment = {**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV, "WEEKLY_RECS": str(checkout)}
     del environment["LUIGI_CONFIG_PATH"]
