@@ -50,7 +50,7 @@ class postgres(luigi.Config):  # noqa: N801 - the section name in luigi.cfg
     statement_timeout = number(float, 0, default=0.0, description="seconds any statement of the pipeline's may "
                                "run; 0: no limit, whatever the database or the role sets (as pg_dump)")
     read_streams = number(int, 1, default=4, description="connections a whole-table read of the ranking uses "
-                          "at once, at most one a core: a worker holds up to 2 + read_streams")
+                          "at once, at most one a core: a worker holds up to 1 + read_streams")
 
     def resolved_host(self) -> str:
         return self.host or os.environ.get("PGHOST", "")

@@ -12,6 +12,8 @@ ended on its own.
     python -m pipeline.cron failed WEEK             says that it runs once more
     python -m pipeline.cron scheduler WEEK          prints --local-scheduler where luigid would be used and does
                                                     not answer, and says so; nothing otherwise
+    python -m pipeline.cron local WEEK              makes WEEK with the local scheduler, one such run at a time
+                                                    across hosts: another waits for it, then makes what it left
 
 `deploy/run-week` runs these; a run whose package does not import is said by `deploy/not_started.py`,
 which needs nothing of this package. Before 2026-12-07 each of these ended silently: a stuck run was
@@ -21,20 +23,28 @@ a host down at the firing's minute. And until the check's second try (also 2026-
 run failed (its export late, the database down at 21:05) waited for an operator, though its alert
 came at night and a second try in the morning would most often make it. A `luigid` down at the
 firing's minute (at boot, not started yet) cost the week too, where the local scheduler makes it as
-well. Specs in `tests/test_deploy.py`.
+well. And with `luigid` down on a deployment of several worker hosts, until 2026-12-07 every host's
+firing made the whole week at once, none knowing of the others: the fits made on each, the events
+stage's files written over each other's. Specs in `tests/test_deploy.py`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import socket
 import sys
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from datetime import date, datetime, time, timedelta
+from typing import NoReturn
 
 import luigi.interface
+import luigi.retcodes
 import luigi.rpc
 
-from pipeline import notify
+from pipeline import db, notify, publish
 from pipeline.wrapper import WeeklyRecs
 
 FIRING = time(21, 5)  # deploy/crontab's Saturday firing (test_deploy holds them together)
@@ -51,6 +61,9 @@ PROBLEMS = {
     "failed": "not made: the run cron fired for it failed (its alert said why); it runs once more now, and is "
               "left to an operator if it fails again",
 }
+MADE_ELSEWHERE = ("weekly-recs: week {week} is being made by another run with the local scheduler ({holder}); "
+                  "this one waits for it to end, then makes what it left")
+DEAD_HOST_SECONDS = 60  # a host gone silent for this long (then 6 probes 10 s apart) lets go of the week
 SCHEDULER_DOWN = ("luigid does not answer ({refused}): the week runs with the local scheduler instead, unseen by "
                   "the visualizer; start luigid (make scheduler, or docker compose up -d luigid)")
 WHY_KILLED = {signal.SIGTERM: "a host shutting down? cron's next check, at boot or on Sunday morning, runs it again"}
@@ -102,16 +115,65 @@ def unreachable_scheduler() -> str:
 
 def scheduler_flag(week: date) -> str:
     """`--local-scheduler` for a run whose `luigid` does not answer, said: the visualizer is for
-    people, and its outage must not cost the web service its week. Luigi's own locks and the
-    database's keep each table's week made once, as on a host without `luigid`."""
+    people, and its outage must not cost the web service its week. `deploy/run-week` then makes the
+    week with `made_alone`: a deployment that uses `luigid` may have workers on several hosts."""
     if refused := unreachable_scheduler():
         say(week, SCHEDULER_DOWN.format(refused=refused))
         return "--local-scheduler"
     return ""
 
 
+def made_alone(week: date) -> NoReturn:
+    """`luigi --module pipeline WeeklyRecs --week WEEK --local-scheduler`, exiting as it does, while
+    holding the week (`week_held`)."""
+    week = WeeklyRecs(week=week).week
+    with week_held(week):
+        luigi.retcodes.run_with_retcodes(["--module", "pipeline", "WeeklyRecs", "--week", week.isoformat(),
+                                          "--local-scheduler"])
+    raise AssertionError("luigi.retcodes.run_with_retcodes always exits")
+
+
+@contextmanager
+def week_held(week: date) -> Iterator[None]:
+    """The week's lock in PostgreSQL, held in a session of its own (one connection more than the run's).
+    With no `luigid` to hand each task to one worker, the firings of several worker hosts would each
+    make the whole week at once; holding the week, the first makes it, and another waits, then finds
+    it made (or makes what a failed one left: a second try). A host that dies lets go as its session
+    ends: at once where the server sees its process go, over TCP once its silence outlasts the
+    keepalives set here. Where the database does not answer, the run goes on without the lock, and
+    fails saying so as any run does."""
+    try:
+        session = db.server().connect()
+    except ConnectionError:
+        yield
+        return
+    with closing(session), session.cursor() as cur:
+        session.autocommit = True
+        cur.execute("SELECT set_config('application_name', %s, false), set_config('statement_timeout', '0', false),"
+                    " set_config('tcp_keepalives_idle', %s, false), set_config('tcp_keepalives_interval', '10', false),"
+                    " set_config('tcp_keepalives_count', '6', false)",
+                    (f"weekly-recs week {week} on {socket.gethostname()}, pid {os.getpid()}", str(DEAD_HOST_SECONDS)))
+        key = publish.lock_key(f"week {week} with the local scheduler")
+        cur.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+        if not cur.fetchone()[0]:
+            print(MADE_ELSEWHERE.format(week=week, holder=week_holder(cur, key)), file=sys.stderr, flush=True)
+            cur.execute("SELECT pg_advisory_lock(%s)", (key,))
+        yield
+
+
+def week_holder(cur, key: int) -> str:
+    """The session that holds the week's lock, by its application_name (host and pid) and start."""
+    cur.execute("SELECT a.application_name || ', since ' || to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS TZ')"
+                " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted"
+                " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " AND l.classid = 0 AND l.objid = %s AND l.objsubid = 1", (key,))
+    held = cur.fetchone()
+    return held[0] if held else "it has just ended"
+
+
 QUESTIONS = {"unfired-since": lambda week: unfired(week, datetime.now()), "unmade": unmade,
              "scheduler": scheduler_flag}
+COMMANDS = {"local": made_alone}
 
 
 def say(week: date, problem: str) -> None:
@@ -124,7 +186,7 @@ def say(week: date, problem: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.cron", description=__doc__.splitlines()[0])
-    parser.add_argument("problem", choices=[*PROBLEMS, *QUESTIONS])
+    parser.add_argument("problem", choices=[*PROBLEMS, *QUESTIONS, *COMMANDS])
     parser.add_argument("week", nargs="?", type=date.fromisoformat, default=date.today(),
                         help="any day of the week the firing ran (default: today)")
     parser.add_argument("signal", nargs="?", type=int, default=0, help="the signal that killed the run")
@@ -132,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.problem in QUESTIONS:
         print(QUESTIONS[args.problem](args.week) or "")
         return
+    if args.problem in COMMANDS:
+        COMMANDS[args.problem](args.week)
     why = WHY_KILLED.get(args.signal, OOM_KILLER)
     say(args.week, PROBLEMS[args.problem].format(signal=signal_name(args.signal), why=why))
 

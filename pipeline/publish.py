@@ -53,7 +53,12 @@ _STAGED_STORAGE = sql.SQL(", ").join(sql.SQL("{} = false").format(sql.Identifier
 def lock(cur, *names: str) -> None:
     """One writer per name across processes and hosts, until the transaction ends (sorted: no deadlock)."""
     for name in sorted(set(names)):
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (zlib.crc32(name.encode()),))
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(name),))
+
+
+def lock_key(name: str) -> int:
+    """The advisory lock's key of `name`, for the pipeline's locks of every kind."""
+    return zlib.crc32(name.encode())
 
 
 def week_name(table: str, week: date) -> str:

@@ -10,8 +10,12 @@ import os
 import runpy
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -20,10 +24,11 @@ import yaml
 from croniter import croniter
 from luigi.configuration.cfg_parser import LuigiConfigParser
 
-from pipeline import cron
+from pipeline import cron, db, publish
 from pipeline.wrapper import WeeklyRecs
 from tests.conftest import (
     NEXT_WEEK,
+    PUBLISHED_TABLES,
     ROOT,
     TELEGRAM_ENV,
     WEEK,
@@ -31,6 +36,7 @@ from tests.conftest import (
     free_port,
     installed_program,
     query,
+    write_settings,
 )
 
 CRONTAB = ROOT / "deploy" / "crontab"
@@ -140,6 +146,86 @@ def test_a_firing_with_luigid_down_makes_the_week_with_the_local_scheduler_and_s
     assert down in logged
     assert published.startswith(f"weekly-recs: week {week} published")
     assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(week,)]
+
+
+def another_hosts_firing(settings: dict, folder: Path) -> subprocess.Popen:
+    """`run-week`'s run with the local scheduler on a host of its own: its own luigi pid files and models
+    (a luigi of the same command line on the same host is refused by Luigi's own lock), the database shared."""
+    host = {**settings, "core": {**settings["core"], "lock_pid_dir": str(folder / "luigi-pids")},
+            "pipeline": {**settings["pipeline"], "model_dir": str(folder / "models")}}
+    folder.mkdir()
+    write_settings(host, folder / "luigi.cfg")
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cron", "local", str(WEEK)], cwd=ROOT,
+                            env={**os.environ, "LUIGI_CONFIG_PATH": str(folder / "luigi.cfg")},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def waiting_for_the_week(firing: subprocess.Popen) -> str:
+    """What a firing says as it finds another host making the week, once it says it."""
+    said = firing.stdout.readline()
+    assert "is being made by another run with the local scheduler" in said, said
+    return said
+
+
+def week_holder_pid(conn, timeout: float = 30) -> int:
+    """The pid, as the holder's application_name gives it, of the run holding the week's lock."""
+    key, deadline = publish.lock_key(f"week {WEEK} with the local scheduler"), time.monotonic() + timeout
+    with conn.cursor() as cur:
+        while (holder := cron.week_holder(cur, key)) == "it has just ended" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert ", pid " in holder, "no run holds the week"
+    return int(holder.split(", pid ")[1].split(",")[0])
+
+
+@contextmanager
+def tables_held() -> Iterator[None]:
+    """The week's tables locked as a run of the pipeline locks them: a run started meanwhile waits at its
+    first load, however fast the machine."""
+    with db.connection() as held, held.cursor() as cur:
+        publish.lock(cur, *PUBLISHED_TABLES)
+        yield
+
+
+def test_with_no_luigid_two_hosts_firings_make_the_week_once_the_second_waiting_for_the_first(
+        settings, config_file, reader, conn, tmp_path):
+    """Without a scheduler to hand each task to one worker, each host's firing would make the whole week."""
+    with tables_held():
+        first = another_hosts_firing(settings, tmp_path / "first")
+        assert week_holder_pid(conn) == first.pid
+        second = another_hosts_firing(settings, tmp_path / "second")
+        said = waiting_for_the_week(second)
+    first_log, second_log = first.communicate(timeout=120)[0], second.communicate(timeout=120)[0]
+
+    assert first.returncode == 0 and second.returncode == 0, first_log[-2000:] + second_log[-2000:]
+    assert f"(weekly-recs week {WEEK} on {socket.gethostname()}, pid {first.pid}, since " in said
+    assert "running   TrainRanker" in first_log and "Did not run any tasks" in second_log  # made once
+    assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]
+
+
+def test_a_host_that_dies_making_the_week_leaves_it_to_the_firing_that_waits(settings, config_file, reader, conn,
+                                                                             tmp_path):
+    with tables_held():
+        first = another_hosts_firing(settings, tmp_path / "first")
+        week_holder_pid(conn)
+        second = another_hosts_firing(settings, tmp_path / "second")
+        waiting_for_the_week(second)
+        first.kill()  # its host goes down: its session ends, and with it its hold on the week
+        first.wait()
+    second_log = second.communicate(timeout=120)[0]
+
+    assert second.returncode == 0, second_log[-2000:]
+    assert "running   WeeklyRecs" in second_log
+    assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]
+
+
+def test_a_run_with_the_local_scheduler_where_the_database_is_down_says_so_as_any_run_does(settings, tmp_path):
+    settings["postgres"]["host"] = str(tmp_path / "no-server-here")
+    firing = another_hosts_firing(settings, tmp_path / "host")
+
+    logged = firing.communicate(timeout=60)[0]
+
+    assert firing.returncode == 35, logged[-2000:]  # Luigi's "scheduling error": no task could be checked
+    assert f"cannot connect to PostgreSQL at unix socket {tmp_path / 'no-server-here'}" in logged
 
 
 @pytest.fixture
