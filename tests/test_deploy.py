@@ -162,9 +162,10 @@ def another_hosts_firing(settings: dict, folder: Path) -> subprocess.Popen:
 
 def waiting_for_the_week(firing: subprocess.Popen) -> str:
     """What a firing says as it finds another host making the week, once it says it."""
-    said = firing.stdout.readline()
-    assert "is being made by another run with the local scheduler" in said, said
-    return said
+    for said in firing.stdout:
+        if "is being made by another run with the local scheduler" in said:
+            return said
+    raise AssertionError("the firing ended without waiting for the week")
 
 
 def week_holder_pid(conn, timeout: float = 30) -> int:
