@@ -59,6 +59,17 @@ class WeekTask(luigi.Task):
     def lock_names(self) -> tuple[str, ...]:
         return (self.table,)
 
+    @property
+    def resources(self) -> dict[str, int]:
+        """A unit of `[resources] postgres` where it caps the tasks at work in the database at once:
+        a DBA's bound on what the week takes from the shop's queries, however many workers and hosts.
+        None where the setting does not parse: Luigi asks here out of its handlers' reach, so the
+        week's scheduling refuses it (`WeeklyRecs.requires`), and says so."""
+        try:
+            return {"postgres": 1} if config.postgres_slots() else {}
+        except ValueError:
+            return {}
+
     def fresh_stage(self, cur, table: str, columns: sql.Composable, logged: bool = True) -> str:
         """The week's staging table of `table`, replacing one a forgotten run left once no one holds it."""
         live_locks.dropped_when_unheld(cur, publish.staged_name(table, self.week),

@@ -90,6 +90,8 @@ class TrainRanker(WeekTask):
                 inference_items = read_of_week(conn, inputs["inference"].table, self.week,
                                                lambda table: item_stats(conn, table))
                 previous = previous_ndcg(conn, self.metrics_table, self.week)
+            if self.resources:  # the fits take minutes and no database: another task may use its unit meanwhile
+                self.decrease_running_resources(self.resources)
             once = fitted_once(available, settings)
             processes, fitted = training.FreshProcesses(), folder / MODEL_FILE
             counts = processes.run(training.train_files, ranker, folder, train_items, once)

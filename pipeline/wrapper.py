@@ -28,6 +28,7 @@ class WeeklyRecs(WeekTask):
     notes: tuple[str, ...] = ()  # for the success message: what logical replicas miss, what repeats, what failed
 
     def requires(self) -> list[WeekTask]:
+        config.postgres_slots()  # a cap that does not parse stops the week as it is scheduled (`WeekTask.resources`)
         return [DefaultRecs(week=self.week), OnlineRecs(week=self.week), RankCandidates(week=self.week)]
 
     def published(self) -> list[StagingTask]:

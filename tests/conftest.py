@@ -514,6 +514,15 @@ def dba_materializes_the_top_10(conn, reader: Reader) -> None:
                           f" GRANT SELECT ON service_top TO {reader.name}")
 
 
+@contextmanager
+def tables_held() -> Iterator[None]:
+    """The week's tables locked as a run of the pipeline locks them: a run started meanwhile waits at its
+    first load, however fast the machine."""
+    with db.connection() as held, held.cursor() as cur:
+        publish.lock(cur, *PUBLISHED_TABLES)
+        yield
+
+
 def maintenance_holding(socket_dir: str, database: str, relation: str) -> psycopg2.extensions.connection:
     """A session holding `relation` as autovacuum or a DBA's `VACUUM` does (`SHARE UPDATE
     EXCLUSIVE`), until it is rolled back: an `ANALYZE` in a transaction left open."""

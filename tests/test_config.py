@@ -63,3 +63,15 @@ def test_a_week_with_a_setting_out_of_range_stops_before_any_task_and_makes_noth
     assert "ValueError: 1.5 is not in the set of float in [0, 1]" in refused.stderr
     assert "Error when parsing the default value of 'max_row_drop'" in refused.stderr
     assert query(conn, "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace") == [(0,)]
+
+
+def test_a_negative_cap_on_the_tasks_at_work_in_postgresql_stops_the_week_naming_it(settings, config_file, conn):
+    """Luigi's scheduler would take it for a cap no task fits under, and the week would wait for ever."""
+    settings["resources"] = {"postgres": "-1"}
+    apply_settings(settings, config_file)
+
+    refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", WEEK.isoformat(), timeout=60)
+
+    assert refused.returncode == SCHEDULING_FAILED
+    assert "[resources] postgres = -1: a whole number of tasks at once, at least 1" in refused.stderr
+    assert query(conn, "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace") == [(0,)]

@@ -14,8 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -24,11 +22,10 @@ import yaml
 from croniter import croniter
 from luigi.configuration.cfg_parser import LuigiConfigParser
 
-from pipeline import cron, db, publish
+from pipeline import cron, publish
 from pipeline.wrapper import WeeklyRecs
 from tests.conftest import (
     NEXT_WEEK,
-    PUBLISHED_TABLES,
     ROOT,
     TELEGRAM_ENV,
     WEEK,
@@ -36,6 +33,7 @@ from tests.conftest import (
     free_port,
     installed_program,
     query,
+    tables_held,
     write_settings,
 )
 
@@ -176,15 +174,6 @@ def week_holder_pid(conn, timeout: float = 30) -> int:
             time.sleep(0.05)
     assert ", pid " in holder, "no run holds the week"
     return int(holder.split(", pid ")[1].split(",")[0])
-
-
-@contextmanager
-def tables_held() -> Iterator[None]:
-    """The week's tables locked as a run of the pipeline locks them: a run started meanwhile waits at its
-    first load, however fast the machine."""
-    with db.connection() as held, held.cursor() as cur:
-        publish.lock(cur, *PUBLISHED_TABLES)
-        yield
 
 
 def test_with_no_luigid_two_hosts_firings_make_the_week_once_the_second_waiting_for_the_first(

@@ -11,7 +11,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from tests.conftest import (
     markers,
     query,
     run_luigi,
+    tables_held,
 )
 
 ARTIFACTS = ROOT / "var" / "test-artifacts"  # git-ignored; docs/visualizer.png is one such screenshot
@@ -51,6 +53,13 @@ class Luigid:
 
 @pytest.fixture
 def luigid(config_file, tmp_path) -> Iterator[Luigid]:
+    with luigid_serving(config_file, tmp_path) as scheduler:
+        yield scheduler
+
+
+@contextmanager
+def luigid_serving(config_file: Path, tmp_path: Path) -> Iterator[Luigid]:
+    """luigid, reading `config_file` as it starts."""
     port = free_port()
     env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_file)}
     server = subprocess.Popen([sys.executable, "-m", "pipeline.scheduler", "--address", "127.0.0.1", "--port",
@@ -107,16 +116,14 @@ def test_two_workers_at_once_run_every_task_once(luigid, config_file, input_dir,
                                                                    .num_rows,)]
 
 
-def test_two_workers_against_one_luigid_split_the_scoring_shards_each_run_once(luigid, settings, config_file, conn):
+def test_two_workers_against_one_luigid_split_the_scoring_shards_each_run_once(luigid, settings, config_file, conn,
+                                                                               tmp_path):
     settings["pipeline"]["shards"] = "4"
     apply_settings(settings, config_file)
-    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_file)}
-    command = [str(Path(sys.executable).with_name("luigi")), "--module", "pipeline", "WeeklyRecs", "--week",
-               "2026-11-21", "--no-lock", "--worker-keep-alive", "--worker-wait-interval", "0.1",
-               "--worker-wait-jitter", "0", *luigid.args]
-    workers = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True) for _ in range(2)]
-    logs = [worker.communicate(timeout=300)[1] for worker in workers]
+    workers = [another_worker(luigid, config_file, tmp_path / f"worker{n}.log") for n in range(2)]
+    for worker in workers:
+        worker.wait(timeout=300)
+    logs = [(tmp_path / f"worker{n}.log").read_text() for n in range(2)]
 
     assert all(worker.returncode in (0, 10, 25) for worker in workers), [log[-1500:] for log in logs]
     shards = [re.findall(r"running   ScoreShard\(week=2026-11-21, shard=(\d), shards=4\)", log) for log in logs]
@@ -127,6 +134,46 @@ def test_two_workers_against_one_luigid_split_the_scoring_shards_each_run_once(l
     progress = [luigid.api("get_task_progress_percentage", task_id=ScoreShard(week=WEEK, shard=k, shards=4).task_id)
                 for k in range(4)]
     assert [p["progressPercentage"] for p in progress] == [100] * 4
+
+
+@pytest.mark.parametrize(("cap", "at_once"), [("1", 1), ("0", 2)], ids=["postgres = 1", "no cap"])
+def test_a_cap_on_the_tasks_at_work_in_postgresql_holds_across_workers_and_the_week_goes_live(
+        cap, at_once, settings, config_file, conn, reader, tmp_path):
+    """`[resources] postgres`: a DBA's bound on the tasks at work in the shop's database at once, which
+    luigid keeps for every worker of every host. Each load waits at its table's lock (held here), with
+    its unit: under a cap of one the other worker takes nothing meanwhile."""
+    settings["resources"] = {"postgres": cap}
+    apply_settings(settings, config_file)
+    with luigid_serving(config_file, tmp_path) as luigid:
+        with tables_held():
+            workers = [another_worker(luigid, config_file, tmp_path / f"worker{n}.log") for n in range(2)]
+            for _ in until_seconds(60, lambda: len(luigid.api("worker_list")) == 2 and at_work(luigid)[0]):
+                pass  # both workers asking luigid for work, and one of them at it
+            held = [at_work(luigid) for _ in until_seconds(3)]
+        after = [at_work(luigid) for _ in until_seconds(300, lambda: all(worker.poll() is not None
+                                                                         for worker in workers))]
+
+    assert all(worker.wait() in (0, 10, 25) for worker in workers)
+    assert max(len(running) for running, _ in held) == at_once and len(held[-1][0]) == at_once, held
+    assert held[-1][1] == (1 if cap == "1" else 0)  # the units in use, as luigid shows them
+    assert any("TrainRanker" in running and used == 0 for running, used in after)  # its fits hold none
+    assert len(markers(conn)) == 10
+    assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]
+
+
+def at_work(luigid: Luigid) -> tuple[list[str], int]:
+    """The tasks luigid has running, by name, and the units of `[resources] postgres` they hold."""
+    running = [task["name"] for task in luigid.api("task_list", status="RUNNING").values()]
+    used = {resource["name"]: resource["num_used"] for resource in luigid.api("resource_list")}
+    return running, used.get("postgres", 0)
+
+
+def until_seconds(seconds: float, done: Callable[[], bool] = lambda: False) -> Iterator[None]:
+    """Every 50 ms for `seconds`, or until `done`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not done():
+        yield
+        time.sleep(0.05)
 
 
 def test_a_failing_run_ends_promptly_with_a_non_zero_exit(luigid, config_file, input_dir):
@@ -194,6 +241,18 @@ def test_a_live_weeks_run_going_on_shows_in_luigid_the_step_it_is_at(
     assert worker.returncode == 0, errors[-2000:]
     assert reader.read("SELECT DISTINCT week FROM service_top") == [(NEXT_WEEK,)]
     vacuum.close()
+
+
+def another_worker(luigid: Luigid, config_file: Path, log: Path) -> subprocess.Popen:
+    """A worker for the week through `luigid`, as another host starts one, logging into `log`: it waits
+    for what other workers hold (`--worker-keep-alive`), and Luigi's lock on its command line, one a
+    host, is off."""
+    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_file)}
+    with log.open("w") as logged:
+        return subprocess.Popen([str(Path(sys.executable).with_name("luigi")), "--module", "pipeline", "WeeklyRecs",
+                                 "--week", str(WEEK), "--no-lock", "--worker-keep-alive", "--worker-wait-interval",
+                                 "0.1", "--worker-wait-jitter", "0", *luigid.args], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=logged)
 
 
 def start_week(luigid: Luigid, config_file: Path, week: date) -> subprocess.Popen:
