@@ -1,7 +1,8 @@
 """What operations install: the crontab runs the week under cron's own environment, cannot overlap
 itself, and says every way a firing ends, those no handler of the pipeline hears included (a run
 killed, one that could not start, one still going or cut off by its host, which then runs again);
-docker-compose's services agree with what the pipeline reads."""
+with luigid down, the firings of several hosts make the week one at a time; docker-compose's
+services agree with what the pipeline reads."""
 
 from __future__ import annotations
 
@@ -177,7 +178,7 @@ def week_holder_pid(conn, timeout: float = 30) -> int:
 
 
 def test_with_no_luigid_two_hosts_firings_make_the_week_once_the_second_waiting_for_the_first(
-        settings, config_file, reader, conn, tmp_path):
+        settings, reader, conn, tmp_path):
     """Without a scheduler to hand each task to one worker, each host's firing would make the whole week."""
     with tables_held():
         first = another_hosts_firing(settings, tmp_path / "first")
@@ -192,8 +193,7 @@ def test_with_no_luigid_two_hosts_firings_make_the_week_once_the_second_waiting_
     assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]
 
 
-def test_a_host_that_dies_making_the_week_leaves_it_to_the_firing_that_waits(settings, config_file, reader, conn,
-                                                                             tmp_path):
+def test_a_host_that_dies_making_the_week_leaves_it_to_the_firing_that_waits(settings, reader, conn, tmp_path):
     with tables_held():
         first = another_hosts_firing(settings, tmp_path / "first")
         week_holder_pid(conn)

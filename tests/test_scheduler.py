@@ -1,5 +1,6 @@
 """A real luigid (started as `make scheduler` starts it): the week's graph, its history, two
-workers at once, a failing run that still ends promptly, and the visualizer in a browser."""
+workers at once, a cap on the tasks at work in PostgreSQL, a failing run that still ends promptly,
+and the visualizer in a browser."""
 
 from __future__ import annotations
 
