@@ -63,7 +63,7 @@ class WeekTask(luigi.Task):
     def resources(self) -> dict[str, int]:
         """A unit of `[resources] postgres` where it caps the tasks at work in the database at once:
         a DBA's bound on what the week takes from the shop's queries, however many workers and hosts.
-        None where the setting does not parse: Luigi asks here out of its handlers' reach, so the
+        No unit where the setting does not parse: Luigi asks here out of its handlers' reach, so the
         week's scheduling refuses it (`WeeklyRecs.requires`), and says so."""
         try:
             return {"postgres": 1} if config.postgres_slots() else {}

@@ -232,8 +232,8 @@ def postgres_slots() -> int:
     """`[resources] postgres`: how many of the pipeline's tasks may work in PostgreSQL at once, 0 (or
     unset) for no cap. Luigi's own section: the scheduler (`luigid` for every host's workers, or a
     run's local one) reads it from the config file and holds each task that needs a unit until one
-    is free, so it is read here the same way, never from a flag. Luigi would take a value below 1 for
-    a cap that no task ever fits under, and the week would wait for ever."""
+    is free, so it is read here the same way, never from a flag. A negative value is refused: Luigi
+    would take it for a cap that no task ever fits under, and the week would wait for ever."""
     written = luigi.configuration.get_config().get("resources", "postgres", "0")
     if not written.isdigit():
         raise ValueError(f"[resources] postgres = {written}: a whole number of tasks at once, at least 1 "
