@@ -3,8 +3,8 @@
     python3 -I deploy/not_started.py      (deploy/run-week runs it when Luigi's run failed)
 
 A broken install (a dependency upgraded half way, the interpreter the virtualenv points at removed by
-an OS upgrade), a luigi.cfg that does not parse, or a bad value in Luigi's own `[core]`, `[worker]` or
-`[retcode]` stops `luigi --module pipeline` before any task, so no event handler runs and, before
+an OS upgrade), a luigi.cfg that does not parse, or a bad value in Luigi's own `[core]`, `[worker]`,
+`[retcode]` or `[resources]` stops `luigi --module pipeline` before any task, so no event handler runs and, before
 2026-12-07, no alert went out: the week just stayed unpublished. This makes the same start again,
 the package imported and Luigi's own settings read, under the run's interpreter and environment. If
 that works, the run's own handlers said what happened and this says nothing; if not, it logs and
@@ -25,8 +25,8 @@ from datetime import date
 
 VENV_PYTHON = ".venv/bin/python"
 CONFIG_FILES = ("/etc/luigi/client.cfg", "/etc/luigi/luigi.cfg", "client.cfg", "luigi.cfg")  # Luigi's, in its order
-RUN_START = ("import luigi.interface, luigi.retcodes, luigi.worker, pipeline; "
-             "luigi.interface.core(); luigi.worker.worker(); luigi.retcodes.retcode()")
+RUN_START = ("import luigi.interface, luigi.retcodes, luigi.worker, pipeline; luigi.interface.core(); "
+             "luigi.worker.worker(); luigi.retcodes.retcode(); pipeline.config.postgres_slots()")
 
 
 def start_error() -> str:

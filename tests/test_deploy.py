@@ -396,17 +396,24 @@ def test_a_luigi_cfg_that_does_not_parse_is_said_with_its_file_and_line(cron_con
     assert text in logged
 
 
-def test_a_bad_value_of_luigis_own_settings_is_said_with_its_name(cron_config, bot_api, tmp_path, settings):
-    """Luigi reads `[worker]` as it starts, before any task whose handlers could say so."""
-    settings.setdefault("worker", {})["keep_alive"] = "perhaps"
+@pytest.mark.parametrize(("section", "key", "value", "said"), [
+    ("worker", "keep_alive", "perhaps", "ValueError: worker[args=(), kwargs={}]: Error when parsing the default value "
+                                        "of 'keep_alive' (ValueError: cannot interpret 'perhaps' as boolean)"),
+    ("resources", "postgres", "two", "ValueError: [resources] postgres = two: a whole number of tasks at once, at "
+                                     "least 1 (0, or no setting: no cap)"),
+])
+def test_a_bad_value_of_luigis_own_settings_is_said_with_its_name(section, key, value, said, cron_config, bot_api,
+                                                                    tmp_path, settings):
+    """Luigi reads `[worker]` and its scheduler `[resources]` as they start, before any task whose handlers
+    could say so."""
+    settings.setdefault(section, {})[key] = value
     apply_settings(settings, cron_config)
 
     status, logged = cron_fires({**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV}, timeout=120)
 
     assert status not in (0, 75)
     [text] = bot_api.texts()
-    assert "could not start\nValueError: worker[args=(), kwargs={}]: Error when parsing the default value of " \
-           "'keep_alive' (ValueError: cannot interpret 'perhaps' as boolean)\n" in text
+    assert f"could not start\n{said}\n" in text
     assert text in logged
 
 
