@@ -4,8 +4,8 @@
 
 A broken install (a dependency upgraded half way, the interpreter the virtualenv points at removed by
 an OS upgrade), a luigi.cfg that does not parse, or a bad value in Luigi's own `[core]`, `[worker]`,
-`[retcode]` or `[resources]` stops `luigi --module pipeline` before any task, so no event handler runs and, before
-2026-12-07, no alert went out: the week just stayed unpublished. This makes the same start again,
+`[retcode]` or `[resources]` stops `luigi --module pipeline` before any task, so no event handler
+runs and, before 2026-12-07, no alert went out: the week just stayed unpublished. This makes the same start again,
 the package imported and Luigi's own settings read, under the run's interpreter and environment. If
 that works, the run's own handlers said what happened and this says nothing; if not, it logs and
 sends the error. It uses the standard library only, since what it reports may be the very thing that
