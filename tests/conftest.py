@@ -14,12 +14,12 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import luigi
 import luigi.configuration
@@ -83,10 +83,8 @@ def pooler(pg_socket_dir, tmp_path_factory) -> Iterator[dict[str, str]]:
         f"unix_socket_dir =\nauth_type = trust\nauth_file = {folder / 'users.txt'}\npool_mode = session\n")
     db.handed_to_server(folder, *folder.iterdir())
     process = subprocess.Popen([program, folder / "pgbouncer.ini"], stderr=subprocess.PIPE, **db.server_process_user())
-    deadline = time.monotonic() + 10
-    while not _accepts(port):
-        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read().decode()
-        time.sleep(0.05)
+    eventually(lambda: _accepts(port) or process.poll() is not None, "PgBouncer listening", seconds=10)
+    assert process.poll() is None, process.stderr.read().decode()
     yield {"host": "127.0.0.1", "port": str(port)}
     process.terminate()
     process.wait()
@@ -136,17 +134,15 @@ def replayed(socket_dir: str, database: str, standby_dir: str, timeout: float = 
     with admin_connection(socket_dir, database) as primary, primary.cursor() as cur:
         cur.execute("SELECT pg_current_wal_lsn()")
         (written,) = cur.fetchone()
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def caught_up() -> bool:
         try:
-            with admin_connection(standby_dir, database) as replica, replica.cursor() as cur:
-                cur.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (written,))
-                if cur.fetchone()[0]:
-                    return
+            with admin_connection(standby_dir, database) as replica:
+                return query(replica, "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", written) == [(True,)]
         except psycopg2.OperationalError:  # the database itself not replayed yet
-            pass
-        assert time.monotonic() < deadline, f"the standby did not replay {written} in {timeout} s"
-        time.sleep(0.05)
+            return False
+
+    eventually(caught_up, f"the standby replaying the primary up to {written}", seconds=timeout)
 
 
 @pytest.fixture(scope="session")
@@ -436,6 +432,29 @@ def skipped_off_ci(why: str) -> NoReturn:
     it needs: a test that skipped itself there would pass unseen."""
     __tracebackhide__ = True
     pytest.fail(why) if os.environ.get("CI") else pytest.skip(why)
+
+
+Value = TypeVar("Value")
+
+
+def eventually(condition: Callable[[], Value], what: str, seconds: float = 30, every: float = 0.05) -> Value:
+    """The first true value of `condition`, asked every `every` seconds: for what another process or
+    session does, which nothing announces. Past `seconds`, the test fails saying `what` it waited for."""
+    __tracebackhide__ = True
+    deadline = time.monotonic() + seconds
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {seconds:g} s for {what}")
+        time.sleep(every)
+    return value
+
+
+def for_seconds(seconds: float, until: Callable[[], bool] = lambda: False, every: float = 0.05) -> Iterator[None]:
+    """A turn every `every` seconds for `seconds`, or until `until()`: for sampling what goes on meanwhile."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not until():
+        yield
+        time.sleep(every)
 
 
 def run_tasks(*tasks: luigi.Task) -> luigi.LuigiStatusCode:

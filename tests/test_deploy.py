@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import runpy
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from tests.conftest import (
     TELEGRAM_ENV,
     WEEK,
     apply_settings,
+    eventually,
     free_port,
     installed_program,
     query,
@@ -167,14 +168,12 @@ def waiting_for_the_week(firing: subprocess.Popen) -> str:
     raise AssertionError("the firing ended without waiting for the week")
 
 
-def week_holder_pid(conn, timeout: float = 30) -> int:
+def week_holder_pid(conn) -> int:
     """The pid, as the holder's application_name gives it, of the run holding the week's lock."""
-    key, deadline = publish.lock_key(f"week {WEEK} with the local scheduler"), time.monotonic() + timeout
+    key = publish.lock_key(f"week {WEEK} with the local scheduler")
     with conn.cursor() as cur:
-        while (holder := cron.week_holder(cur, key)) == "it has just ended" and time.monotonic() < deadline:
-            time.sleep(0.05)
-    assert ", pid " in holder, "no run holds the week"
-    return int(holder.split(", pid ")[1].split(",")[0])
+        holder = eventually(lambda: re.search(r", pid (\d+),", cron.week_holder(cur, key)), "a run holding the week")
+    return int(holder[1])
 
 
 def test_with_no_luigid_two_hosts_firings_make_the_week_once_the_second_waiting_for_the_first(
@@ -261,15 +260,11 @@ def test_a_run_killed_by_a_signal_says_so(kill, why, run_again, cron_config, bot
     assert query(conn, "SELECT to_regclass('candidates_ranked')") == [(None,)]
 
 
-def until_found(job: subprocess.Popen, command: str, timeout: float = 30) -> int:
+def until_found(job: subprocess.Popen, command: str) -> int:
     """The pid of the process of `job`'s session running `command`, once it runs."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = subprocess.run(["pgrep", "-s", str(job.pid), "-f", command], capture_output=True, text=True)
-        if found.stdout.split():
-            return int(found.stdout.split()[0])
-        time.sleep(0.02)
-    raise AssertionError(f"{command} did not start")
+    found = eventually(lambda: subprocess.run(["pgrep", "-s", str(job.pid), "-f", command], capture_output=True,
+                                              text=True).stdout.split(), f"{command} running", every=0.02)
+    return int(found[0])
 
 
 def test_at_boot_the_week_of_a_firing_the_host_went_down_in_runs_again(cron_config, bot_api, tmp_path, conn):

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -29,6 +28,7 @@ from tests.conftest import (
     Reader,
     admin_connection,
     apply_settings,
+    eventually,
     free_port,
     live_state,
     markers,
@@ -61,19 +61,9 @@ def publishing_markers(conn) -> list[str]:
     return [m for m in markers(conn) if not m.startswith("CheckInputs")]
 
 
-def wait_for_copy(conn, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if query(conn, "SELECT coalesce(max(tuples_processed), 0) FROM pg_stat_progress_copy")[0][0] > 100_000:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the COPY never started")
-
-
-def wait_until_no_copy(conn, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while query(conn, "SELECT count(*) FROM pg_stat_progress_copy")[0][0] and time.monotonic() < deadline:
-        time.sleep(0.05)
+def wait_for_copy(conn) -> None:
+    eventually(lambda: query(conn, "SELECT coalesce(max(tuples_processed), 0) FROM pg_stat_progress_copy")[0][0]
+               > 100_000, "a COPY past its first 100,000 rows", seconds=60)
 
 
 def test_kill_9_in_the_middle_of_a_copy_leaves_the_published_table_and_a_rerun_loads_exactly_once(
@@ -86,7 +76,7 @@ def test_kill_9_in_the_middle_of_a_copy_leaves_the_published_table_and_a_rerun_l
     wait_for_copy(conn)
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()
-    wait_until_no_copy(conn)
+    eventually(lambda: query(conn, "SELECT count(*) FROM pg_stat_progress_copy") == [(0,)], "the killed COPY ending")
 
     assert (live_state(conn), publishing_markers(conn)) == before
     assert query(conn, "SELECT to_regclass('candidates_inference__staged_20261128')") == [(None,)]

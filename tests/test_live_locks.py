@@ -38,6 +38,8 @@ from tests.conftest import (
     apply_settings,
     dba_keys_the_popular_items_to_a_catalogue,
     dba_materializes_the_top_10,
+    eventually,
+    for_seconds,
     live_state,
     maintenance_holding,
     query,
@@ -70,14 +72,12 @@ def web_service_reads(reader, seconds: float) -> tuple[int, int]:
     service.autocommit = True
     with service.cursor() as cur:
         cur.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        for _ in for_seconds(seconds):
             try:
                 serving.top_k(cur, user_id=made % 300)
             except psycopg2.errors.QueryCanceled:
                 failed += 1
             made += 1
-            time.sleep(0.05)
     service.close()
     return made, failed
 
@@ -111,11 +111,10 @@ def test_while_a_reader_holds_a_live_table_the_publish_never_queues_behind_it(
                   " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
     publishing = start_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK))
 
-    queued, deadline = 0, time.monotonic() + 5
-    while time.monotonic() < deadline:
+    queued = 0
+    for _ in for_seconds(5, every=0.005):
         [(now,)] = query(conn, queued_now)
         queued += now
-        time.sleep(0.005)
     still_waiting = publishing.poll() is None
     long_report.rollback()  # the report ends
     _, errors = publishing.communicate(timeout=60)
@@ -163,9 +162,7 @@ def test_a_foreign_key_a_dba_adds_while_the_publish_waits_is_refused_at_the_swap
 
     keyed_like_the_live_name = ("SELECT count(*) FROM pg_constraint WHERE contype = 'p'"  # past the week's check
                                 f" AND conrelid = to_regclass('{staged('candidates_ranked', NEXT_WEEK)}')")
-    deadline = time.monotonic() + 60
-    while query(conn, keyed_like_the_live_name) == [(0,)] and time.monotonic() < deadline:
-        time.sleep(0.1)
+    eventually(lambda: query(conn, keyed_like_the_live_name) != [(0,)], "the staged ranking keyed", seconds=60)
     conn.cursor().execute("CREATE TABLE clicks (week date, user_id bigint, item_id bigint, CONSTRAINT clicked_from"
                           "  FOREIGN KEY (week, user_id, item_id) REFERENCES candidates_ranked);"
                           " INSERT INTO clicks SELECT week, user_id, item_id FROM candidates_ranked LIMIT 1")
@@ -319,9 +316,8 @@ def test_a_rerun_waiting_for_a_long_query_on_its_stage_outlasts_a_dbas_idle_in_t
         long_query = threading.Thread(target=analyst.cursor().execute,
                                       args=(f"SELECT count(*), pg_sleep(3) FROM {stage}",))
         long_query.start()
-        while not query(conn, "SELECT 1 FROM pg_locks WHERE pid = %s AND relation = %s::regclass",
-                        pid, stage):
-            time.sleep(0.01)
+        eventually(lambda: query(conn, "SELECT 1 FROM pg_locks WHERE pid = %s AND relation = %s::regclass",
+                                 pid, stage), "the analyst's query holding the stage", every=0.01)
 
         rerun = run_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK), "--local-scheduler", timeout=60)
         long_query.join()
@@ -363,11 +359,11 @@ def test_a_long_import_into_the_catalogue_a_dba_foreign_key_references_never_que
     importing.cursor().execute("UPDATE catalogue SET title = 'imported' WHERE item_id IN"
                                " (SELECT min(item_id) FROM catalogue)")  # and more, for minutes
     publishing = start_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK))
-    deadline = time.monotonic() + 60
-    while not query(conn, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%FOREIGN KEY%%'"
-                          " AND pid <> pg_backend_pid()")[0][0]:
-        assert time.monotonic() < deadline and publishing.poll() is None, publishing.communicate()
-        time.sleep(0.05)  # until the week's key is being added: it waits for the import
+    # until the week's key is being added: it waits for the import
+    eventually(lambda: query(conn, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%FOREIGN KEY%%'"
+                                   " AND pid <> pg_backend_pid()")[0][0] or publishing.poll() is not None,
+               "the week's foreign key being added", seconds=60)
+    assert publishing.poll() is None, publishing.communicate()
     shop = psycopg2.connect(host=pg_socket_dir, dbname=database, user="postgres", application_name="shop-admin")
     with shop.cursor() as cur:
         cur.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
@@ -571,16 +567,11 @@ def without_dead_rows_in_the_shared_catalogs(socket_dir: str, timeout: float = 3
     those rows still ran on the primary (an autovacuum's `ANALYZE`). It cancelled this spec's report
     once on CI, the week's loads not involved. So the primary's other transactions are waited out and
     the shared catalogs vacuumed before the report's snapshot."""
-    deadline = time.monotonic() + timeout
-    with admin_connection(socket_dir) as admin, admin.cursor() as cur:
-        while True:
-            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
-                        " AND (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL)")
-            if cur.fetchone()[0] == 0:
-                break
-            assert time.monotonic() < deadline, f"the primary's other transactions ran on for {timeout} s"
-            time.sleep(0.05)
-        cur.execute("VACUUM pg_authid, pg_auth_members, pg_shdepend, pg_database")
+    with admin_connection(socket_dir) as admin:
+        eventually(lambda: query(admin, "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+                                        " AND (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL)") == [(0,)],
+                   "the primary's other transactions ending", seconds=timeout)
+        admin.cursor().execute("VACUUM pg_authid, pg_auth_members, pg_shdepend, pg_database")
 
 
 def test_a_weeks_loads_never_cancel_a_reader_on_a_standby_whose_snapshot_is_older_than_them(
@@ -698,6 +689,5 @@ def test_a_run_killed_while_a_refresh_waits_leaves_the_week_live_and_its_rerun_r
 def until_its_refresh_waits(conn, publishing: subprocess.Popen) -> None:
     """Until the publish's refresh of `service_top` waits for its lock (or the publish ends)."""
     refresh_waits = "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'service_top'::regclass"
-    deadline = time.monotonic() + 60
-    while query(conn, refresh_waits) == [(0,)] and publishing.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: query(conn, refresh_waits) != [(0,)] or publishing.poll() is not None,
+               "the refresh of service_top waiting", seconds=60)

@@ -10,9 +10,8 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
@@ -29,6 +28,8 @@ from tests.conftest import (
     WEEK,
     apply_settings,
     dba_materializes_the_top_10,
+    eventually,
+    for_seconds,
     free_port,
     installed_program,
     maintenance_holding,
@@ -67,14 +68,15 @@ def luigid_serving(config_file: Path, tmp_path: Path) -> Iterator[Luigid]:
                                str(port), "--state-path", str(tmp_path / "state.pickle"), "--logdir", str(tmp_path)],
                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     scheduler = Luigid(port)
-    deadline = time.monotonic() + 30
-    while True:
+
+    def answers() -> bool:
         try:
-            scheduler.api("task_list", status="DONE")
-            break
+            return scheduler.api("task_list", status="DONE") is not None
         except OSError:
-            assert time.monotonic() < deadline and server.poll() is None, "luigid did not start"
-            time.sleep(0.2)
+            return server.poll() is not None
+
+    eventually(answers, "luigid answering", every=0.2)
+    assert server.poll() is None, "luigid did not start"
     yield scheduler
     server.terminate()
     server.wait(timeout=10)
@@ -148,10 +150,10 @@ def test_a_cap_on_the_tasks_at_work_in_postgresql_holds_across_workers_and_the_w
     with luigid_serving(config_file, tmp_path) as luigid:
         with tables_held():
             workers = [another_worker(luigid, config_file, tmp_path / f"worker{n}.log") for n in range(2)]
-            for _ in until_seconds(60, lambda: len(luigid.api("worker_list")) == 2 and at_work(luigid)[0]):
-                pass  # both workers asking luigid for work, and one of them at it
-            held = [at_work(luigid) for _ in until_seconds(3)]
-        after = [at_work(luigid) for _ in until_seconds(300, lambda: all(worker.poll() is not None
+            eventually(lambda: len(luigid.api("worker_list")) == 2 and at_work(luigid)[0],
+                       "both workers asking luigid for work, and one of them at it", seconds=60)
+            held = [at_work(luigid) for _ in for_seconds(3)]
+        after = [at_work(luigid) for _ in for_seconds(300, lambda: all(worker.poll() is not None
                                                                          for worker in workers))]
 
     assert all(worker.wait() in (0, 10, 25) for worker in workers)
@@ -167,14 +169,6 @@ def at_work(luigid: Luigid) -> tuple[list[str], int]:
     running = [task["name"] for task in luigid.api("task_list", status="RUNNING").values()]
     used = {resource["name"]: resource["num_used"] for resource in luigid.api("resource_list")}
     return running, used.get("postgres", 0)
-
-
-def until_seconds(seconds: float, done: Callable[[], bool] = lambda: False) -> Iterator[None]:
-    """Every 50 ms for `seconds`, or until `done`."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and not done():
-        yield
-        time.sleep(0.05)
 
 
 def test_a_failing_run_ends_promptly_with_a_non_zero_exit(luigid, config_file, input_dir):
@@ -264,10 +258,10 @@ def start_week(luigid: Luigid, config_file: Path, week: date) -> subprocess.Pope
                             stderr=subprocess.PIPE, text=True)
 
 
-def status_once(luigid: Luigid, task: luigi.Task, showing: str, timeout: float = 120) -> str:
-    """The task's status message in `luigid` once it shows `showing` (the last one seen, past `timeout`)."""
-    message, deadline = "", time.monotonic() + timeout
-    while showing not in message and time.monotonic() < deadline:
-        time.sleep(0.5)
+def status_once(luigid: Luigid, task: luigi.Task, showing: str) -> str:
+    """The task's status message in `luigid`, once it shows `showing`."""
+    def message_showing_it() -> str:
         message = luigid.api("get_task_status_message", task_id=task.task_id).get("statusMessage") or ""
-    return message
+        return message if showing in message else ""
+
+    return eventually(message_showing_it, f"luigid showing {showing!r} for {task.task_id}", seconds=120, every=0.5)
