@@ -2,7 +2,10 @@
 
 luigid reads `[task_history] db_connection` as a SQLAlchemy URL. For the embedded server that URL
 names a socket directory known only at run time, and a password must not sit in a file, so this
-launcher fills it in from `[postgres]` (and PGPASSWORD) before starting luigid.
+launcher fills it in from `[postgres]` (and PGPASSWORD) before starting luigid. It also refuses a
+`[resources] postgres` luigid cannot keep, naming it: one that is no number stops luigid's scheduler
+in a traceback that names no setting, and a negative one is a cap no task fits under, which would
+hold every host's week for ever.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ def history_url(server: db.Server) -> str:
 
 
 def main(argv: list[str]) -> None:
+    try:
+        config.postgres_slots()
+    except ValueError as error:  # luigid would die of it in a traceback, or hold every task for ever
+        sys.exit(f"luigid not started: {error}")
     if not luigi.configuration.get_config().get("task_history", "db_connection", ""):
         config.override("task_history", {"db_connection": history_url(db.server())})
     luigi.cmdline.luigid(argv)

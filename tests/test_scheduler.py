@@ -36,6 +36,7 @@ from tests.conftest import (
     markers,
     query,
     run_luigi,
+    run_module,
     tables_held,
 )
 
@@ -169,6 +170,19 @@ def at_work(luigid: Luigid) -> tuple[list[str], int]:
     running = [task["name"] for task in luigid.api("task_list", status="RUNNING").values()]
     used = {resource["name"]: resource["num_used"] for resource in luigid.api("resource_list")}
     return running, used.get("postgres", 0)
+
+
+@pytest.mark.parametrize("cap", ["two", "-1"])
+def test_luigid_refuses_a_cap_it_cannot_keep_naming_it(cap, settings, config_file):
+    """A cap that is no number would stop luigid in a traceback; a negative one would hold every task."""
+    settings["resources"] = {"postgres": cap}
+    apply_settings(settings, config_file)
+
+    refused = run_module(config_file, "scheduler", "--address", "127.0.0.1", "--port", str(free_port()), timeout=60)
+
+    assert refused.returncode == 1
+    assert refused.stderr == (f"luigid not started: [resources] postgres = {cap}: a whole number of tasks at once, "
+                              "at least 1 (0, or no setting: no cap)\n")
 
 
 def test_a_failing_run_ends_promptly_with_a_non_zero_exit(luigid, config_file, input_dir):
