@@ -22,6 +22,7 @@ import pytest
 
 from pipeline import ScoreShard, TrainCandidates, WeeklyRecs
 from tests.conftest import (
+    LUIGI,
     NEXT_WEEK,
     PUBLISHED_TABLES,
     ROOT,
@@ -103,11 +104,7 @@ def test_a_week_run_through_luigid_is_done_with_the_designed_graph_and_history(l
 
 
 def test_two_workers_at_once_run_every_task_once(luigid, config_file, input_dir, conn):
-    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_file)}
-    command = [str(Path(sys.executable).with_name("luigi")), "--module", "pipeline", "WeeklyRecs",
-               "--week", "2026-11-21", "--no-lock", *luigid.args]
-    workers = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True) for _ in range(2)]
+    workers = [start_week(luigid, config_file, WEEK, "--no-lock") for _ in range(2)]
     outputs = [worker.communicate(timeout=300) for worker in workers]
 
     # a worker that saw tasks run by the other ends with [retcode] already_running (10) or not_run (25)
@@ -256,20 +253,18 @@ def another_worker(luigid: Luigid, config_file: Path, log: Path) -> subprocess.P
     """A worker for the week through `luigid`, as another host starts one, logging into `log`: it waits
     for what other workers hold (`--worker-keep-alive`), and Luigi's lock on its command line, one a
     host, is off."""
-    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_file)}
     with log.open("w") as logged:
-        return subprocess.Popen([str(Path(sys.executable).with_name("luigi")), "--module", "pipeline", "WeeklyRecs",
-                                 "--week", str(WEEK), "--no-lock", "--worker-keep-alive", "--worker-wait-interval",
-                                 "0.1", "--worker-wait-jitter", "0", *luigid.args], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=logged)
+        return start_week(luigid, config_file, WEEK, "--no-lock", "--worker-keep-alive", "--worker-wait-interval",
+                          "0.1", "--worker-wait-jitter", "0", stdout=subprocess.DEVNULL, stderr=logged)
 
 
-def start_week(luigid: Luigid, config_file: Path, week: date) -> subprocess.Popen:
-    """`luigi ... WeeklyRecs --week` through `luigid`, in the background."""
+def start_week(luigid: Luigid, config_file: Path, week: date, *flags: str, **output) -> subprocess.Popen:
+    """`luigi ... WeeklyRecs --week` through `luigid`, in the background; its output piped, unless
+    `output` says where it goes."""
     env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_file)}
-    return subprocess.Popen([str(Path(sys.executable).with_name("luigi")), "--module", "pipeline", "WeeklyRecs",
-                             "--week", str(week), *luigid.args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    streams = output or {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    return subprocess.Popen([LUIGI, "--module", "pipeline", "WeeklyRecs", "--week", str(week), *flags, *luigid.args],
+                            cwd=ROOT, env=env, **streams)
 
 
 def status_once(luigid: Luigid, task: luigi.Task, showing: str) -> str:
