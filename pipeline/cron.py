@@ -11,9 +11,10 @@ ended on its own.
     python -m pipeline.cron unmade WEEK             prints WEEK's week if it is not made (its firing failed)
     python -m pipeline.cron failed WEEK             says that it runs once more
     python -m pipeline.cron scheduler WEEK          prints --local-scheduler where luigid would be used and does
-                                                    not answer, and says so; nothing otherwise
+                                                    not answer, with Luigi's words in the log; nothing otherwise
     python -m pipeline.cron local WEEK              makes WEEK with the local scheduler, one such run at a time
-                                                    across hosts: another waits for it, then makes what it left
+                                                    across hosts, the first saying that luigid is down: another
+                                                    waits for it, then makes what it left
 
 `deploy/run-week` runs these; a run whose package does not import is said by `deploy/not_started.py`,
 which needs nothing of this package. Before 2026-12-07 each of these ended silently: a stuck run was
@@ -63,8 +64,10 @@ PROBLEMS = {
 MADE_ELSEWHERE = ("weekly-recs: week {week} is being made by another run with the local scheduler ({holder}); "
                   "this one waits for it to end, then makes what it left")
 DEAD_HOST_SECONDS = 60  # a host gone silent for this long (then 6 probes 10 s apart) lets go of the week
-SCHEDULER_DOWN = ("luigid does not answer ({refused}): the week runs with the local scheduler instead, unseen by "
-                  "the visualizer; start luigid (make scheduler, or docker compose up -d luigid)")
+SCHEDULER_REFUSED = "weekly-recs: luigid does not answer ({refused}); the week runs with the local scheduler"
+SCHEDULER_DOWN = ("luigid does not answer at {url} (its error in the cron log of {host}): the week runs with the "
+                  "local scheduler on {host} instead, unseen by the visualizer; start luigid (make scheduler, or "
+                  "docker compose up -d luigid)")
 WHY_KILLED = {signal.SIGTERM: "a host shutting down? cron's next check, at boot or on Sunday morning, runs it again"}
 OOM_KILLER = "the OOM killer? `journalctl -k | grep -i 'killed process'`"
 
@@ -101,39 +104,47 @@ def unmade(week: date) -> date | None:
 def unreachable_scheduler() -> str:
     """Luigi's own words for the `luigid` a run would use where it does not answer after Luigi's own
     retries (`[core] rpc-retry-attempts`, `rpc-retry-wait`); '' where it answers or is not used."""
-    core = luigi.interface.core()
-    if core.local_scheduler:
+    if luigi.interface.core().local_scheduler:
         return ""
-    url = core.scheduler_url or f"http://{core.scheduler_host}:{core.scheduler_port}/"  # as Luigi makes it
     try:
-        luigi.rpc.RemoteScheduler(url).worker_list()
+        luigi.rpc.RemoteScheduler(scheduler_url()).worker_list()
     except luigi.rpc.RPCError as error:
         return f"{type(error).__name__}: {error}"
     return ""
 
 
+def scheduler_url() -> str:
+    core = luigi.interface.core()
+    return core.scheduler_url or f"http://{core.scheduler_host}:{core.scheduler_port}/"  # as Luigi makes it
+
+
 def scheduler_flag(week: date) -> str:
-    """`--local-scheduler` for a run whose `luigid` does not answer, said: the visualizer is for
-    people, and its outage must not cost the web service its week. `deploy/run-week` then makes the
-    week with `made_alone`: a deployment that uses `luigid` may have workers on several hosts."""
+    """`--local-scheduler` for a run whose `luigid` does not answer, Luigi's words in the host's log:
+    the visualizer is for people, and its outage must not cost the web service its week.
+    `deploy/run-week` then makes the week with `made_alone`, which says it once for every host: a
+    deployment that uses `luigid` may have workers on several."""
     if refused := unreachable_scheduler():
-        say(week, SCHEDULER_DOWN.format(refused=refused))
+        print(SCHEDULER_REFUSED.format(refused=refused), file=sys.stderr, flush=True)
         return "--local-scheduler"
     return ""
 
 
 def made_alone(week: date) -> None:
     """`luigi --module pipeline WeeklyRecs --week WEEK --local-scheduler` while holding the week
-    (`week_held`); the process exits with Luigi's status."""
+    (`week_held`); the process exits with Luigi's status. The run that holds the week first says
+    that `luigid` is down, and the others only wait: one alert, however many hosts fired."""
     week = WeeklyRecs(week=week).week
-    with week_held(week):
+    with week_held(week) as first:
+        if first:
+            say(week, SCHEDULER_DOWN.format(url=scheduler_url(), host=socket.gethostname()))
         luigi.retcodes.run_with_retcodes(["--module", "pipeline", "WeeklyRecs", "--week", week.isoformat(),
                                           "--local-scheduler"])
 
 
 @contextmanager
-def week_held(week: date) -> Iterator[None]:
-    """The week's lock in PostgreSQL, held in a session of its own (one connection more than the run's).
+def week_held(week: date) -> Iterator[bool]:
+    """The week's lock in PostgreSQL, held in a session of its own (one connection more than the run's),
+    and whether it was free: false for a run that waited for another to end.
     With no `luigid` to hand each task to one worker, the firings of several worker hosts would each
     make the whole week at once; holding the week, the first makes it, and another waits, then finds
     it made (or makes what a failed one left: a second try). A host that dies lets go as its session
@@ -143,7 +154,7 @@ def week_held(week: date) -> Iterator[None]:
     try:
         session = db.server().connect()
     except Exception:  # whatever keeps the lock from being taken stops the run too, which says it
-        yield
+        yield True
         return
     with closing(session), session.cursor() as cur:
         session.autocommit = True
@@ -153,10 +164,11 @@ def week_held(week: date) -> Iterator[None]:
                     (f"weekly-recs week {week} on {socket.gethostname()}, pid {os.getpid()}", str(DEAD_HOST_SECONDS)))
         key = publish.lock_key(f"week {week} with the local scheduler")
         cur.execute("SELECT pg_try_advisory_lock(%s)", (key,))
-        if not cur.fetchone()[0]:
+        free = cur.fetchone()[0]
+        if not free:
             print(MADE_ELSEWHERE.format(week=week, holder=week_holder(cur, key)), file=sys.stderr, flush=True)
             cur.execute("SELECT pg_advisory_lock(%s)", (key,))
-        yield
+        yield free
 
 
 def week_holder(cur, key: int) -> str:

@@ -139,16 +139,18 @@ def test_a_firing_with_luigid_down_makes_the_week_with_the_local_scheduler_and_s
 
     assert status == 0, logged[-2000:]
     down, published = bot_api.texts()
-    week = WeeklyRecs(week=date.today()).week
-    assert down.startswith(f"weekly-recs FAILED: WeeklyRecs for week {week}\nluigid does not answer (RPCError: "
-                           f"Errors (2 attempts) when connecting to remote scheduler 'http://localhost:"
-                           f"{settings['core']['scheduler_port']}'): the week runs with the local scheduler instead")
+    week, port = WeeklyRecs(week=date.today()).week, settings["core"]["scheduler_port"]
+    assert down.startswith(f"weekly-recs FAILED: WeeklyRecs for week {week}\nluigid does not answer at "
+                           f"http://localhost:{port}/ (its error in the cron log of {socket.gethostname()}): the week "
+                           f"runs with the local scheduler on {socket.gethostname()} instead")
     assert down in logged
+    assert ("luigid does not answer (RPCError: Errors (2 attempts) when connecting to remote scheduler "
+            f"'http://localhost:{port}')") in logged
     assert published.startswith(f"weekly-recs: week {week} published")
     assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(week,)]
 
 
-def another_hosts_firing(settings: dict, folder: Path) -> subprocess.Popen:
+def another_hosts_firing(settings: dict, folder: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """`run-week`'s run with the local scheduler on a host of its own: its own luigi pid files and models
     (a luigi of the same command line on the same host is refused by Luigi's own lock), the database shared."""
     host = {**settings, "core": {**settings["core"], "lock_pid_dir": str(folder / "luigi-pids")},
@@ -156,7 +158,7 @@ def another_hosts_firing(settings: dict, folder: Path) -> subprocess.Popen:
     folder.mkdir()
     write_settings(host, folder / "luigi.cfg")
     return subprocess.Popen([sys.executable, "-m", "pipeline.cron", "local", str(WEEK)], cwd=ROOT,
-                            env={**os.environ, "LUIGI_CONFIG_PATH": str(folder / "luigi.cfg")},
+                            env={**os.environ, "LUIGI_CONFIG_PATH": str(folder / "luigi.cfg"), **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -177,18 +179,21 @@ def week_holder_pid(conn) -> int:
 
 
 def test_with_no_luigid_two_hosts_firings_make_the_week_once_the_second_waiting_for_the_first(
-        settings, reader, conn, tmp_path):
-    """Without a scheduler to hand each task to one worker, each host's firing would make the whole week."""
+        settings, bot_api, reader, conn, tmp_path):
+    """Without a scheduler to hand each task to one worker, each host's firing would make the whole week,
+    and each would say that luigid is down."""
     with tables_held():
-        first = another_hosts_firing(settings, tmp_path / "first")
+        first = another_hosts_firing(settings, tmp_path / "first", TELEGRAM_ENV)
         assert week_holder_pid(conn) == first.pid
-        second = another_hosts_firing(settings, tmp_path / "second")
+        second = another_hosts_firing(settings, tmp_path / "second", TELEGRAM_ENV)
         said = waiting_for_the_week(second)
     first_log, second_log = first.communicate(timeout=120)[0], second.communicate(timeout=120)[0]
 
     assert first.returncode == 0 and second.returncode == 0, first_log[-2000:] + second_log[-2000:]
     assert f"(weekly-recs week {WEEK} on {socket.gethostname()}, pid {first.pid}, since " in said
     assert "running   TrainRanker" in first_log and "Did not run any tasks" in second_log  # made once
+    down, published = bot_api.texts()  # said once
+    assert "luigid does not answer" in down and down in first_log and published.startswith(f"weekly-recs: week {WEEK}")
     assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(WEEK,)]
 
 
