@@ -32,6 +32,7 @@ stage's files written over each other's. Specs in `tests/test_deploy.py`.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import socket
@@ -106,10 +107,14 @@ def unreachable_scheduler() -> str:
     retries (`[core] rpc-retry-attempts`, `rpc-retry-wait`); '' where it answers or is not used."""
     if luigi.interface.core().local_scheduler:
         return ""
+    retries_log = logging.getLogger("luigi-interface")  # each retry's warning names the URL, a password in it too
+    was_disabled, retries_log.disabled = retries_log.disabled, True  # said once instead, redacted
     try:
         luigi.rpc.RemoteScheduler(scheduler_url()).worker_list()
     except luigi.rpc.RPCError as error:
         return f"{type(error).__name__}: {error}"
+    finally:
+        retries_log.disabled = was_disabled
     return ""
 
 
@@ -124,7 +129,7 @@ def scheduler_flag(week: date) -> str:
     `deploy/run-week` then makes the week with `made_alone`, which says it once for every host: a
     deployment that uses `luigid` may have workers on several."""
     if refused := unreachable_scheduler():
-        print(SCHEDULER_REFUSED.format(refused=refused), file=sys.stderr, flush=True)
+        print(db.redact(SCHEDULER_REFUSED.format(refused=refused)), file=sys.stderr, flush=True)  # a URL's password
         return "--local-scheduler"
     return ""
 

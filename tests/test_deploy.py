@@ -131,7 +131,8 @@ def test_a_firing_with_luigid_down_makes_the_week_with_the_local_scheduler_and_s
         cron_config, bot_api, reader, settings, tmp_path):
     """The visualizer is for people: its outage (luigid not started at boot, or crashed) must not cost
     the web service its week."""
-    settings["core"].update({"local_scheduler": "false", "scheduler_port": str(free_port()),
+    port = free_port()  # luigid behind a proxy that asks for a password, given in the URL
+    settings["core"].update({"local_scheduler": "false", "scheduler_url": f"http://ops:pw-{port}@localhost:{port}/",
                              "rpc-retry-attempts": "2", "rpc-retry-wait": "1"})  # of 3, 30 s
     apply_settings(settings, cron_config)
 
@@ -139,13 +140,14 @@ def test_a_firing_with_luigid_down_makes_the_week_with_the_local_scheduler_and_s
 
     assert status == 0, logged[-2000:]
     down, published = bot_api.texts()
-    week, port = WeeklyRecs(week=date.today()).week, settings["core"]["scheduler_port"]
+    week = WeeklyRecs(week=date.today()).week
     assert down.startswith(f"weekly-recs FAILED: WeeklyRecs for week {week}\nluigid does not answer at "
-                           f"http://localhost:{port}/ (its error in the cron log of {socket.gethostname()}): the week "
-                           f"runs with the local scheduler on {socket.gethostname()} instead")
+                           f"http://ops:***@localhost:{port}/ (its error in the cron log of {socket.gethostname()}): "
+                           f"the week runs with the local scheduler on {socket.gethostname()} instead")
     assert down in logged
     assert ("luigid does not answer (RPCError: Errors (2 attempts) when connecting to remote scheduler "
-            f"'http://localhost:{port}')") in logged
+            f"'http://ops:***@localhost:{port}") in logged
+    assert f"pw-{port}" not in logged + down
     assert published.startswith(f"weekly-recs: week {week} published")
     assert reader.read("SELECT DISTINCT week FROM candidates_ranked") == [(week,)]
 
