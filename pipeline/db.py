@@ -186,6 +186,15 @@ def redact(text: str, *secrets: str) -> str:
     return re.sub(r"(password\s*=\s*)\S+", r"\1***", text, flags=re.IGNORECASE)
 
 
+class Redacted(logging.Filter):
+    """A log's lines with the password part of any URL or DSN hidden (`redact`): Luigi's RPC client
+    names the scheduler's URL whole in its warning at each retry, a proxy's password included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), ()
+        return True
+
+
 _server: Server | None = None
 
 
