@@ -462,29 +462,31 @@ def run_tasks(*tasks: luigi.Task) -> luigi.LuigiStatusCode:
     return result.status
 
 
+def environment_reading(config_file: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment, and `env`, for a program of the pipeline's that reads `config_file`."""
+    return {**os.environ, "LUIGI_CONFIG_PATH": str(config_file), **(env or {})}
+
+
 def run_luigi(config_file: Path, *args: str, env: dict[str, str] | None = None,
               timeout: float = 300) -> subprocess.CompletedProcess:
     """`luigi --module pipeline ...` as a user types it, from the checkout, with a config file."""
-    full_env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_file), **(env or {})}
-    return subprocess.run([LUIGI, "--module", "pipeline", *args], cwd=ROOT, env=full_env,
+    return subprocess.run([LUIGI, "--module", "pipeline", *args], cwd=ROOT, env=environment_reading(config_file, env),
                           capture_output=True, text=True, timeout=timeout)
 
 
 def start_luigi(config_file: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """`luigi --module pipeline ...` in the background, in a session of its own (so it can be killed whole)."""
-    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_file), **(env or {})}
     return subprocess.Popen([LUIGI, "--module", "pipeline", *args, "--local-scheduler", "--no-lock"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            cwd=ROOT, env=environment_reading(config_file, env), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def run_module(config_file: Path | None, name: str, *args: str, timeout: float | None = None
                ) -> subprocess.CompletedProcess:
     """`python -m pipeline.<name> ...` (rollback, redo, the evaluation tools) as a user types it, with a
     config file where one is given."""
-    settings = {"LUIGI_CONFIG_PATH": str(config_file)} if config_file else {}
     return subprocess.run([sys.executable, "-m", f"pipeline.{name}", *args], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, **settings}, timeout=timeout)
+                          text=True, env=environment_reading(config_file) if config_file else None, timeout=timeout)
 
 
 @pytest.fixture

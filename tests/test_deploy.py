@@ -31,6 +31,7 @@ from tests.conftest import (
     TELEGRAM_ENV,
     WEEK,
     apply_settings,
+    environment_reading,
     eventually,
     free_port,
     installed_program,
@@ -160,7 +161,7 @@ def another_hosts_firing(settings: dict, folder: Path, env: dict[str, str] | Non
     folder.mkdir()
     write_settings(host, folder / "luigi.cfg")
     return subprocess.Popen([sys.executable, "-m", "pipeline.cron", "local", str(WEEK)], cwd=ROOT,
-                            env={**os.environ, "LUIGI_CONFIG_PATH": str(folder / "luigi.cfg"), **(env or {})},
+                            env=environment_reading(folder / "luigi.cfg", env),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

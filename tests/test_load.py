@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ import pytest
 from pipeline import DefaultRecs, InferenceCandidates, OnlineRecs, TrainCandidates
 from pipeline.contracts import ContractError
 from pipeline.load import CheckInputs
-from tests.conftest import NEXT_WEEK, ROOT, WEEK, query, run_tasks, staged
+from tests.conftest import NEXT_WEEK, ROOT, WEEK, environment_reading, query, run_tasks, staged
 
 LOADS = [(DefaultRecs, "top_popular.parquet", "default_recs"),
          (OnlineRecs, "similar.parquet", "online_recs"),
@@ -52,7 +51,7 @@ def test_a_load_never_imports_pandas(config_file, conn):
             "assert luigi.build([InferenceCandidates(week=week)], local_scheduler=True); "
             "print([name for name in sys.modules if name.startswith('pandas')])")
     result = subprocess.run([sys.executable, "-c", load], cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "LUIGI_CONFIG_PATH": str(config_file)})
+                            env=environment_reading(config_file))
 
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines()[-1] == "[]"

@@ -5,7 +5,6 @@ and the visualizer in a browser."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ from tests.conftest import (
     WEEK,
     apply_settings,
     dba_materializes_the_top_10,
+    environment_reading,
     eventually,
     for_seconds,
     free_port,
@@ -65,10 +65,10 @@ def luigid(config_file, tmp_path) -> Iterator[Luigid]:
 def luigid_serving(config_file: Path, tmp_path: Path) -> Iterator[Luigid]:
     """luigid, reading `config_file` as it starts."""
     port = free_port()
-    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_file)}
     server = subprocess.Popen([sys.executable, "-m", "pipeline.scheduler", "--address", "127.0.0.1", "--port",
                                str(port), "--state-path", str(tmp_path / "state.pickle"), "--logdir", str(tmp_path)],
-                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              cwd=ROOT, env=environment_reading(config_file), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
     scheduler = Luigid(port)
 
     def answers() -> bool:
@@ -261,10 +261,9 @@ def another_worker(luigid: Luigid, config_file: Path, log: Path) -> subprocess.P
 def start_week(luigid: Luigid, config_file: Path, week: date, *flags: str, **output) -> subprocess.Popen:
     """`luigi ... WeeklyRecs --week` through `luigid`, in the background; its output piped, unless
     `output` says where it goes."""
-    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config_file)}
     streams = output or {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
     return subprocess.Popen([LUIGI, "--module", "pipeline", "WeeklyRecs", "--week", str(week), *flags, *luigid.args],
-                            cwd=ROOT, env=env, **streams)
+                            cwd=ROOT, env=environment_reading(config_file), **streams)
 
 
 def status_once(luigid: Luigid, task: luigi.Task, showing: str) -> str:
