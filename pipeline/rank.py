@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from datetime import date
 from functools import cached_property
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import luigi
 import pyarrow as pa
@@ -35,6 +35,9 @@ from pipeline.events.tasks import AVAILABLE_ROWS
 from pipeline.load import DefaultRecs, InferenceCandidates, LoadTask, TrainCandidates
 from pipeline.validation import fitted_once, kept_in_sample, sample_order
 
+if TYPE_CHECKING:  # imports CatBoost, which only a ranking's processes need
+    from pipeline.ranker import Ranker
+
 T = TypeVar("T")
 
 SCORING_ROWS = 200_000  # rows of whole users scored at a time in a shard
@@ -45,6 +48,17 @@ _ITEM_STATS = pa.schema([("item_id", pa.int64()), ("item_frequency", pa.float64(
 
 class QualityGateError(RuntimeError):
     """The week's model ranks worse than it may; the previous ranking stays published."""
+
+
+class WeekRead(NamedTuple):
+    """What `TrainRanker`'s fits take from the database: its sample is in a file of `folder`."""
+
+    ranker: Ranker
+    folder: Path
+    available: int
+    train_items: pa.Table
+    inference_items: pa.Table
+    previous: tuple[float, float | None] | None
 
 
 class TrainRanker(WeekTask):
@@ -67,47 +81,60 @@ class TrainRanker(WeekTask):
         return (self.task_id,)
 
     def run(self) -> None:
-        # The model's libraries (CatBoost, pandas: ~70 MB) are imported when a ranking runs, so
-        # that the load tasks' processes stay small.
+        started, settings = time.monotonic(), config.pipeline()
+        model_dir = writable_model_dir(settings.week_model_dir(self.week))
+        with tempfile.TemporaryDirectory(prefix="training-", dir=model_dir) as work:
+            week = self.week_read(Path(work), settings)
+            if units := self.resources:  # the fits take minutes and no database: another task may use it meanwhile
+                self.decrease_running_resources(units)
+            fitted = week.folder / MODEL_FILE
+            validation = self.validated_and_fitted(week, fitted, settings)
+            validation["duration_s"] = time.monotonic() - started
+            self.store(fitted, model_dir / MODEL_FILE, week.inference_items, validation)
+
+    def week_read(self, folder: Path, settings: config.pipeline) -> WeekRead:
+        """What the fits need of the database, read at once: its connection is closed before they start.
+        The model's libraries (CatBoost, pandas: ~70 MB) are imported when a ranking runs, so that the
+        load tasks' processes stay small."""
         from pipeline import training
         from pipeline.ranker import Ranker
 
-        started, settings = time.monotonic(), config.pipeline()
-        model_dir = writable_model_dir(settings.week_model_dir(self.week))
         inputs = self.requires()
-        with tempfile.TemporaryDirectory(prefix="training-", dir=model_dir) as work:
-            folder = Path(work)
-            with db.connection(autocommit=True) as conn, conn.cursor() as cur:  # closed before the fits
-                for task in inputs.values():
-                    task.check_file_unchanged(cur)
-                ranker = Ranker.from_settings(settings, read_week(conn, inputs["popularity"].table, self.week,
-                                                                  ["item_id", "items_cnt"]).to_pandas())
-                train_table = publish.week_table(cur, inputs["train"].table, self.week)
-                available = rows_available(inputs["train"].path(), publish.row_count(cur, train_table))
-                self.set_status_message(f"reading a sample of {available:,} train candidates back")
-                self.sample_written(conn, train_table, ranker, available, folder / training.SAMPLE)
-                train_items = item_stats(conn, train_table)
-                inference_items = read_of_week(conn, inputs["inference"].table, self.week,
-                                               lambda table: item_stats(conn, table))
-                previous = previous_ndcg(conn, self.metrics_table, self.week)
-            if self.resources:  # the fits take minutes and no database: another task may use its unit meanwhile
-                self.decrease_running_resources(self.resources)
-            once = fitted_once(available, settings)
-            processes, fitted = training.FreshProcesses(), folder / MODEL_FILE
-            counts = processes.run(training.train_files, ranker, folder, train_items, once)
-            self.set_status_message(f"fitting on {counts['train_rows']:,} of {available:,} train candidates, "
-                                    "validating on held-out users" if once else
-                                    f"validating on held-out users of {counts['train_rows']:,} train candidates")
-            self.set_progress_percentage(10)
-            validation = processes.run(training.validated, ranker, folder, fitted if once else None)
-            self.check_quality(validation, previous)
-            if not once:
-                self.set_status_message(f"training on {counts['train_rows']:,} of {available:,} train candidates")
-                self.set_progress_percentage(50)
-                processes.run(training.fitted, ranker, folder, fitted)
-            validation.update(counts, model_type=ranker.kind, parameters=ranker.parameters(), available_rows=available,
-                              fit_peak_rss_mb=processes.peak_mb, duration_s=time.monotonic() - started)
-            self.store(fitted, model_dir / MODEL_FILE, inference_items, validation)
+        with db.connection(autocommit=True) as conn, conn.cursor() as cur:
+            for task in inputs.values():
+                task.check_file_unchanged(cur)
+            ranker = Ranker.from_settings(settings, read_week(conn, inputs["popularity"].table, self.week,
+                                                              ["item_id", "items_cnt"]).to_pandas())
+            train_table = publish.week_table(cur, inputs["train"].table, self.week)
+            available = rows_available(inputs["train"].path(), publish.row_count(cur, train_table))
+            self.set_status_message(f"reading a sample of {available:,} train candidates back")
+            self.sample_written(conn, train_table, ranker, available, folder / training.SAMPLE)
+            return WeekRead(ranker, folder, available, item_stats(conn, train_table),
+                            read_of_week(conn, inputs["inference"].table, self.week,
+                                         lambda table: item_stats(conn, table)),
+                            previous_ndcg(conn, self.metrics_table, self.week))
+
+    def validated_and_fitted(self, week: WeekRead, fitted: Path, settings: config.pipeline) -> dict:
+        """The gate's metrics of the week's validation fit, once the gate let it through, with the week's
+        model fitted into `fitted`: by the validation fit itself for a week fitted once."""
+        from pipeline import training
+
+        once = fitted_once(week.available, settings)
+        processes, ranker, folder = training.FreshProcesses(), week.ranker, week.folder
+        counts = processes.run(training.train_files, ranker, folder, week.train_items, once)
+        self.set_status_message(f"fitting on {counts['train_rows']:,} of {week.available:,} train candidates, "
+                                "validating on held-out users" if once else
+                                f"validating on held-out users of {counts['train_rows']:,} train candidates")
+        self.set_progress_percentage(10)
+        validation = processes.run(training.validated, ranker, folder, fitted if once else None)
+        self.check_quality(validation, week.previous)
+        if not once:
+            self.set_status_message(f"training on {counts['train_rows']:,} of {week.available:,} train candidates")
+            self.set_progress_percentage(50)
+            processes.run(training.fitted, ranker, folder, fitted)
+        validation.update(counts, model_type=ranker.kind, parameters=ranker.parameters(),
+                          available_rows=week.available, fit_peak_rss_mb=processes.peak_mb)
+        return validation
 
     def sample_written(self, conn, table: str, ranker, available: int, path: Path) -> None:
         """The whole users `validation.kept_in_sample` keeps, streamed into an Arrow file: never all in memory."""
