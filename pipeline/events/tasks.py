@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import luigi
 import luigi.format
@@ -34,6 +35,10 @@ import pyarrow.parquet as pq
 from pipeline import config, db, publish
 from pipeline.base import week_parameter
 from pipeline.contracts import CANDIDATES_INFERENCE, CANDIDATES_TRAIN, SIMILAR, TOP_POPULAR, open_parquet
+
+if TYPE_CHECKING:  # pandas, scipy and implicit, imported when the stage runs
+    from pipeline.events.candidates import Fits
+    from pipeline.events.history import History
 
 AVAILABLE_ROWS = b"weekly_recs.available_rows"  # in the train file's metadata: outcome rows before the cap
 SHARD_FILES = "candidates_inference.shard-*.parquet"  # each CandidateShard's, removed once joined in one file
@@ -80,13 +85,25 @@ class CutoffModel(EventTask):
 
     def run(self) -> None:
         # pandas, scipy and implicit are imported when the stage runs: the load tasks' processes stay small.
-        from pipeline.events import candidates, inputs, popularity
-        from pipeline.events.history import History
+        from pipeline.events import candidates, popularity
 
         with db.connection() as conn, conn.cursor() as cur:  # before fits a role unfit to publish would waste
             publish.refuse_unfit_role(cur)
         self.remove_stale()
         settings = config.events()
+        history = self.history_at_cutoff(settings)
+        self.set_status_message(f"fitting ALS on {len(history.users):,} users, {history.matrix.nnz:,} user-items")
+        model = candidates.fit_als(history, settings.factors, settings.als_iterations, settings.regularization,
+                                   settings.alpha, config.pipeline().random_seed)
+        fits = candidates.Fits(model, candidates.fit_cooccurrence(history, settings.cooccurrence_neighbours),
+                               popularity.expected_takers(history, settings.new_days, settings.popular_days))
+        self.write_outputs(history, fits, settings)
+
+    def history_at_cutoff(self, settings: config.events) -> History:
+        """The window's events before the week's cutoff, read once, and refused if they stop short of it."""
+        from pipeline.events import inputs
+        from pipeline.events.history import History
+
         cutoff = settings.cutoff_of(self.week)
         since = cutoff - timedelta(days=settings.history_days)
         self.set_status_message(f"reading events from {since:%Y-%m-%d} to {cutoff:%Y-%m-%d %H:%M} UTC")
@@ -95,16 +112,18 @@ class CutoffModel(EventTask):
                              (settings.popular_days, settings.default_days), settings.recent_days)
         history.check(settings.resolved_events_path(), settings.resolved_items_path(),
                       timedelta(hours=settings.max_lag_hours))
-        self.set_status_message(f"fitting ALS on {len(history.users):,} users, {history.matrix.nnz:,} user-items")
-        model = candidates.fit_als(history, settings.factors, settings.als_iterations, settings.regularization,
-                                   settings.alpha, config.pipeline().random_seed)
-        fits = candidates.Fits(model, candidates.fit_cooccurrence(history, settings.cooccurrence_neighbours),
-                               popularity.expected_takers(history, settings.new_days, settings.popular_days))
+        return history
+
+    def write_outputs(self, history: History, fits: Fits, settings: config.events) -> None:
+        """The week's popularity and neighbours as the modelling stage's files, and the history and fits
+        for the candidate shards, each moved into place whole."""
+        from pipeline.events import candidates
+
         outputs = self.output()
         with outputs[TOP_POPULAR.file].temporary_path() as path:
             pq.write_table(candidates.top_popular(history, settings.default_days, settings.top_popular), path)
         with outputs[SIMILAR.file].temporary_path() as path:
-            pq.write_table(candidates.similar(history, model, settings.similar_per_item), path)
+            pq.write_table(candidates.similar(history, fits.als, settings.similar_per_item), path)
         with outputs[HISTORY].open("w") as file:
             pickle.dump({"active_users": len(history.active_rows(settings.active_days)), "code": code_fingerprint()},
                         file)
