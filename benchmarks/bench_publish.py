@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline import DefaultRecs, OnlineRecs, RankCandidates, WeeklyRecs, config, db, serving  # noqa: E402
 from pipeline.sample_data import write_sample_week  # noqa: E402
 
-FIRST_WEEK = date(2026, 11, 7)
+FIRST_WEEK = date(2026, 10, 31)  # its sixth week, 2026-12-05, has begun (a week that has not is refused)
 USERS = 20_000  # 400,000 candidates a week
 READERS, EVERY_S, STATEMENT_TIMEOUT_MS = 3, 0.05, 2000
 HOLD_S, PUBLISH_AFTER_S = 45, 2

@@ -118,6 +118,8 @@ class pipeline(luigi.Config):  # noqa: N801
     allow_same_files = luigi.BoolParameter(default=False, description="let a week's candidates files be the very "
                                            "files the live week was loaded from (refused by default: a stage that "
                                            "did not run)")
+    allow_future_weeks = luigi.BoolParameter(default=False, description="let a week go live before its Saturday "
+                                             "has begun anywhere (refused by default: a mistyped --week)")
     max_ndcg_drop = luigi.FloatParameter(default=0.02, description="largest NDCG@10 drop the quality gate accepts")
     gate_sigmas = luigi.FloatParameter(default=2.0, description="nor does it refuse a drop within this many "
                                        "standard errors of the validation's NDCG@10")

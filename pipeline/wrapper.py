@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import psycopg2
 
@@ -111,8 +111,9 @@ class WeeklyRecs(WeekTask):
         return said
 
     def check_can_go_live(self, cur) -> None:
-        """Refuse a week that could never go live, or never stay: before anything of the week is
-        staged (`CheckInputs`), and again before the swap."""
+        """Refuse a week that could never go live, or never stay, or is not due: before anything of the
+        week is staged (`CheckInputs`), and again before the swap."""
+        self.check_begun()
         for table in self.live_names():
             live = publish.live_week(cur, table)
             if live is None:
@@ -121,6 +122,16 @@ class WeeklyRecs(WeekTask):
                 publish.refuse_swaps(cur, [table])
             else:
                 self.check_kept(cur, table, live)
+
+    def check_begun(self) -> None:
+        """A week whose Saturday has begun nowhere on Earth (UTC+14) is a mistyped `--week`: once live,
+        it would make every week run before it a backfill, archived behind it, while the web service
+        served it. Nowhere, so that a worker west of the host cron fires on never refuses cron's week."""
+        now = datetime.now(UTC)
+        if self.week > (now + timedelta(hours=14)).date() and not config.pipeline().allow_future_weeks:
+            raise ValueError(f"week {self.week} has not begun anywhere yet (it is {now:%Y-%m-%d %H:%M} UTC): live, "
+                             "it would make every week run until then a backfill, archived behind it. A mistyped "
+                             "--week? [pipeline] allow_future_weeks (--pipeline-allow-future-weeks) publishes it")
 
     def check_kept(self, cur, table: str, live: date) -> None:
         """A backfill goes to the archives, of which a publish keeps the newest `retention`: one older

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date, timedelta
+
 import pyarrow.parquet as pq
 import pytest
 
@@ -19,6 +21,8 @@ from tests.conftest import (
     run_tasks,
     table_snapshot,
 )
+
+SATURDAY = 5  # date.weekday()'s
 
 
 def test_a_week_publishes_every_table_and_prints_a_summary(config_file, conn):
@@ -72,8 +76,10 @@ def test_the_live_week_is_complete_once_settled_and_a_week_replaced_since_needs_
 
 
 @pytest.mark.published_week
-def test_weeks_that_never_went_live_are_named_when_a_later_one_does(bot_api, config_file, conn):
+def test_weeks_that_never_went_live_are_named_when_a_later_one_does(bot_api, settings, config_file, conn):
     """The last word on weeks no check of cron's runs again: killed, run by hand, failed twice."""
+    settings["pipeline"]["allow_future_weeks"] = "true"  # the weeks after the template's run into 2027
+    apply_settings(settings, config_file)
     result = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", "2026-12-12", env=TELEGRAM_ENV)
 
     assert result.returncode == 0, result.stderr[-2000:]
@@ -130,6 +136,26 @@ def test_a_backfill_older_than_the_retention_keeps_is_refused_before_anything_is
     assert kept.returncode == 0, kept.stderr
     assert query(conn, "SELECT DISTINCT week FROM candidates_ranked__20261114") == [(WEEK.replace(day=14),)]
     assert query(conn, "SELECT DISTINCT week FROM candidates_ranked") == [(NEXT_WEEK,)]
+
+
+@pytest.mark.published_week
+def test_a_week_that_has_not_begun_anywhere_is_refused_before_anything_is_staged(bot_api, config_file, conn):
+    """A mistyped --week (2027 for 2026): live, it would make every week run until its Saturday a
+    backfill, archived behind it, while the web service served it."""
+    ahead = date.today() + timedelta(weeks=2)
+    saturday = ahead - timedelta(days=(ahead.weekday() - SATURDAY) % 7)  # the week's, 8 to 14 days ahead
+    before = live_state(conn), markers(conn)
+
+    refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(ahead), env=TELEGRAM_ENV)
+
+    assert refused.returncode == 30
+    assert f"ValueError: week {saturday} has not begun anywhere yet (it is " in refused.stderr
+    assert ("UTC): live, it would make every week run until then a backfill, archived behind it. A mistyped --week? "
+            "[pipeline] allow_future_weeks (--pipeline-allow-future-weeks) publishes it") in refused.stderr
+    [text] = bot_api.texts()
+    assert f"FAILED: CheckInputs for week {saturday}" in text and "has not begun anywhere yet" in text
+    assert (live_state(conn), markers(conn)) == before
+    assert query(conn, "SELECT tablename FROM pg_tables WHERE tablename LIKE %s", f"%{saturday:%Y%m%d}%") == []
 
 
 @pytest.mark.published_week
