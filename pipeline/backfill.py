@@ -14,7 +14,7 @@ from datetime import date, timedelta
 
 import luigi
 
-from pipeline.base import A_SATURDAY
+from pipeline.base import WeekParameter
 from pipeline.wrapper import WeeklyRecs
 
 
@@ -23,8 +23,8 @@ class WeeklyRecsRange(luigi.Task):
     stops the ones after it. Required all at once, Luigi runs the newest first: each older week is
     then a backfill, archived behind the newer ones, and past `[pipeline] retention` refused."""
 
-    start = luigi.DateParameter(interval=7, start=A_SATURDAY, description="first week (any day of it)")
-    stop = luigi.DateParameter(interval=7, start=A_SATURDAY, description="last week (any day of it), included")
+    start = WeekParameter("start", description="first week (any day of it)")
+    stop = WeekParameter("stop", description="last week (any day of it), included")
 
     def weeks(self) -> list[WeeklyRecs]:
         return [WeeklyRecs(week=week) for week in weeks_between(self.start, self.stop)]

@@ -25,10 +25,23 @@ def published_table(name: str) -> luigi.Parameter:
     return luigi.Parameter(default=name, significant=False, description="the table this task publishes")
 
 
-def week_parameter() -> luigi.DateParameter:
-    """Any day of the week names the same task: the Saturday on or before it."""
-    return luigi.DateParameter(default=date.today(), interval=7, start=A_SATURDAY,
-                               description="any day of the week to run; default: this week")
+class WeekParameter(luigi.DateParameter):
+    """Any day of the week names the same task: the Saturday on or before it. A value that is no date
+    is refused naming the parameter: Luigi's own words (`day is out of range for month`) name none."""
+
+    def __init__(self, name: str, **kwargs) -> None:
+        super().__init__(interval=7, start=A_SATURDAY, **kwargs)
+        self.name = name
+
+    def parse(self, s: str) -> date:
+        try:
+            return super().parse(s)
+        except ValueError as error:
+            raise ValueError(f"{self.name} {s!r} is no date (YYYY-MM-DD, any day of the week): {error}") from None
+
+
+def week_parameter() -> WeekParameter:
+    return WeekParameter("week", default=date.today(), description="any day of the week to run; default: this week")
 
 
 class WeekTask(luigi.Task):

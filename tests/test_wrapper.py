@@ -23,6 +23,7 @@ from tests.conftest import (
 )
 
 SATURDAY = 5  # date.weekday()'s
+UNHANDLED = 40  # [retcode] unhandled_exception in luigi.cfg: Luigi refused the command line
 
 
 def test_a_week_publishes_every_table_and_prints_a_summary(config_file, conn):
@@ -136,6 +137,18 @@ def test_a_backfill_older_than_the_retention_keeps_is_refused_before_anything_is
     assert kept.returncode == 0, kept.stderr
     assert query(conn, "SELECT DISTINCT week FROM candidates_ranked__20261114") == [(WEEK.replace(day=14),)]
     assert query(conn, "SELECT DISTINCT week FROM candidates_ranked") == [(NEXT_WEEK,)]
+
+
+@pytest.mark.parametrize(("task", "flags", "named"), [
+    ("WeeklyRecs", ["--week", "2026-11-31"], "week '2026-11-31'"),
+    ("WeeklyRecsRange", ["--start", "2026-11-07", "--stop", "21/11/2026"], "stop '21/11/2026'")])
+def test_a_week_that_is_no_date_is_refused_naming_its_parameter(task, flags, named, config_file, conn):
+    """Luigi's own words (`day is out of range for month`) name no parameter."""
+    refused = run_luigi(config_file, task, "--local-scheduler", *flags)
+
+    assert refused.returncode == UNHANDLED
+    assert f"ValueError: {named} is no date (YYYY-MM-DD, any day of the week): " in refused.stderr
+    assert query(conn, "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace") == [(0,)]
 
 
 @pytest.mark.published_week
