@@ -27,6 +27,11 @@ class WeeklyRecsRange(luigi.Task):
     stop = WeekParameter("stop", description="last week (any day of it), included")
 
     def weeks(self) -> list[WeeklyRecs]:
+        """Refused for a stop before the start (swapped dates): no week between them, and the range
+        would be complete, saying all was well with nothing done."""
+        if self.stop < self.start:
+            raise ValueError(f"WeeklyRecsRange: --stop {self.stop} is before --start {self.start}, so no week is "
+                             "between them (swapped?)")
         return [WeeklyRecs(week=week) for week in weeks_between(self.start, self.stop)]
 
     def complete(self) -> bool:

@@ -1,8 +1,9 @@
 """Telegram messages from Luigi's event handlers: one on a finished week, one on every failure; and
 a finished week's heartbeat, for a monitor outside the host.
 
-Handlers are registered on `WeekTask` and `EventTask`, so every pipeline task reports its failures,
-those that stop a run before any task (a `complete()` or `requires()` that raised) included. With
+Handlers are registered on `WeekTask`, `EventTask` and `WeeklyRecsRange`, so every pipeline task
+reports its failures, those that stop a run before any task (a `complete()` or `requires()` that
+raised) included. With
 `--workers N` they run in the forked task process, so each message is built only from the task,
 the database and this process's start time, all of which that process has. Sending never raises:
 an outage, a 429 or a bad token is logged (without the token) and the run goes on.
@@ -21,6 +22,7 @@ import psycopg2
 import requests
 
 from pipeline import config, db
+from pipeline.backfill import WeeklyRecsRange
 from pipeline.base import WeekTask
 from pipeline.events.tasks import EventTask
 from pipeline.wrapper import WeeklyRecs
@@ -100,8 +102,8 @@ def failure_message(task: luigi.Task, problem: BaseException | str) -> str:
     settings, _ = config.telegram_leniently()
     if isinstance(problem, BaseException):
         problem = db.described(problem)
-    week = getattr(task, "week", "?")
-    text = (f"weekly-recs FAILED: {task.get_task_family()} for week {week}\n"
+    what = f"{task.get_task_family()} for week {task.week}" if hasattr(task, "week") else str(task)
+    text = (f"weekly-recs FAILED: {what}\n"
             f"{db.redact(problem, settings.token(), config.postgres().resolved_password())}\n"
             f"host: {socket.gethostname()}\nlog: {settings.log_location}")
     return text[:TELEGRAM_LIMIT]
@@ -115,9 +117,9 @@ def enabled(event: str) -> bool:
 def _on_every_task(event: str) -> Callable:
     """Registers a handler of `event` on every task of the week's graph: the loads, the ranking and
     the wrapper (`WeekTask`), and the events stage (`EventTask`), whose failures were said by no
-    message before 2026-12-07."""
+    message before 2026-12-07; and on the range of weeks a backfill runs (`WeeklyRecsRange`)."""
     def register(handler: Callable) -> Callable:
-        for task_class in (WeekTask, EventTask):
+        for task_class in (WeekTask, EventTask, WeeklyRecsRange):
             task_class.event_handler(event)(handler)
         return handler
     return register

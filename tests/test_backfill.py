@@ -6,8 +6,9 @@ from datetime import date
 
 from pipeline.backfill import weeks_between
 from pipeline.sample_data import write_sample_week
-from tests.conftest import apply_settings, query, run_luigi
+from tests.conftest import TELEGRAM_ENV, apply_settings, query, run_luigi
 
+SCHEDULING_FAILED = 35  # [retcode] scheduling_error in luigi.cfg: no task ran
 USERS = {"2026-11-07": 200, "2026-11-14": 250, "2026-11-21": 300}
 
 
@@ -15,6 +16,19 @@ def test_weeks_between_counts_saturdays_inclusively_without_a_days_back_limit():
     weeks = weeks_between(date(2025, 11, 22), date(2026, 11, 21))
 
     assert len(weeks) == 53 and weeks[0] == date(2025, 11, 22) and weeks[-1] == date(2026, 11, 21)
+
+
+def test_a_range_whose_stop_is_before_its_start_is_refused_naming_both(bot_api, config_file, conn):
+    """Swapped dates: no week is between them, and the range was complete, saying all was well."""
+    refused = run_luigi(config_file, "WeeklyRecsRange", "--local-scheduler", "--start", "2026-11-21",
+                        "--stop", "2026-10-31", env=TELEGRAM_ENV)
+
+    assert refused.returncode == SCHEDULING_FAILED
+    said = "WeeklyRecsRange: --stop 2026-10-31 is before --start 2026-11-21, so no week is between them (swapped?)"
+    assert f"ValueError: {said}" in refused.stderr
+    [text] = bot_api.texts()
+    assert text.startswith("weekly-recs FAILED: WeeklyRecsRange(start=2026-11-21, stop=2026-10-31)\n") and said in text
+    assert query(conn, "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace") == [(0,)]
 
 
 def test_three_missed_weeks_go_live_in_turn_oldest_first_each_from_its_own_files_then_are_skipped(
