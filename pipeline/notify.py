@@ -3,10 +3,10 @@ a finished week's heartbeat, for a monitor outside the host.
 
 Handlers are registered on `WeekTask`, `EventTask` and `WeeklyRecsRange`, so every pipeline task
 reports its failures, those that stop a run before any task (a `complete()` or `requires()` that
-raised) included. With
-`--workers N` they run in the forked task process, so each message is built only from the task,
-the database and this process's start time, all of which that process has. Sending never raises:
-an outage, a 429 or a bad token is logged (without the token) and the run goes on.
+raised) included. With `--workers N` they run in the forked task process, so each message is built
+only from the task, the database and this process's start time, all of which that process has.
+Sending never raises: an outage, a 429 or a bad token is logged (without the token) and the run
+goes on.
 """
 
 from __future__ import annotations
