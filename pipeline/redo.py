@@ -9,6 +9,7 @@ name of the week's table, replacing the version it redoes.
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import date
 
 from psycopg2 import sql
@@ -42,4 +43,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m pipeline.redo", description=__doc__.split("\n\n")[0])
     parser.add_argument("week", type=date.fromisoformat, help="any day of the week, YYYY-MM-DD")
     week = WeeklyRecs(week=parser.parse_args().week).week
-    print(f"week {week}: {forget_week(week)} markers forgotten; the next run redoes it")
+    if not (forgotten := forget_week(week)):  # a mistyped week, or another database: the run would redo nothing
+        sys.exit(f"week {week}: no markers to forget in {db.server()}: it has not run there, or was forgotten "
+                 "already; nothing to redo")
+    print(f"week {week}: {forgotten} markers forgotten; the next run redoes it")

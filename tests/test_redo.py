@@ -41,6 +41,19 @@ def test_redo_forgets_the_weeks_markers_and_keeps_its_tables_until_it_runs_again
     assert len(markers(conn)) == 20
 
 
+@pytest.mark.published_week
+def test_a_redo_that_finds_no_marker_of_its_week_says_so_and_fails(config_file, conn):
+    """A mistyped week (2027 for 2026), or another database: a run after it would redo nothing."""
+    before = markers(conn)
+
+    redo = run_module(config_file, "redo", "2027-11-24")
+
+    assert redo.returncode == 1 and redo.stdout == ""
+    assert "week 2027-11-20: no markers to forget in PostgreSQL at " in redo.stderr
+    assert ": it has not run there, or was forgotten already; nothing to redo" in redo.stderr
+    assert markers(conn) == before
+
+
 def test_a_file_replaced_after_its_load_staged_is_refused_before_the_fit_and_a_redo_loads_it(
         settings, config_file, input_dir, conn):
     """The re-export that fixes a week the quality gate refused: the train rows staged before it would
