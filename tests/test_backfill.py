@@ -6,9 +6,8 @@ from datetime import date
 
 from pipeline.backfill import weeks_between
 from pipeline.sample_data import write_sample_week
-from tests.conftest import TELEGRAM_ENV, apply_settings, query, run_luigi
+from tests.conftest import SCHEDULING_FAILED, TELEGRAM_ENV, apply_settings, query, run_luigi
 
-SCHEDULING_FAILED = 35  # [retcode] scheduling_error in luigi.cfg: no task ran
 USERS = {"2026-11-07": 200, "2026-11-14": 250, "2026-11-21": 300}
 
 

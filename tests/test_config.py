@@ -7,9 +7,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline import config
-from tests.conftest import WEEK, apply_settings, query, run_luigi
-
-SCHEDULING_FAILED = 35  # [retcode] scheduling_error in luigi.cfg: no task ran
+from tests.conftest import SCHEDULING_FAILED, WEEK, apply_settings, query, run_luigi
 
 OUT_OF_RANGE = [  # (section, key, value, the range Luigi names)
     ("postgres", "port", "0", "int in [1, 65535]"),

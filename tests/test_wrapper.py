@@ -22,7 +22,6 @@ from tests.conftest import (
     table_snapshot,
 )
 
-SATURDAY = 5  # date.weekday()'s
 UNHANDLED = 40  # [retcode] unhandled_exception in luigi.cfg: Luigi refused the command line
 
 
@@ -156,7 +155,7 @@ def test_a_week_that_has_not_begun_anywhere_is_refused_before_anything_is_staged
     """A mistyped --week (2027 for 2026): live, it would make every week run until its Saturday a
     backfill, archived behind it, while the web service served it."""
     ahead = date.today() + timedelta(weeks=2)
-    saturday = ahead - timedelta(days=(ahead.weekday() - SATURDAY) % 7)  # the week's, 8 to 14 days ahead
+    saturday = WeeklyRecs(week=ahead).week  # the week's, 8 to 14 days ahead
     before = live_state(conn), markers(conn)
 
     refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(ahead), env=TELEGRAM_ENV)
