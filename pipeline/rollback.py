@@ -42,10 +42,13 @@ def available_weeks(cur, tables: list[str]) -> dict[date, dict[str, int | None]]
 
 
 def roll_back(week: date | None = None) -> tuple[date, date]:
-    """Returns the week now live and the one it replaced."""
+    """Returns the week now live and the one it replaced: the same week twice when it was live already, as
+    when a rollback is typed again after its terminal lost the answer."""
     tables = published_tables()
     with db.connection() as conn, conn.cursor() as cur:
         replaced, target = _target(cur, tables, week)
+        if target == replaced:
+            return target, replaced
         for table in tables:
             if note := publish.columns_changed(cur, table, publish.week_name(table, target)):
                 log.warning("rollback to week %s: %s", target, note)
@@ -59,11 +62,14 @@ def roll_back(week: date | None = None) -> tuple[date, date]:
 
 
 def _target(cur, tables: list[str], week: date | None) -> tuple[date, date]:
-    """(the live week, the archived week to put back in its place): refused unless whole in every table."""
+    """(the live week, the archived week to put back in its place): refused unless whole in every table;
+    the live week twice when it is the week asked for."""
     live = {publish.live_week(cur, table) for table in tables}
     if len(live) != 1 or None in live:
         raise RollbackError(f"the published tables hold different weeks ({_weeks(live)}); nothing changed")
     (current,) = live
+    if week == current:
+        return current, current
     archived = sorted(set.intersection(*(set(publish.archived_weeks(cur, table)) for table in tables)))
     target = week or max((w for w in archived if w < current), default=None)
     if target is None or target not in archived:
@@ -82,7 +88,8 @@ def _target(cur, tables: list[str], week: date | None) -> tuple[date, date]:
 def _put_live(tables: list[str], week: date) -> None:
     with db.connection() as conn, conn.cursor() as cur:
         publish.lock(cur, WeeklyRecs.table, *tables)
-        _target(cur, tables, week)  # still whole, now that no publish can change it
+        if _target(cur, tables, week)[0] == week:  # still whole, now that no publish can change it: live already?
+            return
         live_locks.bounded(cur)
         try:
             publish.roll_back(cur, tables, week)
@@ -120,6 +127,9 @@ def main(argv: list[str] | None = None) -> None:
         restored, replaced = roll_back(week)
     except (RollbackError, live_locks.LiveTablesBusy) as error:
         raise SystemExit(f"rollback refused: {error}") from None
+    if restored == replaced:
+        print(f"week {restored} is live already in {', '.join(published_tables())}; nothing changed")
+        return
     print(f"week {restored} is live again in {', '.join(published_tables())}")
     notify.say_rolled_back(restored, replaced)
 

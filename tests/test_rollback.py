@@ -57,6 +57,21 @@ def test_a_rollback_puts_the_previous_week_back_in_all_five_tables_and_can_be_un
         "weekly-recs: week 2026-11-28 is live again, in place of week 2026-11-21 (python -m pipeline.rollback)"]
 
 
+@pytest.mark.published_week
+def test_a_rollback_to_the_live_week_changes_nothing_says_so_and_succeeds_as_typed_again(settings, config_file,
+                                                                                       conn, bot_api, monkeypatch):
+    """A rollback typed again, after its terminal lost the answer, finds its week live: done, not refused."""
+    for name, value in TELEGRAM_ENV.items():
+        monkeypatch.setenv(name, value)
+    before = live_state(conn)
+
+    again = rollback(config_file, "2026-11-24")  # any day of the live week
+
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == (f"week 2026-11-21 is live already in {', '.join(PUBLISHED_TABLES)}; nothing changed\n")
+    assert live_state(conn) == before and bot_api.texts() == []  # nothing changed, so the chat hears nothing
+
+
 def test_a_week_that_is_not_whole_in_every_table_is_refused_and_nothing_changes(settings, config_file, conn):
     run_tasks(WeeklyRecs(week=WEEK), WeeklyRecs(week=NEXT_WEEK))
     conn.cursor().execute("DROP TABLE online_recs__20261121")  # a week archived in four tables of five
