@@ -40,7 +40,8 @@ CUTOFF = datetime(WEEK.year, WEEK.month, WEEK.day, 21, tzinfo=UTC)  # WEEK's, at
 NEXT_WEEK = date(2026, 11, 28)
 LUIGI = str(Path(sys.executable).with_name("luigi"))
 PUBLISHED_TABLES = ("default_recs", "online_recs", "candidates_train", "candidates_inference", "candidates_ranked")
-SCHEDULING_FAILED = 35  # [retcode] scheduling_error in luigi.cfg: no task ran
+# luigi.cfg's [retcode]: a task failed; scheduling failed, so no task ran; Luigi refused the command line
+TASK_FAILED, SCHEDULING_FAILED, UNHANDLED = 30, 35, 40
 
 
 @pytest.fixture(scope="session")

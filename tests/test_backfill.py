@@ -6,7 +6,7 @@ from datetime import date
 
 from pipeline.backfill import weeks_between
 from pipeline.sample_data import write_sample_week
-from tests.conftest import SCHEDULING_FAILED, TELEGRAM_ENV, apply_settings, query, run_luigi
+from tests.conftest import SCHEDULING_FAILED, TASK_FAILED, TELEGRAM_ENV, apply_settings, query, run_luigi
 
 USERS = {"2026-11-07": 200, "2026-11-14": 250, "2026-11-21": 300}
 
@@ -63,7 +63,7 @@ def test_a_missed_week_that_fails_stops_the_weeks_after_it_and_the_rerun_goes_on
 
     failed = run_luigi(config_file, *backfill)
 
-    assert failed.returncode == 30
+    assert failed.returncode == TASK_FAILED
     assert "similar.parquet" in failed.stderr and "CheckInputs(week=2026-11-21)" not in failed.stderr
     assert query(conn, "SELECT DISTINCT week FROM candidates_ranked") == [(date(2026, 11, 7),)]
     write_sample_week(tmp_path / "exports" / "2026-11-14", seed=250, users=250)

@@ -15,9 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.contracts import CANDIDATES_TRAIN, ContractError, check_positives, footer_digest, untranslatable_error
-from tests.conftest import NEXT_WEEK, WEEK, apply_settings, live_state, query, run_luigi
+from tests.conftest import NEXT_WEEK, TASK_FAILED, WEEK, apply_settings, live_state, query, run_luigi
 
-TASK_FAILED = 30  # [retcode] task_failed in luigi.cfg
 LIBRARY_ERRORS = re.compile(r"Arrow(Invalid|TypeError|NotImplementedError)|psycopg2\.errors|CatBoostError|TypeError")
 
 

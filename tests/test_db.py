@@ -19,7 +19,9 @@ from pipeline import WeeklyRecs, config, db
 from tests.conftest import (
     NEXT_WEEK,
     ROOT,
+    SCHEDULING_FAILED,
     SERVER_VERSION,
+    TASK_FAILED,
     WEEK,
     admin_connection,
     apply_settings,
@@ -88,7 +90,7 @@ def test_a_standby_named_as_the_server_stops_the_week_before_any_task_saying_so(
 
     result = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK))
 
-    assert result.returncode == 35  # scheduling failed: no task ran
+    assert result.returncode == SCHEDULING_FAILED
     assert (f"ConnectionError: cannot connect to PostgreSQL at unix socket {standby}, database {database!r} as "
             "'postgres': ") in result.stderr
     assert ("session is read-only; a standby takes no writes: point [postgres] host at the primary, or list the "
@@ -151,7 +153,7 @@ def test_a_database_read_only_by_default_stops_the_week_saying_so_and_takes_it_o
         dba.cursor().execute(advised[1])
     went_live = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK))
 
-    assert refused.returncode == 35  # scheduling failed: no task ran
+    assert refused.returncode == SCHEDULING_FAILED
     assert (f"session is read-only; not a standby: a DBA made the sessions of {role} in database {database} "
             "read-only by default (default_transaction_read_only = on, for the database or the role), which keeps "
             f"writers out; to let the pipeline write: ALTER ROLE {role} IN DATABASE {database} SET "
@@ -212,7 +214,7 @@ def test_a_dbas_connection_limit_on_the_pipelines_role_is_met_with_fewer_read_st
 
         refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK))
 
-        assert refused.returncode == 30
+        assert refused.returncode == TASK_FAILED
         assert (f'too many connections for role "{pipeline_role}"; a worker of the pipeline\'s holds up to 1 + '
                 "[postgres] read_streams connections at once") in refused.stderr
         admin.cursor().execute(f"ALTER ROLE {pipeline_role} CONNECTION LIMIT 2")
@@ -253,7 +255,7 @@ def test_a_connection_pooler_in_front_of_the_server_stops_the_week_before_any_ta
 
     refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK))
 
-    assert refused.returncode == 35  # scheduling failed: no task ran
+    assert refused.returncode == SCHEDULING_FAILED
     assert f"ConnectionError: cannot connect to PostgreSQL at 127.0.0.1:{pooler['port']}" in refused.stderr
     assert ("unsupported startup parameter: options; the pipeline sets its own statement_timeout, lock_timeout and "
             "isolation in libpq's options, which this connection pooler refuses: point [postgres] host at PostgreSQL "
@@ -267,7 +269,7 @@ def test_a_server_older_than_postgresql_14_stops_the_week_before_any_task_saying
     refused = run_luigi(config, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK),
                         env={"PGPASSWORD": tcp_server["password"]})
 
-    assert refused.returncode == 35  # scheduling failed: no task ran
+    assert refused.returncode == SCHEDULING_FAILED
     assert (f"ConnectionError: cannot connect to PostgreSQL at 127.0.0.1:{tcp_server['port']}, database 'postgres'"
             " as 'weekly': ") in refused.stderr
     assert ("; the server is older than PostgreSQL 14, the oldest the pipeline runs on: upgrade it, or point "

@@ -28,6 +28,8 @@ from pipeline.wrapper import WeeklyRecs
 from tests.conftest import (
     NEXT_WEEK,
     ROOT,
+    SCHEDULING_FAILED,
+    TASK_FAILED,
     TELEGRAM_ENV,
     WEEK,
     apply_settings,
@@ -221,7 +223,7 @@ def test_a_run_with_the_local_scheduler_where_the_database_is_down_says_so_as_an
 
     logged = firing.communicate(timeout=60)[0]
 
-    assert firing.returncode == 35, logged[-2000:]  # Luigi's "scheduling error": no task could be checked
+    assert firing.returncode == SCHEDULING_FAILED, logged[-2000:]  # no task could be checked
     assert f"cannot connect to PostgreSQL at unix socket {tmp_path / 'no-server-here'}" in logged
 
 
@@ -441,7 +443,7 @@ def test_a_failure_the_pipeline_reports_itself_is_said_once(cron_config, bot_api
 
     status, _ = cron_fires({**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV})
 
-    assert status == 30  # [retcode] task_failed
+    assert status == TASK_FAILED
     [text] = bot_api.texts()
     assert text.startswith("weekly-recs FAILED: CheckInputs for week ")
 
@@ -451,7 +453,7 @@ def test_a_week_whose_firing_failed_runs_once_more_at_the_next_check(cron_config
     """The export came after 21:05: by the morning after it is there, and the week is made without anyone."""
     environment = {**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV}
     input_dir.rename(tmp_path / "still-being-written")
-    assert cron_fires(environment)[0] == 30
+    assert cron_fires(environment)[0] == TASK_FAILED
     week = WeeklyRecs(week=date.fromisoformat(FAILED.read_text().strip())).week
     (tmp_path / "still-being-written").rename(input_dir)
 
@@ -470,9 +472,9 @@ def test_a_week_that_fails_its_second_try_too_is_left_to_an_operator(cron_config
     """A bad export, or a quality gate's refusal, would only fail again at every check."""
     environment = {**cron_environment(cron_config, tmp_path), **TELEGRAM_ENV}
     shutil.rmtree(input_dir)
-    assert cron_fires(environment)[0] == 30
+    assert cron_fires(environment)[0] == TASK_FAILED
 
-    assert cron_fires(environment, schedule=MORNING_AFTER)[0] == 30
+    assert cron_fires(environment, schedule=MORNING_AFTER)[0] == TASK_FAILED
 
     failed, second_try, failed_again = bot_api.texts()
     assert "runs once more now" in second_try and failed_again == failed

@@ -23,6 +23,7 @@ from pipeline import DefaultRecs, OnlineRecs, RankCandidates, WeeklyRecs, db
 from tests.conftest import (
     NEXT_WEEK,
     PUBLISHED_TABLES,
+    TASK_FAILED,
     TELEGRAM_ENV,
     WEEK,
     Reader,
@@ -317,7 +318,7 @@ def test_a_connection_lost_before_the_swap_commits_fails_the_run_and_changes_not
 
     result = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK))
 
-    assert result.returncode == 30
+    assert result.returncode == TASK_FAILED
     assert "OperationalError: server closed the connection unexpectedly" in result.stderr
     assert hop.unheard == 1
     assert live_state(conn) == before  # the week before, live and whole

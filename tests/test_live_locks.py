@@ -32,6 +32,7 @@ from pipeline import (
 )
 from tests.conftest import (
     NEXT_WEEK,
+    TASK_FAILED,
     TELEGRAM_ENV,
     WEEK,
     admin_connection,
@@ -134,7 +135,7 @@ def test_past_its_wait_a_publish_fails_naming_the_blocker_and_changes_nothing(
     publishing = start_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK), env=TELEGRAM_ENV)
     _, errors = publishing.communicate(timeout=60)
 
-    assert publishing.returncode == 30
+    assert publishing.returncode == TASK_FAILED
     blocker = (f"by pid {long_report.get_backend_pid()} (long-report, idle in transaction, transaction open ")
     assert ("LiveTablesBusy: week 2026-11-28 not published: the live tables stayed held for more than 2 s "
             f"([pipeline] publish_wait) {blocker}") in errors
@@ -171,7 +172,7 @@ def test_a_foreign_key_a_dba_adds_while_the_publish_waits_is_refused_at_the_swap
     _, errors = publishing.communicate(timeout=60)
 
     assert still_waiting
-    assert publishing.returncode == 30
+    assert publishing.returncode == TASK_FAILED
     assert "ValueError: candidates_ranked: the foreign key clicked_from of clicks references it" in errors
     assert "in _lock_live_names" in errors and "ForeignKeyViolation" not in errors
     tables, weeks = live_state(conn)
@@ -274,7 +275,7 @@ def test_a_publish_held_up_by_a_reader_of_the_staged_week_names_that_reader(
 
     refused = run_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK), "--local-scheduler", "--no-lock")
 
-    assert refused.returncode == 30
+    assert refused.returncode == TASK_FAILED
     assert (f"by pid {preview.get_backend_pid()} (preview, idle in transaction, transaction open "
             in refused.stderr) and "holding candidates_ranked__staged_20261128" in refused.stderr
     assert live_week(conn) == WEEK
@@ -294,7 +295,7 @@ def test_a_rerun_replaces_a_stage_someone_is_reading_once_they_end_and_past_its_
 
     refused = run_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK), "--local-scheduler", timeout=60)
 
-    assert refused.returncode == 30
+    assert refused.returncode == TASK_FAILED
     assert (f"default_recs for week {NEXT_WEEK} not staged: {stage} stayed held for more than 2 s ([pipeline] "
             f"publish_wait) by pid {preview.get_backend_pid()} (preview, idle in transaction, ") in refused.stderr
     assert live_week(conn) == WEEK
@@ -339,7 +340,7 @@ def test_a_publish_held_up_by_a_reader_of_the_table_a_dba_foreign_key_references
 
     refused = run_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK), "--local-scheduler")
 
-    assert refused.returncode == 30  # attaching the week's key to the catalogue locks the catalogue for a moment
+    assert refused.returncode == TASK_FAILED  # attaching the week's key to the catalogue locks it for a moment
     assert (f"by pid {browsing.get_backend_pid()} (catalogue-report, idle in transaction, transaction open "
             in refused.stderr) and "holding catalogue" in refused.stderr
     assert live_week(conn) == WEEK
@@ -371,7 +372,7 @@ def test_a_long_import_into_the_catalogue_a_dba_foreign_key_references_never_que
     shop.commit()  # not queued behind the publish
     _, stderr = publishing.communicate(timeout=120)
 
-    assert publishing.returncode == 30
+    assert publishing.returncode == TASK_FAILED
     assert (f"week {NEXT_WEEK} not published: {staged('default_recs', NEXT_WEEK)} and catalogue stayed held for "
             f"more than 4 s ([pipeline] publish_wait) by pid {importing.get_backend_pid()} (catalogue-import, idle in "
             "transaction") in stderr
@@ -402,7 +403,7 @@ def test_an_idle_blocker_the_pipelines_role_may_not_end_is_waited_for_and_named_
     refused = run_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK), "--local-scheduler", "--no-lock")
 
     blocker = f"pid {long_report.get_backend_pid()} (long-report, idle in transaction, transaction open "
-    assert refused.returncode == 30
+    assert refused.returncode == TASK_FAILED
     assert refused.stderr.count(f"[pipeline] terminate_idle_blockers: cannot end {blocker}") == 1
     assert "permission denied to terminate process: grant the pipeline's role pg_signal_backend" in refused.stderr
     assert f"held for more than 3 s ([pipeline] publish_wait) by {blocker}" in refused.stderr
@@ -424,7 +425,7 @@ def test_a_publish_waits_for_a_reader_on_a_standby_too_and_the_web_service_readi
 
     refused = run_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK), "--local-scheduler", "--no-lock")
 
-    assert refused.returncode == 30
+    assert refused.returncode == TASK_FAILED
     assert (f"by pid {report.get_backend_pid()} (long-report, idle in transaction, transaction open " in refused.stderr
             and f"holding candidates_ranked on standby {standby}" in refused.stderr)
     settings["pipeline"]["publish_wait"] = "60"
@@ -500,7 +501,7 @@ def test_a_standby_never_free_of_requests_keeps_the_week_staged_rather_than_have
         refused = run_luigi(config_file, "WeeklyRecs", "--week", str(NEXT_WEEK), "--local-scheduler", "--no-lock")
 
     assert len(served) == 4 and min(served) > 20  # no request failed
-    assert refused.returncode == 30
+    assert refused.returncode == TASK_FAILED
     assert "stayed held for more than 3 s ([pipeline] publish_wait) by pid " in refused.stderr
     assert "(web-service, " in refused.stderr and f"holding candidates_ranked on standby {standby}" in refused.stderr
     assert live_week(conn) == WEEK

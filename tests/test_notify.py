@@ -15,10 +15,13 @@ from tests.conftest import (
     CHAT,
     HANG,
     PUBLISHED_TABLES,
+    SCHEDULING_FAILED,
     SERVER_ERROR,
+    TASK_FAILED,
     TELEGRAM_ENV,
     TOKEN,
     TOO_MANY,
+    UNHANDLED,
     apply_settings,
     free_port,
     query,
@@ -63,7 +66,7 @@ def test_a_setting_out_of_range_sends_a_failure_naming_the_key_the_value_and_the
     result = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", "2026-11-21",
                        "--pipeline-max-row-drop", "1.5", env=TELEGRAM_ENV)
 
-    assert result.returncode == 35  # scheduling failed: no task ran
+    assert result.returncode == SCHEDULING_FAILED
     assert result.stderr.count("Error when parsing the default value of 'max_row_drop'") > 1  # each task's
     [text] = bot_api.texts()  # one problem, one message
     assert ("ValueError: pipeline[args=(), kwargs={}]: Error when parsing the default value of 'max_row_drop' "
@@ -79,7 +82,7 @@ def test_a_database_down_as_the_run_starts_sends_a_failure_naming_the_server(bot
 
     result = run_week(config_file)
 
-    assert result.returncode == 35  # scheduling failed: no task ran
+    assert result.returncode == SCHEDULING_FAILED
     [text] = bot_api.texts()
     assert text.startswith("weekly-recs FAILED: WeeklyRecs for week 2026-11-21\n")
     assert f"ConnectionError: cannot connect to PostgreSQL at 127.0.0.1:{port}" in text
@@ -144,7 +147,7 @@ def test_a_telegram_setting_that_does_not_parse_is_named_and_the_messages_go_wit
 
     result = run_week(config_file)
 
-    assert result.returncode == 30
+    assert result.returncode == TASK_FAILED
     [text] = bot_api.texts()
     assert text.startswith("weekly-recs FAILED: CheckInputs for week 2026-11-21\n")
     said = ("[telegram] notify = SUCCESS, FAILURE does not parse (Expecting value: line 1 column 1 (char 0)): "
@@ -195,7 +198,7 @@ def test_a_week_gone_live_pings_the_heartbeat_and_a_rerun_or_a_failed_week_does_
     assert run_week(config_file, env=environment).returncode == 0  # done already: nothing went live
     (input_dir / "top_popular.parquet").unlink()
     failed = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", "2026-11-28", env=environment)
-    assert failed.returncode == 30
+    assert failed.returncode == TASK_FAILED
     assert monitor.pings == [monitor.check]
 
 
@@ -232,7 +235,7 @@ def test_a_run_by_hand_through_a_luigid_that_is_down_sends_a_failure_naming_it(b
     result = run_luigi(config_file, "WeeklyRecs", "--week", "2026-11-21", "--scheduler-port", str(port),
                        env=TELEGRAM_ENV)
 
-    assert result.returncode == 40  # Luigi's unhandled exception: no task ran
+    assert result.returncode == UNHANDLED
     [text] = bot_api.texts()
     assert text.startswith("weekly-recs FAILED: WeeklyRecs for week 2026-11-21\n")
     assert f"RPCError: Errors (2 attempts) when connecting to remote scheduler 'http://localhost:{port}'" in text

@@ -26,6 +26,7 @@ from pipeline.load import DefaultRecs
 from tests.conftest import (
     NEXT_WEEK,
     PUBLISHED_TABLES,
+    TASK_FAILED,
     TELEGRAM_ENV,
     WEEK,
     admin_connection,
@@ -168,7 +169,7 @@ def test_a_week_may_add_or_drop_columns_but_not_one_that_a_dependent_object_uses
 
     refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(later))
 
-    assert refused.returncode == 30
+    assert refused.returncode == TASK_FAILED
     assert (f"ContractError: {input_dir / 'top_popular.parquet'}, column 'title': the week has no column 'title', "
             "which view shop_titles uses in default_recs") in refused.stderr
     assert live_state(conn) == before
@@ -232,7 +233,7 @@ def test_a_web_service_the_dba_granted_some_columns_keeps_them_through_a_retype_
 
     refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK + timedelta(weeks=1)))
 
-    assert refused.returncode == 30
+    assert refused.returncode == TASK_FAILED
     assert (f"ContractError: {input_dir / 'top_popular.parquet'}, column 'price': the week has no column 'price', "
             f"which the grant of SELECT to {reader.name} uses in default_recs") in refused.stderr
     assert live_state(conn) == before
@@ -357,7 +358,7 @@ def test_a_week_the_pipeline_may_not_put_on_the_dbas_disk_fails_naming_it_with_t
 
     refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK))
 
-    assert refused.returncode == 30
+    assert refused.returncode == TASK_FAILED
     assert (f"PermissionError: default_recs: its weeks belong on tablespace {fast_disk}, where the pipeline's role may "
             f"not create tables (GRANT CREATE ON TABLESPACE {fast_disk} TO {pipeline_role})") in refused.stderr
     assert live_state(conn) == before
@@ -396,12 +397,12 @@ def test_a_role_with_no_schema_to_make_tables_in_is_refused_before_anything_and_
         dba.cursor().execute(f"{advised[1]}; GRANT USAGE ON SCHEMA {role} TO {reader.name}")
         went_live = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK))
 
-        assert not_allowed.returncode == 30
+        assert not_allowed.returncode == TASK_FAILED
         assert (f"ValueError: [postgres] user {role} may not make tables in schema public, the first of its "
                 f'search_path ("$user", public) that exists in database {database} (GRANT CREATE ON SCHEMA public '
                 f"TO {role}, or ALTER ROLE {role} IN DATABASE {database} SET search_path = a schema of its own)"
                 ) in not_allowed.stderr
-        assert no_schema.returncode == 30
+        assert no_schema.returncode == TASK_FAILED
         assert (f"ValueError: [postgres] user {role} has no schema to make the week's tables in, in database "
                 f'{database}: none of its search_path ("$user") exists (CREATE SCHEMA {role} AUTHORIZATION {role}, '
                 f"or ALTER ROLE {role} IN DATABASE {database} SET search_path = a schema it may create in)"
@@ -445,7 +446,7 @@ def test_a_reader_role_that_does_not_exist_is_refused_by_name_before_anything_is
 
     result = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK))
 
-    assert result.returncode == 30
+    assert result.returncode == TASK_FAILED
     assert "ValueError: [postgres] readers: no role named 'websvc_nobody' in the database" in result.stderr
     assert query(conn, "SELECT count(*) FROM pg_tables WHERE tablename LIKE '%%\\_\\_%%'") == [(0,)]
 
@@ -681,7 +682,7 @@ def test_a_week_may_not_drop_a_column_that_an_index_a_constraint_or_statistics_t
 
     refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK))
 
-    assert refused.returncode == 30
+    assert refused.returncode == TASK_FAILED
     assert (f"ContractError: {input_dir / 'top_popular.parquet'}, column 'price': the week has no column 'price', "
             f"which {named} uses in default_recs") in refused.stderr
     assert live_state(conn) == before
@@ -728,7 +729,7 @@ def test_a_week_that_breaks_a_foreign_key_the_dba_made_fails_before_the_swap_nam
 
     refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK))
 
-    assert refused.returncode == 30
+    assert refused.returncode == TASK_FAILED
     assert ('insert or update on table "default_recs__staged_20261128" violates foreign key constraint "catalogued"'
             in refused.stderr)
     assert live_state(conn) == before
@@ -751,7 +752,7 @@ def test_a_foreign_key_to_a_live_name_is_refused_before_anything_is_staged_as_no
     not_rolled_back = run_module(config_file, "rollback")
 
     refusal = 'candidates_ranked: the foreign key "Clicked From" of "Shop Clicks" references it'
-    assert refused.returncode == 30
+    assert refused.returncode == TASK_FAILED
     assert f"ValueError: {refusal}" in refused.stderr
     assert not_rolled_back.returncode != 0
     assert f"rollback refused: {refusal}" in not_rolled_back.stderr
@@ -828,7 +829,7 @@ def test_a_live_name_a_dba_gave_to_another_role_is_refused_before_anything_is_st
             before = live_state(dba)
             refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK))
 
-            assert refused.returncode == 30
+            assert refused.returncode == TASK_FAILED
             assert (f"ValueError: default_recs belongs to role shop_{pipeline_role}, whose rights the pipeline's role "
                     f"{pipeline_role} does not have: it could not put a week live there (ALTER TABLE default_recs "
                     f"OWNER TO {pipeline_role}, or GRANT shop_{pipeline_role} TO {pipeline_role})") in refused.stderr
@@ -909,7 +910,7 @@ def test_constraints_the_dba_put_on_a_live_name_hold_for_every_later_week_or_ref
     before = live_state(conn)
     refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(NEXT_WEEK + timedelta(weeks=1)))
 
-    assert refused.returncode == 30
+    assert refused.returncode == TASK_FAILED
     assert ('check constraint "until_december" of relation "candidates_ranked__staged_20261205" is violated'
             in refused.stderr)
     assert live_state(conn) == before

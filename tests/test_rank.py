@@ -31,6 +31,7 @@ from pipeline.validation import held_out
 from tests.conftest import (
     NEXT_WEEK,
     PUBLISHED_TABLES,
+    TASK_FAILED,
     WEEK,
     apply_settings,
     live_state,
@@ -281,7 +282,7 @@ def test_a_week_ranking_worse_than_the_als_order_is_refused_and_nothing_of_it_go
 
     refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", "2026-11-28")
 
-    assert refused.returncode == 30
+    assert refused.returncode == TASK_FAILED
     assert re.search(r"QualityGateError: week 2026-11-28: validation NDCG@10 0\.\d{4} is below the als_score "
                      r"order's (0\.9\d{3}|1\.0000) by more than 0\.\d{4} "
                      r"\(max_ndcg_drop 0\.02, 2\.0 x its standard error",

@@ -15,6 +15,7 @@ from tests.conftest import (
     NEXT_WEEK,
     PUBLISHED_TABLES,
     ROOT,
+    TASK_FAILED,
     WEEK,
     markers,
     query,
@@ -64,7 +65,7 @@ def test_a_file_replaced_after_its_load_staged_is_refused_before_the_fit_and_a_r
 
     refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", WEEK.isoformat())
 
-    assert refused.returncode == 30
+    assert refused.returncode == TASK_FAILED
     assert (f"ContractError: {path}: replaced after candidates_train was staged from it for week {WEEK}: "
             f"python -m pipeline.redo {WEEK} and a rerun load the file there now") in refused.stderr
     assert query(conn, "SELECT to_regclass('ranker_models')") == [(None,)]  # refused before the fit, nothing stored

@@ -25,6 +25,7 @@ from tests.conftest import (
     NEXT_WEEK,
     PUBLISHED_TABLES,
     ROOT,
+    TASK_FAILED,
     WEEK,
     apply_settings,
     dba_materializes_the_top_10,
@@ -187,7 +188,7 @@ def test_a_failing_run_ends_promptly_with_a_non_zero_exit(luigid, config_file, i
 
     result = run_luigi(config_file, "WeeklyRecs", "--week", "2026-11-21", *luigid.args, timeout=120)
 
-    assert result.returncode == 30
+    assert result.returncode == TASK_FAILED
     assert "CheckInputs" in luigid.api("task_list", status="FAILED").__str__()
 
 

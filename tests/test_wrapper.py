@@ -11,7 +11,9 @@ from pipeline import DefaultRecs, OnlineRecs, RankCandidates, WeeklyRecs
 from tests.conftest import (
     NEXT_WEEK,
     PUBLISHED_TABLES,
+    TASK_FAILED,
     TELEGRAM_ENV,
+    UNHANDLED,
     WEEK,
     apply_settings,
     live_state,
@@ -21,8 +23,6 @@ from tests.conftest import (
     run_tasks,
     table_snapshot,
 )
-
-UNHANDLED = 40  # [retcode] unhandled_exception in luigi.cfg: Luigi refused the command line
 
 
 def test_a_week_publishes_every_table_and_prints_a_summary(config_file, conn):
@@ -123,7 +123,7 @@ def test_a_backfill_older_than_the_retention_keeps_is_refused_before_anything_is
 
     refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", "2026-11-14")
 
-    assert refused.returncode == 30
+    assert refused.returncode == TASK_FAILED
     assert ("ValueError: week 2026-11-14 is older than what [pipeline] retention = 1 keeps of default_recs (the live "
             "week 2026-11-28 and the archived weeks 2026-11-21): backfilled, it would be archived and dropped at once; "
             "raise [pipeline] retention to keep it") in refused.stderr
@@ -160,7 +160,7 @@ def test_a_week_that_has_not_begun_anywhere_is_refused_before_anything_is_staged
 
     refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(ahead), env=TELEGRAM_ENV)
 
-    assert refused.returncode == 30
+    assert refused.returncode == TASK_FAILED
     assert f"ValueError: week {saturday} has not begun anywhere yet (it is " in refused.stderr
     assert ("UTC): live, it would make every week run until then a backfill, archived behind it. A mistyped --week? "
             "[pipeline] allow_future_weeks (--pipeline-allow-future-weeks) publishes it") in refused.stderr
@@ -213,7 +213,7 @@ def test_a_week_staged_whole_is_not_put_live_once_a_file_it_was_staged_from_is_r
 
     refused = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", NEXT_WEEK.isoformat())
 
-    assert refused.returncode == 30
+    assert refused.returncode == TASK_FAILED
     assert f"ContractError: {path}: replaced after online_recs was staged from it for week {NEXT_WEEK}" in \
         refused.stderr
     assert live_state(conn) == before

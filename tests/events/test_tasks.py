@@ -27,6 +27,7 @@ from pipeline.wrapper import WeeklyRecs
 from tests.conftest import (
     CUTOFF,
     PUBLISHED_TABLES,
+    TASK_FAILED,
     TELEGRAM_ENV,
     WEEK,
     admin_connection,
@@ -250,7 +251,7 @@ def test_a_role_that_could_not_publish_is_refused_before_the_events_stage_fits_a
 
     result = run_luigi(config_file, "WeeklyRecs", "--local-scheduler", "--week", str(WEEK), env=TELEGRAM_ENV)
 
-    assert result.returncode == 30
+    assert result.returncode == TASK_FAILED
     assert f"ValueError: [postgres] user {pipeline_role} may not make tables in schema public" in result.stderr
     assert not list((tmp_path / "weeks").rglob("*.*"))  # no fit, no file of any week
     assert result.stderr.count("may not make tables in schema public") > 1  # each train week's fit: one problem
