@@ -64,9 +64,12 @@ def roll_back(week: date | None = None) -> tuple[date, date]:
 def _target(cur, tables: list[str], week: date | None) -> tuple[date, date]:
     """(the live week, the archived week to put back in its place): refused unless whole in every table;
     the live week twice when it is the week asked for."""
-    live = {publish.live_week(cur, table) for table in tables}
-    if len(live) != 1 or None in live:
-        raise RollbackError(f"the published tables hold different weeks ({_weeks(live)}); nothing changed")
+    live_weeks = {table: publish.live_week(cur, table) for table in tables}
+    if not any(live_weeks.values()):
+        raise RollbackError(f"no week has gone live in {db.server()}: nothing to roll back (another database?)")
+    if len(live := set(live_weeks.values())) != 1:
+        raise RollbackError("the published tables hold different weeks (" + ", ".join(
+            f"{table} {week or 'none'}" for table, week in live_weeks.items()) + "); nothing changed")
     (current,) = live
     if week == current:
         return current, current
@@ -75,7 +78,7 @@ def _target(cur, tables: list[str], week: date | None) -> tuple[date, date]:
     if target is None or target not in archived:
         wanted = f"week {target}" if target else f"a week before {current}"
         raise RollbackError(f"{wanted} is not archived in all of {', '.join(tables)} "
-                            f"(complete weeks: {_weeks(archived) or 'none'}); nothing changed")
+                            f"(complete weeks: {', '.join(map(str, archived)) or 'none'}); nothing changed")
     for table in tables:
         for column, problem in publish.refused_changes(cur, table, catalog.table_columns(
                 cur, publish.week_name(table, target))):
@@ -104,8 +107,17 @@ def _rows(cur, table: str, week: date) -> int | None:
         else None
 
 
-def _weeks(weeks) -> str:
-    return ", ".join(str(week) for week in sorted(w for w in weeks if w))
+def print_weeks() -> None:
+    """`--list`: the live and archived weeks, with each table's rows."""
+    tables = published_tables()
+    with db.connection() as conn, conn.cursor() as cur:
+        live, weeks = publish.live_week(cur, tables[-1]), available_weeks(cur, tables)
+    if not weeks:
+        raise SystemExit(f"no week is live or archived in {db.server()} (another database?)")
+    print("week        " + "".join(f"{table:>22}" for table in tables))
+    for week, counts in weeks.items():
+        cells = "".join(f"{'-' if rows is None else f'{rows:,}':>22}" for rows in counts.values())
+        print(f"{week}  {cells}" + ("  (live)" if week == live else ""))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,13 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--list", action="store_true", help="show the weeks available and their row counts")
     args = parser.parse_args(argv)
     if args.list:
-        tables = published_tables()
-        with db.connection() as conn, conn.cursor() as cur:
-            live = publish.live_week(cur, tables[-1])
-            print("week        " + "".join(f"{table:>22}" for table in tables))
-            for week, counts in available_weeks(cur, tables).items():
-                cells = "".join(f"{'-' if rows is None else f'{rows:,}':>22}" for rows in counts.values())
-                print(f"{week}  {cells}" + ("  (live)" if week == live else ""))
+        print_weeks()
         return
     week = WeeklyRecs(week=args.week).week if args.week else None
     try:

@@ -72,6 +72,32 @@ def test_a_rollback_to_the_live_week_changes_nothing_says_so_and_succeeds_as_typ
     assert live_state(conn) == before and bot_api.texts() == []  # nothing changed, so the chat hears nothing
 
 
+def test_where_no_week_went_live_the_listing_and_a_rollback_fail_naming_the_database(settings, config_file):
+    """As when the command reads another config than the pipeline's: a listing of nothing would look like a loss."""
+    where = f"PostgreSQL at unix socket {settings['postgres']['host']}, database {settings['postgres']['database']!r}"
+
+    listed = rollback(config_file, "--list")
+    back = rollback(config_file)
+
+    assert listed.returncode == 1 and listed.stdout == ""
+    assert f"no week is live or archived in {where} as 'postgres' (another database?)" in listed.stderr
+    assert back.returncode == 1
+    assert f"rollback refused: no week has gone live in {where} as 'postgres': nothing to roll back" in back.stderr
+
+
+@pytest.mark.published_week
+def test_a_live_name_a_dba_dropped_is_named_and_nothing_changes(settings, config_file, conn):
+    conn.cursor().execute("DROP TABLE online_recs CASCADE")
+    before = live_state(conn)
+
+    refused = rollback(config_file)
+
+    assert refused.returncode == 1
+    assert ("rollback refused: the published tables hold different weeks (default_recs 2026-11-21, online_recs none, "
+            "candidates_train 2026-11-21, ") in refused.stderr
+    assert live_state(conn) == before
+
+
 def test_a_week_that_is_not_whole_in_every_table_is_refused_and_nothing_changes(settings, config_file, conn):
     run_tasks(WeeklyRecs(week=WEEK), WeeklyRecs(week=NEXT_WEEK))
     conn.cursor().execute("DROP TABLE online_recs__20261121")  # a week archived in four tables of five
