@@ -1,9 +1,14 @@
 """Forget one week's markers, so that the next run redoes the week.
 
     python -m pipeline.redo 2026-11-21
+    python -m pipeline.redo 2026-11-21 --from-events    (source = events) its files made again, from the events
 
 The published tables stay as they are until the redo publishes; the redone week then takes the
 name of the week's table, replacing the version it redoes.
+
+With `source = events`, a rerun makes the week again from the files the stage made for it, so that
+it is reproducible whatever events arrived since. Events that arrived late, with times before the
+cutoff (an export that was short when the week ran), need those files made again: `--from-events`.
 """
 
 from __future__ import annotations
@@ -11,10 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import date
+from pathlib import Path
 
 from psycopg2 import sql
 
-from pipeline import db
+from pipeline import config, db
 from pipeline.base import WeekTask
 from pipeline.load import CheckInputs
 from pipeline.rank import TrainRanker, forget_scored_shards
@@ -39,11 +45,34 @@ def forget_week(week: date) -> int:
         return forgotten
 
 
-if __name__ == "__main__":
+def remove_files_made_from_events(week: date) -> list[Path]:
+    """The events stage's files that the next run is to make again from the events as they are now."""
+    from pipeline.events.tasks import files_a_redo_remakes
+
+    removed = [Path(target.path) for target in files_a_redo_remakes(week) if target.exists()]
+    for path in removed:
+        path.unlink()
+    return removed
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.redo", description=__doc__.split("\n\n")[0])
     parser.add_argument("week", type=date.fromisoformat, help="any day of the week, YYYY-MM-DD")
-    week = WeeklyRecs(week=parser.parse_args().week).week
-    if not (forgotten := forget_week(week)):  # a mistyped week, or another database: the run would redo nothing
+    parser.add_argument("--from-events", action="store_true",
+                        help="[pipeline] source = events: make the week's files again from the events, late ones too")
+    args = parser.parse_args(argv)
+    if args.from_events and config.pipeline().source != "events":
+        parser.error("--from-events: [pipeline] source is files, whose weeks the modelling stage makes, not the "
+                     "pipeline: put the corrected files in the week's folder and redo without it")
+    week = WeeklyRecs(week=args.week).week
+    removed = remove_files_made_from_events(week) if args.from_events else []
+    if not (forgotten := forget_week(week)) and not removed:  # a mistyped week, or another database
         sys.exit(f"week {week}: no markers to forget in {db.server()}: it has not run there, or was forgotten "
                  "already; nothing to redo")
-    print(f"week {week}: {forgotten} markers forgotten; the next run redoes it")
+    made_again = f", {len(removed)} files of the events stage removed" if args.from_events else ""
+    print(f"week {week}: {forgotten} markers forgotten{made_again}; the next run redoes it"
+          + (" from the events" if args.from_events else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -209,6 +209,12 @@ def stage_files(week) -> list[luigi.LocalTarget]:
     return list({target.path: target for target in targets}.values())
 
 
+def files_a_redo_remakes(week) -> list[luigi.LocalTarget]:
+    """The week's own files and the outcomes its train file learns from: what events that arrived late, with
+    times before the week's cutoff, may change. Otherwise a rerun reproduces the week from the files it made."""
+    return [*stage_files(week), *(outcomes.output() for outcomes in TrainFromOutcomes(week=week).requires())]
+
+
 def read_fit(fit: dict[str, luigi.LocalTarget]) -> tuple:
     """The history and the fits `CutoffModel` left for the shards."""
     from pipeline.events import candidates
