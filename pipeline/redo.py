@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--from-events: [pipeline] source is files, whose weeks the modelling stage makes, not the "
                      "pipeline: put the corrected files in the week's folder and redo without it")
     week = WeeklyRecs(week=args.week).week
+    forgotten = forget_week(week)  # first: with the database down, nothing has changed
     removed = remove_files_made_from_events(week) if args.from_events else []
-    if not (forgotten := forget_week(week)) and not removed:  # a mistyped week, or another database
+    if not forgotten and not removed:  # a mistyped week, or another database: the run would redo nothing
         sys.exit(f"week {week}: no markers to forget in {db.server()}: it has not run there, or was forgotten "
                  "already; nothing to redo")
     made_again = f", {len(removed)} files of the events stage removed" if args.from_events else ""
