@@ -26,7 +26,7 @@ from tests.conftest import (
     run_tasks,
     table_snapshot,
 )
-from tests.events.test_inputs import events_file
+from tests.events.test_tasks import shop_events_and
 
 
 def test_redo_forgets_the_weeks_markers_and_keeps_its_tables_until_it_runs_again(settings, config_file, conn):
@@ -115,16 +115,13 @@ def test_a_redo_goes_live_and_an_analysts_view_on_the_version_it_replaced_reads_
 
 
 def test_a_redo_from_the_events_makes_the_week_again_with_the_events_that_arrived_late(
-        events_settings, shop, tmp_path, config_file, conn):
+        events_settings, shop, tmp_path, config_file, reader):
     """An export that was short when the week ran, completed since: a rerun alone would make the week
     again from the files the stage made then."""
     assert run_tasks(WeeklyRecs(week=WEEK)).name == "SUCCESS"
-    latecomer, completed = 9_000_001, tmp_path / "events-completed"
-    completed.mkdir()
-    for file in (shop / "events").iterdir():
-        (completed / file.name).symlink_to(file)
-    events_file(completed / "late.parquet", user_id=pa.array([latecomer] * 3, pa.int64()))  # before the cutoff
-    events_settings["events"]["events_path"] = str(completed)
+    latecomer = 9_000_001
+    events_settings["events"]["events_path"] = str(shop_events_and(  # three events before the cutoff
+        shop, tmp_path / "events-completed", user_id=pa.array([latecomer] * 3, pa.int64())))
     apply_settings(events_settings, config_file)
 
     redo = run_module(config_file, "redo", str(WEEK), "--from-events")
@@ -133,7 +130,7 @@ def test_a_redo_from_the_events_makes_the_week_again_with_the_events_that_arrive
     assert redo.stdout == ("week 2026-11-21: 10 markers forgotten, 6 files of the events stage removed; the next "
                            "run redoes it from the events\n")  # its 4 files, the outcomes of its 2 train weeks
     assert run_tasks(WeeklyRecs(week=WEEK)).name == "SUCCESS"
-    assert query(conn, "SELECT count(*) > 0 FROM candidates_ranked WHERE user_id = %s", latecomer) == [(True,)]
+    assert reader.read("SELECT count(*) > 0 FROM candidates_ranked WHERE user_id = %s", latecomer) == [(True,)]
 
 
 def test_a_redo_from_the_events_of_a_week_made_of_the_modelling_stages_files_is_refused(config_file, conn):

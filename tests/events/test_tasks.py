@@ -44,14 +44,19 @@ def week_file(name: str, week: date = WEEK) -> pa.Table:
     return pq.read_table(config.pipeline().week_input_dir(week) / name)
 
 
-def with_extra_events(shop: Path, folder: Path, settings: dict, **columns) -> None:
-    """The shop's events plus one more file, as the events the pipeline reads from now on, its
-    files made afresh in another folder."""
+def shop_events_and(shop: Path, folder: Path, **columns) -> Path:
+    """`folder`, holding the shop's events and one more file of them (`events_file`'s, with `columns`)."""
     folder.mkdir()
     for file in (shop / "events").iterdir():
         (folder / file.name).symlink_to(file)
     events_file(folder / "extra.parquet", **columns)
-    settings["events"]["events_path"] = str(folder)
+    return folder
+
+
+def with_extra_events(shop: Path, folder: Path, settings: dict, **columns) -> None:
+    """The shop's events plus one more file, as the events the pipeline reads from now on, its
+    files made afresh in another folder."""
+    settings["events"]["events_path"] = str(shop_events_and(shop, folder, **columns))
     settings["pipeline"]["input_dir"] = str(folder.parent / f"{folder.name}-weeks" / "{week}")
     apply_settings(settings)
 
