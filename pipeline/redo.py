@@ -8,7 +8,8 @@ name of the week's table, replacing the version it redoes.
 
 With `source = events`, a rerun makes the week again from the files the stage made for it, so that
 it is reproducible whatever events arrived since. Events that arrived late, with times before the
-cutoff (an export that was short when the week ran), need those files made again: `--from-events`.
+cutoff (an export that was short when the week ran), or `[events]` settings changed since, need those
+files made again: `--from-events`.
 """
 
 from __future__ import annotations
