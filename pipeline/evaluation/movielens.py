@@ -187,6 +187,15 @@ def _published_query():
     return sql.SQL("SELECT user_id, item_id, als_score, rank FROM candidates_ranked")
 
 
+def movielens_folder(path: str) -> Path:
+    """A dataset argument: the folder MovieLens 100k unpacks to, which the project may not ship (its licence)."""
+    folder = Path(path)
+    if missing := [name for name in ("u.data", "u.item") if not (folder / name).is_file()]:
+        raise argparse.ArgumentTypeError(f"{path} holds no MovieLens 100k ({' and '.join(missing)} missing): give "
+                                         "the folder ml-100k.zip unpacks to (grouplens.org/datasets/movielens/100k)")
+    return folder
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline.evaluation.movielens",
                                      description=__doc__.split("\n\n")[0])
@@ -194,11 +203,11 @@ def _parser() -> argparse.ArgumentParser:
     writes = {"make": "the modelling stage's files and the test period", "events": "the events and items files"}
     for name, text in writes.items():
         command = commands.add_parser(name, help=f"write {text} made from the dataset")
-        command.add_argument("dataset", type=Path)
+        command.add_argument("dataset", type=movielens_folder)
         command.add_argument("outdir", type=Path)
     commands.add_parser("evaluate", help="score the published candidates_ranked").add_argument("outdir", type=Path)
     walk = commands.add_parser("backtest", help="the walk-forward backtest on the ratings as events")
-    walk.add_argument("dataset", type=Path)
+    walk.add_argument("dataset", type=movielens_folder)
     walk.add_argument("folder", nargs="?", type=Path, default=config.ROOT / "var" / "movielens-backtest")
     walk.add_argument("weeks", nargs="*", type=date.fromisoformat, default=list(BACKTEST_WEEKS),
                       help="FIRST SCORED_FROM LAST (default: the README's 16 weeks)")

@@ -69,3 +69,13 @@ def test_a_command_missing_or_unknown_prints_the_usage_and_fails(arguments):
 
     assert done.returncode == 2
     assert done.stderr.startswith("usage: python -m pipeline.evaluation.movielens") and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command", [["make", "/nowhere/ml-100k", "out"], ["events", "/nowhere/ml-100k", "out"],
+                                     ["backtest", "/nowhere/ml-100k"]])
+def test_a_folder_without_the_dataset_is_named_with_where_the_dataset_comes_from(command):
+    done = run_module(None, "evaluation.movielens", *command)
+
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert ("argument dataset: /nowhere/ml-100k holds no MovieLens 100k (u.data and u.item missing): give the folder "
+            "ml-100k.zip unpacks to") in done.stderr
