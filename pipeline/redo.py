@@ -21,7 +21,7 @@ from pathlib import Path
 
 from psycopg2 import sql
 
-from pipeline import config, db
+from pipeline import config, db, publish
 from pipeline.base import WeekTask
 from pipeline.load import CheckInputs
 from pipeline.rank import TrainRanker, forget_scored_shards
@@ -46,6 +46,13 @@ def forget_week(week: date) -> int:
         return forgotten
 
 
+def week_made_here(week: date) -> bool:
+    """Whether a table of the week is staged, live or archived in the database: a redo typed again, after
+    its terminal lost the answer, finds no marker of a week that ran there."""
+    with db.connection() as conn, conn.cursor() as cur:
+        return any(publish.holds_week(cur, task.table, week) for task in WeeklyRecs(week=week).published())
+
+
 def remove_files_made_from_events(week: date) -> list[Path]:
     """The events stage's files that the next run is to make again from the events as they are now."""
     from pipeline.events.tasks import files_a_redo_remakes
@@ -68,13 +75,15 @@ def main(argv: list[str] | None = None) -> None:
     week = WeeklyRecs(week=args.week).week
     forgotten = forget_week(week)  # first: with the database down, nothing has changed
     removed = remove_files_made_from_events(week) if args.from_events else []
-    if not forgotten and not removed:  # a mistyped week, or another database: the run would redo nothing
-        sys.exit(f"week {week}: no markers to forget in {db.server()}: it has not run there, or was forgotten "
-                 "already; nothing to redo")
+    if not forgotten and not removed:
+        if not week_made_here(week):  # the run would redo nothing
+            sys.exit(f"week {week}: no marker and no table of it in {db.server()}: it has not run there (a mistyped "
+                     "week? another database?); nothing to redo")
+        print(f"week {week}: its markers were forgotten already; the next run redoes it")
+        return
     made_again = f", {len(removed)} files of the events stage removed" if args.from_events else ""
     print(f"week {week}: {forgotten} markers forgotten{made_again}; the next run redoes it"
           + (" from the events" if args.from_events else ""))
-
 
 if __name__ == "__main__":
     main()

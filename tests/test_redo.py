@@ -53,8 +53,21 @@ def test_a_redo_that_finds_no_marker_of_its_week_says_so_and_fails(config_file, 
     redo = run_module(config_file, "redo", "2027-11-24")
 
     assert redo.returncode == 1 and redo.stdout == ""
-    assert "week 2027-11-20: no markers to forget in PostgreSQL at " in redo.stderr
-    assert ": it has not run there, or was forgotten already; nothing to redo" in redo.stderr
+    assert "week 2027-11-20: no marker and no table of it in PostgreSQL at " in redo.stderr
+    assert ": it has not run there (a mistyped week? another database?); nothing to redo" in redo.stderr
+    assert markers(conn) == before
+
+
+@pytest.mark.published_week
+def test_a_redo_typed_again_finds_its_markers_forgotten_already_and_says_the_next_run_redoes_it(config_file, conn):
+    """As after its terminal lost the answer: the week's tables are there, its markers gone."""
+    first = run_module(config_file, "redo", str(WEEK))
+    before = markers(conn)
+
+    again = run_module(config_file, "redo", str(WEEK))
+
+    assert first.returncode == 0 and again.returncode == 0, again.stderr
+    assert again.stdout == "week 2026-11-21: its markers were forgotten already; the next run redoes it\n"
     assert markers(conn) == before
 
 
