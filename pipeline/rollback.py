@@ -64,17 +64,11 @@ def roll_back(week: date | None = None) -> tuple[date, date]:
 def _target(cur, tables: list[str], week: date | None) -> tuple[date, date]:
     """(the live week, the archived week to put back in its place): refused unless whole in every table;
     the live week twice when it is the week asked for."""
-    live_weeks = {table: publish.live_week(cur, table) for table in tables}
-    if not any(live_weeks.values()):
-        raise RollbackError(f"no week has gone live in {db.server()}: nothing to roll back (another database?)")
-    if len(live := set(live_weeks.values())) != 1:
-        raise RollbackError("the published tables hold different weeks (" + ", ".join(
-            f"{table} {week or 'none'}" for table, week in live_weeks.items()) + "); nothing changed")
-    (current,) = live
+    current = _live_week(cur, tables)
     if week == current:
         return current, current
     archived = sorted(set.intersection(*(set(publish.archived_weeks(cur, table)) for table in tables)))
-    target = week or max((w for w in archived if w < current), default=None)
+    target = week or _week_before(current, archived)
     if target is None or target not in archived:
         wanted = f"week {target}" if target else f"a week before {current}"
         raise RollbackError(f"{wanted} is not archived in all of {', '.join(tables)} "
@@ -86,6 +80,27 @@ def _target(cur, tables: list[str], week: date | None) -> tuple[date, date]:
         for problem in publish.refused_swaps(cur, table):
             raise RollbackError(f"{problem}; nothing changed")
     return current, target
+
+
+def _live_week(cur, tables: list[str]) -> date:
+    live_weeks = {table: publish.live_week(cur, table) for table in tables}
+    if not any(live_weeks.values()):
+        raise RollbackError(f"no week has gone live in {db.server()}: nothing to roll back (another database?)")
+    if len(live := set(live_weeks.values())) != 1:
+        raise RollbackError("the published tables hold different weeks (" + ", ".join(
+            f"{table} {week or 'none'}" for table, week in live_weeks.items()) + "); nothing changed")
+    return live.pop()
+
+
+def _week_before(current: date, archived: list[date]) -> date | None:
+    """The week a rollback without a week puts back: refused where the live week is a rollback's already,
+    since a rollback typed again (its terminal lost the answer) would go back one week more."""
+    before = max((w for w in archived if w < current), default=None)
+    if archived and archived[-1] > current:
+        further = f" (python -m pipeline.rollback {before})" if before else ""
+        raise RollbackError(f"week {current} is live by a rollback already, in place of week {archived[-1]}; "
+                            f"name the week to go further back{further}; nothing changed")
+    return before
 
 
 def _put_live(tables: list[str], week: date) -> None:

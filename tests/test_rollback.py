@@ -30,8 +30,8 @@ def weeks_live(conn) -> list[tuple]:
 
 
 @pytest.mark.published_week
-def test_a_rollback_puts_the_previous_week_back_in_all_five_tables_and_can_be_undone(settings, config_file, conn,
-                                                                                     bot_api, monkeypatch):
+def test_a_rollback_puts_the_previous_week_back_in_all_five_tables_goes_no_further_typed_again_and_can_be_undone(
+        settings, config_file, conn, bot_api, monkeypatch):
     first_week = {table: table_snapshot(conn, table) for table in PUBLISHED_TABLES}
     run_tasks(WeeklyRecs(week=NEXT_WEEK))
     second_week = {table: table_snapshot(conn, table) for table in PUBLISHED_TABLES}
@@ -47,6 +47,11 @@ def test_a_rollback_puts_the_previous_week_back_in_all_five_tables_and_can_be_un
     assert back.returncode == 0, back.stderr
     assert "week 2026-11-21 is live again" in back.stdout
     assert weeks_live(conn) == [(WEEK, "week=2026-11-21")] * 5
+    assert {table: table_snapshot(conn, table) for table in PUBLISHED_TABLES} == first_week
+    again = rollback(config_file)  # its terminal lost the answer: it would go back one week more
+    assert again.returncode == 1
+    assert ("rollback refused: week 2026-11-21 is live by a rollback already, in place of week 2026-11-28; name the "
+            "week to go further back; nothing changed") in again.stderr
     assert {table: table_snapshot(conn, table) for table in PUBLISHED_TABLES} == first_week
     undo = rollback(config_file, "2026-11-28")
     assert undo.returncode == 0, undo.stderr
