@@ -5,11 +5,13 @@ names a socket directory known only at run time, and a password must not sit in 
 launcher fills it in from `[postgres]` (and PGPASSWORD) before starting luigid. It also refuses a
 `[resources] postgres` luigid cannot keep, naming it: one that is no number stops luigid's scheduler
 in a traceback that names no setting, and a negative one is a cap no task fits under, which would
-hold every host's week for ever.
+hold every host's week for ever. And one started twice on a host says so, where luigid ends in a
+traceback of its web server's.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
 from urllib.parse import quote
 
@@ -33,7 +35,13 @@ def main(argv: list[str]) -> None:
         sys.exit(f"luigid not started: {error}")
     if not luigi.configuration.get_config().get("task_history", "db_connection", ""):
         config.override("task_history", {"db_connection": history_url(db.server())})
-    luigi.cmdline.luigid(argv)
+    try:
+        luigi.cmdline.luigid(argv)
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
+            raise
+        sys.exit(f"luigid not started: {error.strerror}: a luigid runs on this host already (make scheduler, once a "
+                 "host), or another program has its port (--port, --address)")
 
 
 if __name__ == "__main__":

@@ -183,6 +183,17 @@ def test_luigid_refuses_a_cap_it_cannot_keep_naming_it(cap, settings, config_fil
                               "at least 1 (0, or no setting: no cap)\n")
 
 
+def test_a_second_luigid_on_its_port_is_refused_saying_one_runs_already_and_the_first_answers_on(luigid, config_file,
+                                                                                                  tmp_path):
+    second = run_module(config_file, "scheduler", "--address", "127.0.0.1", "--port", str(luigid.port),
+                        "--state-path", str(tmp_path / "second.pickle"), timeout=60)
+
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert ("luigid not started: Address already in use: a luigid runs on this host already (make scheduler, once a "
+            "host), or another program has its port (--port, --address)") in second.stderr
+    assert luigid.api("task_list", status="DONE") is not None
+
+
 def test_a_failing_run_ends_promptly_with_a_non_zero_exit(luigid, config_file, input_dir):
     (input_dir / "similar.parquet").unlink()
 
