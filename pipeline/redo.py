@@ -23,6 +23,7 @@ from psycopg2 import sql
 
 from pipeline import config, db, publish
 from pipeline.base import WeekTask
+from pipeline.events.tasks import files_a_redo_remakes
 from pipeline.load import CheckInputs
 from pipeline.rank import TrainRanker, forget_scored_shards
 from pipeline.wrapper import WeeklyRecs
@@ -55,8 +56,6 @@ def week_made_here(week: date) -> bool:
 
 def remove_files_made_from_events(week: date) -> list[Path]:
     """The events stage's files that the next run is to make again from the events as they are now."""
-    from pipeline.events.tasks import files_a_redo_remakes
-
     removed = [Path(target.path) for target in files_a_redo_remakes(week) if target.exists()]
     for path in removed:
         path.unlink()
