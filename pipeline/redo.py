@@ -84,5 +84,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"week {week}: {forgotten} markers forgotten{made_again}; the next run redoes it"
           + (" from the events" if args.from_events else ""))
 
+
 if __name__ == "__main__":
     main()

@@ -146,7 +146,7 @@ def test_a_redo_from_the_events_makes_the_week_again_with_the_events_that_arrive
     assert reader.read("SELECT count(*) > 0 FROM candidates_ranked WHERE user_id = %s", latecomer) == [(True,)]
 
 
-def test_a_redo_from_the_events_of_a_week_made_of_the_modelling_stages_files_is_refused(config_file, conn):
+def test_a_redo_from_the_events_of_a_week_made_of_the_modelling_stages_files_is_refused(config_file):
     redo = run_module(config_file, "redo", str(WEEK), "--from-events")
 
     assert redo.returncode == 2 and redo.stdout == ""
