@@ -408,6 +408,13 @@ def config_file(settings, tmp_path) -> Path:
     return tmp_path / "luigi.cfg"
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`--numprocesses=auto`: a worker more than the cores. About a tenth of a worker's time goes in
+    waiting for processes of its own (luigid, a reader holding a lock, a server starting), and with a
+    worker a core the cores sat idle meanwhile (`--maxprocesses` caps it)."""
+    return len(os.sched_getaffinity(0)) + 1
+
+
 SERVER_VERSION = db.embedded_package().utils.TARGET_POSTGRES_VERSION  # 18; 16 with PGSERVER_POSTGRES_VERSION=16
 
 
